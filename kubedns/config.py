@@ -1,0 +1,275 @@
+"""The config file: a YAML mirror of a Corefile, read into frozen dataclasses with all validation.
+
+``servers`` is a list of server blocks, like a Corefile's ``zone:port { ... }`` blocks; each has
+the plugins it enables as keys (``kubernetes``, ``forward``, ``cache``, ``health``...).  A key
+that is present enables the plugin, as a directive does in a Corefile.  Everything is checked
+here, before any socket is opened, so a bad file is rejected at start (and on reload, where the
+old config keeps serving) with a message naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kubedns.configbase import Address, ConfigError, Node
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "HealthConfig",
+    "KubernetesConfig",
+    "LogConfig",
+    "ServerBlock",
+    "load",
+    "parse",
+]
+
+DEFAULT_K8S_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
+POD_MODES = ("insecure", "verified", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    zones: tuple[str, ...] = DEFAULT_K8S_ZONES
+    kubeconfig: str | None = None
+    manifests: str | None = None
+    pods: str = "disabled"
+    ttl: int = 5
+    fallthrough: tuple[str, ...] = ()
+
+    def resources(self) -> tuple[str, ...]:
+        """The API resources the informer has to list and watch for this config."""
+        base = ("namespaces", "services", "endpointslices")
+        return base + ("pods",) if self.pods == "verified" else base
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    listen: Address
+    lameduck: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """An HTTP endpoint with nothing but an address (``ready``, ``prometheus``)."""
+
+    listen: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "common"  # common | json
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorsConfig:
+    consolidate: float = 10.0  # seconds over which repeated errors are rate limited
+
+
+@dataclass(frozen=True, slots=True)
+class ServerBlock:
+    zones: tuple[str, ...]
+    listen: Address
+    kubernetes: KubernetesConfig | None = None
+    forward: Any = None  # kubedns.forward.config.ForwardConfig
+    cache: Any = None  # kubedns.forward.config.CacheConfig
+    loop: Any = None  # kubedns.forward.config.LoopConfig
+    health: HealthConfig | None = None
+    ready: ListenConfig | None = None
+    prometheus: ListenConfig | None = None
+    reload: ReloadConfig | None = None
+    log: LogConfig | None = None
+    errors: ErrorsConfig | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    servers: tuple[ServerBlock, ...]
+    workers: int = 1
+    raw_text: str = field(default="", compare=False, repr=False)
+
+    def listeners(self) -> dict[Address, tuple[ServerBlock, ...]]:
+        """Blocks grouped by listen address: blocks on one address share its sockets."""
+        out: dict[Address, list[ServerBlock]] = {}
+        for b in self.servers:
+            out.setdefault(b.listen, []).append(b)
+        return {a: tuple(bs) for a, bs in out.items()}
+
+    def first(self, attr: str) -> Any:
+        """The first block's setting for a process-wide key (health, ready, prometheus...)."""
+        for b in self.servers:
+            v = getattr(b, attr)
+            if v is not None:
+                return v
+        return None
+
+
+_BLOCK_KEYS = {
+    "zones", "listen", "kubernetes", "forward", "cache", "loop",
+    "health", "ready", "prometheus", "reload", "log", "errors",
+}
+_K8S_KEYS = {"zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough"}
+
+
+def _resolve_path(config_path: str, p: str) -> str:
+    """Relative paths are taken from the config file's folder, else from the working directory."""
+    if os.path.isabs(p):
+        return p
+    beside = os.path.join(os.path.dirname(os.path.abspath(config_path)), p)
+    return beside if os.path.exists(beside) or not os.path.exists(p) else os.path.abspath(p)
+
+
+def _parse_kubernetes(node: Node, config_path: str) -> KubernetesConfig:
+    node.mapping(_K8S_KEYS)
+    zones = node.get("zones", list(DEFAULT_K8S_ZONES)).zones()
+    kubeconfig = node.get("kubeconfig", None).optional_string()
+    manifests = node.get("manifests", None).optional_string()
+    if manifests is not None:
+        manifests = _resolve_path(config_path, manifests)
+        if not os.path.isfile(manifests):
+            raise node.get("manifests").error("a readable YAML file of Kubernetes objects (file not found)")
+    if kubeconfig is not None:
+        kubeconfig = _resolve_path(config_path, kubeconfig)
+    ft_node = node.get("fallthrough", [])
+    if ft_node.value is True:
+        fallthrough = zones
+    elif ft_node.value is False or ft_node.value is None:
+        fallthrough = ()
+    else:
+        fallthrough = ft_node.zones(allow_empty=True)
+    return KubernetesConfig(
+        zones=zones,
+        kubeconfig=kubeconfig,
+        manifests=manifests,
+        pods=node.get("pods", "disabled").choice(POD_MODES),
+        ttl=node.get("ttl", 5).integer(0, 3600),
+        fallthrough=fallthrough,
+    )
+
+
+def _http_address(node: Node, default_port: int) -> tuple[Address, Node]:
+    """``"host:port"``, ``":port"``, or a mapping with ``listen:``; returns the address and the map."""
+    if node.value is None or node.value is True or node.value == {}:
+        return Address("", default_port), Node({}, node.path, node.key)
+    if isinstance(node.value, str):
+        return node.address(default_port), Node({}, node.path, node.key)
+    node.mapping()
+    return node.get("listen", f":{default_port}").address(default_port), node
+
+
+def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
+    from kubedns.forward.config import parse_cache, parse_forward, parse_loop
+
+    node.mapping(_BLOCK_KEYS)
+    zones = node.get("zones", ["."]).zones()
+    listen = node.get("listen", "0.0.0.0:53").address(53)
+    kube = _parse_kubernetes(node.get("kubernetes"), config_path) if node.has("kubernetes") else None
+    fwd = parse_forward(node.get("forward")) if node.has("forward") else None
+    if kube is None and fwd is None:
+        raise ConfigError(config_path, node.key, "a server block with at least one of kubernetes or forward", has_found=False)
+    health = ready = prom = None
+    if node.has("health"):
+        addr, sub = _http_address(node.get("health"), 8080)
+        sub.mapping({"listen", "lameduck"})
+        health = HealthConfig(addr, sub.get("lameduck", 5.0).duration(0.0, 300.0))
+    if node.has("ready"):
+        addr, sub = _http_address(node.get("ready"), 8181)
+        sub.mapping({"listen"})
+        ready = ListenConfig(addr)
+    if node.has("prometheus"):
+        addr, sub = _http_address(node.get("prometheus"), 9153)
+        sub.mapping({"listen"})
+        prom = ListenConfig(addr)
+    reload = None
+    if node.has("reload"):
+        rn = node.get("reload")
+        if rn.value is None or rn.value is True:
+            reload = ReloadConfig()
+        elif isinstance(rn.value, dict):
+            rn.mapping({"interval"})
+            reload = ReloadConfig(rn.get("interval", 30.0).duration(2.0))
+        else:
+            reload = ReloadConfig(rn.duration(2.0))
+    log = None
+    if node.has("log"):
+        ln = node.get("log")
+        if ln.value is None or ln.value is True:
+            log = LogConfig()
+        else:
+            ln.mapping({"format"})
+            log = LogConfig(ln.get("format", "common").choice(("common", "json")))
+    errors = None
+    if node.has("errors"):
+        en = node.get("errors")
+        if en.value is None or en.value is True:
+            errors = ErrorsConfig()
+        else:
+            en.mapping({"consolidate"})
+            errors = ErrorsConfig(en.get("consolidate", 10.0).duration(0.0))
+    return ServerBlock(
+        zones=zones,
+        listen=listen,
+        kubernetes=kube,
+        forward=fwd,
+        cache=parse_cache(node.get("cache")) if node.has("cache") else None,
+        loop=parse_loop(node.get("loop")) if node.has("loop") else None,
+        health=health,
+        ready=ready,
+        prometheus=prom,
+        reload=reload,
+        log=log,
+        errors=errors,
+        index=index,
+    )
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    """Parse and validate config text; raises :class:`ConfigError` naming file, key, expectation."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(path, "", f"valid YAML{where} ({getattr(e, 'problem', None) or e})", has_found=False) from None
+    root = Node(data, path)
+    if data is None:
+        raise root.error("a mapping with a 'servers' list", show=False)
+    root.mapping({"servers", "workers"})
+    servers_node = root.get("servers")
+    blocks = tuple(_parse_block(n, path, i) for i, n in enumerate(servers_node.items()))
+    if not blocks:
+        raise servers_node.error("a non-empty list of server blocks")
+    seen: dict[tuple[Address, str], int] = {}
+    for b in blocks:
+        for z in b.zones:
+            if (b.listen, z) in seen:
+                raise ConfigError(
+                    path,
+                    f"servers[{b.index}].zones",
+                    f"zones not already served on {b.listen} by servers[{seen[(b.listen, z)]}]",
+                    z or ".",
+                )
+            seen[(b.listen, z)] = b.index
+    workers = root.get("workers", 1).integer(1, 64)
+    return Config(path=path, servers=blocks, workers=workers, raw_text=text)
+
+
+def load(path: str) -> Config:
+    """Read and parse a config file; a missing or unreadable file is a :class:`ConfigError` too."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, "", f"a readable config file ({e.strerror or e})", has_found=False) from None
+    return parse(text, path)

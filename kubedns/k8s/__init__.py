@@ -1,0 +1,1 @@
+"""Kubernetes side: slim object records, the store, and the list+watch threads."""

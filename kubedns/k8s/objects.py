@@ -1,0 +1,173 @@
+"""Slim, frozen records of the Kubernetes objects DNS needs, built at the door from raw JSON.
+
+The API returns objects of several kilobytes (managedFields, annotations, status...), of which DNS
+needs a few dozen bytes.  Everything that enters the store is converted here, and the raw dict is
+dropped right after, so 100k Pods cost a few MB rather than hundreds.  Records are frozen and
+slotted so that ``old == new`` is a cheap way to ignore watch events that change nothing DNS sees
+(status heartbeats, label edits...), which keeps the store's generation counter stable.
+
+Each ``*_from_raw`` returns ``(key, record)`` with ``key = "namespace/name"`` (or ``"name"`` for
+cluster-scoped objects).  Records may be ``None`` when the object has nothing DNS could serve
+(e.g. a Pod without an IP yet); the store treats that as a delete.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = [
+    "Endpoint",
+    "EndpointSlice",
+    "KINDS",
+    "Namespace",
+    "Pod",
+    "Port",
+    "Service",
+    "endpointslice_from_raw",
+    "namespace_from_raw",
+    "pod_from_raw",
+    "service_from_raw",
+]
+
+_intern = sys.intern
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    name: str  # "" for an unnamed port
+    port: int
+    protocol: str  # lower-case: "tcp", "udp", "sctp"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    cluster_ips: tuple[str, ...]  # empty for headless and ExternalName services
+    headless: bool
+    external_name: str  # "" unless type ExternalName
+    ports: tuple[Port, ...]
+    publish_not_ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    hostname: str  # "" when unset
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service: str  # the kubernetes.io/service-name label; "" if missing
+    endpoints: tuple[Endpoint, ...]
+    ports: tuple[Port, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+
+
+def _meta(raw: dict[str, Any]) -> tuple[str, str]:
+    meta = raw.get("metadata") or {}
+    return _intern(meta.get("namespace") or ""), meta.get("name") or ""
+
+
+def _ports(raw_ports: list[dict[str, Any]] | None) -> tuple[Port, ...]:
+    out = []
+    for p in raw_ports or ():
+        num = p.get("port")
+        if not isinstance(num, int):
+            continue
+        out.append(Port(_intern((p.get("name") or "").lower()), num, _intern((p.get("protocol") or "TCP").lower())))
+    return tuple(out)
+
+
+def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:
+    ns, name = _meta(raw)
+    spec = raw.get("spec") or {}
+    stype = spec.get("type") or "ClusterIP"
+    ext = ""
+    ips: tuple[str, ...] = ()
+    headless = False
+    if stype == "ExternalName":
+        ext = (spec.get("externalName") or "").rstrip(".").lower()
+    else:
+        cips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        if not cips or cips[0] == "None":
+            headless = True
+        else:
+            ips = tuple(ip for ip in cips if ip and ip != "None")
+    rec = Service(
+        namespace=ns,
+        name=name.lower(),
+        cluster_ips=ips,
+        headless=headless,
+        external_name=ext,
+        ports=_ports(spec.get("ports")),
+        publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+    )
+    return f"{ns}/{name}", rec
+
+
+def endpointslice_from_raw(raw: dict[str, Any]) -> tuple[str, EndpointSlice | None]:
+    ns, name = _meta(raw)
+    labels = (raw.get("metadata") or {}).get("labels") or {}
+    eps = []
+    if raw.get("addressType") in ("IPv4", "IPv6"):
+        for ep in raw.get("endpoints") or ():
+            conds = ep.get("conditions") or {}
+            ready = conds.get("ready")
+            eps.append(
+                Endpoint(
+                    addresses=tuple(ep.get("addresses") or ()),
+                    hostname=(ep.get("hostname") or "").lower(),
+                    ready=ready is None or bool(ready),  # nil means ready (API contract)
+                )
+            )
+    rec = EndpointSlice(
+        namespace=ns,
+        name=name,
+        service=(labels.get("kubernetes.io/service-name") or "").lower(),
+        endpoints=tuple(eps),
+        ports=_ports(raw.get("ports")),
+    )
+    return f"{ns}/{name}", rec
+
+
+def pod_from_raw(raw: dict[str, Any]) -> tuple[str, Pod | None]:
+    ns, name = _meta(raw)
+    status = raw.get("status") or {}
+    ips = tuple(p.get("ip") for p in status.get("podIPs") or () if p.get("ip"))
+    if not ips and status.get("podIP"):
+        ips = (status["podIP"],)
+    phase = status.get("phase")
+    if not ips or phase in ("Succeeded", "Failed"):
+        return f"{ns}/{name}", None
+    return f"{ns}/{name}", Pod(ns, name, ips)
+
+
+def namespace_from_raw(raw: dict[str, Any]) -> tuple[str, Namespace | None]:
+    _, name = _meta(raw)
+    return name, Namespace(name.lower())
+
+
+#: resource name → converter; the order is the order an informer lists them in.
+KINDS: dict[str, Callable[[dict[str, Any]], tuple[str, Any]]] = {
+    "namespaces": namespace_from_raw,
+    "services": service_from_raw,
+    "endpointslices": endpointslice_from_raw,
+    "pods": pod_from_raw,
+}

@@ -1,0 +1,346 @@
+"""Cluster DNS answers: (store, query name, query type) → rcode and resource records.
+
+This is the Kubernetes DNS-Based Service Discovery specification (schema 1.1.0) as code, with
+CoreDNS's defaults where the spec leaves a choice.  It is synchronous and allocation-light so the
+server can call it straight from ``datagramReceived``; the Twisted resolver interface on top of it
+lives in :mod:`kubedns.authority`.
+
+Names handled under a cluster zone ``<zone>``::
+
+    <zone>                                 SOA, NS (apex)
+    dns-version.<zone>                     TXT "1.1.0"
+    ns.dns.<zone>                          A/AAAA of kube-system/kube-dns (the NS target)
+    <svc>.<ns>.svc.<zone>                  A/AAAA ClusterIPs, or ready endpoints (headless),
+                                           CNAME (ExternalName), SRV for named ports
+    <host>.<svc>.<ns>.svc.<zone>           A/AAAA of endpoints by hostname or dashed IP
+    _<port>._<proto>.<svc>.<ns>.svc.<zone> SRV (+ A/AAAA in additional)
+    <a-b-c-d>.<ns>.pod.<zone>              A/AAAA per ``pods`` mode
+    <reversed ip>.in-addr.arpa / ip6.arpa  PTR for ClusterIPs and endpoint IPs
+
+NXDOMAIN and NODATA both carry the zone SOA in the authority section; all answers are
+authoritative.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from twisted.names import dns
+
+from kubedns.config import KubernetesConfig
+from kubedns.k8s.store import Store, endpoint_host
+
+__all__ = ["Answer", "ClusterZones", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = "1.1.0"
+
+A, AAAA, SRV, PTR, TXT, SOA, NS, CNAME, ANY = (
+    dns.A, dns.AAAA, dns.SRV, dns.PTR, dns.TXT, dns.SOA, dns.NS, dns.CNAME, dns.ALL_RECORDS,
+)
+NOERROR, SERVFAIL, NXDOMAIN = dns.OK, dns.ESERVER, dns.ENAME
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the server encodes: rcode plus the three record sections."""
+
+    rcode: int = NOERROR
+    answers: list[dns.RRHeader] = field(default_factory=list)
+    authority: list[dns.RRHeader] = field(default_factory=list)
+    additional: list[dns.RRHeader] = field(default_factory=list)
+    authoritative: bool = True
+
+
+def _ip_version(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+class ClusterZones:
+    """Answers for the zones of one ``kubernetes:`` block, from a shared :class:`Store`."""
+
+    def __init__(self, store: Store, config: KubernetesConfig):
+        self.store = store
+        self.config = config
+        self.ttl = config.ttl
+        # longest zones first so "10.in-addr.arpa" beats "in-addr.arpa"
+        self.zones = sorted(config.zones, key=len, reverse=True)
+        self.forward_zones = [z for z in config.zones if not z.endswith("arpa")]
+        self.primary = self.forward_zones[0] if self.forward_zones else config.zones[0]
+        self.fallthrough = frozenset(config.fallthrough)
+
+    # -- zone matching ------------------------------------------------------------------------
+    def zone_of(self, lname: str) -> str | None:
+        """The configured zone holding ``lname`` (lower-case, no trailing dot), or None."""
+        for z in self.zones:
+            if lname == z or lname.endswith("." + z) or z == "":
+                return z
+        return None
+
+    def falls_through(self, zone: str, answer: Answer) -> bool:
+        """True when a miss in ``zone`` should continue to the next resolver (forward)."""
+        return answer.rcode == NXDOMAIN and zone in self.fallthrough
+
+    # -- records ------------------------------------------------------------------------------
+    def _rr(self, name: bytes | str, payload: dns.IEncodable, ttl: int | None = None) -> dns.RRHeader:
+        t = self.ttl if ttl is None else ttl
+        return dns.RRHeader(name=name, type=payload.TYPE, cls=dns.IN, ttl=t, payload=payload, auth=True)
+
+    def soa(self, zone: str) -> dns.RRHeader:
+        payload = dns.Record_SOA(
+            mname=f"ns.dns.{zone}" if zone else "ns.dns",
+            rname=f"hostmaster.{zone}" if zone else "hostmaster",
+            serial=self.store.serial & 0xFFFFFFFF,
+            refresh=7200,
+            retry=1800,
+            expire=86400,
+            minimum=self.ttl,
+            ttl=self.ttl,
+        )
+        return self._rr(zone, payload)
+
+    def _negative(self, zone: str, rcode: int) -> Answer:
+        return Answer(rcode=rcode, authority=[self.soa(zone)])
+
+    def _addr_rrs(self, owner: bytes | str, ips: list[str] | tuple[str, ...], qtype: int) -> list[dns.RRHeader]:
+        out = []
+        for ip in ips:
+            v = _ip_version(ip)
+            if v == 4 and qtype in (A, ANY):
+                out.append(self._rr(owner, dns.Record_A(ip, self.ttl)))
+            elif v == 6 and qtype in (AAAA, ANY):
+                out.append(self._rr(owner, dns.Record_AAAA(ip, self.ttl)))
+        return out
+
+    def _glue(self, owner: str, ips: list[str] | tuple[str, ...]) -> list[dns.RRHeader]:
+        return self._addr_rrs(owner, ips, A) + self._addr_rrs(owner, ips, AAAA)
+
+    def _positive_or_nodata(self, zone: str, rrs: list[dns.RRHeader], additional: list[dns.RRHeader] | None = None) -> Answer:
+        if rrs:
+            return Answer(answers=rrs, additional=additional or [])
+        return self._negative(zone, NOERROR)
+
+    # -- entry point ----------------------------------------------------------------------------
+    def answer(self, qname: bytes, qtype: int) -> tuple[str, Answer] | None:
+        """``(zone, Answer)`` for a name in our zones, or None when the name is not ours."""
+        lname = qname.decode("ascii", "replace").lower().rstrip(".")
+        zone = self.zone_of(lname)
+        if zone is None:
+            return None
+        if not self.store.synced:
+            return zone, Answer(rcode=SERVFAIL, authoritative=False)
+        rel = lname[: -len(zone)].rstrip(".") if zone else lname
+        labels = rel.split(".") if rel else []
+        if zone.endswith("in-addr.arpa") or zone.endswith("ip6.arpa"):
+            return zone, self._reverse(zone, lname, qname, qtype)
+        return zone, self._forward(zone, labels, qname, qtype)
+
+    def _forward(self, zone: str, labels: list[str], qname: bytes, qtype: int) -> Answer:
+        n = len(labels)
+        if n == 0:
+            if qtype == SOA:
+                return Answer(answers=[self.soa(zone)])
+            if qtype == NS:
+                target = f"ns.dns.{zone}"
+                ns_rr = self._rr(qname, dns.Record_NS(target, self.ttl))
+                return Answer(answers=[ns_rr], additional=self._glue(target, self._dns_ips()))
+            return self._negative(zone, NOERROR)
+        if labels == ["dns-version"]:
+            if qtype in (TXT, ANY):
+                return Answer(answers=[self._rr(qname, dns.Record_TXT(SCHEMA_VERSION.encode(), ttl=self.ttl))])
+            return self._negative(zone, NOERROR)
+        if labels == ["dns"]:
+            return self._negative(zone, NOERROR)  # empty non-terminal above ns.dns
+        if labels == ["ns", "dns"]:
+            return self._positive_or_nodata(zone, self._addr_rrs(qname, self._dns_ips(), qtype))
+        kind = labels[-1]
+        if kind == "svc":
+            return self._service_names(zone, labels[:-1], qname, qtype)
+        if kind == "pod":
+            return self._pod_names(zone, labels[:-1], qname, qtype)
+        return self._negative(zone, NXDOMAIN)
+
+    def _dns_ips(self) -> tuple[str, ...]:
+        svc = self.store.service("kube-system", "kube-dns")
+        return svc.cluster_ips if svc is not None else ()
+
+    # -- <...>.svc.<zone> -----------------------------------------------------------------------
+    def _service_names(self, zone: str, labels: list[str], qname: bytes, qtype: int) -> Answer:
+        store = self.store
+        n = len(labels)
+        if n == 0:
+            return self._negative(zone, NOERROR)
+        ns = labels[-1]
+        if n == 1:
+            return self._negative(zone, NOERROR if store.namespace_exists(ns) else NXDOMAIN)
+        svc = store.service(ns, labels[-2])
+        if svc is None:
+            return self._negative(zone, NXDOMAIN)
+        svc_name = f"{svc.name}.{ns}.svc.{zone}"
+        if n == 2:
+            return self._service(zone, svc, svc_name, qname, qtype)
+        first = labels[0]
+        if n == 3:
+            if first.startswith("_"):
+                # "_tcp.<svc>": an empty non-terminal if some named port uses that protocol
+                proto = first[1:]
+                ports = self._ports(svc)
+                exists = any(p.name and p.protocol == proto for p, _ in ports)
+                return self._negative(zone, NOERROR if exists else NXDOMAIN)
+            return self._endpoint(zone, svc, first, qname, qtype)
+        if n == 4 and first.startswith("_") and labels[1].startswith("_"):
+            return self._srv(zone, svc, svc_name, qname, qtype, first[1:], labels[1][1:])
+        return self._negative(zone, NXDOMAIN)
+
+    def _ready_endpoints(self, svc) -> list[tuple[str, str, object]]:
+        """``(hostname label, ip, slice)`` of each endpoint address DNS should publish."""
+        out = []
+        seen = set()
+        for ep, sl in self.store.endpoints(svc.namespace, svc.name):
+            if not (ep.ready or svc.publish_not_ready):
+                continue
+            for ip in ep.addresses:
+                host = endpoint_host(ep, ip)
+                if (host, ip) in seen:
+                    continue
+                seen.add((host, ip))
+                out.append((host, ip, sl))
+        return out
+
+    def _service(self, zone: str, svc, svc_name: str, qname: bytes, qtype: int) -> Answer:
+        if svc.external_name:
+            if qtype == dns.PTR:
+                return self._negative(zone, NOERROR)
+            return Answer(answers=[self._rr(qname, dns.Record_CNAME(svc.external_name, self.ttl))])
+        if qtype == SRV:
+            return self._srv(zone, svc, svc_name, qname, qtype, None, None)
+        if not svc.headless:
+            return self._positive_or_nodata(zone, self._addr_rrs(qname, svc.cluster_ips, qtype))
+        eps = self._ready_endpoints(svc)
+        if not eps:
+            return self._negative(zone, NXDOMAIN)  # spec 2.4.1: no ready endpoints → NXDOMAIN
+        ips = list(dict.fromkeys(ip for _, ip, _ in eps))
+        return self._positive_or_nodata(zone, self._addr_rrs(qname, ips, qtype))
+
+    def _endpoint(self, zone: str, svc, host: str, qname: bytes, qtype: int) -> Answer:
+        ips = [ip for h, ip, _ in self._ready_endpoints(svc) if h == host]
+        if not ips:
+            return self._negative(zone, NXDOMAIN)
+        return self._positive_or_nodata(zone, self._addr_rrs(qname, list(dict.fromkeys(ips)), qtype))
+
+    def _ports(self, svc) -> list[tuple[object, object]]:
+        """``(port, slice or None)``: service ports for ClusterIP, endpoint ports for headless."""
+        if not svc.headless:
+            return [(p, None) for p in svc.ports]
+        out = []
+        seen = set()
+        for _, sl in self.store.endpoints(svc.namespace, svc.name):
+            if id(sl) in seen:
+                continue
+            seen.add(id(sl))
+            out.extend((p, sl) for p in sl.ports)
+        if not out:
+            out = [(p, None) for p in svc.ports]
+        return out
+
+    def _srv(self, zone: str, svc, svc_name: str, qname: bytes, qtype: int, port: str | None, proto: str | None) -> Answer:
+        ports = [
+            (p, sl)
+            for p, sl in self._ports(svc)
+            if p.name and (port is None or p.name == port) and (proto is None or p.protocol == proto)
+        ]
+        if not ports:
+            # an SRV name that does not exist; the bare service name exists but has no SRV
+            return self._negative(zone, NOERROR if port is None else NXDOMAIN)
+        if qtype not in (SRV, ANY):
+            return self._negative(zone, NOERROR)
+        answers: list[dns.RRHeader] = []
+        additional: list[dns.RRHeader] = []
+        if not svc.headless:
+            # one SRV per distinct port number; ClusterIP targets the service name itself
+            for p in dict.fromkeys(p.port for p, _ in ports):
+                answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, svc_name, self.ttl)))
+            additional = self._glue(svc_name, svc.cluster_ips)
+            return Answer(answers=answers, additional=additional)
+        eps = self._ready_endpoints(svc)
+        if not eps:
+            return self._negative(zone, NXDOMAIN)
+        targets: dict[str, list[str]] = {}
+        for host, ip, _ in eps:
+            targets.setdefault(f"{host}.{svc_name}", []).append(ip)
+        weight = max(1, 100 // len(targets))
+        for pnum in dict.fromkeys(p.port for p, _ in ports):
+            for target in targets:
+                answers.append(self._rr(qname, dns.Record_SRV(0, weight, pnum, target, self.ttl)))
+        for target, ips in targets.items():
+            additional.extend(self._glue(target, ips))
+        return Answer(answers=answers, additional=additional)
+
+    # -- <ip>.<ns>.pod.<zone> -------------------------------------------------------------------
+    def _pod_names(self, zone: str, labels: list[str], qname: bytes, qtype: int) -> Answer:
+        mode = self.config.pods
+        n = len(labels)
+        if mode == "disabled":
+            return self._negative(zone, NXDOMAIN)
+        if n == 0:
+            return self._negative(zone, NOERROR)
+        ns = labels[-1]
+        if n == 1:
+            return self._negative(zone, NOERROR if self.store.namespace_exists(ns) else NXDOMAIN)
+        if n != 2:
+            return self._negative(zone, NXDOMAIN)
+        ip = _ip_from_dashes(labels[0])
+        if ip is None or not self.store.namespace_exists(ns):
+            return self._negative(zone, NXDOMAIN)
+        if mode == "verified" and not self.store.pod_in_namespace(ip, ns):
+            return self._negative(zone, NXDOMAIN)
+        return self._positive_or_nodata(zone, self._addr_rrs(qname, (ip,), qtype))
+
+    # -- reverse ----------------------------------------------------------------------------
+    def _reverse(self, zone: str, lname: str, qname: bytes, qtype: int) -> Answer:
+        if lname == zone and qtype in (SOA, NS):
+            if qtype == SOA:
+                return Answer(answers=[self.soa(zone)])
+            return Answer(answers=[self._rr(qname, dns.Record_NS(f"ns.dns.{self.primary}", self.ttl))])
+        ip = _ip_from_reverse(lname)
+        if ip is None:
+            return self._negative(zone, NXDOMAIN if lname != zone else NOERROR)
+        names = []
+        for entry in self.store.reverse(ip):
+            if entry[0] == "svc":
+                names.append(f"{entry[2]}.{entry[1]}.svc.{self.primary}")
+            else:
+                names.append(f"{entry[3]}.{entry[2]}.{entry[1]}.svc.{self.primary}")
+        if not names:
+            return self._negative(zone, NXDOMAIN)
+        if qtype not in (PTR, ANY):
+            return self._negative(zone, NOERROR)
+        return Answer(answers=[self._rr(qname, dns.Record_PTR(n, self.ttl)) for n in dict.fromkeys(names)])
+
+
+def _ip_from_dashes(label: str) -> str | None:
+    """``10-0-0-1`` → ``10.0.0.1``; ``fd00--1`` → ``fd00::1``; anything else None."""
+    if label.count("-") == 3:
+        cand = label.replace("-", ".")
+    else:
+        cand = label.replace("-", ":")
+    try:
+        return str(ipaddress.ip_address(cand))
+    except ValueError:
+        return None
+
+
+def _ip_from_reverse(lname: str) -> str | None:
+    """``4.3.2.1.in-addr.arpa`` → ``1.2.3.4``; 32 nibbles of ip6.arpa → the compressed IPv6."""
+    if lname.endswith(".in-addr.arpa"):
+        parts = lname[: -len(".in-addr.arpa")].split(".")
+        if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
+            return None
+        return ".".join(reversed(parts))
+    if lname.endswith(".ip6.arpa"):
+        nibbles = lname[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) != 32 or not all(len(x) == 1 and x in "0123456789abcdef" for x in nibbles):
+            return None
+        h = "".join(reversed(nibbles))
+        return str(ipaddress.IPv6Address(int(h, 16)))
+    return None

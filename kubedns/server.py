@@ -1,0 +1,333 @@
+"""The DNS server: UDP and TCP protocols, and the per-address dispatch over server blocks.
+
+One :class:`Dispatcher` per listen address holds the server blocks that share it; a query goes
+to the block with the longest zone containing its name, then inside that block to the cluster
+zones (answered synchronously from the store), else to the forward chain (a Deferred), else
+REFUSED, as CoreDNS does for a name no plugin serves.
+
+We do not use twisted.names' ``DNSServerFactory``: it answers NXDOMAIN without SOA or AA, turns
+upstream SERVFAIL into NXDOMAIN, ignores EDNS and truncates mid-record.  Here the response is
+built by :func:`kubedns.wire.encode_response` from the exact rcode and sections, and nothing a
+client sends can raise out of ``datagramReceived``: a packet that does not decode gets FORMERR
+(or is dropped if it has no header), anything unexpected gets SERVFAIL and a log line.
+
+The fast path for pre-encoded answers hooks in at :meth:`Dispatcher.handle`, which already works
+on raw bytes in and raw bytes out.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from kubedns.config import ServerBlock
+from kubedns.records import Answer, ClusterZones
+from kubedns.wire import (
+    BADVERS,
+    Edns,
+    encode_response,
+    error_response,
+    parse_question,
+    read_edns,
+    udp_limit,
+)
+
+__all__ = ["Block", "Dispatcher", "DNSDatagramProtocol", "DNSStreamFactory", "QueryInfo"]
+
+log = Logger()
+
+FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = dns.EFORMAT, dns.ESERVER, dns.ENAME, dns.ENOTIMP, dns.EREFUSED
+
+
+@dataclass(slots=True)
+class QueryInfo:
+    """What observers (metrics, query log) learn about each answered query."""
+
+    server: str  # "dns://host:port" as CoreDNS labels it
+    zone: str
+    proto: str  # "udp" | "tcp"
+    peer: Any
+    qname: bytes
+    qtype: int
+    qclass: int
+    qid: int
+    request_size: int
+    response_size: int
+    rcode: int
+    flags: int
+    duration: float
+    do: bool
+
+
+Observer = Callable[[QueryInfo], None]
+
+
+class Block:
+    """One configured server block at run time: its zones and what answers them."""
+
+    def __init__(self, config: ServerBlock, clusters: ClusterZones | None, chain: Any = None, loop: Any = None):
+        self.config = config
+        self.zones = config.zones
+        self.clusters = clusters
+        self.chain = chain
+        self.loop = loop
+
+    def covers(self, lname: str) -> int:
+        """Length of the longest zone of ours holding ``lname``, or -1."""
+        best = -1
+        for z in self.zones:
+            if z == "" or lname == z or lname.endswith("." + z):
+                best = max(best, len(z))
+        return best
+
+
+class Dispatcher:
+    """Routes queries arriving on one listen address to the right block and encodes the answer."""
+
+    def __init__(self, address: str, blocks: list[Block], reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.server_label = address
+        self.blocks = blocks
+        self.observers: list[Observer] = []
+
+    # -- entry point ----------------------------------------------------------------------
+    def handle(self, data: bytes, proto: str, peer: Any) -> bytes | defer.Deferred | None:
+        """Answer one query; bytes now, a Deferred firing with bytes, or None to drop."""
+        start = time.perf_counter()
+        try:
+            result = self._handle(data, proto, peer, start)
+        except Exception:
+            log.failure("unexpected error answering a query from {peer}", peer=peer)
+            result = error_response(data, SERVFAIL)
+        return result
+
+    def _handle(self, data: bytes, proto: str, peer: Any, start: float) -> bytes | defer.Deferred | None:
+        q = parse_question(data)
+        if q is None:
+            return error_response(data, FORMERR)
+        if q.is_response:
+            return None
+        msg = dns.Message()
+        try:
+            msg.fromStr(data)
+        except Exception:
+            return error_response(data, FORMERR)
+        if msg.opCode != dns.OP_QUERY:
+            return error_response(data, NOTIMP)
+        if len(msg.queries) != 1:
+            return error_response(data, FORMERR)
+        edns, ok = read_edns(msg)
+        if not ok:
+            return error_response(data, FORMERR)
+        query = msg.queries[0]
+        limit = udp_limit(edns) if proto == "udp" else 65535
+        cd = bool(msg.checkingDisabled)
+        if edns is not None and edns.version != 0:
+            out = encode_response(
+                qid=msg.id, opcode=0, rd=bool(msg.recDes), cd=cd, ra=False, aa=False, rcode=BADVERS,
+                queries=msg.queries, edns=Edns(edns.udp_size, 0, edns.do), limit=limit,
+            )
+            return out
+        qname = query.name.name
+        lname = qname.decode("ascii", "replace").lower().rstrip(".")
+        block = self._route(lname)
+        ctx = (msg, query, edns, limit, proto, peer, start, len(data), block)
+        if block is None:
+            return self._finish(ctx, Answer(rcode=REFUSED, authoritative=False), "")
+        if block.loop is not None and block.loop.observe(qname):
+            return self._finish(ctx, Answer(rcode=SERVFAIL, authoritative=False), "")
+        fell: tuple[str, Answer] | None = None
+        if block.clusters is not None:
+            res = block.clusters.answer(qname, query.type) if query.cls in (dns.IN, dns.ANY) else None
+            if res is not None:
+                zone, ans = res
+                if not block.clusters.falls_through(zone, ans):
+                    return self._finish(ctx, ans, zone)
+                fell = res
+        if block.chain is not None and block.chain.handles(qname):
+            d = block.chain.resolve(msg)
+            d.addCallbacks(self._relay, self._relay_error, callbackArgs=(ctx,), errbackArgs=(ctx,))
+            return d
+        if fell is not None:
+            return self._finish(ctx, fell[1], fell[0])
+        return self._finish(ctx, Answer(rcode=REFUSED, authoritative=False), "")
+
+    def _route(self, lname: str) -> Block | None:
+        best: Block | None = None
+        best_len = -1
+        for b in self.blocks:
+            n = b.covers(lname)
+            if n > best_len:
+                best, best_len = b, n
+        return best
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _finish(self, ctx: tuple, ans: Answer, zone: str, *, ra: bool | None = None, ad: bool = False) -> bytes:
+        msg, query, edns, limit, proto, peer, start, size, block = ctx
+        if ra is None:
+            ra = block is not None and block.chain is not None
+        out = encode_response(
+            qid=msg.id,
+            opcode=msg.opCode,
+            rd=bool(msg.recDes),
+            cd=bool(msg.checkingDisabled),
+            ra=ra,
+            aa=ans.authoritative,
+            ad=ad,
+            rcode=ans.rcode,
+            queries=msg.queries,
+            answers=ans.answers,
+            authority=ans.authority,
+            additional=ans.additional,
+            edns=edns,
+            limit=limit,
+        )
+        if self.observers:
+            info = QueryInfo(
+                server=self.server_label,
+                zone=zone or (block.zones[0] if block is not None else ""),
+                proto=proto,
+                peer=peer,
+                qname=query.name.name,
+                qtype=query.type,
+                qclass=query.cls,
+                qid=msg.id,
+                request_size=size,
+                response_size=len(out),
+                rcode=ans.rcode,
+                flags=struct.unpack_from("!H", out, 2)[0],
+                duration=time.perf_counter() - start,
+                do=bool(edns is not None and edns.do),
+            )
+            for obs in self.observers:
+                try:
+                    obs(info)
+                except Exception:
+                    log.failure("query observer failed")
+        return out
+
+    def _relay(self, upstream: dns.Message, ctx: tuple) -> bytes:
+        ans = Answer(
+            rcode=upstream.rCode,
+            answers=list(upstream.answers),
+            authority=list(upstream.authority),
+            additional=[rr for rr in upstream.additional if rr.type != dns.OPT],
+            authoritative=bool(upstream.auth),
+        )
+        block = ctx[-1]
+        return self._finish(ctx, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData))
+
+    def _relay_error(self, failure: Failure, ctx: tuple) -> bytes:
+        rcode = SERVFAIL
+        try:
+            from kubedns.forward.forwarder import Refused
+
+            if failure.check(Refused):
+                rcode = REFUSED
+        except ImportError:  # pragma: no cover - forwarder not installed
+            pass
+        block = ctx[-1]
+        return self._finish(ctx, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True)
+
+
+class DNSDatagramProtocol(protocol.DatagramProtocol):
+    """UDP: one datagram in, at most one out."""
+
+    def __init__(self, dispatcher: Dispatcher):
+        self.dispatcher = dispatcher
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
+        result = self.dispatcher.handle(data, "udp", addr)
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            self._send(result, addr)
+        else:
+            result.addCallback(self._send, addr)
+            result.addErrback(lambda f: log.failure("sending UDP answer failed", f))
+
+    def _send(self, data: bytes | None, addr: Any) -> None:
+        if data is None or self.transport is None:
+            return
+        try:
+            self.transport.write(data, addr)
+        except OSError as e:  # e.g. EPERM from a firewall, ENOBUFS under load
+            log.warn("UDP send to {addr} failed: {err}", addr=addr, err=e)
+
+
+class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
+    """TCP: length-prefixed messages, pipelined, closed after an idle timeout (RFC 7766)."""
+
+    max_pending = 64
+
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float):
+        self.dispatcher = dispatcher
+        self.idle_timeout = idle_timeout
+        self._buf = b""
+        self._pending = 0
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.setTimeout(self.idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.resetTimeout()
+        self._buf += data
+        while len(self._buf) >= 2:
+            (n,) = struct.unpack_from("!H", self._buf, 0)
+            if len(self._buf) < 2 + n:
+                if len(self._buf) > 2 + 65535:  # cannot happen with a 16-bit length; belt and braces
+                    self.transport.loseConnection()
+                return
+            packet, self._buf = self._buf[2 : 2 + n], self._buf[2 + n :]
+            if self._pending >= self.max_pending:
+                self.transport.loseConnection()
+                return
+            peer = self.transport.getPeer()
+            result = self.dispatcher.handle(packet, "tcp", (peer.host, peer.port))
+            if result is None:
+                if n < 12:
+                    self.transport.loseConnection()  # not DNS: do not keep reading garbage
+                    return
+                continue
+            if isinstance(result, bytes):
+                self._write(result)
+            else:
+                self._pending += 1
+                result.addCallback(self._write_pending)
+                result.addErrback(lambda f: log.failure("TCP answer failed", f))
+
+    def _write_pending(self, data: bytes | None) -> None:
+        self._pending -= 1
+        self._write(data)
+
+    def _write(self, data: bytes | None) -> None:
+        if data is None or self.transport is None or not self.transport.connected:
+            return
+        self.transport.write(struct.pack("!H", len(data)) + data)
+        self.resetTimeout()
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        self.transport.loseConnection()
+
+
+class DNSStreamFactory(protocol.ServerFactory):
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0):
+        self.dispatcher = dispatcher
+        self.idle_timeout = idle_timeout
+
+    def buildProtocol(self, addr: Any) -> DNSStreamProtocol:  # noqa: N802
+        p = DNSStreamProtocol(self.dispatcher, self.idle_timeout)
+        p.factory = self
+        return p

@@ -1,0 +1,222 @@
+"""Bytes-level DNS: read a query's header and question by hand, and encode answers that fit.
+
+Two jobs the stock twisted.names message class does not do for a server:
+
+* **Truncation at record boundaries.**  ``dns.Message.encode`` either never truncates or cuts in
+  the middle of a record.  :func:`encode_response` writes the records once, remembers where each
+  one ends, and cuts at the last boundary that fits (compression pointers only ever point
+  backwards, so a prefix of the records is a valid message).  TC is set only when answer or
+  authority records were dropped; dropping additional records alone is not truncation
+  (RFC 2181 section 9).
+* **EDNS(0).**  The client's OPT record gives its UDP payload size and DO bit; we answer with an
+  OPT of our own and, for an unknown EDNS version, BADVERS (RFC 6891).
+
+:func:`parse_question` reads the header and the single question without building objects; it is
+what the fast path keys on and what lets a malformed packet get FORMERR with the right ID.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Sequence
+
+from twisted.names import dns
+
+__all__ = [
+    "EDNS_UDP_SIZE",
+    "Edns",
+    "Question",
+    "encode_response",
+    "error_response",
+    "parse_question",
+]
+
+#: The UDP payload size we advertise (the 2020 DNS flag day value; avoids IP fragmentation).
+EDNS_UDP_SIZE = 1232
+#: The most we put in one UDP datagram whatever the client says.
+MAX_UDP_SIZE = 65000
+BADVERS = 16
+
+_HEADER = struct.Struct("!HHHHHH")
+_OPT_FIXED = struct.Struct("!BHHIH")  # root name, type, class (size), ttl (flags), rdlength
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    """The client's OPT record: UDP payload size, version and the DO bit."""
+
+    udp_size: int
+    version: int
+    do: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """Header and question of a query, read from the packet without decoding the rest."""
+
+    id: int
+    flags: int
+    qdcount: int
+    ancount: int
+    nscount: int
+    arcount: int
+    qname_wire: bytes  # the question name exactly as sent (case preserved), uncompressed
+    qname: bytes  # dotted form, case preserved
+    qtype: int
+    qclass: int
+    end: int  # offset just past the question
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & 0x8000)
+
+
+def parse_question(data: bytes) -> Question | None:
+    """Header + first question, or None if the packet is too short or the name is malformed."""
+    if len(data) < 12:
+        return None
+    qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data, 0)
+    if qd == 0:
+        return Question(qid, flags, qd, an, ns, ar, b"", b"", 0, 0, 12)
+    pos = 12
+    labels = []
+    n = len(data)
+    while True:
+        if pos >= n:
+            return None
+        ln = data[pos]
+        if ln == 0:
+            pos += 1
+            break
+        if ln & 0xC0:  # compression in a question is legal but rare: leave it to the slow path
+            return None
+        pos += 1
+        if pos + ln > n:
+            return None
+        labels.append(data[pos : pos + ln])
+        pos += ln
+        if pos - 12 > 255:
+            return None
+    if pos + 4 > n:
+        return None
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    return Question(qid, flags, qd, an, ns, ar, data[12:pos], b".".join(labels), qtype, qclass, pos + 4)
+
+
+def read_edns(message: dns.Message) -> tuple[Edns | None, bool]:
+    """The client's EDNS settings from a decoded message; second item False if OPT is malformed."""
+    opts = [rr for rr in message.additional if rr.type == dns.OPT]
+    if not opts:
+        return None, True
+    if len(opts) > 1 or opts[0].name.name not in (b"", b"."):
+        return None, False
+    rr = opts[0]
+    version = (rr.ttl >> 16) & 0xFF
+    return Edns(udp_size=max(512, rr.cls), version=version, do=bool(rr.ttl & 0x8000)), True
+
+
+def _opt_bytes(ext_rcode: int, do: bool) -> bytes:
+    ttl = ((ext_rcode >> 4) & 0xFF) << 24 | (0x8000 if do else 0)
+    return _OPT_FIXED.pack(0, dns.OPT, EDNS_UDP_SIZE, ttl, 0)
+
+
+def udp_limit(edns: Edns | None) -> int:
+    """Largest UDP answer allowed: 512 without EDNS, else the client's size (bounded)."""
+    if edns is None:
+        return 512
+    return min(max(512, edns.udp_size), MAX_UDP_SIZE)
+
+
+def encode_response(
+    *,
+    qid: int,
+    opcode: int,
+    rd: bool,
+    cd: bool,
+    ra: bool,
+    aa: bool,
+    ad: bool = False,
+    rcode: int,
+    queries: Sequence[dns.Query],
+    answers: Sequence[dns.RRHeader] = (),
+    authority: Sequence[dns.RRHeader] = (),
+    additional: Sequence[dns.RRHeader] = (),
+    edns: Edns | None = None,
+    limit: int = 65535,
+) -> bytes:
+    """Encode a response that fits in ``limit`` bytes, cut at whole records, TC when needed."""
+    strio = BytesIO()
+    comp: dict[bytes, int] = {}
+    strio.write(b"\0" * 12)
+    for q in queries:
+        q.encode(strio, comp)
+    ends = [strio.tell()]
+    for rr in (*answers, *authority, *additional):
+        rr.encode(strio, comp)
+        ends.append(strio.tell())
+    body = strio.getvalue()
+    opt = _opt_bytes(rcode, edns.do) if edns is not None else b""
+    counts = [len(answers), len(authority), len(additional)]
+    tc = False
+    if len(body) + len(opt) > limit:
+        room = limit - len(opt)
+        keep = 0
+        for i in range(1, len(ends)):
+            if ends[i] <= room:
+                keep = i
+            else:
+                break
+        if ends[0] > room:  # not even the question fits: send header only
+            body = body[:12]
+            keep = 0
+            queries = ()
+        else:
+            body = body[: ends[keep]]
+        kept = keep
+        new_counts = []
+        for c in counts:
+            take = min(c, kept)
+            new_counts.append(take)
+            kept -= take
+        tc = new_counts[0] < counts[0] or new_counts[1] < counts[1] or not queries
+        counts = new_counts
+    flags = (
+        0x8000
+        | (opcode & 0xF) << 11
+        | (0x0400 if aa else 0)
+        | (0x0200 if tc else 0)
+        | (0x0100 if rd else 0)
+        | (0x0080 if ra else 0)
+        | (0x0020 if ad else 0)
+        | (0x0010 if cd else 0)
+        | (rcode & 0xF)
+    )
+    header = _HEADER.pack(qid, flags, len(queries), counts[0], counts[1], counts[2] + (1 if opt else 0))
+    return header + body[12:] + opt
+
+
+def error_response(data: bytes, rcode: int) -> bytes | None:
+    """A bare error answer (FORMERR, NOTIMP...) echoing ID, opcode, RD and, if readable, the question.
+
+    Returns None when the packet is too short to have an ID, or is itself a response (never
+    answer a response: that is how two servers get into a loop).
+    """
+    if len(data) < 12:
+        return None
+    qid, flags = struct.unpack_from("!HH", data, 0)
+    if flags & 0x8000:
+        return None
+    q = parse_question(data)
+    question = b""
+    qd = 0
+    if q is not None and q.qdcount == 1:
+        question = data[12 : q.end]
+        qd = 1
+    out_flags = 0x8000 | (flags & 0x7800) | (flags & 0x0100) | (rcode & 0xF)
+    return _HEADER.pack(qid, out_flags, qd, 0, 0, 0) + question

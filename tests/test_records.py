@@ -1,0 +1,227 @@
+"""Table-driven answers of the cluster zones, like CoreDNS's handler_test.go, against a filled store.
+
+Each row is (qname, qtype) → (rcode, answer records as text, authority types).  The end-to-end
+tests over real sockets are in test_server_e2e.py; these pin the spec's semantics exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.names import dns
+
+from kubedns.config import KubernetesConfig
+from kubedns.k8s import objects
+from kubedns.k8s.store import Store
+from kubedns.records import ClusterZones
+
+from tests import fakeapi
+
+
+def _fill(store: Store, pods: bool = True) -> None:
+    for ns in ("default", "kube-system", "testns"):
+        store.upsert("namespaces", *objects.namespace_from_raw(fakeapi.namespace(ns)))
+    svcs = [
+        fakeapi.service("kubernetes", "default", cluster_ip="10.96.0.1", ports=[{"name": "https", "port": 443, "protocol": "TCP"}]),
+        fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        fakeapi.service(
+            "nginx", "default", cluster_ip="10.96.0.100",
+            ports=[{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}],
+        ),
+        fakeapi.service(
+            "dual", "default", cluster_ip="10.96.0.200", cluster_ips=["10.96.0.200", "fd00::200"],
+            ports=[{"name": "http", "port": 80, "protocol": "TCP"}], ip_families=["IPv4", "IPv6"],
+        ),
+        fakeapi.service("v6only", "default", cluster_ip="fd00::300", cluster_ips=["fd00::300"], ip_families=["IPv6"]),
+        fakeapi.service("db", "testns", headless=True, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
+        fakeapi.service("empty", "testns", headless=True),
+        fakeapi.service("notready", "testns", headless=True, publish_not_ready=True),
+        fakeapi.service("ext", "testns", type="ExternalName", external_name="www.example.com"),
+    ]
+    for s in svcs:
+        store.upsert("services", *objects.service_from_raw(s))
+    slices = [
+        fakeapi.endpointslice(
+            "db-1", "testns", "db",
+            endpoints=[
+                {"addresses": ["10.244.1.1"], "hostname": "db-0", "ready": True},
+                {"addresses": ["10.244.1.2"], "ready": True},
+                {"addresses": ["10.244.1.3"], "ready": False},
+            ],
+            ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}],
+        ),
+        fakeapi.endpointslice(
+            "notready-1", "testns", "notready",
+            endpoints=[{"addresses": ["10.244.2.1"], "ready": False}],
+        ),
+        fakeapi.endpointslice(
+            "nginx-1", "default", "nginx",
+            endpoints=[{"addresses": ["10.244.0.5"], "ready": True}],
+            ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
+        ),
+    ]
+    for sl in slices:
+        store.upsert("endpointslices", *objects.endpointslice_from_raw(sl))
+    if pods:
+        store.upsert("pods", *objects.pod_from_raw(fakeapi.pod("web", "default", "10.244.0.5")))
+    for kind in ("namespaces", "services", "endpointslices", "pods"):
+        store.mark_synced(kind)
+
+
+def _zones(pods: str = "insecure", **kw) -> ClusterZones:
+    store = Store(required=("namespaces", "services", "endpointslices", "pods"))
+    _fill(store)
+    return ClusterZones(store, KubernetesConfig(pods=pods, ttl=5, **kw))
+
+
+def _text(rr: dns.RRHeader) -> str:
+    p = rr.payload
+    if rr.type == dns.A or rr.type == dns.AAAA:
+        v = p.dottedQuad() if rr.type == dns.A else __import__("socket").inet_ntop(10, p.address)
+    elif rr.type == dns.SRV:
+        v = f"{p.priority} {p.weight} {p.port} {p.target.name.decode()}"
+    elif rr.type in (dns.PTR, dns.CNAME, dns.NS):
+        v = p.name.name.decode()
+    elif rr.type == dns.TXT:
+        v = b"".join(p.data).decode()
+    else:
+        v = ""
+    return f"{rr.name.name.decode()} {dns.QUERY_TYPES.get(rr.type)} {v}".strip()
+
+
+Z = "cluster.local"
+OK, NX = dns.OK, dns.ENAME
+
+TABLE = [
+    # Service with ClusterIP (spec 2.3)
+    ("nginx.default.svc.cluster.local", dns.A, OK, ["nginx.default.svc.cluster.local A 10.96.0.100"]),
+    ("nginx.default.svc.cluster.local", dns.AAAA, OK, []),  # NODATA
+    ("dual.default.svc.cluster.local", dns.AAAA, OK, ["dual.default.svc.cluster.local AAAA fd00::200"]),
+    ("dual.default.svc.cluster.local", dns.A, OK, ["dual.default.svc.cluster.local A 10.96.0.200"]),
+    ("v6only.default.svc.cluster.local", dns.A, OK, []),
+    ("missing.default.svc.cluster.local", dns.A, NX, []),
+    ("nginx.nonexistent.svc.cluster.local", dns.A, NX, []),
+    ("_http._tcp.nginx.default.svc.cluster.local", dns.SRV, OK, ["_http._tcp.nginx.default.svc.cluster.local SRV 0 100 80 nginx.default.svc.cluster.local"]),
+    ("_http._udp.nginx.default.svc.cluster.local", dns.SRV, NX, []),
+    ("_nope._tcp.nginx.default.svc.cluster.local", dns.SRV, NX, []),
+    ("_http._tcp.nginx.default.svc.cluster.local", dns.A, OK, []),  # the name exists: NODATA
+    ("_tcp.nginx.default.svc.cluster.local", dns.A, OK, []),  # empty non-terminal
+    ("nginx.default.svc.cluster.local", dns.SRV, OK, ["nginx.default.svc.cluster.local SRV 0 100 80 nginx.default.svc.cluster.local"]),
+    # Headless (spec 2.4)
+    ("db.testns.svc.cluster.local", dns.A, OK, ["db.testns.svc.cluster.local A 10.244.1.1", "db.testns.svc.cluster.local A 10.244.1.2"]),
+    ("db-0.db.testns.svc.cluster.local", dns.A, OK, ["db-0.db.testns.svc.cluster.local A 10.244.1.1"]),
+    ("10-244-1-2.db.testns.svc.cluster.local", dns.A, OK, ["10-244-1-2.db.testns.svc.cluster.local A 10.244.1.2"]),
+    ("10-244-1-3.db.testns.svc.cluster.local", dns.A, NX, []),  # not ready
+    ("_pg._tcp.db.testns.svc.cluster.local", dns.SRV, OK, [
+        "_pg._tcp.db.testns.svc.cluster.local SRV 0 50 5432 db-0.db.testns.svc.cluster.local",
+        "_pg._tcp.db.testns.svc.cluster.local SRV 0 50 5432 10-244-1-2.db.testns.svc.cluster.local",
+    ]),
+    ("empty.testns.svc.cluster.local", dns.A, NX, []),  # no ready endpoints → NXDOMAIN (spec 2.4.1)
+    ("notready.testns.svc.cluster.local", dns.A, OK, ["notready.testns.svc.cluster.local A 10.244.2.1"]),
+    # ExternalName (spec 2.5)
+    ("ext.testns.svc.cluster.local", dns.A, OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]),
+    ("ext.testns.svc.cluster.local", dns.CNAME, OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]),
+    # PTR (2.3.3, 2.4.3)
+    ("100.0.96.10.in-addr.arpa", dns.PTR, OK, ["100.0.96.10.in-addr.arpa PTR nginx.default.svc.cluster.local"]),
+    ("1.1.244.10.in-addr.arpa", dns.PTR, OK, ["1.1.244.10.in-addr.arpa PTR db-0.db.testns.svc.cluster.local"]),
+    ("9.9.9.10.in-addr.arpa", dns.PTR, NX, []),
+    (".".join(reversed("fd00000000000000000000000000" "0200")) + ".ip6.arpa", dns.PTR, OK,
+     [".".join(reversed("fd000000000000000000000000000200")) + ".ip6.arpa PTR dual.default.svc.cluster.local"]),
+    # pods (2.6)
+    ("10-244-0-5.default.pod.cluster.local", dns.A, OK, ["10-244-0-5.default.pod.cluster.local A 10.244.0.5"]),
+    ("10-244-0-99.default.pod.cluster.local", dns.A, OK, ["10-244-0-99.default.pod.cluster.local A 10.244.0.99"]),
+    ("10-244-0-5.nonexistent.pod.cluster.local", dns.A, NX, []),
+    ("not-an-ip.default.pod.cluster.local", dns.A, NX, []),
+    # schema version, apex, namespaces
+    ("dns-version.cluster.local", dns.TXT, OK, ["dns-version.cluster.local TXT 1.1.0"]),
+    ("cluster.local", dns.NS, OK, ["cluster.local NS ns.dns.cluster.local"]),
+    ("cluster.local", dns.A, OK, []),
+    ("ns.dns.cluster.local", dns.A, OK, ["ns.dns.cluster.local A 10.96.0.10"]),
+    ("default.svc.cluster.local", dns.A, OK, []),
+    ("nonexistent.svc.cluster.local", dns.A, NX, []),
+    ("svc.cluster.local", dns.A, OK, []),
+    ("foo.cluster.local", dns.A, NX, []),
+    ("a.b.nginx.default.svc.cluster.local", dns.A, NX, []),
+]
+
+
+@pytest.mark.parametrize("qname,qtype,rcode,answers", TABLE)
+def test_cluster_answers(qname: str, qtype: int, rcode: int, answers: list[str]) -> None:
+    zones = _zones()
+    res = zones.answer(qname.encode(), qtype)
+    assert res is not None
+    _, ans = res
+    assert ans.rcode == rcode
+    assert [_text(rr) for rr in ans.answers] == answers
+    assert ans.authoritative
+    if not answers:  # NXDOMAIN and NODATA both carry the zone SOA
+        assert [rr.type for rr in ans.authority] == [dns.SOA]
+
+
+def test_srv_additional_records_carry_targets() -> None:
+    _, ans = _zones().answer(b"_pg._tcp.db.testns.svc.cluster.local", dns.SRV)
+    assert sorted(_text(rr) for rr in ans.additional) == [
+        "10-244-1-2.db.testns.svc.cluster.local A 10.244.1.2",
+        "db-0.db.testns.svc.cluster.local A 10.244.1.1",
+    ]
+
+
+def test_owner_name_echoes_query_case() -> None:
+    _, ans = _zones().answer(b"NGINX.Default.svc.Cluster.Local", dns.A)
+    assert ans.answers[0].name.name == b"NGINX.Default.svc.Cluster.Local"
+
+
+def test_name_outside_zones_is_not_ours() -> None:
+    assert _zones().answer(b"google.com", dns.A) is None
+
+
+def test_pods_verified_requires_pod() -> None:
+    zones = _zones(pods="verified")
+    assert zones.answer(b"10-244-0-5.default.pod.cluster.local", dns.A)[1].rcode == OK
+    assert zones.answer(b"10-244-0-99.default.pod.cluster.local", dns.A)[1].rcode == NX
+    assert zones.answer(b"10-244-0-5.testns.pod.cluster.local", dns.A)[1].rcode == NX
+
+
+def test_pods_disabled_is_nxdomain() -> None:
+    assert _zones(pods="disabled").answer(b"10-244-0-5.default.pod.cluster.local", dns.A)[1].rcode == NX
+
+
+def test_servfail_before_sync_never_nxdomain() -> None:
+    store = Store()
+    zones = ClusterZones(store, KubernetesConfig())
+    assert zones.answer(b"nginx.default.svc.cluster.local", dns.A)[1].rcode == dns.ESERVER
+    assert zones.answer(b"missing.default.svc.cluster.local", dns.A)[1].rcode == dns.ESERVER
+
+
+def test_negative_soa_ttl_and_serial_moves() -> None:
+    zones = _zones()
+    _, ans = zones.answer(b"missing.default.svc.cluster.local", dns.A)
+    soa = ans.authority[0]
+    assert soa.ttl == 5 and soa.payload.minimum == 5
+    before = soa.payload.serial
+    zones.store.upsert("services", *objects.service_from_raw(fakeapi.service("new", "default", cluster_ip="10.96.9.9")))
+    _, ans = zones.answer(b"missing.default.svc.cluster.local", dns.A)
+    assert ans.authority[0].payload.serial > before
+
+
+def test_fallthrough_only_for_listed_zones() -> None:
+    zones = _zones(fallthrough=("in-addr.arpa",))
+    zone, ans = zones.answer(b"9.9.9.10.in-addr.arpa", dns.PTR)
+    assert zones.falls_through(zone, ans)
+    zone, ans = zones.answer(b"missing.default.svc.cluster.local", dns.A)
+    assert not zones.falls_through(zone, ans)
+
+
+def test_unchanged_object_does_not_bump_generation() -> None:
+    store = Store()
+    raw = fakeapi.service("a", "default", cluster_ip="10.0.0.1")
+    store.upsert("services", *objects.service_from_raw(raw))
+    gen = store.generation
+    raw["metadata"]["annotations"] = {"x": "y"}
+    assert not store.upsert("services", *objects.service_from_raw(raw))
+    assert store.generation == gen
+
+
+def test_deleting_service_removes_ptr() -> None:
+    zones = _zones()
+    zones.store.delete("services", "default/nginx")
+    assert zones.answer(b"100.0.96.10.in-addr.arpa", dns.PTR)[1].rcode == NX
