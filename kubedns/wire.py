@@ -151,9 +151,8 @@ def encode_response(
     limit: int = 65535,
 ) -> bytes:
     """Encode a response that fits in ``limit`` bytes, cut at whole records, TC when needed."""
-    strio = BytesIO()
+    strio = BytesIO()  # the body: twisted's Name.encode adds the 12-byte header to offsets itself
     comp: dict[bytes, int] = {}
-    strio.write(b"\0" * 12)
     for q in queries:
         q.encode(strio, comp)
     ends = [strio.tell()]
@@ -164,8 +163,8 @@ def encode_response(
     opt = _opt_bytes(rcode, edns.do) if edns is not None else b""
     counts = [len(answers), len(authority), len(additional)]
     tc = False
-    if len(body) + len(opt) > limit:
-        room = limit - len(opt)
+    if 12 + len(body) + len(opt) > limit:
+        room = limit - len(opt) - 12
         keep = 0
         for i in range(1, len(ends)):
             if ends[i] <= room:
@@ -173,7 +172,7 @@ def encode_response(
             else:
                 break
         if ends[0] > room:  # not even the question fits: send header only
-            body = body[:12]
+            body = b""
             keep = 0
             queries = ()
         else:
@@ -198,7 +197,7 @@ def encode_response(
         | (rcode & 0xF)
     )
     header = _HEADER.pack(qid, flags, len(queries), counts[0], counts[1], counts[2] + (1 if opt else 0))
-    return header + body[12:] + opt
+    return header + body + opt
 
 
 def error_response(data: bytes, rcode: int) -> bytes | None:
