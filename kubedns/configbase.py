@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = [
     "Address",
@@ -129,7 +130,7 @@ class Node:
     def error(self, expected: str, *, show: bool = True) -> ConfigError:
         return ConfigError(self.path, self.key, expected, self.value, has_found=show)
 
-    def mapping(self, allowed: set[str] | None = None) -> "Node":
+    def mapping(self, allowed: set[str] | None = None) -> Node:
         """Check this is a mapping (``None`` counts as empty) and has only ``allowed`` keys."""
         if self.value is None:
             self.value = {}
@@ -149,14 +150,14 @@ class Node:
     def has(self, name: str) -> bool:
         return isinstance(self.value, dict) and name in self.value
 
-    def get(self, name: str, default: Any = _MISSING) -> "Node":
+    def get(self, name: str, default: Any = _MISSING) -> Node:
         if isinstance(self.value, dict) and name in self.value:
             return Node(self.value[name], self.path, self._child_key(name))
         if default is _MISSING:
             raise ConfigError(self.path, self._child_key(name), "a value (the key is required)", has_found=False)
         return Node(default, self.path, self._child_key(name))
 
-    def items(self) -> Iterator["Node"]:
+    def items(self) -> Iterator[Node]:
         if not isinstance(self.value, list):
             raise self.error("a list")
         for i, v in enumerate(self.value):

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -119,14 +120,19 @@ class Dispatcher:
             return error_response(data, FORMERR)
         if q.is_response:
             return None
+        if q.opcode != dns.OP_QUERY:
+            return error_response(data, NOTIMP)
+        if q.qdcount != 1:
+            return error_response(data, FORMERR)
         msg = dns.Message()
         try:
             msg.fromStr(data)
         except Exception:
             return error_response(data, FORMERR)
-        if msg.opCode != dns.OP_QUERY:
-            return error_response(data, NOTIMP)
-        if len(msg.queries) != 1:
+        # twisted's decoder stops quietly at the end of the data: a short packet is malformed
+        if (len(msg.queries), len(msg.answers), len(msg.authority), len(msg.additional)) != (
+            q.qdcount, q.ancount, q.nscount, q.arcount,
+        ):
             return error_response(data, FORMERR)
         edns, ok = read_edns(msg)
         if not ok:

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from kubedns.config import Config, KubernetesConfig
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
-from kubedns.server import Block, DNSDatagramProtocol, Dispatcher, DNSStreamFactory
+from kubedns.server import Block, Dispatcher, DNSDatagramProtocol, DNSStreamFactory
 
 __all__ = ["KubeDNS", "build"]
 

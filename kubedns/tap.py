@@ -19,7 +19,7 @@ DEFAULT_CONFIG = "/etc/kubedns/corefile.yaml"
 class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = "Kubernetes cluster DNS: serves cluster.local from a Kubernetes watch, forwards the rest."
-    optParameters = [
+    optParameters = [  # noqa: N815 (Twisted API)
         ["config", "c", DEFAULT_CONFIG, "Path to the YAML config (a Corefile mirror)."],
     ]
 

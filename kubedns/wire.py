@@ -18,9 +18,9 @@ what the fast path keys on and what lets a malformed packet get FORMERR with the
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Sequence
 
 from twisted.names import dns
 

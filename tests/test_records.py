@@ -13,7 +13,6 @@ from kubedns.config import KubernetesConfig
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
-
 from tests import fakeapi
 
 

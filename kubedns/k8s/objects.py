@@ -14,8 +14,9 @@ cluster-scoped objects).  Records may be ``None`` when the object has nothing DN
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "Endpoint",

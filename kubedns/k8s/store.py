@@ -15,7 +15,8 @@ the gap.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from kubedns.k8s.objects import Endpoint, EndpointSlice, Namespace, Pod, Service
 

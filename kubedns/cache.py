@@ -1,0 +1,235 @@
+"""A bounded answer cache for forwarded names, with TTLs that count down on the reactor's clock.
+
+Why not ``twisted.names.cache.CacheResolver``: it is unbounded, schedules one DelayedCall per
+entry and never caches negative answers.  This cache is a plain dict with LRU order: an entry
+stores the upstream's sections once plus the time it was stored, and every hit builds a new
+message whose TTLs are the entry's TTL minus its age (``reactor.seconds()``), so nothing is ever
+scheduled per entry and expiry is checked lazily on lookup.
+
+Eviction is LRU (``OrderedDict.move_to_end`` / ``popitem``) rather than CoreDNS's random eviction
+per shard: both are O(1) here, and LRU keeps the names that are actually being asked for, which
+is what makes a small cache useful in front of a slow upstream.  Expired entries are not swept;
+they leave on their next lookup or when LRU pushes them out, so the size bound holds regardless.
+
+What is cached (as CoreDNS): NOERROR answers (TTL = smallest RR TTL, capped at ``ttl``, floored at
+``min_ttl``); NXDOMAIN and NODATA only when the authority section carries an SOA (RFC 2308: TTL =
+min(SOA TTL, SOA MINIMUM), capped at ``denial_ttl``); SERVFAIL from an upstream for
+``servfail_ttl`` (5 s).  Truncated answers and other rcodes are not cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.names import dns
+
+from kubedns.forward.config import CacheConfig
+from kubedns.forward.message import client_bits
+
+__all__ = ["Cache", "CacheKey", "cache_key", "response_ttl"]
+
+CacheKey = tuple[bytes, int, int, bool, bool]
+
+SUCCESS, DENIAL, SERVFAIL = "success", "denial", "servfail"
+
+
+def cache_key(query: dns.Message) -> CacheKey | None:
+    """(qname lower-cased, qtype, qclass, DO, CD) of the query's question, or None without one."""
+    if not query.queries:
+        return None
+    q = query.queries[0]
+    _rd, cd, do = client_bits(query)
+    return (q.name.name.lower(), q.type, q.cls, do, cd)
+
+
+def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] | None:
+    """(kind, seconds) to cache ``response`` for, or None if it must not be cached."""
+    if response.trunc:
+        return None
+    rcode = response.rCode
+    if rcode == dns.SERVFAIL:
+        secs = int(config.servfail_ttl)
+        return (SERVFAIL, secs) if secs > 0 else None
+    if rcode not in (dns.OK, dns.ENAME):
+        return None
+    if rcode == dns.OK and response.answers:
+        rrs = [rr for sec in (response.answers, response.authority, response.additional) for rr in sec]
+        low = min((rr.ttl for rr in rrs if rr.type != dns.OPT), default=0)
+        ttl = min(config.ttl, max(config.min_ttl, low))
+        return (SUCCESS, ttl) if ttl > 0 else None
+    # NXDOMAIN or NODATA: cacheable only with an SOA to take the negative TTL from (RFC 2308 §5).
+    for rr in response.authority:
+        if rr.type == dns.SOA:
+            neg = min(rr.ttl, getattr(rr.payload, "minimum", rr.ttl))
+            ttl = min(config.denial_ttl, max(config.min_ttl, neg))
+            return (DENIAL, ttl) if ttl > 0 else None
+    return None
+
+
+@dataclass(slots=True)
+class _Entry:
+    kind: str
+    rcode: int
+    auth: int
+    rec_av: int
+    ad: int
+    answers: list
+    authority: list
+    additional: list
+    stored: float
+    ttl: int
+    hits: int = 0
+    last_hit: float = 0.0
+
+    @property
+    def expires(self) -> float:
+        return self.stored + self.ttl
+
+
+def _copy_rrs(rrs: list, ttl: int | None = None) -> list:
+    out = []
+    for rr in rrs:
+        if rr.type == dns.OPT:
+            continue
+        c = copy.copy(rr)
+        if ttl is not None:
+            c.ttl = ttl
+        out.append(c)
+    return out
+
+
+class Cache:
+    """Bounded positive/negative answer cache; see the module docstring."""
+
+    def __init__(self, config: CacheConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self._reactor = reactor
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        # Counters for the metrics endpoint (plain ints, CoreDNS's cache metric names in spirit).
+        self.hits = 0
+        self.misses = 0
+        self.stale_served = 0
+        self.prefetches = 0  # prefetches started (the chain bumps it)
+        self.evictions = 0
+        self.inserts = 0
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, key: CacheKey) -> tuple[dns.Message, bool] | None:
+        """A fresh entry as (message with aged TTLs, prefetch now?), or None (counted as a miss)."""
+        e = self._entries.get(key)
+        if e is None:
+            self.misses += 1
+            return None
+        now = self._reactor.seconds()
+        age = now - e.stored
+        if age >= e.ttl or age < -1.0:  # expired (or the clock jumped back: don't trust the entry)
+            if not self.config.serve_stale or age >= e.ttl + self.config.serve_stale or age < -1.0:
+                del self._entries[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        remaining = e.ttl - int(max(age, 0.0))
+        return self._message(e, remaining), self._should_prefetch(e, now, remaining)
+
+    def get_stale(self, key: CacheKey) -> dns.Message | None:
+        """An expired entry still inside the ``serve_stale`` window, with TTL 0; else None."""
+        if not self.config.serve_stale:
+            return None
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        age = self._reactor.seconds() - e.stored
+        if age >= e.ttl + self.config.serve_stale:
+            del self._entries[key]
+            return None
+        self.stale_served += 1
+        return self._message(e, 0)
+
+    def _should_prefetch(self, e: _Entry, now: float, remaining: int) -> bool:
+        cfg = self.config
+        if not cfg.prefetch_amount or e.kind != SUCCESS:
+            return False
+        if e.hits and now - e.last_hit >= cfg.prefetch_duration:
+            e.hits = 0  # a gap this long means the name is not popular any more
+        e.hits += 1
+        e.last_hit = now
+        threshold = max(1, math.ceil(cfg.prefetch_percentage / 100 * e.ttl))
+        return e.hits >= cfg.prefetch_amount and remaining <= threshold
+
+    @staticmethod
+    def _message(e: _Entry, ttl: int) -> dns.Message:
+        m = dns.Message(answer=1, auth=e.auth, recAv=e.rec_av, rCode=e.rcode, authenticData=e.ad)
+        m.answers = _copy_rrs(e.answers, ttl)
+        m.authority = _copy_rrs(e.authority, ttl)
+        m.additional = _copy_rrs(e.additional, ttl)
+        return m
+
+    # -- writing -------------------------------------------------------------------------------
+    def put(self, key: CacheKey, response: dns.Message) -> bool:
+        """Store ``response`` if cacheable (see :func:`response_ttl`); True if stored."""
+        decision = response_ttl(response, self.config)
+        if decision is None:
+            return False
+        kind, ttl = decision
+        entry = _Entry(
+            kind=kind,
+            rcode=response.rCode,
+            auth=response.auth,
+            rec_av=response.recAv,
+            ad=getattr(response, "authenticData", 0),
+            answers=_copy_rrs(response.answers),
+            authority=_copy_rrs(response.authority),
+            additional=_copy_rrs(response.additional),
+            stored=self._reactor.seconds(),
+            ttl=ttl,
+        )
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:  # a refresh keeps the popularity it earned
+            entry.hits, entry.last_hit = old.hits, old.last_hit
+        entries[key] = entry
+        self.inserts += 1
+        while len(entries) > self.config.size:
+            entries.popitem(last=False)
+            self.evictions += 1
+        return True
+
+    def remove(self, key: CacheKey) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    # -- metrics -------------------------------------------------------------------------------
+    @property
+    def entries(self) -> int:
+        return len(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries_by_kind(self) -> dict[str, int]:
+        out = {SUCCESS: 0, DENIAL: 0, SERVFAIL: 0}
+        for e in self._entries.values():
+            out[e.kind] += 1
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "entries": len(self._entries),
+            "stale_served": self.stale_served,
+            "prefetches": self.prefetches,
+            "evictions": self.evictions,
+            "inserts": self.inserts,
+        }

@@ -1,0 +1,136 @@
+"""ForwardChain: the cache in front of the forwarder, the one object the server asks about names
+outside the cluster zones.
+
+Composition only: lookup → hit (aged TTLs, maybe a background prefetch) or miss → forwarder →
+store → answer; when the forwarder fails and ``serve_stale`` is on, an expired answer (TTL 0)
+instead of an error.  Kept out of :mod:`kubedns.cache` so the cache stays a pure data structure
+that knows nothing about upstreams, and out of the forwarder so forwarding works without a cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.python.failure import Failure
+
+from kubedns.cache import Cache, CacheKey, cache_key
+from kubedns.forward.forwarder import Forwarder, Refused, UpstreamsFailed
+
+__all__ = ["ForwardChain"]
+
+_log = Logger()
+
+
+class ForwardChain:
+    """``resolve(query)`` for everything the cluster zones do not answer."""
+
+    def __init__(self, forwarder: Forwarder, cache: Cache | None = None, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.forwarder = forwarder
+        self.cache = cache
+        self._reactor = reactor
+        self._refreshing: set[CacheKey] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.forwarder.start()
+
+    def stop(self) -> defer.Deferred | None:
+        return self.forwarder.stop()
+
+    def handles(self, name: bytes) -> bool:
+        return self.forwarder.handles(name)
+
+    @property
+    def loop_detected(self) -> bool:
+        return self.forwarder.disabled_reason is not None
+
+    # -- queries -------------------------------------------------------------------------------
+    def resolve(self, query: dns.Message, *, tcp: bool = False) -> defer.Deferred:
+        """Fire with an answer Message (aged TTLs on a hit); fail with UpstreamsFailed or Refused.
+
+        The server sets the ID and the question (with the client's case) on the result itself.
+        """
+        cache = self.cache
+        key = cache_key(query) if cache is not None else None
+        if cache is None or key is None:
+            return self.forwarder.resolve(query, tcp=tcp)
+        hit = cache.get(key)
+        if hit is not None:
+            msg, prefetch = hit
+            if prefetch:
+                cache.prefetches += 1
+                self._refresh(key, query, tcp)
+            return defer.succeed(msg)
+        if cache.config.serve_stale and cache.config.serve_stale_mode == "immediate":
+            stale = cache.get_stale(key)
+            if stale is not None:
+                self._refresh(key, query, tcp)
+                return defer.succeed(stale)
+        d = self.forwarder.resolve(query, tcp=tcp)
+        d.addCallbacks(self._store, self._stale_or_fail, callbackArgs=(key,), errbackArgs=(key,))
+        return d
+
+    def _store(self, response: dns.Message, key: CacheKey) -> dns.Message:
+        assert self.cache is not None
+        self.cache.put(key, response)
+        return response
+
+    def _stale_or_fail(self, failure: Failure, key: CacheKey) -> Any:
+        assert self.cache is not None
+        if failure.check(UpstreamsFailed, Refused):
+            stale = self.cache.get_stale(key)
+            if stale is not None:
+                return stale
+        return failure
+
+    def _refresh(self, key: CacheKey, query: dns.Message, tcp: bool) -> None:
+        """Ask the upstream again in the background (prefetch, or after serving stale)."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        # The forwarder reads the query synchronously, so the server may reuse it afterwards.
+        d = self.forwarder.resolve(query, tcp=tcp)
+
+        def stored(response: dns.Message) -> None:
+            assert self.cache is not None
+            self.cache.put(key, response)
+
+        def failed(f: Failure) -> None:
+            _log.debug("cache refresh of {name} failed: {why}", name=key[0], why=f.getErrorMessage())
+
+        def done(_: Any) -> None:
+            self._refreshing.discard(key)
+
+        d.addCallbacks(stored, failed).addBoth(done)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Plain counters: cache hits/misses/entries…, forwarder rejects, per-upstream counts."""
+        fwd = self.forwarder
+        out: dict[str, Any] = {
+            "forward": {
+                "max_concurrent_rejects": fwd.stats.max_concurrent_rejects,
+                "healthcheck_broken": fwd.stats.healthcheck_broken,
+                "deduplicated": fwd.stats.deduplicated,
+                "loop_detected": self.loop_detected,
+                "upstreams": {
+                    name: {
+                        "requests": s.requests,
+                        "responses": dict(s.responses),
+                        "failures": s.failures,
+                        "healthcheck_failures": s.healthcheck_failures,
+                    }
+                    for name, s in fwd.upstream_stats().items()
+                },
+            }
+        }
+        if self.cache is not None:
+            out["cache"] = self.cache.stats()
+        return out

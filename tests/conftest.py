@@ -1,0 +1,146 @@
+"""Shared test helpers: run the real ``twistd kubedns`` process and query it with dnspython.
+
+Every server under test is a real process started the way operators start it, listening on
+127.0.0.1 with a free port; tests talk to it over real UDP/TCP sockets.  Configs written here
+never forward anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+#: twistd of the interpreter running the tests (the script pip installs beside it).
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` right now."""
+    for _ in range(50):
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind((host, 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+        return port
+    raise RuntimeError("no free port")
+
+
+def query(
+    port: int,
+    name: str,
+    rdtype: str | int = "A",
+    *,
+    host: str = "127.0.0.1",
+    tcp: bool = False,
+    timeout: float = 3.0,
+    **kw: Any,
+) -> dns.message.Message:
+    """One query over real sockets; ``kw`` goes to ``dns.message.make_query`` (use_edns, payload...)."""
+    q = dns.message.make_query(name, rdtype, **kw)
+    if tcp:
+        return dns.query.tcp(q, host, port=port, timeout=timeout)
+    return dns.query.udp(q, host, port=port, timeout=timeout, ignore_trailing=True)
+
+
+class KubeDNSProcess:
+    """``twistd -n kubedns --config FILE`` as a child process, stopped on exit."""
+
+    def __init__(self, config: dict[str, Any] | str, workdir: Path, env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.config_path = workdir / "corefile.yaml"
+        self.write_config(config)
+        self.log_path = workdir / "kubedns.log"
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        self.config_path.write_text(text)
+
+    def command(self) -> list[str]:
+        return [*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(self.config_path)]
+
+    def start(self) -> KubeDNSProcess:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command(), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_listening(self, port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+        """Wait until the server answers any DNS query on ``port`` (SERVFAIL counts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"kubedns exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                query(port, "dns-version.cluster.local", "TXT", host=host, timeout=0.3)
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise AssertionError(f"kubedns did not answer on {host}:{port} within {timeout}s:\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def kubedns_process(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``kubedns_process(config)`` starts a server; all are stopped after the test."""
+    started: list[KubeDNSProcess] = []
+
+    def start(config: dict[str, Any] | str, env: dict[str, str] | None = None) -> KubeDNSProcess:
+        sub = tmp_path / f"kubedns{len(started)}"
+        sub.mkdir()
+        p = KubeDNSProcess(config, sub, env).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def rrset_text(msg: dns.message.Message, section: str = "answer") -> list[str]:
+    """Records of a section as sorted ``name TYPE rdata`` strings (TTL and class left out)."""
+    out = []
+    for rrset in getattr(msg, section):
+        for rd in rrset:
+            out.append(f"{rrset.name.to_text(omit_final_dot=True)} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}")
+    return sorted(out)
