@@ -1,0 +1,229 @@
+"""Cluster-name benchmark: kubedns vs a stock twisted.names server vs dnsmasq, in one run.
+
+    python bench/run.py [--services 1000] [--seconds 8] [--nx 0.1]
+
+Each server is pinned to CPU 0 with taskset, dnsperf to CPU 1, all on 127.0.0.1.  For each
+server it prints: max QPS (dnsperf, unthrottled), server CPU µs per query (from the process's
+own CPU time: the steadiest figure on a shared machine), p50/p99 latency at a fixed 10k QPS
+(from dnsperf -v per-query latencies), RSS after the run, and ratios to the other servers.
+kubedns is run twice when it has a fast path: with it (default) and with KUBEDNS_FAST_PATH=0.
+Nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()"]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    name: str
+    qps: float = 0.0
+    cpu_us: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    rss_mb: float = 0.0
+    lost: float = 0.0
+
+
+def free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_cluster(d: Path, n: int, nx: float) -> tuple[Path, Path, Path]:
+    """Manifests for kubedns, a hosts file for the others, and a dnsperf query file."""
+    import yaml
+
+    items: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{j}"}} for j in range(10)]
+    hosts = []
+    names = []
+    for i in range(n):
+        ns = f"ns{i % 10}"
+        ip = f"10.96.{i // 250}.{i % 250 + 1}"
+        items.append({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc{i}", "namespace": ns},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+        })
+        name = f"svc{i}.{ns}.svc.cluster.local"
+        hosts.append(f"{ip} {name}")
+        names.append(name)
+    manifests = d / "cluster.yaml"
+    manifests.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    hostsfile = d / "hosts"
+    hostsfile.write_text("\n".join(hosts) + "\n")
+    rng = random.Random(42)
+    lines = []
+    for _ in range(20000):
+        if rng.random() < nx:
+            lines.append(f"nosuch{rng.randrange(n)}.ns{rng.randrange(10)}.svc.cluster.local A")
+        else:
+            lines.append(f"{rng.choice(names)} A")
+    queries = d / "queries.txt"
+    queries.write_text("\n".join(lines) + "\n")
+    return manifests, hostsfile, queries
+
+
+def wait_udp(port: int, timeout: float = 20.0) -> None:
+    import dns.message
+    import dns.query
+
+    q = dns.message.make_query("svc0.ns0.svc.cluster.local", "A")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=0.3)
+            if r.rcode() == 0 and r.answer:
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server on {port} did not answer")
+
+
+def dnsperf(port: int, queries: Path, seconds: float, qps: int | None = None, verbose: bool = False) -> str:
+    cmd = ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
+           "-l", str(seconds), "-c", "8", "-q", "500", "-t", "2"]
+    if qps:
+        cmd += ["-Q", str(qps)]
+    if verbose:
+        cmd.append("-v")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+
+
+def measure(name: str, proc: subprocess.Popen, port: int, queries: Path, seconds: float) -> Result:
+    wait_udp(port)
+    dnsperf(port, queries, 1.0)  # warm up
+    r = Result(name)
+    c0 = cpu_seconds(proc.pid)
+    out = dnsperf(port, queries, seconds)
+    c1 = cpu_seconds(proc.pid)
+    m = re.search(r"Queries per second:\s+([\d.]+)", out)
+    done = re.search(r"Queries completed:\s+(\d+)", out)
+    lost = re.search(r"Queries lost:\s+(\d+)", out)
+    r.qps = float(m.group(1)) if m else 0.0
+    completed = int(done.group(1)) if done else 0
+    r.lost = int(lost.group(1)) if lost else 0
+    r.cpu_us = (c1 - c0) / completed * 1e6 if completed else float("nan")
+    out = dnsperf(port, queries, 4.0, qps=10000, verbose=True)
+    lat = sorted(float(x) for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M))
+    if lat:
+        r.p50_ms = lat[len(lat) // 2] * 1000
+        r.p99_ms = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    r.rss_mb = rss_mb(proc.pid)
+    return r
+
+
+def start(cmd: list[str], env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    return subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, **(env or {})))
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--nx", type=float, default=0.1, help="fraction of NXDOMAIN queries")
+    ap.add_argument("--only", default="", help="comma list: kubedns,kubedns-slow,stock,dnsmasq")
+    args = ap.parse_args()
+    for tool in ("dnsperf", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install dnsperf util-linux")
+    only = set(args.only.split(",")) if args.only else None
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        manifests, hostsfile, queries = make_cluster(d, args.services, args.nx)
+
+        def kubedns(label: str, fast: bool) -> None:
+            port = free_port()
+            cfg = d / f"{label}.yaml"
+            cfg.write_text(
+                "servers:\n"
+                f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
+                f"    kubernetes: {{zones: [cluster.local], manifests: '{manifests}', ttl: 5}}\n"
+            )
+            p = start([*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)],
+                      env={"KUBEDNS_FAST_PATH": "1" if fast else "0"}, log=d / f"{label}.log")
+            try:
+                results.append(measure(label, p, port, queries, args.seconds))
+            finally:
+                stop(p)
+
+        if only is None or "kubedns" in only:
+            kubedns("kubedns", True)
+        if only is None or "kubedns-slow" in only:
+            kubedns("kubedns-slow", False)
+        if only is None or "stock" in only:
+            port = free_port()
+            p = start([sys.executable, str(REPO / "bench" / "stock_server.py"), str(port), str(hostsfile)])
+            try:
+                results.append(measure("twisted-stock", p, port, queries, args.seconds))
+            finally:
+                stop(p)
+        if (only is None or "dnsmasq" in only) and shutil.which("dnsmasq"):
+            port = free_port()
+            p = start(["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
+                       "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hostsfile}",
+                       "--local=/cluster.local/", "--cache-size=10000", "--local-ttl=5", "--user=root"])
+            try:
+                results.append(measure("dnsmasq", p, port, queries, args.seconds))
+            finally:
+                stop(p)
+
+    print(f"\n{args.services} services, {args.nx:.0%} NXDOMAIN, server on CPU 0, dnsperf on CPU 1, {args.seconds:g}s runs")
+    print(f"{'server':<14}{'QPS':>10}{'CPU us/q':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'lost':>7}")
+    for r in results:
+        print(f"{r.name:<14}{r.qps:>10.0f}{r.cpu_us:>10.1f}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.rss_mb:>9.1f}{r.lost:>7.0f}")
+    by = {r.name: r for r in results}
+    for a, b in (("kubedns", "dnsmasq"), ("kubedns", "twisted-stock"), ("kubedns-slow", "twisted-stock"),
+                 ("kubedns", "kubedns-slow")):
+        if a in by and b in by and by[b].qps:
+            print(f"QPS ratio {a}/{b}: {by[a].qps / by[b].qps:.2f}   CPU/query ratio: {by[a].cpu_us / by[b].cpu_us:.2f}")
+
+
+if __name__ == "__main__":
+    main()
