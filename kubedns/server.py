@@ -93,7 +93,7 @@ class Block:
 class Dispatcher:
     """Routes queries arriving on one listen address to the right block and encodes the answer."""
 
-    def __init__(self, address: str, blocks: list[Block], reactor: Any = None):
+    def __init__(self, address: str, blocks: list[Block], reactor: Any = None, fast_path: bool = True):
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -102,6 +102,8 @@ class Dispatcher:
         self.server_label = address
         self.blocks = blocks
         self.observers: list[Observer] = []
+        #: the fast path: UDP query bytes after the ID → [encoded answer, hits, info template]
+        self.fast = FastCache(enabled=fast_path)
 
     # -- entry point ----------------------------------------------------------------------
     def handle(self, data: bytes, proto: str, peer: Any) -> bytes | defer.Deferred | None:
@@ -149,7 +151,7 @@ class Dispatcher:
         qname = query.name.name
         lname = qname.decode("ascii", "replace").lower().rstrip(".")
         block = self._route(lname)
-        ctx = (msg, query, edns, limit, proto, peer, start, len(data), block)
+        ctx = (msg, query, edns, limit, proto, peer, start, data, block)
         if block is None:
             return self._finish(ctx, Answer(rcode=REFUSED, authoritative=False), "")
         if block.loop is not None and block.loop.observe(qname):
@@ -160,7 +162,7 @@ class Dispatcher:
             if res is not None:
                 zone, ans = res
                 if not block.clusters.falls_through(zone, ans):
-                    return self._finish(ctx, ans, zone)
+                    return self._finish(ctx, ans, zone, cacheable=ans.rcode != SERVFAIL)
                 fell = res
         if block.chain is not None and block.chain.handles(qname):
             d = block.chain.resolve(msg)
@@ -180,8 +182,10 @@ class Dispatcher:
         return best
 
     # -- encoding ---------------------------------------------------------------------------
-    def _finish(self, ctx: tuple, ans: Answer, zone: str, *, ra: bool | None = None, ad: bool = False) -> bytes:
-        msg, query, edns, limit, proto, peer, start, size, block = ctx
+    def _finish(
+        self, ctx: tuple, ans: Answer, zone: str, *, ra: bool | None = None, ad: bool = False, cacheable: bool = False
+    ) -> bytes:
+        msg, query, edns, limit, proto, peer, start, packet, block = ctx
         if ra is None:
             ra = block is not None and block.chain is not None
         out = encode_response(
@@ -200,7 +204,8 @@ class Dispatcher:
             edns=edns,
             limit=limit,
         )
-        if self.observers:
+        info = None
+        if self.observers or (cacheable and proto == "udp"):
             info = QueryInfo(
                 server=self.server_label,
                 zone=zone or (block.zones[0] if block is not None else ""),
@@ -210,7 +215,7 @@ class Dispatcher:
                 qtype=query.type,
                 qclass=query.cls,
                 qid=msg.id,
-                request_size=size,
+                request_size=len(packet),
                 response_size=len(out),
                 rcode=ans.rcode,
                 flags=struct.unpack_from("!H", out, 2)[0],
@@ -222,6 +227,8 @@ class Dispatcher:
                     obs(info)
                 except Exception:
                     log.failure("query observer failed")
+        if cacheable and proto == "udp" and info is not None:
+            self.fast.remember(ctx[-2], out, info)
         return out
 
     def _relay(self, upstream: dns.Message, ctx: tuple) -> bytes:
@@ -248,13 +255,77 @@ class Dispatcher:
         return self._finish(ctx, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True)
 
 
+class FastCache:
+    """Pre-encoded UDP answers keyed by the query's bytes after the ID.
+
+    The key is everything after the 2-byte ID: flags (RD, CD...), counts, the question with the
+    client's exact name case, and the OPT record (payload size, DO bit, options).  Equal keys
+    mean equal answers, so a hit is one dict lookup plus an ID patch, and case echo and EDNS
+    handling come for free; a query with anything unusual (a cookie, another opcode...) simply
+    has a key of its own or never gets stored.  Only answers computed synchronously from the
+    store are stored; the whole cache is dropped whenever a store changes (its generation moves),
+    so an entry can never outlive the data it was built from.  Hit counts stay in the entries and
+    are folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
+    """
+
+    max_entries = 50000
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.entries: dict[bytes, list[Any]] = {}
+        #: hits of dropped entries, by the QueryInfo fields metrics label on
+        self.retired: dict[tuple[Any, ...], int] = {}
+
+    def remember(self, packet: bytes, answer: bytes, info: QueryInfo) -> None:
+        if not self.enabled:
+            return
+        if len(self.entries) >= self.max_entries:
+            self.clear()
+        self.entries[packet[2:]] = [answer[2:], 0, info]
+
+    def clear(self) -> None:
+        """Drop every entry (in place: protocols hold a reference to the dict)."""
+        if not self.entries:
+            return
+        retired = self.retired
+        for e in self.entries.values():
+            if e[1]:
+                k = fast_key(e[2])
+                retired[k] = retired.get(k, 0) + e[1]
+        self.entries.clear()
+
+    def live(self) -> list[tuple[tuple[Any, ...], int]]:
+        """``(fast_key(info), hits)`` of current entries, for rendering metrics on scrape."""
+        return [(fast_key(e[2]), e[1]) for e in self.entries.values() if e[1]]
+
+    def hits(self) -> int:
+        return sum(n for _, n in self.live()) + sum(self.retired.values())
+
+
+def fast_key(info: QueryInfo) -> tuple[Any, ...]:
+    """The QueryInfo fields that metrics and summaries group fast-path hits by."""
+    return (info.server, info.zone, info.qtype, info.rcode, info.request_size, info.response_size, info.do)
+
+
 class DNSDatagramProtocol(protocol.DatagramProtocol):
     """UDP: one datagram in, at most one out."""
 
     def __init__(self, dispatcher: Dispatcher):
         self.dispatcher = dispatcher
 
+    def startProtocol(self) -> None:  # noqa: N802
+        self._sendto = self.transport.socket.sendto
+        self._fast = self.dispatcher.fast.entries
+
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
+        entry = self._fast.get(data[2:])
+        if entry is not None:
+            entry[1] += 1
+            try:
+                self._sendto(data[:2] + entry[0], addr)
+            except OSError:
+                pass
+            return
         result = self.dispatcher.handle(data, "udp", addr)
         if result is None:
             return

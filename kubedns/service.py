@@ -9,6 +9,7 @@ is tested is what runs.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application import internet, service
@@ -92,9 +93,10 @@ class KubeDNS(service.MultiService):
                 chain, loop = self._chain(b)
                 self.chains.append((chain, loop))
             runtime[b.index] = Block(b, clusters, chain, loop)
+        fast = os.environ.get("KUBEDNS_FAST_PATH", "1") != "0"
         for addr, blocks in self.config.listeners().items():
             label = f"dns://{addr}"
-            disp = Dispatcher(label, [runtime[b.index] for b in blocks], reactor=self.reactor)
+            disp = Dispatcher(label, [runtime[b.index] for b in blocks], reactor=self.reactor, fast_path=fast)
             self.dispatchers[label] = disp
             iface = _interface(addr.host)
             udp = internet.UDPServer(addr.port, DNSDatagramProtocol(disp), interface=iface)
@@ -102,6 +104,13 @@ class KubeDNS(service.MultiService):
             udp.setServiceParent(self)
             tcp.setServiceParent(self)
             self.ports.extend([udp, tcp])
+        for store in self.stores:
+            store.add_listener(self._invalidate)
+
+    def _invalidate(self) -> None:
+        """A store changed: no pre-encoded answer may outlive the data it was built from."""
+        for disp in self.dispatchers.values():
+            disp.fast.clear()
 
     # -- lifecycle --------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802
