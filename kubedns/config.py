@@ -97,6 +97,7 @@ class Config:
     path: str
     servers: tuple[ServerBlock, ...]
     workers: int = 1
+    tcp_idle_timeout: float = 10.0
     raw_text: str = field(default="", compare=False, repr=False)
 
     def listeners(self) -> dict[Address, tuple[ServerBlock, ...]]:
@@ -245,7 +246,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     root = Node(data, path)
     if data is None:
         raise root.error("a mapping with a 'servers' list", show=False)
-    root.mapping({"servers", "workers"})
+    root.mapping({"servers", "workers", "tcp_idle_timeout"})
     servers_node = root.get("servers")
     blocks = tuple(_parse_block(n, path, i) for i, n in enumerate(servers_node.items()))
     if not blocks:
@@ -262,7 +263,8 @@ def parse(text: str, path: str = "<config>") -> Config:
                 )
             seen[(b.listen, z)] = b.index
     workers = root.get("workers", 1).integer(1, 64)
-    return Config(path=path, servers=blocks, workers=workers, raw_text=text)
+    idle = root.get("tcp_idle_timeout", 10.0).duration(0.1, 3600.0)
+    return Config(path=path, servers=blocks, workers=workers, tcp_idle_timeout=idle, raw_text=text)
 
 
 def load(path: str) -> Config:

@@ -165,7 +165,7 @@ class Dispatcher:
                     return self._finish(ctx, ans, zone, cacheable=ans.rcode != SERVFAIL)
                 fell = res
         if block.chain is not None and block.chain.handles(qname):
-            d = block.chain.resolve(msg)
+            d = block.chain.resolve(msg, tcp=proto == "tcp")
             d.addCallbacks(self._relay, self._relay_error, callbackArgs=(ctx,), errbackArgs=(ctx,))
             return d
         if fell is not None:

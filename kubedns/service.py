@@ -1,21 +1,31 @@
-"""Wiring: the only place where config becomes running objects.
+"""Wiring: the only place where config becomes running objects, and where reload swaps them.
 
-``build(config)`` returns a Twisted ``MultiService`` holding, for each ``kubernetes`` block, a
-:class:`~kubedns.k8s.store.Store` fed by an informer (or a manifests file), for each block with
-``forward`` its forward chain, and for each distinct listen address a UDP and a TCP listener
-sharing one :class:`~kubedns.server.Dispatcher`.  Tests and twistd both go through here, so what
-is tested is what runs.
+``build(config)`` returns a :class:`KubeDNS` ``MultiService`` holding, for each ``kubernetes``
+block, a :class:`~kubedns.k8s.store.Store` fed by an informer (or a manifests file), for each
+block with ``forward`` its forward chain, and for each distinct listen address a UDP and a TCP
+listener sharing one :class:`~kubedns.server.Dispatcher`.  Tests and twistd both go through here.
+
+Reload (SIGHUP, or the ``reload`` key's periodic check) parses the file again; an invalid file is
+logged and counted and the running config keeps serving.  A valid one is applied piece by piece:
+parts whose config is unchanged (a store and its watch, a forward chain, a listening socket) are
+kept as they are, so a reload neither relists the cluster nor closes a socket it does not have
+to, and queries keep being answered throughout: dispatchers get their new blocks in one
+assignment on the reactor thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 from typing import Any
 
 from twisted.application import internet, service
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from kubedns.config import Config, KubernetesConfig
+from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
+from kubedns.configbase import Address
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher, DNSDatagramProtocol, DNSStreamFactory
@@ -29,6 +39,15 @@ def _interface(host: str) -> str:
     return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
 
 
+class _Listener:
+    """A listen address: its dispatcher and its UDP and TCP server services."""
+
+    def __init__(self, addr: Address, disp: Dispatcher, udp: service.Service, tcp: service.Service):
+        self.addr = addr
+        self.dispatcher = disp
+        self.services = (udp, tcp)
+
+
 class KubeDNS(service.MultiService):
     """The whole server process: sources, stores, forwarders and listeners."""
 
@@ -40,12 +59,46 @@ class KubeDNS(service.MultiService):
             reactor = _reactor
         self.reactor = reactor
         self.config = config
-        self.stores: list[Store] = []
-        self.sources: list[Any] = []
-        self.chains: list[Any] = []
-        self.dispatchers: dict[str, Dispatcher] = {}
-        self.ports: list[Any] = []
-        self._build()
+        self.fast_path = os.environ.get("KUBEDNS_FAST_PATH", "1") != "0"
+        self._k8s: dict[KubernetesConfig, tuple[Store, service.Service]] = {}
+        self._fwd: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._listeners: dict[Address, _Listener] = {}
+        self.reload_failures = 0
+        self.ops: Any = None
+        self._reload_loop: task.LoopingCall | None = None
+        self._config_digest = hashlib.sha256(config.raw_text.encode()).hexdigest()
+        blocks = self._make_blocks(config, started=False)
+        for addr, bs in config.listeners().items():
+            self._add_listener(addr, [blocks[b.index] for b in bs])
+        self._build_ops()
+
+    # -- views used by ops (health, metrics) ------------------------------------------------------
+    @property
+    def stores(self) -> list[Store]:
+        return [s for s, _ in self._k8s.values()]
+
+    @property
+    def sources(self) -> list[service.Service]:
+        return [src for _, src in self._k8s.values()]
+
+    @property
+    def chains(self) -> list[tuple[Any, Any]]:
+        return list(self._fwd.values())
+
+    @property
+    def dispatchers(self) -> dict[str, Dispatcher]:
+        return {lst.dispatcher.server_label: lst.dispatcher for lst in self._listeners.values()}
+
+    @property
+    def synced(self) -> bool:
+        return all(s.synced for s in self.stores)
+
+    def _build_ops(self) -> None:
+        try:
+            from kubedns.ops import build_ops
+        except ImportError:  # ops endpoints not available in this build
+            return
+        self.ops = build_ops(self)
 
     # -- construction -----------------------------------------------------------------------
     def _source(self, store: Store, k8s: KubernetesConfig) -> service.Service:
@@ -59,7 +112,7 @@ class KubeDNS(service.MultiService):
 
         return Informer(store, list(k8s.resources()), k8s.kubeconfig, reactor=self.reactor)
 
-    def _chain(self, block: Any) -> tuple[Any, Any]:
+    def _chain(self, block: ServerBlock) -> tuple[Any, Any]:
         from kubedns.forward.chain import ForwardChain
         from kubedns.forward.forwarder import Forwarder
 
@@ -70,71 +123,189 @@ class KubeDNS(service.MultiService):
             cache = Cache(block.cache, reactor=self.reactor)
         chain = ForwardChain(Forwarder(block.forward, reactor=self.reactor), cache=cache, reactor=self.reactor)
         loop = None
-        if block.loop is not None:
+        if block.loop is not None and getattr(block.loop, "enabled", True):
             from kubedns.forward.loop import LoopDetector
 
             zone = (block.zones[0] + ".").encode() if block.zones[0] else b""
             loop = LoopDetector(chain, zone=zone, reactor=self.reactor)
         return chain, loop
 
-    def _build(self) -> None:
-        runtime: dict[int, Block] = {}
-        for b in self.config.servers:
-            clusters = None
-            if b.kubernetes is not None:
-                store = Store(required=b.kubernetes.resources())
-                self.stores.append(store)
-                src = self._source(store, b.kubernetes)
-                src.setServiceParent(self)
-                self.sources.append(src)
-                clusters = ClusterZones(store, b.kubernetes)
-            chain = loop = None
-            if b.forward is not None:
-                chain, loop = self._chain(b)
-                self.chains.append((chain, loop))
-            runtime[b.index] = Block(b, clusters, chain, loop)
-        fast = os.environ.get("KUBEDNS_FAST_PATH", "1") != "0"
-        for addr, blocks in self.config.listeners().items():
-            label = f"dns://{addr}"
-            disp = Dispatcher(label, [runtime[b.index] for b in blocks], reactor=self.reactor, fast_path=fast)
-            self.dispatchers[label] = disp
-            iface = _interface(addr.host)
-            udp = internet.UDPServer(addr.port, DNSDatagramProtocol(disp), interface=iface)
-            tcp = internet.TCPServer(addr.port, DNSStreamFactory(disp), interface=iface)
-            udp.setServiceParent(self)
-            tcp.setServiceParent(self)
-            self.ports.extend([udp, tcp])
-        for store in self.stores:
-            store.add_listener(self._invalidate)
+    def _make_blocks(self, config: Config, started: bool) -> dict[int, Block]:
+        """Runtime blocks for ``config``, reusing stores and chains whose config is unchanged.
+
+        New stores' sources and new chains are registered but only started when ``started``
+        (on reload); at first build, ``startService`` starts everything.
+        """
+        blocks: dict[int, Block] = {}
+        k8s_keep: dict[KubernetesConfig, tuple[Store, service.Service]] = {}
+        fwd_keep: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        new_sources: list[service.Service] = []
+        new_chains: list[tuple[Any, Any]] = []
+        try:
+            for b in config.servers:
+                clusters = None
+                if b.kubernetes is not None:
+                    entry = k8s_keep.get(b.kubernetes) or self._k8s.get(b.kubernetes)
+                    if entry is None:
+                        store = Store(required=b.kubernetes.resources())
+                        store.add_listener(self._invalidate)
+                        entry = (store, self._source(store, b.kubernetes))
+                        new_sources.append(entry[1])
+                    k8s_keep[b.kubernetes] = entry
+                    clusters = ClusterZones(entry[0], b.kubernetes)
+                chain = loop = None
+                if b.forward is not None:
+                    key = (b.forward, b.cache, b.loop, b.zones)
+                    fentry = fwd_keep.get(key) or self._fwd.get(key)
+                    if fentry is None:
+                        fentry = self._chain(b)
+                        new_chains.append(fentry)
+                    fwd_keep[key] = fentry
+                    chain, loop = fentry
+                blocks[b.index] = Block(b, clusters, chain, loop)
+        except Exception:
+            for src in new_sources:
+                if src.running:
+                    src.stopService()
+            raise
+        old_k8s, old_fwd = self._k8s, self._fwd
+        self._k8s, self._fwd = k8s_keep, fwd_keep
+        for src in new_sources:
+            src.setServiceParent(self)  # starts it if we are running
+        if started:
+            for chain, loop in new_chains:
+                chain.start()
+                if loop is not None:
+                    loop.start()
+        # retire what the new config no longer uses
+        for k, (_, src) in old_k8s.items():
+            if k not in k8s_keep:
+                src.disownServiceParent()
+        for k, (chain, loop) in old_fwd.items():
+            if k not in fwd_keep:
+                if loop is not None:
+                    loop.stop()
+                chain.stop()
+        return blocks
+
+    def _add_listener(self, addr: Address, blocks: list[Block]) -> _Listener:
+        label = f"dns://{addr}"
+        disp = Dispatcher(label, blocks, reactor=self.reactor, fast_path=self.fast_path)
+        iface = _interface(addr.host)
+        udp = internet.UDPServer(addr.port, DNSDatagramProtocol(disp), interface=iface)
+        tcp = internet.TCPServer(addr.port, DNSStreamFactory(disp, idle_timeout=self.config.tcp_idle_timeout), interface=iface)
+        lst = _Listener(addr, disp, udp, tcp)
+        for s in lst.services:
+            s.setServiceParent(self)
+        self._listeners[addr] = lst
+        return lst
 
     def _invalidate(self) -> None:
         """A store changed: no pre-encoded answer may outlive the data it was built from."""
-        for disp in self.dispatchers.values():
-            disp.fast.clear()
+        for lst in self._listeners.values():
+            lst.dispatcher.fast.clear()
+
+    # -- reload -----------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config file; apply it if valid and changed.  Returns True if applied."""
+        path = self.config.path
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            return self._reload_failed(ConfigError(path, "", f"a readable config file ({e.strerror})", has_found=False))
+        if digest == self._config_digest:
+            return False
+        try:
+            new = load(path)
+        except ConfigError as e:
+            return self._reload_failed(e)
+        try:
+            self._apply(new)
+        except Exception as e:  # e.g. a port that cannot be bound, a bad manifests file
+            return self._reload_failed(e)
+        self._config_digest = digest
+        log.info("kubedns: reloaded {path}", path=path)
+        return True
+
+    def _reload_failed(self, err: Exception) -> bool:
+        self.reload_failures += 1
+        log.error("kubedns: reload rejected, still serving the previous config: {err}", err=err)
+        if self.ops is not None and hasattr(self.ops, "record_reload_failure"):
+            self.ops.record_reload_failure()
+        return False
+
+    def _apply(self, new: Config) -> None:
+        blocks = self._make_blocks(new, started=self.running)
+        wanted = new.listeners()
+        added: list[_Listener] = []
+        try:
+            for addr, bs in wanted.items():
+                if addr not in self._listeners:
+                    added.append(self._add_listener(addr, [blocks[b.index] for b in bs]))
+        except Exception:
+            for lst in added:
+                self._drop_listener(lst.addr)
+            raise
+        for addr, bs in wanted.items():
+            self._listeners[addr].dispatcher.blocks = [blocks[b.index] for b in bs]
+            self._listeners[addr].dispatcher.fast.clear()
+        for addr in [a for a in self._listeners if a not in wanted]:
+            self._drop_listener(addr)
+        self.config = new
+
+    def _drop_listener(self, addr: Address) -> None:
+        lst = self._listeners.pop(addr)
+        for s in lst.services:
+            s.disownServiceParent()
+
+    def _install_reload(self) -> None:
+        rcfg = self.config.first("reload")
+        if rcfg is not None:
+            self._reload_loop = task.LoopingCall(self.reload)
+            self._reload_loop.clock = self.reactor
+            self._reload_loop.start(rcfg.interval, now=False)
+        try:
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        except ValueError:  # not the main thread (tests building a service in-process)
+            pass
 
     # -- lifecycle --------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        for chain, loop in self.chains:
+        for chain, loop in self._fwd.values():
             chain.start()
             if loop is not None:
                 loop.start()
-        for p in self.ports:
-            port = getattr(p, "_port", None)
-            if port is not None:
-                h = port.getHost()
-                log.info("kubedns listening on {proto} {host}:{port}", proto=h.type, host=h.host, port=h.port)
+        self._install_reload()
+        for lst in self._listeners.values():
+            for s in lst.services:
+                port = getattr(s, "_port", None)
+                if port is not None:
+                    h = port.getHost()
+                    log.info("kubedns listening on {proto} {host}:{port}", proto=h.type, host=h.host, port=h.port)
 
-    def stopService(self):  # noqa: N802
-        for chain, loop in self.chains:
+    def stopService(self) -> defer.Deferred | None:  # noqa: N802
+        """Lameduck first: /ready says 503 while DNS keeps answering, then stop everything."""
+        if self._reload_loop is not None and self._reload_loop.running:
+            self._reload_loop.stop()
+        health = self.config.first("health")
+        lameduck = health.lameduck if health is not None else 0.0
+        if lameduck > 0:
+            if self.ops is not None and hasattr(self.ops, "set_lameduck"):
+                self.ops.set_lameduck()
+            log.info("kubedns: lameduck for {secs}s before shutting down", secs=lameduck)
+            d = task.deferLater(self.reactor, lameduck, lambda: None)
+            d.addCallback(lambda _: self._stop_all())
+            return d
+        return self._stop_all()
+
+    def _stop_all(self) -> defer.Deferred | None:
+        for chain, loop in self._fwd.values():
             if loop is not None:
                 loop.stop()
             chain.stop()
         return super().stopService()
-
-    @property
-    def synced(self) -> bool:
-        return all(s.synced for s in self.stores)
 
 
 def build(config: Config, reactor: Any = None) -> KubeDNS:

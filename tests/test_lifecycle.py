@@ -1,0 +1,172 @@
+"""Live reload (SIGHUP and periodic), rejected reloads, lameduck on SIGTERM, TCP idle timeout.
+
+All against a real ``twistd kubedns`` process; DNS over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import dns.rcode
+import pytest
+import yaml
+
+from tests import fakeapi
+from tests.conftest import free_port, query
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _manifests(path: Path, objs: list[dict]) -> str:
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}))
+    return str(path)
+
+
+def _config(port: int, manifests: str, ttl: int = 5, extra: dict | None = None, port2: int | None = None) -> dict:
+    block = {
+        "zones": ["."],
+        "listen": f"127.0.0.1:{port}",
+        "kubernetes": {"zones": ["cluster.local"], "manifests": manifests, "ttl": ttl},
+        **(extra or {}),
+    }
+    servers = [block]
+    if port2 is not None:
+        servers.append({**block, "listen": f"127.0.0.1:{port2}"})
+    return {"servers": servers}
+
+
+OBJS = [fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")]
+
+
+def _wait(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class _Hammer(threading.Thread):
+    """Queries continuously while a reload happens; counts answers that are not NOERROR."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port = port
+        self.ok = 0
+        self.bad: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                r = query(self.port, "nginx.default.svc.cluster.local", timeout=1.0)
+                if r.rcode() == dns.rcode.NOERROR:
+                    self.ok += 1
+                else:
+                    self.bad.append(dns.rcode.to_text(r.rcode()))
+            except Exception as e:  # a timeout is a dropped query
+                self.bad.append(repr(e))
+
+
+def test_sighup_reload_applies_without_dropping_queries(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, ttl=5))
+    p.wait_listening(port)
+    assert query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 5
+    hammer = _Hammer(port)
+    hammer.start()
+    time.sleep(0.3)
+    p.write_config(_config(port, m, ttl=17))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 17), p.log()
+    time.sleep(0.3)
+    hammer.halt.set()
+    hammer.join(5)
+    assert hammer.ok > 10 and hammer.bad == []
+    assert "reloaded" in p.log()
+
+
+def test_reload_adds_and_removes_listeners(kubedns_process, tmp_path: Path) -> None:
+    port, port2 = free_port(), free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m))
+    p.wait_listening(port)
+    p.write_config(_config(port, m, port2=port2))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: _answers(port2)), p.log()
+    p.write_config(_config(port, m))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: not _answers(port2)), p.log()
+    assert _answers(port)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return query(port, "nginx.default.svc.cluster.local", timeout=0.5).rcode() == dns.rcode.NOERROR
+    except Exception:
+        return False
+
+
+def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, ttl=5))
+    p.wait_listening(port)
+    p.write_config("servers:\n  - kubernetes: {ttl: soon}\n")
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: "reload rejected" in p.log()), p.log()
+    line = next(ln for ln in p.log().splitlines() if "reload rejected" in ln)
+    assert str(p.config_path) in line and "servers[0].kubernetes.ttl" in line and "whole number" in line
+    r = query(port, "nginx.default.svc.cluster.local")
+    assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5
+    assert p.proc.poll() is None
+
+
+def test_periodic_reload(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, ttl=5, extra={"reload": {"interval": "2s"}}))
+    p.wait_listening(port)
+    p.write_config(_config(port, m, ttl=9, extra={"reload": {"interval": "2s"}}))
+    assert _wait(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 9, timeout=8), p.log()
+
+
+def test_sigterm_lameduck_keeps_answering_then_exits_cleanly(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    hport = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, extra={"health": {"listen": f"127.0.0.1:{hport}", "lameduck": "2s"}}))
+    p.wait_listening(port)
+    t0 = time.monotonic()
+    p.signal(signal.SIGTERM)
+    answered_late = 0.0
+    while p.proc.poll() is None and time.monotonic() - t0 < 10:
+        if _answers(port):
+            answered_late = time.monotonic() - t0
+        time.sleep(0.1)
+    # twistd ends by re-raising the signal it got: death by SIGTERM is its clean exit (systemd
+    # counts it as success; Kubernetes sees 143)
+    assert p.proc.wait(10) in (0, -signal.SIGTERM), p.log()
+    assert "Server Shut Down." in p.log()
+    elapsed = time.monotonic() - t0
+    assert answered_late >= 1.5, f"DNS stopped answering {answered_late:.2f}s after SIGTERM"
+    assert 1.9 <= elapsed < 6, elapsed
+
+
+def test_tcp_idle_timeout_closes_connection(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    cfg = _config(port, m)
+    cfg["tcp_idle_timeout"] = "1s"
+    p = kubedns_process(cfg)
+    p.wait_listening(port)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        t0 = time.monotonic()
+        assert s.recv(10) == b""  # server closed the idle connection
+        assert 0.8 < time.monotonic() - t0 < 4
