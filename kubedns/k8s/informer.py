@@ -1,0 +1,167 @@
+"""The Twisted service that owns the API client and one LIST+WATCH thread per resource.
+
+Why a service around threads: the official client is blocking, so each resource's loop runs on
+its own thread (:mod:`kubedns.k8s.watch`) and hands changes to the store with
+``reactor.callFromThread``; this module is the seam the rest of the server sees — started and
+stopped with the application, asked for per-resource state by readiness and metrics.
+
+Where the client config comes from is decided once per attempt: an explicit kubeconfig path, or
+(with ``None``) the in-cluster service account, then ``$KUBECONFIG``, then ``~/.kube/config``.  If
+nothing works the error names everything tried, and the attempt is repeated in the background
+with backoff: the store stays unsynced (readiness false) until the API is reachable, instead of
+the process dying in a crash loop that takes cached answers down with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from kubedns.k8s.watch import Backoff, EventHook, ResourceWatcher, list_function, load_api_client
+
+__all__ = ["Informer"]
+
+_log = Logger(namespace="kubedns.k8s.informer")
+
+#: ResourceWatcher keyword arguments an Informer passes through.
+_WATCHER_TUNING = frozenset(
+    {"page_size", "watch_timeout", "connect_timeout", "read_timeout", "backoff_base", "backoff_cap"}
+)
+
+
+class Informer(Service):
+    """Keeps ``store`` in step with the API for ``resources`` (e.g. namespaces, services, ...).
+
+    ``tuning`` takes the :class:`~kubedns.k8s.watch.ResourceWatcher` knobs (``page_size``,
+    ``watch_timeout``, ``connect_timeout``, ``read_timeout``, ``backoff_base``, ``backoff_cap``)
+    plus ``config_retry_base``/``config_retry_cap`` (seconds between attempts to load the client
+    config) and ``stop_timeout`` (how long ``stopService`` waits for the threads).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        resources: list[str],
+        kubeconfig: str | None,
+        reactor: Any = None,
+        on_event: EventHook | None = None,
+        *,
+        client_factory: Callable[[str | None], tuple[Any, str]] = load_api_client,
+        **tuning: Any,
+    ):
+        unknown = set(tuning) - _WATCHER_TUNING - {"config_retry_base", "config_retry_cap", "stop_timeout"}
+        if unknown:
+            raise TypeError(f"unknown Informer tuning: {sorted(unknown)}")
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.store = store
+        self.resources = list(resources)
+        self.kubeconfig = kubeconfig
+        self.on_event = on_event
+        self.api_client: Any = None
+        self.config_source = ""
+        self.config_error = ""
+        self._config_errors = 0
+        self._reactor = reactor
+        self._client_factory = client_factory
+        self._watcher_tuning = {k: v for k, v in tuning.items() if k in _WATCHER_TUNING}
+        self._config_backoff = Backoff(tuning.get("config_retry_base", 1.0), tuning.get("config_retry_cap", 30.0))
+        self._stop_timeout: float = tuning.get("stop_timeout", 5.0)
+        self._watchers: dict[str, ResourceWatcher] = {}
+        self._retry_call: Any = None
+
+    # -- Service ----------------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        self._connect()
+
+    def stopService(self) -> defer.Deferred[None]:  # noqa: N802 (Twisted API)
+        super().stopService()
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        watchers = list(self._watchers.values())
+        for w in watchers:
+            w.stop()
+        return defer.ensureDeferred(self._wait_for(watchers, self._stop_timeout))
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        if not self.running:
+            return
+        try:
+            self.api_client, self.config_source = self._client_factory(self.kubeconfig)
+        except Exception as e:
+            self.config_error = str(e)
+            self._config_errors += 1
+            delay = self._config_backoff.next()
+            _log.error("Kubernetes API client: {error}; retrying in {delay:.1f}s", error=self.config_error, delay=delay)
+            self._retry_call = self._reactor.callLater(delay, self._connect)
+            return
+        self.config_error = ""
+        self._config_backoff.reset()
+        _log.info(
+            "watching {resources} via {source} ({host})",
+            resources=", ".join(self.resources),
+            source=self.config_source,
+            host=getattr(self.api_client.configuration, "host", "?"),
+        )
+        for resource in self.resources:
+            w = ResourceWatcher(
+                resource,
+                list_function(self.api_client, resource),
+                self.store,
+                self._reactor,
+                on_event=self.on_event,
+                **self._watcher_tuning,
+            )
+            self._watchers[resource] = w
+            w.start()
+
+    async def _wait_for(self, watchers: list[ResourceWatcher], timeout: float) -> None:
+        """Wait for every thread to end (or ``timeout``) without blocking the reactor."""
+        deadline = self._reactor.seconds() + timeout
+        while alive := [w.resource for w in watchers if w.is_alive()]:
+            if self._reactor.seconds() >= deadline:
+                _log.warn("watch threads still running after {t}s: {alive}", t=timeout, alive=", ".join(alive))
+                break
+            await task.deferLater(self._reactor, 0.01, lambda: None)
+        self._closed()
+
+    def _closed(self) -> None:
+        self._watchers = {}
+        client, self.api_client = self.api_client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    # -- state ------------------------------------------------------------------------------
+    def status(self) -> dict[str, dict[str, Any]]:
+        """resource → {synced, resource_version, relists, errors, last_error}."""
+        out: dict[str, dict[str, Any]] = {}
+        for resource in self.resources:
+            w = self._watchers.get(resource)
+            if w is not None:
+                out[resource] = w.status.as_dict()
+            else:
+                out[resource] = {
+                    "synced": False,
+                    "resource_version": "",
+                    "relists": 0,
+                    "errors": self._config_errors,
+                    "last_error": self.config_error,
+                }
+        return out
+
+    @property
+    def synced(self) -> bool:
+        """True once every resource has completed its first list."""
+        return bool(self._watchers) and all(w.status.synced for w in self._watchers.values())

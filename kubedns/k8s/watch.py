@@ -1,0 +1,531 @@
+"""One resource's LIST+WATCH loop on a worker thread, over the official client's raw responses.
+
+Why our own loop rather than ``kubernetes.watch.Watch``: that helper stops retrying once
+``timeout_seconds`` is given, retries a 410 once and then raises, does not track the
+resourceVersion with ``deserialize=False``, and can hang forever without a client-side read
+timeout.  Why raw JSON rather than the client's models: deserializing 100k Pods into models costs
+seconds of CPU and hundreds of MB.  So every call here passes ``_preload_content=False`` and gets
+the urllib3 response back; each list page and each watch line is parsed with :mod:`json` and
+turned into a slim record by the :data:`~kubedns.k8s.objects.KINDS` converter at once, and the raw
+dict is dropped.
+
+The loop (one :class:`ResourceWatcher` per resource, one thread each):
+
+* LIST page by page (``limit``/``continue``, a consistent read); each page's records go to the
+  store with ``reactor.callFromThread(store.apply_batch, ...)``; after the last page the store is
+  pruned to the keys seen and the kind marked synced.  A relist is therefore applied *in place*:
+  no second copy of the cluster is built, and names that vanished during a gap are deleted.
+* WATCH from the list's resourceVersion with bookmarks, a server-side ``timeoutSeconds`` (with
+  jitter, so watchers do not reconnect in lockstep) and a client-side ``(connect, read)`` timeout
+  so a half-open connection cannot hang the thread.  The resourceVersion is tracked from every
+  event, BOOKMARK included.  A clean end re-watches from it; a broken stream, connection error or
+  read timeout reconnects with exponential backoff and jitter; 410 Gone relists.
+* Errors never delete anything: while the API is unreachable the store keeps its last state.
+
+This is the only module that imports :mod:`kubernetes`, and it does so lazily (the package takes
+most of a second to import).  ``callFromThread`` is the only way anything here reaches the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from twisted.logger import Logger
+
+from kubedns.k8s.objects import KINDS
+
+__all__ = [
+    "Backoff",
+    "ResourceWatcher",
+    "WatcherStatus",
+    "list_function",
+    "load_api_client",
+]
+
+_log = Logger(namespace="kubedns.k8s.watch")
+
+#: ``on_event(kind, event_type, lag_seconds)``, called on the reactor thread per applied event.
+EventHook = Callable[[str, str, float], None]
+
+#: Set by the EndpointSlice controller; the start of "DNS programming latency".
+_TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+#: Consecutive ERROR events (other than 410) after which we relist instead of re-watching.  Only
+#: errors the server reports *in* the watch count: connection trouble never triggers a relist, as
+#: re-watching from a still-valid resourceVersion replays the gap for a fraction of the cost.
+_RELIST_AFTER_WATCH_ERRORS = 3
+#: A watch that ends cleanly sooner than this without any event is treated as a failure to back
+#: off from (a server that closes at once must not make us spin).
+_MIN_CLEAN_WATCH = 1.0
+
+
+class _ExpiredError(Exception):
+    """The resourceVersion we hold is gone (410): only a relist can continue."""
+
+
+class _WatchError(Exception):
+    """The watch reported an ERROR event other than 410."""
+
+
+class _StoppedError(Exception):
+    """stop() was called while a request was in flight."""
+
+
+def load_api_client(kubeconfig: str | None = None) -> tuple[Any, str]:
+    """A ``kubernetes.client.ApiClient`` and a description of where its config came from.
+
+    A path loads that kubeconfig.  ``None`` tries, in order, the in-cluster service account,
+    ``$KUBECONFIG`` and ``~/.kube/config``.  Raises :class:`RuntimeError` naming everything tried
+    when nothing works.  urllib3's own retries are disabled: the watch loop retries with backoff,
+    and urllib3's would multiply every read timeout by four.
+    """
+    from kubedns import __version__
+
+    api_client, source = _load_api_client(kubeconfig)
+    api_client.user_agent = f"kubedns/{__version__}"  # names us in the apiserver's audit log
+    return api_client, source
+
+
+def _load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
+    from kubernetes import client, config
+
+    def fresh() -> Any:
+        cfg = client.Configuration()
+        cfg.retries = False
+        return cfg
+
+    if kubeconfig is not None:
+        try:
+            cfg = fresh()
+            return config.new_client_from_config(config_file=kubeconfig, client_configuration=cfg), kubeconfig
+        except Exception as e:  # ConfigException, OSError, yaml errors...
+            raise RuntimeError(f"cannot load kubeconfig {kubeconfig!r}: {e}") from e
+
+    tried: list[str] = []
+    try:
+        cfg = fresh()
+        config.load_incluster_config(client_configuration=cfg)
+        return client.ApiClient(configuration=cfg), "in-cluster service account"
+    except Exception as e:
+        tried.append(f"in-cluster service account ({e})")
+    candidates: list[str] = []
+    env = os.environ.get("KUBECONFIG", "")
+    if env:
+        candidates.append(env)
+    else:
+        tried.append("$KUBECONFIG (unset)")
+    candidates.append(os.path.expanduser("~/.kube/config"))
+    for path in candidates:
+        label = f"$KUBECONFIG={path}" if path == env else path
+        # $KUBECONFIG may be a list of files; the client merges them.
+        if not any(os.path.exists(p) for p in path.split(os.pathsep) if p):
+            tried.append(f"{label} (no such file)")
+            continue
+        try:
+            cfg = fresh()
+            return config.new_client_from_config(config_file=path, client_configuration=cfg), label
+        except Exception as e:
+            tried.append(f"{label} ({e})")
+    raise RuntimeError("no Kubernetes API configuration found; tried: " + "; ".join(tried))
+
+
+def list_function(api_client: Any, resource: str) -> Callable[..., Any]:
+    """The cluster-wide ``list_*`` method of the official client for ``resource``."""
+    from kubernetes import client
+
+    if resource == "namespaces":
+        return client.CoreV1Api(api_client).list_namespace
+    if resource == "services":
+        return client.CoreV1Api(api_client).list_service_for_all_namespaces
+    if resource == "pods":
+        return client.CoreV1Api(api_client).list_pod_for_all_namespaces
+    if resource == "endpointslices":
+        return client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces
+    raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``base * 2**n`` capped at ``cap``, drawn from [d/2, d]."""
+
+    def __init__(self, base: float = 0.2, cap: float = 30.0, rng: random.Random | None = None):
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        d = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self._rng.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class WatcherStatus:
+    """What readiness and metrics need to know about one resource's loop."""
+
+    synced: bool = False
+    resource_version: str = ""
+    relists: int = 0  # lists after the first successful one (410s, repeated failures)
+    errors: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "synced": self.synced,
+            "resource_version": self.resource_version,
+            "relists": self.relists,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+
+class ResourceWatcher:
+    """LIST+WATCH of one resource on its own thread, feeding a store on the reactor thread."""
+
+    def __init__(
+        self,
+        resource: str,
+        list_fn: Callable[..., Any],
+        store: Any,
+        reactor: Any = None,
+        *,
+        page_size: int = 500,
+        watch_timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 90.0,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 30.0,
+        on_event: EventHook | None = None,
+    ):
+        if resource not in KINDS:
+            raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.resource = resource
+        self.status = WatcherStatus()
+        self._convert = KINDS[resource]
+        self._list_fn = list_fn
+        self._store = store
+        self._reactor = reactor
+        self._page_size = page_size
+        self._watch_timeout = watch_timeout
+        self._timeouts = (connect_timeout, read_timeout)
+        self._backoff = Backoff(backoff_base, backoff_cap)
+        self._on_event = on_event
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._response: Any = None
+        self._thread: threading.Thread | None = None
+        self._listed_once = False
+
+    # -- lifecycle (any thread) -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"kubedns-watch-{self.resource}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to end and wake it from a blocking read; does not wait (see join)."""
+        self._stopping.set()
+        with self._lock:
+            resp = self._response
+        if resp is not None:
+            _shutdown(resp)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True if it has ended."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop (worker thread) -----------------------------------------------------------
+    def _run(self) -> None:
+        need_list = True
+        watch_errors = 0
+        while not self._stopping.is_set():
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                    self._backoff.reset()
+                if self._watch():
+                    self._backoff.reset()
+                    watch_errors = 0
+                    continue
+                # ended cleanly but suspiciously fast: pause without calling it an error
+                self._sleep(self._backoff.next())
+            except _StoppedError:
+                break
+            except _ExpiredError as e:
+                _log.info("{resource}: resourceVersion expired ({why}); relisting", resource=self.resource, why=e)
+                need_list = True
+            except Exception as e:  # connection refused, read timeout, HTTP errors, bad JSON...
+                if self._stopping.is_set():
+                    break
+                if isinstance(e, _WatchError):
+                    watch_errors += 1
+                    if watch_errors >= _RELIST_AFTER_WATCH_ERRORS:
+                        need_list = True  # a fresh list is always a safe way back
+                        watch_errors = 0
+                self._record_error(e)
+                self._sleep(self._backoff.next())
+        with self._lock:
+            self._response = None
+
+    def _record_error(self, exc: Exception) -> None:
+        msg = _describe(exc)
+        self.status.errors += 1
+        self.status.last_error = msg
+        _log.warn("{resource}: {error}; retrying", resource=self.resource, error=msg)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _call(self, **kwargs: Any) -> Any:
+        """One request with ``_preload_content=False``; the response is kept for stop()."""
+        if self._stopping.is_set():
+            raise _StoppedError()
+        try:
+            resp = self._list_fn(_preload_content=False, _request_timeout=self._timeouts, **kwargs)
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if status == 410 or (status == 504 and "too large resource version" in str(e).lower()):
+                raise _ExpiredError(_describe(e)) from e
+            raise
+        with self._lock:
+            self._response = resp
+        if self._stopping.is_set():  # stop() ran before we could register the response
+            _shutdown(resp)
+            raise _StoppedError()
+        return resp
+
+    def _done(self, resp: Any, reuse: bool) -> None:
+        """Forget ``resp``; reuse its connection only if the body was read to the end."""
+        with self._lock:
+            self._response = None
+        try:
+            if reuse:
+                resp.release_conn()
+            else:
+                resp.close()
+        except Exception:
+            pass
+
+    def _list(self) -> None:
+        """A full paginated list, applied page by page, then prune + mark synced."""
+        seen: set[str] = set()
+        token: str | None = None
+        rv = ""
+        while True:
+            kwargs: dict[str, Any] = {"limit": self._page_size}
+            if token:
+                kwargs["_continue"] = token
+            resp = self._call(**kwargs)
+            ok = False
+            try:
+                body = resp.read()
+                ok = True
+            finally:
+                self._done(resp, reuse=ok)
+            if self._stopping.is_set():
+                raise _StoppedError()
+            page = json.loads(body)
+            del body
+            batch = []
+            for raw in page.get("items") or ():
+                converted = self._convert_safely(raw)
+                if converted is None:
+                    continue
+                key, rec = converted
+                if rec is not None:
+                    seen.add(key)
+                batch.append((key, rec))
+            meta = page.get("metadata") or {}
+            del page
+            rv = meta.get("resourceVersion") or rv
+            if batch:
+                self._reactor.callFromThread(self._store.apply_batch, self.resource, batch)
+            token = meta.get("continue")
+            if not token:
+                break
+        self.status.resource_version = rv
+        relist = self._listed_once
+        self._listed_once = True
+        self._reactor.callFromThread(self._finish_list, seen, relist)
+
+    def _finish_list(self, seen: set[str], relist: bool) -> None:
+        # reactor thread: the pages were queued before us, so the store has them all by now
+        self._store.prune(self.resource, seen)
+        self._store.mark_synced(self.resource)
+        self.status.synced = True
+        if relist:
+            self.status.relists += 1
+
+    def _watch(self) -> bool:
+        """One watch request until it ends.  True if it made progress (events or a long life)."""
+        timeout = max(1, int(self._watch_timeout * random.uniform(1.0, 2.0)))
+        started = time.monotonic()
+        resp = self._call(
+            watch=True,
+            resource_version=self.status.resource_version or None,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+        )
+        progressed = False
+        try:
+            buf = b""
+            while True:
+                data = resp.read1(65536)
+                if not data:
+                    break
+                if self._stopping.is_set():
+                    raise _StoppedError()
+                buf += data
+                if b"\n" not in data:
+                    continue
+                *lines, buf = buf.split(b"\n")
+                if self._handle_lines(lines):
+                    progressed = True
+                    self._backoff.reset()
+            if self._stopping.is_set():
+                raise _StoppedError()
+            if buf.strip() and self._handle_lines([buf]):
+                progressed = True
+        finally:
+            self._done(resp, reuse=False)  # never pool a half-read stream
+        return progressed or time.monotonic() - started >= _MIN_CLEAN_WATCH
+
+    def _handle_lines(self, lines: list[bytes]) -> bool:
+        """Convert the events in ``lines`` and hand them over in one hop; True if any was good."""
+        events: list[tuple[str, str, Any, float]] = []
+        progressed = False
+        try:
+            for line in lines:
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                etype = ev.get("type")
+                obj = ev.get("object") or {}
+                if etype == "ERROR":
+                    self._raise_error(obj)
+                meta = obj.get("metadata") or {}
+                rv = meta.get("resourceVersion")
+                if rv:
+                    self.status.resource_version = rv
+                progressed = True
+                if etype == "BOOKMARK":
+                    continue
+                if etype not in ("ADDED", "MODIFIED", "DELETED"):
+                    _log.debug("{resource}: ignoring watch event {type!r}", resource=self.resource, type=etype)
+                    continue
+                converted = self._convert_safely(obj)
+                if converted is None:
+                    continue
+                key, rec = converted
+                events.append((etype, key, None if etype == "DELETED" else rec, _trigger_time(meta)))
+        finally:
+            if events:
+                self._reactor.callFromThread(self._apply_events, events)
+        return progressed
+
+    def _convert_safely(self, raw: dict[str, Any]) -> tuple[str, Any] | None:
+        """The converter's ``(key, record)``, or None (logged, counted) for an object it chokes on.
+
+        One malformed object must not stop a whole resource from syncing.
+        """
+        try:
+            return self._convert(raw)
+        except Exception as e:
+            meta = raw.get("metadata") if isinstance(raw, dict) else None
+            name = f"{meta.get('namespace') or ''}/{meta.get('name') or ''}" if isinstance(meta, dict) else "?"
+            self.status.errors += 1
+            self.status.last_error = f"skipped malformed object {name}: {type(e).__name__}: {e}"
+            _log.warn("{resource}: {error}", resource=self.resource, error=self.status.last_error)
+            return None
+
+    def _raise_error(self, status: dict[str, Any]) -> None:
+        code = status.get("code")
+        reason = status.get("reason") or ""
+        msg = f"watch ERROR {code} {reason}: {status.get('message') or ''}".strip()
+        if code == 410 or reason in ("Expired", "Gone"):
+            raise _ExpiredError(msg)
+        if "too large resource version" in (status.get("message") or "").lower():
+            raise _ExpiredError(msg)  # a lagging apiserver behind the one we listed from
+        raise _WatchError(msg)
+
+    def _apply_events(self, events: list[tuple[str, str, Any, float]]) -> None:
+        # reactor thread
+        store, kind, hook = self._store, self.resource, self._on_event
+        for etype, key, rec, t0 in events:
+            store.upsert(kind, key, rec)
+            if hook is not None:
+                try:
+                    hook(kind, etype, max(0.0, time.time() - t0))
+                except Exception:
+                    _log.failure("on_event hook failed")
+
+
+def _trigger_time(meta: dict[str, Any]) -> float:
+    """When the change began: the EndpointSlice trigger annotation, else now (receipt)."""
+    ann = meta.get("annotations")
+    if ann:
+        value = ann.get(_TRIGGER_ANNOTATION)
+        if value:
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except ValueError:
+                pass
+    return time.time()
+
+
+def _shutdown(resp: Any) -> None:
+    """Wake a thread blocked reading ``resp`` by shutting its socket down.
+
+    ``close()`` from another thread is no good: it neither wakes a blocked ``recv`` on Linux nor
+    returns before the reader lets go of the buffer lock, so it could block the reactor for a
+    whole read timeout.  urllib3 >= 2.3 has ``HTTPResponse.shutdown()`` for exactly this; on older
+    versions dig the socket out of http.client.
+    """
+    try:
+        resp.shutdown()
+        return
+    except ValueError:
+        return  # already closed or released: nobody is blocked on it
+    except Exception:
+        pass
+    try:
+        raw = resp._fp.fp.raw  # http.client.HTTPResponse → BufferedReader → SocketIO
+        raw._sock.shutdown(socket.SHUT_RDWR)
+    except Exception:
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if status is not None and hasattr(exc, "reason"):
+        body = getattr(exc, "body", None) or ""
+        detail = ""
+        if body:
+            try:
+                detail = json.loads(body).get("message") or ""
+            except (ValueError, AttributeError):
+                detail = str(body)[:200]
+        return f"HTTP {status} {exc.reason}" + (f": {detail}" if detail else "")
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
