@@ -1,0 +1,137 @@
+"""The real process against the fake Kubernetes API: answers follow the cluster as it changes.
+
+``twistd kubedns`` is pointed at tests/fakeapi.py through a kubeconfig; the test creates,
+changes and deletes objects on the fake while querying over UDP, and checks: SERVFAIL (never
+NXDOMAIN) before the first list completes, every change reflected, a 410 relist that deletes
+what vanished during a watch gap, and answers from the last known state while the API is down.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.rcode
+import pytest
+
+from tests import fakeapi
+from tests.conftest import free_port, query, rrset_text
+
+pytestmark = pytest.mark.timeout(90)
+
+NAME = "web.default.svc.cluster.local"
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _wait_for(fn, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # a timed-out query is retried
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
+
+
+def _rcode(port: int, name: str, rdtype: str = "A") -> str:
+    return dns.rcode.to_text(query(port, name, rdtype, timeout=1).rcode())
+
+
+def _start(kubedns_process, api: fakeapi.FakeKubeAPI, tmp_path: Path, pods: str = "disabled"):
+    kc = fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)
+    port = free_port()
+    p = kubedns_process({
+        "servers": [{
+            "zones": ["."],
+            "listen": f"127.0.0.1:{port}",
+            "kubernetes": {"zones": ["cluster.local", "in-addr.arpa"], "kubeconfig": kc, "pods": pods, "ttl": 5},
+        }]
+    }, env={"NO_PROXY": "127.0.0.1"})
+    p.wait_listening(port)
+    return port, p
+
+
+def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.withhold_lists = True
+        port, p = _start(kubedns_process, api, tmp_path)
+        for name in (NAME, "missing.default.svc.cluster.local"):
+            assert _rcode(port, name) == "SERVFAIL"  # never a wrong NXDOMAIN before sync
+        api.withhold_lists = False
+        _wait_for(lambda: _rcode(port, NAME) == "NOERROR")
+        assert _rcode(port, "missing.default.svc.cluster.local") == "NXDOMAIN"
+
+
+def test_answers_follow_add_change_delete(kubedns_process, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI(bookmark_interval=0.5) as api:
+        api.load([fakeapi.namespace("default")])
+        port, p = _start(kubedns_process, api, tmp_path)
+        _wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
+        # add
+        api.create("services", fakeapi.service("web", "default", cluster_ip="10.96.1.1",
+                                               ports=[{"name": "http", "port": 80, "protocol": "TCP"}]))
+        _wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.1"])
+        assert rrset_text(query(port, "1.1.96.10.in-addr.arpa", "PTR")) == [f"1.1.96.10.in-addr.arpa PTR {NAME}."]
+        # change (a new ClusterIP is a new Service in real life; here an edit must show)
+        api.update("services", fakeapi.service("web", "default", cluster_ip="10.96.1.2",
+                                               ports=[{"name": "http", "port": 80, "protocol": "TCP"}]))
+        _wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.2"])
+        assert _rcode(port, "1.1.96.10.in-addr.arpa", "PTR") == "NXDOMAIN"
+        # headless service whose endpoints come and go
+        api.create("services", fakeapi.service("db", "default", headless=True))
+        api.create("endpointslices", fakeapi.endpointslice(
+            "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": True}]))
+        _wait_for(lambda: rrset_text(query(port, "db-0.db.default.svc.cluster.local"))
+                  == ["db-0.db.default.svc.cluster.local A 10.244.0.7"])
+        api.update("endpointslices", fakeapi.endpointslice(
+            "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": False}]))
+        _wait_for(lambda: _rcode(port, "db.default.svc.cluster.local") == "NXDOMAIN")
+        # delete
+        api.delete("services", "default", "web")
+        _wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
+
+
+def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([
+            fakeapi.namespace("default"),
+            fakeapi.service("web", "default", cluster_ip="10.96.1.1"),
+            fakeapi.service("old", "default", cluster_ip="10.96.1.9"),
+        ])
+        port, p = _start(kubedns_process, api, tmp_path)
+        _wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NOERROR")
+        lists_before = api.requests[("list", "services")]
+        api.fail_requests = True
+        api.drop_watches()
+        api.delete("services", "default", "old")
+        api.create("services", fakeapi.service("new", "default", cluster_ip="10.96.1.3"))
+        api.compact()
+        time.sleep(0.5)
+        # API down: keep answering from the last known state
+        assert _rcode(port, "old.default.svc.cluster.local") == "NOERROR"
+        assert _rcode(port, NAME) == "NOERROR"
+        api.fail_requests = False
+        _wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NXDOMAIN", timeout=30)
+        assert _rcode(port, "new.default.svc.cluster.local") == "NOERROR"
+        assert _rcode(port, NAME) == "NOERROR"
+        assert api.requests[("list", "services")] > lists_before
+
+
+def test_pods_verified_follows_pods(kubedns_process, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([fakeapi.namespace("default"), fakeapi.pod("a", "default", "10.244.0.9")])
+        port, p = _start(kubedns_process, api, tmp_path, pods="verified")
+        _wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NOERROR")
+        assert _rcode(port, "10-244-0-10.default.pod.cluster.local") == "NXDOMAIN"
+        api.delete("pods", "default", "a")
+        _wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NXDOMAIN")
