@@ -34,10 +34,12 @@ from kubedns.records import Answer, ClusterZones
 from kubedns.wire import (
     BADVERS,
     Edns,
+    Question,
     encode_response,
     error_response,
     parse_question,
     read_edns,
+    read_edns_raw,
     udp_limit,
 )
 
@@ -69,6 +71,21 @@ class QueryInfo:
 
 
 Observer = Callable[[QueryInfo], None]
+
+
+@dataclass(slots=True)
+class Request:
+    """One query being answered: what encoding the answer and reporting on it need."""
+
+    q: Question
+    question: bytes  # the question section as sent (case preserved)
+    edns: Edns | None
+    limit: int  # largest answer allowed on this transport
+    proto: str
+    peer: Any
+    start: float
+    packet: bytes
+    block: Block | None
 
 
 class Block:
@@ -126,51 +143,52 @@ class Dispatcher:
             return error_response(data, NOTIMP)
         if q.qdcount != 1:
             return error_response(data, FORMERR)
-        msg = dns.Message()
-        try:
-            msg.fromStr(data)
-        except Exception:
-            return error_response(data, FORMERR)
-        # twisted's decoder stops quietly at the end of the data: a short packet is malformed
-        if (len(msg.queries), len(msg.answers), len(msg.authority), len(msg.additional)) != (
-            q.qdcount, q.ancount, q.nscount, q.arcount,
-        ):
-            return error_response(data, FORMERR)
-        edns, ok = read_edns(msg)
+        # The usual query (one question, maybe an OPT) is read by hand; anything else is decoded
+        # in full, which also validates it.
+        edns_ok = read_edns_raw(data, q)
+        if edns_ok is None:
+            msg = dns.Message()
+            try:
+                msg.fromStr(data)
+            except Exception:
+                return error_response(data, FORMERR)
+            # twisted's decoder stops quietly at the end of the data: a short packet is malformed
+            if (len(msg.queries), len(msg.answers), len(msg.authority), len(msg.additional)) != (
+                q.qdcount, q.ancount, q.nscount, q.arcount,
+            ):
+                return error_response(data, FORMERR)
+            edns_ok = read_edns(msg)
+        edns, ok = edns_ok
         if not ok:
             return error_response(data, FORMERR)
-        query = msg.queries[0]
         limit = udp_limit(edns) if proto == "udp" else 65535
-        cd = bool(msg.checkingDisabled)
+        req = Request(q, data[12 : q.end], edns, limit, proto, peer, start, data, None)
         if edns is not None and edns.version != 0:
-            out = encode_response(
-                qid=msg.id, opcode=0, rd=bool(msg.recDes), cd=cd, ra=False, aa=False, rcode=BADVERS,
-                queries=msg.queries, edns=Edns(edns.udp_size, 0, edns.do), limit=limit,
-            )
-            return out
-        qname = query.name.name
-        lname = qname.decode("ascii", "replace").lower().rstrip(".")
-        block = self._route(lname)
-        ctx = (msg, query, edns, limit, proto, peer, start, data, block)
+            return self._finish(req, Answer(rcode=BADVERS, authoritative=False), "", ra=False)
+        qname = q.qname
+        lname = qname.decode("ascii", "replace").lower()
+        block = req.block = self._route(lname)
         if block is None:
-            return self._finish(ctx, Answer(rcode=REFUSED, authoritative=False), "")
+            return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
         if block.loop is not None and block.loop.observe(qname):
-            return self._finish(ctx, Answer(rcode=SERVFAIL, authoritative=False), "")
+            return self._finish(req, Answer(rcode=SERVFAIL, authoritative=False), "")
         fell: tuple[str, Answer] | None = None
         if block.clusters is not None:
-            res = block.clusters.answer(qname, query.type) if query.cls in (dns.IN, dns.ANY) else None
+            res = block.clusters.answer(qname, q.qtype) if q.qclass in (dns.IN, dns.ANY) else None
             if res is not None:
                 zone, ans = res
                 if not block.clusters.falls_through(zone, ans):
-                    return self._finish(ctx, ans, zone, cacheable=ans.rcode != SERVFAIL)
+                    return self._finish(req, ans, zone, cacheable=ans.rcode != SERVFAIL)
                 fell = res
         if block.chain is not None and block.chain.handles(qname):
+            msg = dns.Message()
+            msg.fromStr(data)
             d = block.chain.resolve(msg, tcp=proto == "tcp")
-            d.addCallbacks(self._relay, self._relay_error, callbackArgs=(ctx,), errbackArgs=(ctx,))
+            d.addCallbacks(self._relay, self._relay_error, callbackArgs=(req,), errbackArgs=(req,))
             return d
         if fell is not None:
-            return self._finish(ctx, fell[1], fell[0])
-        return self._finish(ctx, Answer(rcode=REFUSED, authoritative=False), "")
+            return self._finish(req, fell[1], fell[0])
+        return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
 
     def _route(self, lname: str) -> Block | None:
         best: Block | None = None
@@ -183,55 +201,58 @@ class Dispatcher:
 
     # -- encoding ---------------------------------------------------------------------------
     def _finish(
-        self, ctx: tuple, ans: Answer, zone: str, *, ra: bool | None = None, ad: bool = False, cacheable: bool = False
+        self, req: Request, ans: Answer, zone: str, *, ra: bool | None = None, ad: bool = False, cacheable: bool = False
     ) -> bytes:
-        msg, query, edns, limit, proto, peer, start, packet, block = ctx
+        q = req.q
+        block = req.block
         if ra is None:
             ra = block is not None and block.chain is not None
+        flags = q.flags
         out = encode_response(
-            qid=msg.id,
-            opcode=msg.opCode,
-            rd=bool(msg.recDes),
-            cd=bool(msg.checkingDisabled),
+            qid=q.id,
+            opcode=q.opcode,
+            rd=bool(flags & 0x0100),
+            cd=bool(flags & 0x0010),
             ra=ra,
             aa=ans.authoritative,
             ad=ad,
             rcode=ans.rcode,
-            queries=msg.queries,
+            question=req.question,
+            qname=q.qname,
             answers=ans.answers,
             authority=ans.authority,
             additional=ans.additional,
-            edns=edns,
-            limit=limit,
+            edns=req.edns,
+            limit=req.limit,
         )
-        info = None
+        proto = req.proto
         if self.observers or (cacheable and proto == "udp"):
             info = QueryInfo(
                 server=self.server_label,
                 zone=zone or (block.zones[0] if block is not None else ""),
                 proto=proto,
-                peer=peer,
-                qname=query.name.name,
-                qtype=query.type,
-                qclass=query.cls,
-                qid=msg.id,
-                request_size=len(packet),
+                peer=req.peer,
+                qname=q.qname,
+                qtype=q.qtype,
+                qclass=q.qclass,
+                qid=q.id,
+                request_size=len(req.packet),
                 response_size=len(out),
                 rcode=ans.rcode,
                 flags=struct.unpack_from("!H", out, 2)[0],
-                duration=time.perf_counter() - start,
-                do=bool(edns is not None and edns.do),
+                duration=time.perf_counter() - req.start,
+                do=bool(req.edns is not None and req.edns.do),
             )
             for obs in self.observers:
                 try:
                     obs(info)
                 except Exception:
                     log.failure("query observer failed")
-        if cacheable and proto == "udp" and info is not None:
-            self.fast.remember(ctx[-2], out, info)
+            if cacheable and proto == "udp":
+                self.fast.remember(req.packet, out, info)
         return out
 
-    def _relay(self, upstream: dns.Message, ctx: tuple) -> bytes:
+    def _relay(self, upstream: dns.Message, req: Request) -> bytes:
         ans = Answer(
             rcode=upstream.rCode,
             answers=list(upstream.answers),
@@ -239,10 +260,10 @@ class Dispatcher:
             additional=[rr for rr in upstream.additional if rr.type != dns.OPT],
             authoritative=bool(upstream.auth),
         )
-        block = ctx[-1]
-        return self._finish(ctx, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData))
+        block = req.block
+        return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData))
 
-    def _relay_error(self, failure: Failure, ctx: tuple) -> bytes:
+    def _relay_error(self, failure: Failure, req: Request) -> bytes:
         rcode = SERVFAIL
         try:
             from kubedns.forward.forwarder import Refused
@@ -251,8 +272,8 @@ class Dispatcher:
                 rcode = REFUSED
         except ImportError:  # pragma: no cover - forwarder not installed
             pass
-        block = ctx[-1]
-        return self._finish(ctx, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True)
+        block = req.block
+        return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True)
 
 
 class FastCache:

@@ -31,6 +31,8 @@ __all__ = [
     "encode_response",
     "error_response",
     "parse_question",
+    "question_compression",
+    "read_edns_raw",
 ]
 
 #: The UDP payload size we advertise (the 2020 DNS flag day value; avoids IP fragmentation).
@@ -121,6 +123,40 @@ def read_edns(message: dns.Message) -> tuple[Edns | None, bool]:
     return Edns(udp_size=max(512, rr.cls), version=version, do=bool(rr.ttl & 0x8000)), True
 
 
+def read_edns_raw(data: bytes, q: Question) -> tuple[Edns | None, bool] | None:
+    """EDNS from the bytes after the question, for the common query shape (no answer/authority
+    records, at most one additional which is an OPT).  None means "not that shape": decode fully.
+    The second item is False when the OPT is malformed (FORMERR).
+    """
+    if q.ancount or q.nscount or q.arcount > 1:
+        return None
+    pos = q.end
+    if q.arcount == 0:
+        return (None, True) if pos == len(data) else None
+    if len(data) < pos + 11 or data[pos] != 0:
+        return None
+    _, rtype, size, ttl, rdlen = _OPT_FIXED.unpack_from(data, pos)
+    if rtype != dns.OPT:
+        return None
+    if pos + 11 + rdlen != len(data):
+        return None, False
+    return Edns(udp_size=max(512, size), version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000)), True
+
+
+def question_compression(qname: bytes) -> dict[bytes, int]:
+    """Twisted compression entries for a question name written at offset 12, as sent."""
+    comp: dict[bytes, int] = {}
+    if not qname:
+        return comp
+    offset = 12
+    name = qname
+    while name:
+        comp[name] = offset
+        label, _, name = name.partition(b".")
+        offset += 1 + len(label)
+    return comp
+
+
 def _opt_bytes(ext_rcode: int, do: bool) -> bytes:
     ttl = ((ext_rcode >> 4) & 0xFF) << 24 | (0x8000 if do else 0)
     return _OPT_FIXED.pack(0, dns.OPT, EDNS_UDP_SIZE, ttl, 0)
@@ -143,18 +179,22 @@ def encode_response(
     aa: bool,
     ad: bool = False,
     rcode: int,
-    queries: Sequence[dns.Query],
+    question: bytes,
+    qname: bytes,
     answers: Sequence[dns.RRHeader] = (),
     authority: Sequence[dns.RRHeader] = (),
     additional: Sequence[dns.RRHeader] = (),
     edns: Edns | None = None,
     limit: int = 65535,
 ) -> bytes:
-    """Encode a response that fits in ``limit`` bytes, cut at whole records, TC when needed."""
+    """Encode a response that fits in ``limit`` bytes, cut at whole records, TC when needed.
+
+    ``question`` is the question section exactly as the client sent it (name case included) and
+    ``qname`` its dotted name, so answer owners compress against it.
+    """
     strio = BytesIO()  # the body: twisted's Name.encode adds the 12-byte header to offsets itself
-    comp: dict[bytes, int] = {}
-    for q in queries:
-        q.encode(strio, comp)
+    strio.write(question)
+    comp = question_compression(qname) if question else {}
     ends = [strio.tell()]
     for rr in (*answers, *authority, *additional):
         rr.encode(strio, comp)
@@ -174,7 +214,7 @@ def encode_response(
         if ends[0] > room:  # not even the question fits: send header only
             body = b""
             keep = 0
-            queries = ()
+            question = b""
         else:
             body = body[: ends[keep]]
         kept = keep
@@ -183,7 +223,7 @@ def encode_response(
             take = min(c, kept)
             new_counts.append(take)
             kept -= take
-        tc = new_counts[0] < counts[0] or new_counts[1] < counts[1] or not queries
+        tc = new_counts[0] < counts[0] or new_counts[1] < counts[1] or not question
         counts = new_counts
     flags = (
         0x8000
@@ -196,7 +236,7 @@ def encode_response(
         | (0x0010 if cd else 0)
         | (rcode & 0xF)
     )
-    header = _HEADER.pack(qid, flags, len(queries), counts[0], counts[1], counts[2] + (1 if opt else 0))
+    header = _HEADER.pack(qid, flags, 1 if question else 0, counts[0], counts[1], counts[2] + (1 if opt else 0))
     return header + body + opt
 
 
