@@ -51,7 +51,7 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
     if response.trunc:
         return None
     rcode = response.rCode
-    if rcode == dns.SERVFAIL:
+    if rcode == dns.ESERVER:
         secs = int(config.servfail_ttl)
         return (SERVFAIL, secs) if secs > 0 else None
     if rcode not in (dns.OK, dns.ENAME):

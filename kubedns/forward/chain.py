@@ -64,9 +64,8 @@ class ForwardChain:
         hit = cache.get(key)
         if hit is not None:
             msg, prefetch = hit
-            if prefetch:
+            if prefetch and self._refresh(key, query, tcp):
                 cache.prefetches += 1
-                self._refresh(key, query, tcp)
             return defer.succeed(msg)
         if cache.config.serve_stale and cache.config.serve_stale_mode == "immediate":
             stale = cache.get_stale(key)
@@ -90,10 +89,13 @@ class ForwardChain:
                 return stale
         return failure
 
-    def _refresh(self, key: CacheKey, query: dns.Message, tcp: bool) -> None:
-        """Ask the upstream again in the background (prefetch, or after serving stale)."""
+    def _refresh(self, key: CacheKey, query: dns.Message, tcp: bool) -> bool:
+        """Ask the upstream again in the background (prefetch, or after serving stale).
+
+        False if a refresh of ``key`` is already running.
+        """
         if key in self._refreshing:
-            return
+            return False
         self._refreshing.add(key)
         # The forwarder reads the query synchronously, so the server may reuse it afterwards.
         d = self.forwarder.resolve(query, tcp=tcp)
@@ -109,6 +111,7 @@ class ForwardChain:
             self._refreshing.discard(key)
 
         d.addCallbacks(stored, failed).addBoth(done)
+        return True
 
     # -- metrics -------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,251 @@
+"""The ``forward``, ``cache`` and ``loop`` config sections: YAML nodes → frozen dataclasses.
+
+All validation for forwarding lives here, at load time, so that a bad upstream address, an
+unreadable CA bundle or an empty resolv.conf is a :class:`~kubedns.configbase.ConfigError`
+naming the file, the key and what was expected, never a failure at the first query.  Key names
+and defaults follow CoreDNS's *forward*, *cache* and *loop* plugins so Corefile users recognise
+them; the few deviations are noted on the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubedns.configbase import ConfigError, Node
+from kubedns.forward.upstream import UpstreamSpec, parse_upstream, read_resolv_conf
+
+__all__ = [
+    "CacheConfig",
+    "ConfigError",
+    "ForwardConfig",
+    "LoopConfig",
+    "POLICIES",
+    "parse_cache",
+    "parse_forward",
+    "parse_loop",
+]
+
+POLICIES = ("random", "round_robin", "sequential")
+MAX_UPSTREAMS = 15
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """Where and how to forward names outside the cluster zones (CoreDNS *forward*)."""
+
+    to: tuple[UpstreamSpec, ...] = (UpstreamSpec("8.8.8.8"),)
+    tls_servername: str | None = None  # None: verify the certificate against the upstream's IP
+    tls_ca: str | None = None  # PEM bundle path; None: the platform trust store
+    policy: str = "random"
+    max_fails: int = 2  # consecutive failures before an upstream is marked down; 0: never
+    health_check: float = 0.5  # probe interval while an upstream is down
+    expire: float = 10.0  # idle TCP/TLS connections are closed after this
+    max_concurrent: int = 0  # 0: unlimited
+    force_tcp: bool = False
+    prefer_udp: bool = False
+    except_zones: tuple[str, ...] = ()  # lower-case, no trailing dot; "" is the root
+    timeout: float = 2.0  # per try (CoreDNS's fixed read timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Bounds and TTL rules of the answer cache (CoreDNS *cache*)."""
+
+    ttl: int = 3600  # cap for positive answers
+    min_ttl: int = 5  # floor for positive and negative answers
+    denial_ttl: int = 1800  # cap for NXDOMAIN/NODATA (RFC 2308 TTL)
+    servfail_ttl: float = 5.0  # upstream SERVFAIL cached this long; 0: never
+    size: int = 9984  # entries
+    prefetch_amount: int = 0  # 0: prefetch off
+    prefetch_duration: float = 60.0  # "popular" = amount hits with no gap this long
+    prefetch_percentage: int = 10  # prefetch when the TTL left drops below this % (or 1 s)
+    serve_stale: float = 0.0  # how long past expiry an entry may be served; 0: off
+    serve_stale_mode: str = "verified"  # verified: only when upstreams fail; immediate: CoreDNS's default
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    """Forwarding-loop detection (CoreDNS *loop*, but it disables forwarding instead of exiting)."""
+
+    enabled: bool = False
+    recheck: float = 30.0  # re-probe period; 0: probe only at start
+
+
+# -- forward -----------------------------------------------------------------------------------
+
+_FORWARD_KEYS = {
+    "to",
+    "tls_servername",
+    "tls_ca",
+    "policy",
+    "max_fails",
+    "health_check",
+    "expire",
+    "max_concurrent",
+    "force_tcp",
+    "prefer_udp",
+    "except",
+    "timeout",
+}
+
+
+def _is_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../"))
+
+
+def _parse_to(node: Node) -> tuple[UpstreamSpec, ...]:
+    if isinstance(node.value, str):
+        node.value = [node.value]
+    expect = 'upstreams like "10.0.0.1", "10.0.0.1:5353", "[::1]:53", "tls://9.9.9.9" or a resolv.conf path'
+    out: list[UpstreamSpec] = []
+    for item in node.items():
+        if not isinstance(item.value, str) or not item.value.strip():
+            raise item.error(expect)
+        text = item.value.strip()
+        if _is_path(text):
+            try:
+                addrs = read_resolv_conf(text)
+            except OSError as e:
+                raise item.error(f"a readable resolv.conf file ({e.strerror})") from None
+            if not addrs:
+                raise item.error("a resolv.conf file with at least one nameserver line")
+            for a in addrs:
+                try:
+                    out.append(parse_upstream(a))
+                except ValueError as e:
+                    raise item.error(f"nameserver lines holding IP addresses ({a!r}: {e})") from None
+            continue
+        try:
+            out.append(parse_upstream(text))
+        except ValueError as e:
+            raise item.error(f"{expect} ({e})") from None
+    if not 1 <= len(out) <= MAX_UPSTREAMS:
+        raise node.error(f"from 1 to {MAX_UPSTREAMS} upstreams (found {len(out)})")
+    return tuple(out)
+
+
+def _parse_ca(node: Node) -> str | None:
+    path = node.optional_string()
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise node.error(f"a readable PEM CA bundle ({e.strerror})") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise node.error("a PEM file holding at least one CERTIFICATE")
+    return path
+
+
+def parse_forward(node: Node) -> ForwardConfig:
+    """Read a ``forward`` section: a mapping, or shorthand ``forward: 10.0.0.1`` / a list of upstreams."""
+    if isinstance(node.value, (str, list)):
+        node.value = {"to": node.value}
+    node.mapping(_FORWARD_KEYS)
+    d = ForwardConfig()
+    to = _parse_to(node.get("to")) if node.has("to") else d.to
+    servername_node = node.get("tls_servername", None)
+    servername = servername_node.optional_string()
+    if servername is not None:
+        servername = servername.strip().rstrip(".")
+        if any(u.servername for u in to):
+            raise servername_node.error("no tls_servername when an upstream names its own (tls://IP%name)")
+    return ForwardConfig(
+        to=to,
+        tls_servername=servername,
+        tls_ca=_parse_ca(node.get("tls_ca", None)),
+        policy=node.get("policy", d.policy).choice(POLICIES),
+        max_fails=node.get("max_fails", d.max_fails).integer(0, 1000),
+        health_check=node.get("health_check", d.health_check).duration(0.01, 3600),
+        expire=node.get("expire", d.expire).duration(0, 3600),
+        max_concurrent=node.get("max_concurrent", d.max_concurrent).integer(0),
+        force_tcp=node.get("force_tcp", False).boolean(),
+        prefer_udp=node.get("prefer_udp", False).boolean(),
+        except_zones=node.get("except", []).zones(allow_empty=True),
+        timeout=node.get("timeout", d.timeout).duration(0.01, 60),
+    )
+
+
+# -- cache -------------------------------------------------------------------------------------
+
+_CACHE_KEYS = {"ttl", "min_ttl", "denial_ttl", "servfail", "size", "prefetch", "serve_stale"}
+_STALE_DEFAULT = 3600.0
+
+
+def _parse_prefetch(node: Node) -> tuple[int, float, int]:
+    d = CacheConfig()
+    if node.value is None or node.value is False:
+        return 0, d.prefetch_duration, d.prefetch_percentage
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.integer(0), d.prefetch_duration, d.prefetch_percentage
+    if not isinstance(node.value, dict):
+        raise node.error("a number of queries (amount), or a mapping with amount, duration, percentage")
+    node.mapping({"amount", "duration", "percentage"})
+    amount = node.get("amount").integer(1)
+    duration = node.get("duration", d.prefetch_duration).duration(0.001)
+    pct_node = node.get("percentage", d.prefetch_percentage)
+    if isinstance(pct_node.value, str) and pct_node.value.strip().endswith("%"):
+        pct_node.value = pct_node.value.strip()[:-1]
+        if pct_node.value.isdigit():
+            pct_node.value = int(pct_node.value)
+    return amount, duration, pct_node.integer(10, 90)
+
+
+def _parse_stale(node: Node) -> tuple[float, str]:
+    v = node.value
+    if v is None or v is False:
+        return 0.0, "verified"
+    if v is True:
+        return _STALE_DEFAULT, "verified"
+    if isinstance(v, dict):
+        node.mapping({"duration", "refresh_mode"})
+        dur = node.get("duration", _STALE_DEFAULT).duration(0.001)
+        mode = node.get("refresh_mode", "verified").choice(("verified", "immediate"))
+        return dur, mode
+    return node.duration(0.001), "verified"
+
+
+def parse_cache(node: Node) -> CacheConfig:
+    """Read a ``cache`` section: a mapping, or ``cache: 30`` meaning ``{ttl: 30}``."""
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        node.value = {"ttl": node.value}
+    node.mapping(_CACHE_KEYS)
+    d = CacheConfig()
+    ttl = node.get("ttl", d.ttl).integer(0, 7 * 86400)
+    min_node = node.get("min_ttl", min(d.min_ttl, ttl))
+    min_ttl = min_node.integer(0, 7 * 86400)
+    if min_ttl > ttl:
+        raise min_node.error(f"a whole number not above ttl ({ttl})")
+    # As CoreDNS's `cache TTL`: the one cap applies to denials too unless they get their own.
+    denial_ttl = node.get("denial_ttl", min(d.denial_ttl, ttl)).integer(0, 7 * 86400)
+    amount, duration, pct = _parse_prefetch(node.get("prefetch", None))
+    stale, mode = _parse_stale(node.get("serve_stale", None))
+    return CacheConfig(
+        ttl=ttl,
+        min_ttl=min_ttl,
+        denial_ttl=denial_ttl,
+        servfail_ttl=node.get("servfail", d.servfail_ttl).duration(0, 300),
+        size=node.get("size", d.size).integer(1, 10_000_000),
+        prefetch_amount=amount,
+        prefetch_duration=duration,
+        prefetch_percentage=pct,
+        serve_stale=stale,
+        serve_stale_mode=mode,
+    )
+
+
+# -- loop --------------------------------------------------------------------------------------
+
+
+def parse_loop(node: Node) -> LoopConfig:
+    """Read a ``loop`` section: ``loop: {}``, ``loop:`` (null) or ``loop: true`` enable it."""
+    v = node.value
+    if v is True:
+        return LoopConfig(enabled=True)
+    if v is False:
+        return LoopConfig(enabled=False)
+    if v is not None and not isinstance(v, dict):
+        raise node.error("true, false, or a mapping (optionally with recheck: DURATION)")
+    node.mapping({"recheck"})
+    return LoopConfig(enabled=True, recheck=node.get("recheck", LoopConfig().recheck).duration(0, 86400))

@@ -1,0 +1,401 @@
+"""The forwarder: relay a question to the upstreams, in policy order, with health and de-duplication.
+
+Owns the per-upstream state (consecutive failures, down/up, health probes, counters) and the
+request-level logic CoreDNS's *forward* plugin has: pick upstreams by ``policy``, skip the ones
+marked down (or try them all when every one is down), fail over on timeouts and network errors
+within one request budget, and relay the first answer *unchanged* (rcode and every section), since
+SERVFAIL or NXDOMAIN from an upstream is an answer, not a failure.  Identical questions in flight
+share one upstream exchange.  The wire work lives in :mod:`kubedns.forward.transport`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.python.failure import Failure
+
+from kubedns.forward.config import ForwardConfig
+from kubedns.forward.message import Expect, build_query, client_bits, decode_response, is_truncated
+from kubedns.forward.transport import StreamClient, TransportError, describe, udp_exchange
+from kubedns.forward.upstream import UpstreamSpec
+
+__all__ = ["Forwarder", "ForwarderStats", "Refused", "UpstreamStats", "UpstreamsFailed"]
+
+_log = Logger()
+
+REQUEST_BUDGET = 5.0  # CoreDNS's per-request deadline across all tries (raised to one timeout if larger)
+PROBE_TIMEOUT = 1.0  # a health probe waits at most this long (or the per-try timeout if shorter)
+
+
+class UpstreamsFailed(Exception):  # noqa: N818 (name fixed by the server interface)
+    """No upstream produced an answer (timeouts, refused connections, TLS errors): answer SERVFAIL."""
+
+    def __init__(self, reason: str, errors: tuple[tuple[str, str], ...] = ()) -> None:
+        self.reason = reason
+        self.errors = errors  # (upstream, what went wrong) per try
+        detail = "; ".join(f"{u}: {e}" for u, e in errors)
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+
+
+class Refused(Exception):  # noqa: N818 (name fixed by the server interface)
+    """More than ``max_concurrent`` queries in flight: answer REFUSED (not a health failure)."""
+
+
+@dataclass(slots=True)
+class UpstreamStats:
+    """Counters for one upstream, plain ints for the metrics endpoint."""
+
+    requests: int = 0  # tries sent (queries, not health probes)
+    responses: dict[int, int] = field(default_factory=dict)  # rcode -> count
+    failures: int = 0  # tries without an answer
+    healthcheck_failures: int = 0
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    max_concurrent_rejects: int = 0
+    healthcheck_broken: int = 0  # requests that found every upstream down
+    deduplicated: int = 0  # queries that joined an identical one in flight
+
+
+class _Upstream:
+    __slots__ = ("spec", "name", "fails", "down", "stats", "stream", "probe_call", "probe_d")
+
+    def __init__(self, spec: UpstreamSpec) -> None:
+        self.spec = spec
+        self.name = str(spec)
+        self.fails = 0
+        self.down = False
+        self.stats = UpstreamStats()
+        self.stream: StreamClient | None = None
+        self.probe_call: Any = None
+        self.probe_d: defer.Deferred | None = None
+
+
+class _Flight:
+    __slots__ = ("waiters", "inner")
+
+    def __init__(self) -> None:
+        self.waiters: list[defer.Deferred] = []
+        self.inner: defer.Deferred | None = None
+
+
+_PROBE_QUERY = build_query(b"", dns.NS, dns.IN, rd=True, cd=False, do=False)
+_PROBE_EXPECT = Expect.for_question(b"", dns.NS, dns.IN)
+
+
+class Forwarder:
+    """Forward questions to ``config.to``; see the module docstring for the behaviour."""
+
+    def __init__(self, config: ForwardConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self._reactor = reactor
+        self.upstreams = [_Upstream(s) for s in config.to]
+        self.stats = ForwarderStats()
+        self.disabled_reason: str | None = None
+        self._except = tuple(z.encode("ascii") for z in config.except_zones)
+        self._flights: dict[tuple, _Flight] = {}
+        self._inflight = 0
+        self._rr = 0
+        self._running = False
+        self._budget = max(REQUEST_BUDGET, config.timeout)
+        self._tls_cache: dict[str, Any] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        for up in self.upstreams:  # after a stop()/start(), keep probing the ones still down
+            if up.down:
+                self._schedule_probe(up)
+
+    def stop(self) -> defer.Deferred | None:
+        """Cancel probes and queries in flight, close connections; fires once sockets are closed."""
+        self._running = False
+        for flight in list(self._flights.values()):
+            if flight.inner is not None:
+                flight.inner.cancel()
+        closing = []
+        for up in self.upstreams:
+            self._stop_probe(up)
+            if up.stream is not None:
+                d = up.stream.close()
+                up.stream = None
+                if d is not None:
+                    closing.append(d)
+        if not closing:
+            return None
+        return defer.gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- the server's questions ----------------------------------------------------------------
+    def handles(self, name: bytes) -> bool:
+        """False for names inside an ``except`` zone."""
+        if not self._except:
+            return True
+        n = name.lower().rstrip(b".")
+        for z in self._except:
+            if not z or n == z or n.endswith(b"." + z):
+                return False
+        return True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def disable(self, reason: str) -> None:
+        """Fail every new query with :class:`UpstreamsFailed` (used by the loop detector)."""
+        self.disabled_reason = reason
+
+    def enable(self) -> None:
+        self.disabled_reason = None
+
+    def resolve(self, query: dns.Message, *, tcp: bool = False) -> defer.Deferred:
+        """Forward ``query``'s question; fire with the upstream's full answer (a new Message).
+
+        ``tcp``: the client asked over TCP, so (as CoreDNS) ask the upstream over TCP too unless
+        ``prefer_udp``.  Fails with :class:`Refused` (more than ``max_concurrent`` calls pending,
+        de-duplicated ones included, as CoreDNS counts every request) or :class:`UpstreamsFailed`.
+        """
+        if self.disabled_reason is not None:
+            return defer.fail(UpstreamsFailed(self.disabled_reason))
+        if not query.queries:
+            return defer.fail(UpstreamsFailed("no question to forward"))
+        limit = self.config.max_concurrent
+        if limit and self._inflight >= limit:
+            self.stats.max_concurrent_rejects += 1
+            return defer.fail(Refused(f"more than {limit} concurrent forwarded queries"))
+        q = query.queries[0]
+        name = q.name.name
+        rd, cd, do = client_bits(query)
+        key = (name.lower(), q.type, q.cls, do, cd, rd)
+        flight = self._flights.get(key)
+        waiter = self._join(key, flight)
+        if flight is not None:
+            self.stats.deduplicated += 1
+            return waiter
+        flight = self._flights[key]
+        try:
+            template = build_query(name, q.type, q.cls, rd=rd, cd=cd, do=do)
+            expect = Expect.for_question(name, q.type, q.cls)
+        except ValueError as e:
+            inner: defer.Deferred = defer.fail(UpstreamsFailed(f"cannot forward {name!r}: {e}"))
+        else:
+            inner = defer.Deferred.fromCoroutine(self._exchange(template, expect, tcp))
+        flight.inner = inner
+        inner.addBoth(self._land, key, flight)
+        return waiter
+
+    def send_to(self, index: int, name: bytes, qtype: int, timeout: float | None = None) -> defer.Deferred:
+        """One try at upstream ``index`` only, bypassing health, de-duplication and ``disable``.
+
+        For the loop detector's probes; fires with the decoded answer or fails with a
+        :class:`~kubedns.forward.transport.TransportError`.
+        """
+        up = self.upstreams[index]
+        template = build_query(name, qtype, dns.IN, rd=True, cd=False, do=False)
+        expect = Expect.for_question(name, qtype, dns.IN)
+        d = self._try(up, template, expect, False, timeout or self.config.timeout)
+        return d.addCallback(decode_response)
+
+    def upstream_stats(self) -> dict[str, UpstreamStats]:
+        return {u.name: u.stats for u in self.upstreams}
+
+    def is_down(self, index: int) -> bool:
+        return self.upstreams[index].down
+
+    # -- de-duplication ------------------------------------------------------------------------
+    def _join(self, key: tuple, flight: _Flight | None) -> defer.Deferred:
+        if flight is None:
+            flight = self._flights[key] = _Flight()
+        f = flight
+
+        def cancel(d: defer.Deferred) -> None:
+            if d in f.waiters:
+                f.waiters.remove(d)
+            if not f.waiters and f.inner is not None and not f.inner.called:
+                f.inner.cancel()
+
+        waiter: defer.Deferred = defer.Deferred(canceller=cancel)
+        flight.waiters.append(waiter)
+        self._inflight += 1
+
+        def done(result: Any) -> Any:
+            self._inflight -= 1
+            return result
+
+        waiter.addBoth(done)
+        return waiter
+
+    def _land(self, result: Any, key: tuple, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        waiters, flight.waiters = flight.waiters, []
+        if isinstance(result, Failure):
+            if result.check(defer.CancelledError):
+                result = Failure(UpstreamsFailed("forwarding cancelled (stopping)"))
+            for w in waiters:
+                w.errback(result)
+            return None
+        data, msg = result
+        for i, w in enumerate(waiters):
+            w.callback(msg if i == 0 else decode_response(data))
+        return None
+
+    # -- the request loop ----------------------------------------------------------------------
+    def _order(self) -> list[_Upstream]:
+        ups = self.upstreams
+        policy = self.config.policy
+        if len(ups) == 1:
+            order = ups
+        elif policy == "random":
+            order = random.sample(ups, len(ups))
+        elif policy == "round_robin":
+            i = self._rr % len(ups)
+            self._rr += 1
+            order = ups[i:] + ups[:i]
+        else:
+            order = ups
+        healthy = [u for u in order if not u.down]
+        if not healthy:
+            # Every upstream is down: health checking itself may be what is broken; try anyway.
+            self.stats.healthcheck_broken += 1
+            return list(order)
+        return healthy
+
+    async def _exchange(self, template: bytes, expect: Expect, tcp: bool) -> tuple[bytes, dns.Message]:
+        now = self._reactor.seconds
+        deadline = now() + self._budget
+        errors: list[tuple[str, str]] = []
+        for up in self._order():
+            remaining = deadline - now()
+            if remaining <= 0.001:
+                errors.append((up.name, "request budget exhausted"))
+                break
+            up.stats.requests += 1
+            try:
+                data = await self._try(up, template, expect, tcp, min(self.config.timeout, remaining))
+                msg = decode_response(data)
+            except (TransportError, ValueError) as e:
+                up.stats.failures += 1
+                errors.append((up.name, describe(e)))
+                self._failed(up)
+                continue
+            rcode = msg.rCode
+            up.stats.responses[rcode] = up.stats.responses.get(rcode, 0) + 1
+            self._succeeded(up)
+            return data, msg
+        raise UpstreamsFailed("no upstream answered", tuple(errors))
+
+    def _stream(self, up: _Upstream) -> StreamClient:
+        if up.stream is None:
+            tls = self._tls_options(up.spec) if up.spec.tls else None
+            up.stream = StreamClient(
+                self._reactor,
+                up.spec.host,
+                up.spec.port,
+                tls_options=tls,
+                expire=self.config.expire,
+                connect_timeout=self.config.timeout,
+            )
+        return up.stream
+
+    def _try(self, up: _Upstream, template: bytes, expect: Expect, tcp: bool, timeout: float) -> defer.Deferred:
+        cfg = self.config
+        if up.spec.tls or cfg.force_tcp or (tcp and not cfg.prefer_udp):
+            return self._stream(up).query(template, expect, timeout)
+        d = udp_exchange(self._reactor, up.spec.host, up.spec.port, template, expect, timeout)
+
+        def maybe_tcp(data: bytes) -> Any:
+            if not is_truncated(data):
+                return data
+
+            def tcp_failed(f: Failure) -> bytes:
+                # TCP failed too: relay the truncated answer; the client then retries over TCP itself.
+                f.trap(TransportError)
+                return data
+
+            return self._stream(up).query(template, expect, timeout).addErrback(tcp_failed)
+
+        return d.addCallback(maybe_tcp)
+
+    def _tls_options(self, spec: UpstreamSpec) -> Any:
+        from twisted.internet import ssl
+
+        servername = spec.servername or self.config.tls_servername or spec.host
+        trust: Any
+        if self.config.tls_ca:
+            with open(self.config.tls_ca, "rb") as f:
+                pem = f.read()
+            marker = b"-----END CERTIFICATE-----"
+            certs = [c + marker for c in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in c]
+            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(c) for c in certs])
+        else:
+            trust = ssl.platformTrust()
+        return ssl.optionsForClientTLS(servername, trustRoot=trust)
+
+    # -- health --------------------------------------------------------------------------------
+    def _failed(self, up: _Upstream) -> None:
+        up.fails += 1
+        mf = self.config.max_fails
+        if mf and up.fails >= mf and not up.down:
+            up.down = True
+            _log.warn(
+                "forward: upstream {upstream} marked down after {n} consecutive failures",
+                upstream=up.name,
+                n=up.fails,
+            )
+            self._schedule_probe(up)
+
+    def _succeeded(self, up: _Upstream) -> None:
+        up.fails = 0
+        if up.down:
+            self._mark_up(up)
+
+    def _mark_up(self, up: _Upstream) -> None:
+        up.down = False
+        up.fails = 0
+        self._stop_probe(up)
+        _log.info("forward: upstream {upstream} is healthy again", upstream=up.name)
+
+    def _schedule_probe(self, up: _Upstream) -> None:
+        if up.probe_call is None and up.probe_d is None and self._running:
+            up.probe_call = self._reactor.callLater(self.config.health_check, self._probe, up)
+
+    def _stop_probe(self, up: _Upstream) -> None:
+        if up.probe_call is not None:
+            if up.probe_call.active():
+                up.probe_call.cancel()
+            up.probe_call = None
+        if up.probe_d is not None:
+            d, up.probe_d = up.probe_d, None
+            d.cancel()
+
+    def _probe(self, up: _Upstream) -> None:
+        up.probe_call = None
+        if not up.down or not self._running:
+            return
+        d = self._try(up, _PROBE_QUERY, _PROBE_EXPECT, False, min(self.config.timeout, PROBE_TIMEOUT))
+        up.probe_d = d
+
+        def ok(_: bytes) -> None:
+            up.probe_d = None
+            if up.down:  # any answer, whatever its rcode, means the upstream is reachable
+                self._mark_up(up)
+
+        def bad(f: Failure) -> None:
+            if f.check(defer.CancelledError):
+                return
+            up.probe_d = None
+            up.stats.healthcheck_failures += 1
+            if up.down:
+                self._schedule_probe(up)
+
+        d.addCallbacks(ok, bad)
