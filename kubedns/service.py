@@ -20,15 +20,17 @@ import os
 import signal
 from typing import Any
 
-from twisted.application import internet, service
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
+from kubedns.listen import TCPListener, UDPListener
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher, DNSDatagramProtocol, DNSStreamFactory
+from kubedns.workers import WorkerPool, announce_ready, worker_index
 
 __all__ = ["KubeDNS", "build"]
 
@@ -60,6 +62,13 @@ class KubeDNS(service.MultiService):
         self.reactor = reactor
         self.config = config
         self.fast_path = os.environ.get("KUBEDNS_FAST_PATH", "1") != "0"
+        #: 0 in the process twistd started; 1..N-1 in the workers it spawns (``workers: N``)
+        self.worker = worker_index()
+        self.pool: WorkerPool | None = None
+        if config.workers > 1 and self.worker == 0:
+            self.pool = WorkerPool(config.workers, reactor=reactor)
+            self.pool.setServiceParent(self)
+        self._announced = False
         self._k8s: dict[KubernetesConfig, tuple[Store, service.Service]] = {}
         self._fwd: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._listeners: dict[Address, _Listener] = {}
@@ -91,7 +100,16 @@ class KubeDNS(service.MultiService):
 
     @property
     def synced(self) -> bool:
-        return all(s.synced for s in self.stores)
+        """Every store listed once, and (in worker 0) every other worker says the same."""
+        own = all(s.synced for s in self.stores)
+        return own and (self.pool is None or self.pool.all_ready())
+
+    def not_synced(self) -> list[str]:
+        """What readiness is waiting for, for the /ready body."""
+        out = [f"kubernetes: waiting for {', '.join(s.missing_kinds())}" for s in self.stores if not s.synced]
+        if self.pool is not None:
+            out.extend(self.pool.not_ready())
+        return out
 
     def _build_ops(self) -> None:
         try:
@@ -127,7 +145,7 @@ class KubeDNS(service.MultiService):
             from kubedns.forward.loop import LoopDetector
 
             zone = (block.zones[0] + ".").encode() if block.zones[0] else b""
-            loop = LoopDetector(chain, zone=zone, reactor=self.reactor)
+            loop = LoopDetector(chain, zone=zone, reactor=self.reactor, recheck=block.loop.recheck)
         return chain, loop
 
     def _make_blocks(self, config: Config, started: bool) -> dict[int, Block]:
@@ -149,6 +167,7 @@ class KubeDNS(service.MultiService):
                     if entry is None:
                         store = Store(required=b.kubernetes.resources())
                         store.add_listener(self._invalidate)
+                        store.add_listener(self._maybe_announce)
                         entry = (store, self._source(store, b.kubernetes))
                         new_sources.append(entry[1])
                     k8s_keep[b.kubernetes] = entry
@@ -192,13 +211,22 @@ class KubeDNS(service.MultiService):
         label = f"dns://{addr}"
         disp = Dispatcher(label, blocks, reactor=self.reactor, fast_path=self.fast_path)
         iface = _interface(addr.host)
-        udp = internet.UDPServer(addr.port, DNSDatagramProtocol(disp), interface=iface)
-        tcp = internet.TCPServer(addr.port, DNSStreamFactory(disp, idle_timeout=self.config.tcp_idle_timeout), interface=iface)
+        reuse = self.config.workers > 1
+        udp = UDPListener(iface, addr.port, DNSDatagramProtocol(disp), self.reactor, reuse)
+        factory = DNSStreamFactory(disp, idle_timeout=self.config.tcp_idle_timeout)
+        tcp = TCPListener(iface, addr.port, factory, self.reactor, reuse)
         lst = _Listener(addr, disp, udp, tcp)
         for s in lst.services:
             s.setServiceParent(self)
         self._listeners[addr] = lst
         return lst
+
+    def _maybe_announce(self) -> None:
+        if not self._announced and all(s.synced for s in self.stores):
+            self._announced = True
+            log.info("kubedns: cluster data synced ({kinds})",
+                     kinds=", ".join(sorted({k for st in self.stores for k in st.required})))
+            announce_ready()
 
     def _invalidate(self) -> None:
         """A store changed: no pre-encoded answer may outlive the data it was built from."""
@@ -266,9 +294,14 @@ class KubeDNS(service.MultiService):
             self._reload_loop.clock = self.reactor
             self._reload_loop.start(rcfg.interval, now=False)
         try:
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._sighup))
         except ValueError:  # not the main thread (tests building a service in-process)
             pass
+
+    def _sighup(self) -> None:
+        if self.pool is not None:
+            self.pool.signal_all(signal.SIGHUP)
+        self.reload()
 
     # -- lifecycle --------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802
@@ -283,12 +316,15 @@ class KubeDNS(service.MultiService):
                 port = getattr(s, "_port", None)
                 if port is not None:
                     h = port.getHost()
-                    log.info("kubedns listening on {proto} {host}:{port}", proto=h.type, host=h.host, port=h.port)
+                    log.info("kubedns worker {w} listening on {proto} {host}:{port}",
+                             w=self.worker, proto=h.type, host=h.host, port=h.port)
 
     def stopService(self) -> defer.Deferred | None:  # noqa: N802
         """Lameduck first: /ready says 503 while DNS keeps answering, then stop everything."""
         if self._reload_loop is not None and self._reload_loop.running:
             self._reload_loop.stop()
+        if self.pool is not None:
+            self.pool.begin_stop()  # workers run their lameduck alongside ours
         health = self.config.first("health")
         lameduck = health.lameduck if health is not None else 0.0
         if lameduck > 0:

@@ -170,3 +170,34 @@ def test_tcp_idle_timeout_closes_connection(kubedns_process, tmp_path: Path) -> 
         t0 = time.monotonic()
         assert s.recv(10) == b""  # server closed the idle connection
         assert 0.8 < time.monotonic() - t0 < 4
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids = (task / "children").read_text().split()
+        out.extend(int(k) for k in kids)
+    return out
+
+
+def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    cfg = _config(port, m)
+    cfg["workers"] = 2
+    p = kubedns_process(cfg)
+    p.wait_listening(port)
+    assert _wait(lambda: "[worker 1] " in p.log() and "worker 1 listening on UDP" in p.log()), p.log()
+    kids = _children(p.proc.pid)
+    assert len(kids) == 1
+    for _ in range(100):  # fresh source ports: the kernel spreads them over both sockets
+        assert query(port, "nginx.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
+    import os
+
+    os.kill(kids[0], signal.SIGKILL)
+    assert _wait(lambda: "worker 1 exited" in p.log()), p.log()
+    assert _wait(lambda: len(_children(p.proc.pid)) == 1 and _children(p.proc.pid) != kids, timeout=15), p.log()
+    assert _answers(port)
+    new_kid = _children(p.proc.pid)[0]
+    p.stop()
+    assert not Path(f"/proc/{new_kid}").exists() or "zombie" in Path(f"/proc/{new_kid}/status").read_text()

@@ -1,0 +1,92 @@
+"""UDP and TCP listening sockets as Twisted services, optionally with SO_REUSEPORT.
+
+``workers: N`` runs N processes that all bind the same address; the kernel spreads datagrams and
+connections across them only if every socket sets SO_REUSEPORT before ``bind``.  Twisted's
+``listenUDP``/``listenTCP`` cannot set it, so we make the socket ourselves and hand it to the
+reactor with ``adoptDatagramPort``/``adoptStreamPort``.  With one worker the plain reactor calls
+are used, so a second copy started by mistake still fails loudly with "address in use".
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application import service
+
+__all__ = ["TCPListener", "UDPListener"]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    s = socket.socket(_family(host), kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(1024)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class _Listener(service.Service):
+    def __init__(self, host: str, port: int, target: Any, reactor: Any, reuse_port: bool):
+        self.host = host
+        self.port = port
+        self.target = target
+        self.reactor = reactor
+        self.reuse_port = reuse_port
+        self._port: Any = None
+
+    def privilegedStartService(self) -> None:  # noqa: N802 - bind before dropping privileges
+        service.Service.privilegedStartService(self)
+        self._port = self._listen()
+
+    def startService(self) -> None:  # noqa: N802
+        service.Service.startService(self)
+        if self._port is None:
+            self._port = self._listen()
+
+    def stopService(self) -> Any:  # noqa: N802
+        service.Service.stopService(self)
+        if self._port is not None:
+            d = self._port.stopListening()
+            self._port = None
+            return d
+        return None
+
+    def _listen(self) -> Any:
+        raise NotImplementedError
+
+
+class UDPListener(_Listener):
+    """A UDP port for a DatagramProtocol."""
+
+    def _listen(self) -> Any:
+        if not self.reuse_port:
+            return self.reactor.listenUDP(self.port, self.target, interface=self.host)
+        s = _bound_socket(self.host, self.port, socket.SOCK_DGRAM)
+        try:
+            return self.reactor.adoptDatagramPort(s.fileno(), s.family, self.target)
+        finally:
+            s.close()  # the reactor holds its own duplicate
+
+
+class TCPListener(_Listener):
+    """A TCP port for a ServerFactory."""
+
+    def _listen(self) -> Any:
+        if not self.reuse_port:
+            return self.reactor.listenTCP(self.port, self.target, interface=self.host, backlog=1024)
+        s = _bound_socket(self.host, self.port, socket.SOCK_STREAM)
+        try:
+            return self.reactor.adoptStreamPort(s.fileno(), s.family, self.target)
+        finally:
+            s.close()
