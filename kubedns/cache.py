@@ -203,6 +203,16 @@ class Cache:
             self.evictions += 1
         return True
 
+    def peek(self, key: CacheKey) -> dns.Message | None:
+        """The entry as a hit would return it now, without counting a hit (None if absent/expired)."""
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        age = self._reactor.seconds() - e.stored
+        if age >= e.ttl or age < -1.0:
+            return None
+        return self._message(e, e.ttl - int(max(age, 0.0)))  # the same countdown as get()
+
     def remove(self, key: CacheKey) -> None:
         self._entries.pop(key, None)
 

@@ -40,6 +40,7 @@ from kubedns.wire import (
     parse_question,
     read_edns,
     read_edns_raw,
+    ttl_fields,
     udp_limit,
 )
 
@@ -201,8 +202,22 @@ class Dispatcher:
 
     # -- encoding ---------------------------------------------------------------------------
     def _finish(
-        self, req: Request, ans: Answer, zone: str, *, ra: bool | None = None, ad: bool = False, cacheable: bool = False
+        self,
+        req: Request,
+        ans: Answer,
+        zone: str,
+        *,
+        ra: bool | None = None,
+        ad: bool = False,
+        cacheable: bool = False,
+        lifetime: float = 0.0,
     ) -> bytes:
+        """Encode, report to observers, and keep the bytes for the fast path when allowed.
+
+        ``cacheable`` marks answers computed from the store (valid until it changes);
+        ``lifetime`` > 0 marks a forwarded answer that may be served from the fast path, its TTLs
+        counting down, for that many seconds.
+        """
         q = req.q
         block = req.block
         if ra is None:
@@ -226,7 +241,8 @@ class Dispatcher:
             limit=req.limit,
         )
         proto = req.proto
-        if self.observers or (cacheable and proto == "udp"):
+        keep = (cacheable or lifetime > 0) and proto == "udp" and self.fast.enabled
+        if self.observers or keep:
             info = QueryInfo(
                 server=self.server_label,
                 zone=zone or (block.zones[0] if block is not None else ""),
@@ -248,9 +264,28 @@ class Dispatcher:
                     obs(info)
                 except Exception:
                     log.failure("query observer failed")
-            if cacheable and proto == "udp":
-                self.fast.remember(req.packet, out, info)
+            if keep:
+                aging = None
+                if lifetime > 0:
+                    aging = self._aging(out, lifetime)
+                    if aging is None:
+                        return out
+                self.fast.remember(req.packet, out, info, aging)
         return out
+
+    def _aging(self, out: bytes, lifetime: float) -> Aging | None:
+        if out[2] & 0x02:  # truncated: let the client retry over TCP, do not keep
+            return None
+        try:
+            ttls = ttl_fields(out)
+        except (ValueError, struct.error):
+            return None
+        if ttls:
+            lifetime = min(lifetime, min(t for _, t in ttls))
+        if lifetime < 1:
+            return None
+        now = self.reactor.seconds()
+        return Aging(out[2:], ttls, now, now + lifetime)
 
     def _relay(self, upstream: dns.Message, req: Request) -> bytes:
         ans = Answer(
@@ -261,7 +296,21 @@ class Dispatcher:
             authoritative=bool(upstream.auth),
         )
         block = req.block
-        return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData))
+        return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData),
+                            lifetime=self._forward_lifetime(block, upstream))
+
+    @staticmethod
+    def _forward_lifetime(block: Block | None, upstream: dns.Message) -> float:
+        """How long a relayed answer may be served from the fast path: as long as the block's
+        cache would keep it.  Not at all without a cache, or with prefetch (whose popularity
+        counts must see every hit), or for anything but NOERROR/NXDOMAIN."""
+        cache = getattr(block.chain, "cache", None) if block is not None else None
+        if cache is None or cache.config.prefetch_amount or upstream.rCode not in (dns.OK, dns.ENAME):
+            return 0.0
+        from kubedns.cache import response_ttl
+
+        got = response_ttl(upstream, cache.config)
+        return float(got[1]) if got is not None else 0.0
 
     def _relay_error(self, failure: Failure, req: Request) -> bytes:
         rcode = SERVFAIL
@@ -274,6 +323,17 @@ class Dispatcher:
             pass
         block = req.block
         return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True)
+
+
+@dataclass(slots=True)
+class Aging:
+    """TTL bookkeeping of a pre-encoded forwarded answer."""
+
+    body: bytes  # the answer after the ID, TTLs as first sent
+    ttls: list[tuple[int, int]]  # (offset in the full message, TTL as first sent)
+    stored: float  # reactor time it was stored
+    expires: float  # reactor time it stops being served from here
+    age: int = 0  # whole seconds the current bytes are aged by
 
 
 class FastCache:
@@ -297,22 +357,41 @@ class FastCache:
         #: hits of dropped entries, by the QueryInfo fields metrics label on
         self.retired: dict[tuple[Any, ...], int] = {}
 
-    def remember(self, packet: bytes, answer: bytes, info: QueryInfo) -> None:
+    def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None) -> None:
+        """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded)."""
         if not self.enabled:
             return
         if len(self.entries) >= self.max_entries:
             self.clear()
-        self.entries[packet[2:]] = [answer[2:], 0, info]
+        self.entries[packet[2:]] = [answer[2:], 0, info, aging]
+
+    def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
+        """The body of a forwarded entry with TTLs counted down to ``now``; None once expired."""
+        aging: Aging = entry[3]
+        if now >= aging.expires or now < aging.stored:
+            self._retire(entry)
+            del self.entries[key]
+            return None
+        age = int(now - aging.stored)
+        if age != aging.age:
+            buf = bytearray(aging.body)
+            for off, ttl in aging.ttls:
+                struct.pack_into("!I", buf, off - 2, max(0, ttl - age))
+            entry[0] = bytes(buf)
+            aging.age = age
+        return entry[0]
+
+    def _retire(self, entry: list[Any]) -> None:
+        if entry[1]:
+            k = fast_key(entry[2])
+            self.retired[k] = self.retired.get(k, 0) + entry[1]
 
     def clear(self) -> None:
         """Drop every entry (in place: protocols hold a reference to the dict)."""
         if not self.entries:
             return
-        retired = self.retired
         for e in self.entries.values():
-            if e[1]:
-                k = fast_key(e[2])
-                retired[k] = retired.get(k, 0) + e[1]
+            self._retire(e)
         self.entries.clear()
 
     def live(self) -> list[tuple[tuple[Any, ...], int]]:
@@ -337,16 +416,21 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
     def startProtocol(self) -> None:  # noqa: N802
         self._sendto = self.transport.socket.sendto
         self._fast = self.dispatcher.fast.entries
+        self._aged = self.dispatcher.fast.aged
+        self._seconds = self.dispatcher.reactor.seconds
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
-        entry = self._fast.get(data[2:])
+        key = data[2:]
+        entry = self._fast.get(key)
         if entry is not None:
-            entry[1] += 1
-            try:
-                self._sendto(data[:2] + entry[0], addr)
-            except OSError:
-                pass
-            return
+            body = entry[0] if entry[3] is None else self._aged(key, entry, self._seconds())
+            if body is not None:
+                entry[1] += 1
+                try:
+                    self._sendto(data[:2] + body, addr)
+                except OSError:
+                    pass
+                return
         result = self.dispatcher.handle(data, "udp", addr)
         if result is None:
             return

@@ -33,6 +33,7 @@ __all__ = [
     "parse_question",
     "question_compression",
     "read_edns_raw",
+    "ttl_fields",
 ]
 
 #: The UDP payload size we advertise (the 2020 DNS flag day value; avoids IP fragmentation).
@@ -238,6 +239,43 @@ def encode_response(
     )
     header = _HEADER.pack(qid, flags, 1 if question else 0, counts[0], counts[1], counts[2] + (1 if opt else 0))
     return header + body + opt
+
+
+def _skip_name(buf: bytes, pos: int) -> int:
+    """Offset just past the (possibly compressed) name at ``pos``; ValueError if malformed."""
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise ValueError("name runs past the end")
+        ln = buf[pos]
+        if ln == 0:
+            return pos + 1
+        if ln & 0xC0 == 0xC0:
+            return pos + 2
+        if ln & 0xC0:
+            raise ValueError("bad label type")
+        pos += 1 + ln
+
+
+def ttl_fields(buf: bytes) -> list[tuple[int, int]]:
+    """``(offset, ttl)`` of every record's TTL field in an encoded message, OPT excepted.
+
+    Used to count TTLs down in pre-encoded answers without decoding them again.
+    """
+    _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
+    pos = 12
+    for _ in range(qd):
+        pos = _skip_name(buf, pos) + 4
+    out = []
+    for _ in range(an + ns + ar):
+        pos = _skip_name(buf, pos)
+        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", buf, pos)
+        if rtype != dns.OPT:
+            out.append((pos + 4, ttl))
+        pos += 10 + rdlen
+    if pos != len(buf):
+        raise ValueError("trailing bytes")
+    return out
 
 
 def error_response(data: bytes, rcode: int) -> bytes | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import dns.message
 import pytest
+from twisted.internet import task
 
 from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
@@ -45,7 +46,7 @@ def _setup() -> tuple[Dispatcher, DNSDatagramProtocol, _Transport, Store]:
     _fill(store)
     kcfg = KubernetesConfig(pods="insecure", ttl=5)
     block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg), ClusterZones(store, kcfg))
-    disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=object())
+    disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=task.Clock())
     store.add_listener(disp.fast.clear)
     proto = DNSDatagramProtocol(disp)
     tr = _Transport()
@@ -109,10 +110,101 @@ def test_servfail_before_sync_is_not_cached() -> None:
     store = Store()
     kcfg = KubernetesConfig()
     block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg), ClusterZones(store, kcfg))
-    disp = Dispatcher("dns://x", [block], reactor=object())
+    disp = Dispatcher("dns://x", [block], reactor=task.Clock())
     proto = DNSDatagramProtocol(disp)
     proto.transport = _Transport()
     proto.startProtocol()
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 1), ("127.0.0.1", 5000))
     assert dns.message.from_wire(proto.transport.socket.sent[-1][0]).rcode() == 2
+    assert not disp.fast.entries
+
+
+class _FakeForwarder:
+    """Answers every name with one A record (TTL 300) and counts what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.disabled_reason = None
+
+    def handles(self, name: bytes) -> bool:
+        return True
+
+    def resolve(self, query: Any, tcp: bool = False) -> Any:
+        from twisted.internet import defer
+        from twisted.names import dns as tdns
+
+        self.asked += 1
+        m = tdns.Message(answer=1, recAv=1)
+        name = query.queries[0].name.name
+        if name.lower().startswith(b"nx"):
+            m.rCode = tdns.ENAME
+            m.authority = [tdns.RRHeader(b"example.com", tdns.SOA, ttl=60, payload=tdns.Record_SOA(
+                b"ns.example.com", b"h.example.com", 1, 2, 3, 4, 45, ttl=60))]
+        else:
+            m.answers = [tdns.RRHeader(name, tdns.A, ttl=300, payload=tdns.Record_A("192.0.2.1", 300))]
+        return defer.succeed(m)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _forward_setup(**cache_kw: Any):
+    from twisted.internet import task
+
+    from kubedns.cache import Cache
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.config import CacheConfig
+
+    clock = task.Clock()
+    clock.advance(1000)
+    fwd = _FakeForwarder()
+    chain = ForwardChain(fwd, cache=Cache(CacheConfig(**{"ttl": 30, **cache_kw}), reactor=clock), reactor=clock)
+    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53)), None, chain)
+    disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=clock)
+    proto = DNSDatagramProtocol(disp)
+    proto.transport = _Transport()
+    proto.startProtocol()
+    return clock, fwd, disp, proto
+
+
+def _slow(disp: Dispatcher, packet: bytes) -> bytes:
+    """The slow path's answer to ``packet`` (fast cache bypassed and left as it was)."""
+    saved = disp.fast.enabled
+    disp.fast.enabled = False
+    try:
+        return disp.handle(packet, "udp", ("127.0.0.1", 1)).result  # a fired Deferred
+    finally:
+        disp.fast.enabled = saved
+
+
+@pytest.mark.parametrize("qname", ["google.com", "NX.example.com"])
+def test_forwarded_fast_bytes_equal_slow_bytes_as_ttls_count_down(qname: str) -> None:
+    clock, fwd, disp, proto = _forward_setup()
+    sent = proto.transport.socket.sent
+    proto.datagramReceived(_wire(qname, 1, 1), ("127.0.0.1", 5000))
+    first = sent[-1][0]
+    assert fwd.asked == 1 and len(disp.fast.entries) == 1
+    for elapsed in (0, 10, 12):
+        clock.advance(elapsed)
+        proto.datagramReceived(_wire(qname, 1, 2), ("127.0.0.1", 5000))
+        fast = sent[-1][0]
+        slow = _slow(disp, _wire(qname, 1, 3))
+        assert fast[2:] == slow[2:], (elapsed, fast, slow)
+        assert fwd.asked == 1
+    r = dns.message.from_wire(fast)
+    ttl = (r.answer or r.authority)[0].ttl
+    assert ttl == (30 if not qname.startswith("NX") else 45) - 22  # RFC 2308: min(SOA ttl, minimum)
+    assert dns.message.from_wire(first).id == 1
+    assert disp.fast.hits() == 3
+    clock.advance(24)  # past both lifetimes (30 s positive, 45 s negative)
+    proto.datagramReceived(_wire(qname, 1, 4), ("127.0.0.1", 5000))
+    assert fwd.asked == 2  # expired in the fast path and in the cache: asked upstream again
+
+
+def test_forwarded_answers_skip_fast_path_with_prefetch() -> None:
+    clock, fwd, disp, proto = _forward_setup(prefetch_amount=2)
+    proto.datagramReceived(_wire("google.com", 1, 1), ("127.0.0.1", 5000))
     assert not disp.fast.entries

@@ -78,7 +78,11 @@ class ForwardChain:
 
     def _store(self, response: dns.Message, key: CacheKey) -> dns.Message:
         assert self.cache is not None
-        self.cache.put(key, response)
+        if self.cache.put(key, response):
+            # answer as later hits will (TTLs capped by the cache config), as CoreDNS does
+            served = self.cache.peek(key)
+            if served is not None:
+                return served
         return response
 
     def _stale_or_fail(self, failure: Failure, key: CacheKey) -> Any:
