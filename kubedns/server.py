@@ -179,6 +179,8 @@ class Dispatcher:
             if res is not None:
                 zone, ans = res
                 if not block.clusters.falls_through(zone, ans):
+                    if ans.answers and ans.answers[-1].type == dns.CNAME and q.qtype not in (dns.CNAME, dns.ANY):
+                        return self._chase(req, block, zone, ans)
                     return self._finish(req, ans, zone, cacheable=ans.rcode != SERVFAIL)
                 fell = res
         if block.chain is not None and block.chain.handles(qname):
@@ -190,6 +192,43 @@ class Dispatcher:
         if fell is not None:
             return self._finish(req, fell[1], fell[0])
         return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
+
+    def _chase(self, req: Request, block: Block, zone: str, ans: Answer, depth: int = 0) -> bytes | defer.Deferred:
+        """Follow an ExternalName CNAME as CoreDNS does, so stub resolvers get the address too.
+
+        A target inside the cluster zones is answered from the store (and stays fast-path
+        cacheable); a target outside goes through the block's forward chain and its records are
+        appended after the CNAME, with the upstream's rcode.  Without forward the CNAME alone is
+        returned.
+        """
+        target = ans.answers[-1].payload.name.name
+        clusters = block.clusters
+        q = req.q
+        if clusters is not None and clusters.zone_of(target.decode("ascii", "replace").lower()) is not None:
+            sub = clusters.answer(target, q.qtype)
+            if sub is not None and depth < 8:
+                ans.answers.extend(sub[1].answers)
+                if sub[1].answers and sub[1].answers[-1].type == dns.CNAME:
+                    return self._chase(req, block, zone, ans, depth + 1)
+                if not sub[1].answers:
+                    ans.rcode = sub[1].rcode
+                    ans.authority = sub[1].authority
+            return self._finish(req, ans, zone, cacheable=True)
+        if block.chain is None or not block.chain.handles(target) or depth >= 8:
+            return self._finish(req, ans, zone, cacheable=True)
+        sub_q = dns.Message(recDes=1)
+        sub_q.queries = [dns.Query(target, q.qtype, dns.IN)]
+
+        def merged(up: dns.Message) -> bytes:
+            ans.answers.extend(up.answers)
+            if not up.answers:
+                ans.rcode = up.rCode
+                ans.authority = list(up.authority)
+            return self._finish(req, ans, zone, ra=True)
+
+        d = block.chain.resolve(sub_q, tcp=req.proto == "tcp")
+        d.addCallbacks(merged, lambda f: self._finish(req, ans, zone, ra=True))
+        return d
 
     def _route(self, lname: str) -> Block | None:
         best: Block | None = None

@@ -34,7 +34,12 @@ def upstreams():
 
 def _manifests(tmp_path: Path) -> str:
     path = tmp_path / "cluster.yaml"
-    objs = [fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")]
+    objs = [
+        fakeapi.namespace("default"),
+        fakeapi.service("nginx", "default", cluster_ip="10.96.0.100"),
+        fakeapi.service("ext", "default", type="ExternalName", external_name="www.example.org"),
+        fakeapi.service("alias", "default", type="ExternalName", external_name="nginx.default.svc.cluster.local"),
+    ]
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}))
     return str(path)
 
@@ -164,3 +169,27 @@ def test_loop_detected_disables_forwarding_not_the_process(kubedns_process, tmp_
     assert up.count() == before  # not amplified: nothing more was sent into the loop
     assert p.proc.poll() is None
     assert query(port, "nginx.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
+
+
+def test_externalname_cname_is_chased_like_coredns(kubedns_process, tmp_path: Path, upstreams) -> None:
+    up = upstreams[0]
+    up.add("www.example.org", "A", "192.0.2.80")
+    port = free_port()
+    _start(kubedns_process, tmp_path, [{
+        "zones": ["."], "listen": f"127.0.0.1:{port}",
+        "kubernetes": {"zones": ["cluster.local"], "manifests": _manifests(tmp_path)},
+        "forward": {"to": [up.address]},
+    }])
+    assert rrset_text(query(port, "ext.default.svc.cluster.local")) == [
+        "ext.default.svc.cluster.local CNAME www.example.org.",
+        "www.example.org A 192.0.2.80",
+    ]
+    # a target inside the cluster is answered from the store
+    assert rrset_text(query(port, "alias.default.svc.cluster.local")) == [
+        "alias.default.svc.cluster.local CNAME nginx.default.svc.cluster.local.",
+        "nginx.default.svc.cluster.local A 10.96.0.100",
+    ]
+    # asking for the CNAME itself does not chase
+    assert rrset_text(query(port, "ext.default.svc.cluster.local", "CNAME")) == [
+        "ext.default.svc.cluster.local CNAME www.example.org.",
+    ]
