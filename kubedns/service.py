@@ -112,10 +112,8 @@ class KubeDNS(service.MultiService):
         return out
 
     def _build_ops(self) -> None:
-        try:
-            from kubedns.ops import build_ops
-        except ImportError:  # ops endpoints not available in this build
-            return
+        from kubedns.health import build_ops
+
         self.ops = build_ops(self)
 
     # -- construction -----------------------------------------------------------------------
@@ -128,7 +126,7 @@ class KubeDNS(service.MultiService):
             return src
         from kubedns.k8s.informer import Informer
 
-        return Informer(store, list(k8s.resources()), k8s.kubeconfig, reactor=self.reactor)
+        return Informer(store, list(k8s.resources()), k8s.kubeconfig, reactor=self.reactor, on_event=_programming)
 
     def _chain(self, block: ServerBlock) -> tuple[Any, Any]:
         from kubedns.forward.chain import ForwardChain
@@ -281,6 +279,8 @@ class KubeDNS(service.MultiService):
         for addr in [a for a in self._listeners if a not in wanted]:
             self._drop_listener(addr)
         self.config = new
+        if self.ops is not None:
+            self.ops.refresh()  # observers for new listeners; log/errors/HTTP follow the new config
 
     def _drop_listener(self, addr: Address) -> None:
         lst = self._listeners.pop(addr)
@@ -342,6 +342,18 @@ class KubeDNS(service.MultiService):
                 loop.stop()
             chain.stop()
         return super().stopService()
+
+
+def _programming(kind: str, event_type: str, lag: float) -> None:
+    """DNS programming latency: EndpointSlice change (trigger time) → answerable here.
+
+    The hook does not say which Service a slice belongs to, so every observation is labelled
+    ``service_kind="cluster_ip"`` (CoreDNS splits by cluster_ip / headless_with_selector).
+    """
+    if kind == "endpointslices" and event_type in ("ADDED", "MODIFIED"):
+        from kubedns.metrics import observe_programming
+
+        observe_programming("cluster_ip", lag)
 
 
 def build(config: Config, reactor: Any = None) -> KubeDNS:

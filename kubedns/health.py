@@ -1,0 +1,301 @@
+"""Operations endpoints: ``/health``, ``/ready`` and ``/metrics`` over HTTP, and the query/error logs.
+
+:func:`build_ops` is the one entry point the wiring calls: it turns the ``health``, ``ready``,
+``prometheus``, ``log`` and ``errors`` keys of every server block into an :class:`Ops` service
+(a child of the :class:`~kubedns.service.KubeDNS` it serves), which owns the HTTP listeners and
+the Dispatcher observers, and exposes :meth:`Ops.set_lameduck` (SIGTERM),
+:meth:`Ops.record_reload_failure` and :meth:`Ops.refresh` (after a reload).
+
+Semantics (CoreDNS's *health* and *ready* plugins, with one deliberate difference):
+
+- ``/health`` (default ``:8080``) answers 200 ``OK`` while the process serves, lameduck included:
+  liveness must not restart a pod that is shutting down cleanly.
+- ``/ready`` (default ``:8181``) answers 503 until every Kubernetes store has completed its first
+  list, with a body naming what is missing (``not ready: kubernetes: waiting for namespaces,
+  services``), then 200 ``OK``.  Once ready it stays ready ("has been ready"): an API server outage
+  must not pull every DNS pod out of its Service at once, since the last known state keeps being
+  served.  It turns 503 ``shutting down`` as soon as lameduck starts, so clients drain away.
+  Difference: CoreDNS's *ready* reports the plugins of the blocks that name that address; here
+  readiness is process-wide (every store), so a ``ready`` placed in a block without
+  ``kubernetes`` cannot declare the pod ready while cluster names would still get SERVFAIL.
+
+Blocks naming the same address share one listener (health, ready and metrics may all sit on one
+``host:port``, one twisted.web ``Site`` serving each configured path).  HTTP access is not
+logged: kubelet probes and Prometheus scrapes would drown the query log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.logger import Logger
+from twisted.web import pages, resource, server
+
+from kubedns.configbase import Address
+
+__all__ = ["Ops", "Readiness", "build_ops"]
+
+log = Logger(namespace="kubedns.ops")
+
+
+def _interface(host: str) -> str:
+    return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Readiness:
+    """What ``/ready`` says: synced at least once, and not in lameduck."""
+
+    def __init__(self, kubedns: Any):
+        self.kubedns = kubedns
+        self.ever_ready = False
+        self.lameduck = False
+
+    def status(self) -> tuple[int, str]:
+        """(HTTP status, body)."""
+        if self.lameduck:
+            return 503, "shutting down"
+        if self.ever_ready:
+            return 200, "OK"
+        waiting = self._waiting()
+        if not waiting:
+            self.ever_ready = True
+            return 200, "OK"
+        err = self._last_error()
+        return 503, "not ready: " + "; ".join(waiting) + (f" (last error: {_one_line(err)})" if err else "")
+
+    def _waiting(self) -> list[str]:
+        """What is not synced yet: ``kubernetes: waiting for <kinds>``, ``worker <i>``..."""
+        kd = self.kubedns
+        not_synced = getattr(kd, "not_synced", None)
+        if callable(not_synced):
+            return list(not_synced()) if not kd.synced else []
+        missing = sorted({k for store in kd.stores for k in store.missing_kinds()})
+        return [f"kubernetes: waiting for {', '.join(missing)}"] if missing else []
+
+    def _last_error(self) -> str:
+        """The first error a source reports (no kubeconfig, API unreachable...), or ''."""
+        for src in self.kubedns.sources:
+            err = getattr(src, "config_error", "") or getattr(src, "last_error", "")
+            if err:
+                return str(err)
+            status = getattr(src, "status", None)
+            if callable(status):
+                try:
+                    for st in status().values():
+                        if not st.get("synced") and st.get("last_error"):
+                            return str(st["last_error"])
+                except Exception:  # a status view must never break the probe
+                    continue
+        return ""
+
+
+class _Text(resource.Resource):
+    isLeaf = True  # noqa: N815 (twisted.web API)
+
+    def __init__(self, produce: Any):
+        super().__init__()
+        self._produce = produce
+
+    def render_GET(self, request: Any) -> bytes:  # noqa: N802 (twisted.web API)
+        code, body = self._produce()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return body.encode("utf-8")
+
+
+class _Root(resource.Resource):
+    """``/``: the configured paths as children, a plain 404 for anything else."""
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:  # noqa: N802 (twisted.web API)
+        return pages.notFound()
+
+
+class _QuietSite(server.Site):
+    """A Site that writes no access log and no 'Starting factory' lines."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class Ops(service.MultiService):
+    """The operations side of one KubeDNS: HTTP endpoints, metrics, query and error logs."""
+
+    def __init__(self, kubedns: Any):
+        super().__init__()
+        self.setName("ops")
+        self.kubedns = kubedns
+        self.reactor = kubedns.reactor
+        self.readiness = Readiness(kubedns)
+        self.metrics: Any = None  # kubedns.metrics.Metrics once any block has prometheus
+        self._roots: dict[Address, resource.Resource] = {}
+        self._ports: dict[Address, service.Service] = {}
+        self._loggers: dict[int, tuple[Any, Any, Any]] = {}  # id(dispatcher) → (dispatcher, QueryLog, ErrorLog)
+        self._fast_off: dict[int, Any] = {}
+        self.refresh()
+
+    # -- API for the wiring --------------------------------------------------------------------
+    def set_lameduck(self) -> None:
+        """Shutdown has begun: ``/ready`` answers 503 from now on (``/health`` stays 200)."""
+        self.readiness.lameduck = True
+
+    def record_reload_failure(self) -> None:
+        """A reload was rejected: count it in ``coredns_reload_failed_total``."""
+        from kubedns.metrics import record_reload_failure
+
+        record_reload_failure()
+
+    def refresh(self) -> None:
+        """Bring listeners, observers and the fast-path switch in line with the current config.
+
+        Called at build time and after every reload; idempotent.
+        """
+        config = self.kubedns.config
+        if self.metrics is None and any(b.prometheus is not None for b in config.servers):
+            from kubedns.metrics import Metrics
+
+            self.metrics = Metrics(self.kubedns)
+        if self.metrics is not None:
+            self.metrics.attach()
+        self._refresh_loggers()
+        self._refresh_http(config)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _wanted(self, config: Any) -> dict[Address, set[bytes]]:
+        """Address → paths to serve there.
+
+        With ``workers: N``, /health and /ready belong to worker 0 (which knows whether every
+        worker is ready) and each worker serves its own /metrics on the prometheus port plus its
+        index, so a scrape never reports figures of another process.
+        """
+        worker = getattr(self.kubedns, "worker", 0) or 0
+        want: dict[Address, set[bytes]] = {}
+        for b in config.servers:
+            if worker == 0 and b.health is not None:
+                want.setdefault(b.health.listen, set()).add(b"health")
+            if worker == 0 and b.ready is not None:
+                want.setdefault(b.ready.listen, set()).add(b"ready")
+            if b.prometheus is not None:
+                addr = b.prometheus.listen
+                if worker:
+                    addr = Address(addr.host, addr.port + worker)
+                want.setdefault(addr, set()).add(b"metrics")
+        return want
+
+    def _child(self, path: bytes) -> resource.Resource:
+        if path == b"health":
+            return _Text(lambda: (200, "OK"))
+        if path == b"ready":
+            return _Text(self.readiness.status)
+        assert self.metrics is not None
+        return self.metrics.resource()
+
+    def _refresh_http(self, config: Any) -> None:
+        want = self._wanted(config)
+        for addr in [a for a in self._ports if a not in want]:
+            self._ports.pop(addr).disownServiceParent()
+            del self._roots[addr]
+        for addr, paths in want.items():
+            root = self._roots.get(addr)
+            if root is None:
+                root = _Root()
+                port = internet.TCPServer(addr.port, _QuietSite(root), interface=_interface(addr.host))
+                try:
+                    port.setServiceParent(self)  # listens now if we are running
+                except Exception as e:
+                    log.error("cannot listen for {paths} on {addr}: {err}", paths=_paths(paths), addr=str(addr), err=e)
+                    if port.parent is not None:
+                        port.disownServiceParent()
+                    continue
+                self._roots[addr], self._ports[addr] = root, port
+            for p in [p for p in root.children if p not in paths]:
+                del root.children[p]
+            for p in paths:
+                if p not in root.children:
+                    root.putChild(p, self._child(p))
+
+    def addresses(self) -> dict[str, int]:
+        """``host:port`` asked for → port actually bound (differs when the config says port 0)."""
+        out: dict[str, int] = {}
+        for addr, svc in self._ports.items():
+            port = getattr(svc, "_port", None)
+            out[str(addr)] = port.getHost().port if port is not None else addr.port
+        return out
+
+    # -- observers -----------------------------------------------------------------------------
+    def _refresh_loggers(self) -> None:
+        from kubedns.querylog import ErrorLog, QueryLog
+
+        dispatchers = {id(d): d for d in self.kubedns.dispatchers.values()}
+        for k in [k for k in self._loggers if k not in dispatchers]:
+            _, _, errs = self._loggers.pop(k)
+            if errs is not None:
+                errs.flush()
+        for k in [k for k in self._fast_off if k not in dispatchers]:
+            del self._fast_off[k]
+        for k, disp in dispatchers.items():
+            _, qlog, errs = self._loggers.get(k, (disp, None, None))
+            wants_log = any(b.config.log is not None for b in disp.blocks)
+            wants_errors = any(b.config.errors is not None for b in disp.blocks)
+            if wants_log and qlog is None:
+                qlog = QueryLog(disp)
+                disp.observers.append(qlog)
+            elif not wants_log and qlog is not None:
+                disp.observers.remove(qlog)
+                qlog = None
+            if wants_errors and errs is None:
+                errs = ErrorLog(disp, reactor=self.reactor)
+                disp.observers.append(errs)
+            elif not wants_errors and errs is not None:
+                disp.observers.remove(errs)
+                errs.flush()
+                errs = None
+            self._loggers[k] = (disp, qlog, errs)
+            # the fast path is not observed: query logging needs it off on this dispatcher
+            if qlog is not None and QueryLog.needs_every_query:
+                if k not in self._fast_off:
+                    self._fast_off[k] = disp.fast.enabled
+                disp.fast.enabled = False
+                disp.fast.clear()
+            elif k in self._fast_off:
+                disp.fast.enabled = self._fast_off.pop(k)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        for addr, svc in self._ports.items():
+            port = getattr(svc, "_port", None)
+            if port is not None:
+                h = port.getHost()
+                paths = ", ".join("/" + p.decode() for p in sorted(self._roots[addr].children))
+                log.info("kubedns {paths} on http://{host}:{port}", paths=paths, host=h.host, port=h.port)
+
+    def stopService(self) -> Any:  # noqa: N802 (Twisted API)
+        for _, _, errs in self._loggers.values():
+            if errs is not None:
+                errs.flush()
+        return super().stopService()
+
+
+def _paths(paths: set[bytes]) -> str:
+    return ", ".join("/" + p.decode() for p in sorted(paths))
+
+
+def build_ops(kubedns: Any) -> Ops:
+    """Make the operations service for ``kubedns`` and attach it as a child (started with it).
+
+    Returns the :class:`Ops`; the wiring keeps it for ``set_lameduck()``,
+    ``record_reload_failure()`` and ``refresh()`` after a reload.  ``ops.services`` lists the
+    HTTP listeners (children of the Ops service).
+    """
+    ops = Ops(kubedns)
+    ops.setServiceParent(kubedns)
+    return ops

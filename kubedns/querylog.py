@@ -1,0 +1,257 @@
+"""Query logging (``log:``) and error logging (``errors:``), as CoreDNS's *log* and *errors* plugins.
+
+Both are :class:`~kubedns.server.Dispatcher` observers: they receive a
+:class:`~kubedns.server.QueryInfo` per query answered on the slow path.  Which block a query
+belongs to is decided again here from the dispatcher's *current* blocks, so a reload that adds or
+removes ``log``/``errors`` in a block takes effect at once, and a dispatcher shared by several
+blocks logs only the queries of the blocks that ask for it.
+
+``log`` must see every query, so the fast path (pre-encoded answers, not observed) is switched off
+on a dispatcher where a block has ``log`` (:attr:`QueryLog.needs_every_query`); CoreDNS also warns
+that query logging costs throughput.  The default format is CoreDNS's Common Log Format::
+
+    {remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" {rcode} {>rflags} {rsize} {duration}
+
+e.g. ``127.0.0.1:50759 - 29008 "A IN example.org. udp 41 false 4096" NOERROR qr,rd,ra 68 0.000237s``;
+``log: {format: json}`` writes the same fields as one JSON object per line (for log pipelines).
+
+``errors`` only looks at failures (SERVFAIL), so the fast path can stay on: SERVFAIL answers are
+never pre-encoded.  A line is ``plugin/errors: {rcode} {name} {type}: {error}`` as in CoreDNS.
+Repeats are consolidated per pattern (server, zone, rcode, error text): the first occurrence is
+logged at once, later ones during the next ``consolidate`` seconds only counted, and at the end of
+the window one line says ``N errors like '...' occurred in last 10s``; the window keeps rolling
+while errors keep coming, and closes after a quiet one.  CoreDNS's ``consolidate`` takes a regexp
+per window; we group by the error text instead, which needs no configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from twisted.logger import Logger
+
+from kubedns.metrics import rcode_name
+from kubedns.server import QueryInfo
+
+__all__ = ["ErrorLog", "QueryLog", "common_line", "format_duration", "json_line", "query_fields"]
+
+_TYPES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 28: "AAAA",
+    33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY",
+    50: "NSEC3", 52: "TLSA", 64: "SVCB", 65: "HTTPS", 99: "SPF", 251: "IXFR", 252: "AXFR", 255: "ANY",
+    257: "CAA",
+}
+_CLASSES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
+#: header flag bits in CoreDNS's ``{>rflags}`` order
+_FLAGS = (("qr", 0x8000), ("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080), ("z", 0x0040),
+          ("ad", 0x0020), ("cd", 0x0010))
+SERVFAIL = 2
+
+
+def _type_name(qtype: int) -> str:
+    return _TYPES.get(qtype) or f"TYPE{qtype}"
+
+
+def _class_name(qclass: int) -> str:
+    return _CLASSES.get(qclass) or f"CLASS{qclass}"
+
+
+def _rflags(flags: int) -> str:
+    return ",".join(name for name, bit in _FLAGS if flags & bit)
+
+
+def _qname(info: QueryInfo) -> str:
+    """Lower-cased with a closing dot, as CoreDNS's ``{name}``."""
+    name = info.qname.decode("ascii", "backslashreplace").lower()
+    return name if name.endswith(".") else name + "."
+
+
+def _remote(peer: Any) -> tuple[str, int]:
+    try:
+        host, port = peer[0], int(peer[1])
+    except (TypeError, IndexError, ValueError):
+        return ("-", 0)
+    return (f"[{host}]" if ":" in host else host, port)
+
+
+def _bufsize(info: QueryInfo) -> int:
+    """CoreDNS's ``{>bufsize}``: 64K over TCP, else the EDNS0 size advertised (at least 512)."""
+    size = getattr(info, "bufsize", None)
+    if size is not None:
+        return int(size)
+    return 65535 if info.proto == "tcp" else 512
+
+
+def format_duration(seconds: float) -> str:
+    """Go's ``strconv.FormatFloat(s, 'f', -1, 64) + "s"`` of a nanosecond duration: ``0.000123s``."""
+    return format(Decimal(repr(round(float(seconds), 9))).normalize(), "f") + "s"
+
+
+def common_line(info: QueryInfo) -> str:
+    """One query in CoreDNS's Common Log Format."""
+    host, port = _remote(info.peer)
+    return (
+        f'{host}:{port} - {info.qid} "{_type_name(info.qtype)} {_class_name(info.qclass)} {_qname(info)} '
+        f'{info.proto} {info.request_size} {"true" if info.do else "false"} {_bufsize(info)}" '
+        f"{rcode_name(info.rcode)} {_rflags(info.flags)} {info.response_size} {format_duration(info.duration)}"
+    )
+
+
+def query_fields(info: QueryInfo) -> dict[str, Any]:
+    """The Common Log Format's fields by placeholder name, plus the server and zone."""
+    host, port = _remote(info.peer)
+    return {
+        "remote": host.strip("[]"),
+        "port": port,
+        "id": info.qid,
+        "type": _type_name(info.qtype),
+        "class": _class_name(info.qclass),
+        "name": _qname(info),
+        "proto": info.proto,
+        "size": info.request_size,
+        "do": bool(info.do),
+        "bufsize": _bufsize(info),
+        "rcode": rcode_name(info.rcode),
+        "rflags": _rflags(info.flags),
+        "rsize": info.response_size,
+        "duration": round(info.duration, 9),
+        "server": info.server,
+        "zone": (info.zone + ".") if info.zone else ".",
+    }
+
+
+def json_line(info: QueryInfo) -> str:
+    return json.dumps(query_fields(info), separators=(",", ":"))
+
+
+def _route(blocks: list[Any], info: QueryInfo) -> Any:
+    """The block the dispatcher sent this query to: the longest zone holding the name."""
+    if len(blocks) == 1:
+        b = blocks[0]
+        return b if b.covers(_lname(info)) >= 0 else None
+    lname = _lname(info)
+    best, best_len = None, -1
+    for b in blocks:
+        n = b.covers(lname)
+        if n > best_len:
+            best, best_len = b, n
+    return best
+
+
+def _lname(info: QueryInfo) -> str:
+    return info.qname.decode("ascii", "replace").lower().rstrip(".")
+
+
+class QueryLog:
+    """``log:`` for the blocks of one dispatcher; a Dispatcher observer."""
+
+    #: the fast path is not observed: a dispatcher with query logging must not use it
+    needs_every_query = True
+
+    def __init__(self, dispatcher: Any, logger: Logger | None = None):
+        self.dispatcher = dispatcher
+        self.log = logger or Logger(namespace="kubedns.querylog")
+
+    def __call__(self, info: QueryInfo) -> None:
+        block = _route(self.dispatcher.blocks, info)
+        if block is None:
+            return
+        cfg = block.config.log
+        if cfg is None:
+            return
+        if cfg.format == "json":
+            fields = query_fields(info)
+            self.log.info("{json}", json=json.dumps(fields, separators=(",", ":")), query=fields)
+        else:
+            self.log.info("{line}", line=common_line(info))
+
+
+class ErrorLog:
+    """``errors:`` for the blocks of one dispatcher: failures, consolidated; a Dispatcher observer."""
+
+    needs_every_query = False
+
+    def __init__(self, dispatcher: Any, reactor: Any = None, logger: Logger | None = None):
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.dispatcher = dispatcher
+        self.reactor = reactor
+        self.log = logger or Logger(namespace="kubedns.errors")
+        #: pattern → [repeats in this window, window seconds, example "name type", DelayedCall]
+        self._windows: dict[tuple[Any, ...], list[Any]] = {}
+
+    def __call__(self, info: QueryInfo) -> None:
+        error = getattr(info, "error", None)
+        if info.rcode != SERVFAIL and not error:
+            return  # the common case: one comparison
+        block = _route(self.dispatcher.blocks, info)
+        if block is None or block.config.errors is None:
+            return
+        text = error or _explain(block, info)
+        example = f"{_qname(info)} {_type_name(info.qtype)}"
+        window = block.config.errors.consolidate
+        if window <= 0:
+            self._emit(info.rcode, example, text)
+            return
+        key = (info.server, info.zone, info.rcode, text)
+        w = self._windows.get(key)
+        if w is not None:
+            w[0] += 1
+            w[2] = example
+            return
+        self._emit(info.rcode, example, text)
+        self._windows[key] = [0, window, example, self.reactor.callLater(window, self._close, key)]
+
+    def _emit(self, rcode: int, example: str, text: str) -> None:
+        self.log.error("plugin/errors: {rcode} {query}: {error}", rcode=rcode, query=example, error=text)
+
+    def _close(self, key: tuple[Any, ...]) -> None:
+        w = self._windows.get(key)
+        if w is None:
+            return
+        if w[0] == 0:
+            del self._windows[key]  # a quiet window: the next error is logged at once
+            return
+        self._summary(key, w)
+        w[0] = 0
+        w[3] = self.reactor.callLater(w[1], self._close, key)
+
+    def _summary(self, key: tuple[Any, ...], w: list[Any]) -> None:
+        _server, zone, rcode, text = key
+        self.log.error(
+            "plugin/errors: {n} errors like '{rcode} <name> <type>: {error}' occurred in last {window}s"
+            " (zone {zone}, last {example})",
+            n=w[0], rcode=rcode, error=text, window=f"{w[1]:g}", zone=(zone + ".") if zone else ".", example=w[2],
+        )
+
+    def flush(self) -> None:
+        """Write the pending summaries and cancel the timers (at shutdown)."""
+        windows, self._windows = self._windows, {}
+        for key, w in windows.items():
+            if w[3] is not None and w[3].active():
+                w[3].cancel()
+            if w[0]:
+                self._summary(key, w)
+
+
+def _explain(block: Any, info: QueryInfo) -> str:
+    """Why a SERVFAIL happened, from what the block can tell us (QueryInfo carries no error)."""
+    lname = _lname(info)
+    clusters = block.clusters
+    if clusters is not None and clusters.zone_of(lname) is not None:
+        store = clusters.store
+        if not store.synced:
+            return "kubernetes: not synced yet (waiting for " + ", ".join(store.missing_kinds()) + ")"
+        return "kubernetes: SERVFAIL"
+    chain = block.chain
+    if chain is not None:
+        if getattr(chain, "loop_detected", False):
+            return "forward: disabled, a forwarding loop was detected"
+        return "forward: no upstream answered, or an upstream answered SERVFAIL"
+    if block.loop is not None:
+        return "loop: forwarding loop probe"
+    return rcode_name(info.rcode)
