@@ -78,10 +78,9 @@ def _remote(peer: Any) -> tuple[str, int]:
 
 def _bufsize(info: QueryInfo) -> int:
     """CoreDNS's ``{>bufsize}``: 64K over TCP, else the EDNS0 size advertised (at least 512)."""
-    size = getattr(info, "bufsize", None)
-    if size is not None:
-        return int(size)
-    return 65535 if info.proto == "tcp" else 512
+    if info.proto == "tcp":
+        return 65535
+    return max(512, int(info.bufsize))
 
 
 def format_duration(seconds: float) -> str:

@@ -69,6 +69,8 @@ class QueryInfo:
     flags: int
     duration: float
     do: bool
+    bufsize: int = 512  # the client's EDNS UDP size (512 without EDNS), 65535 over TCP
+    plugin: str = ""  # which part answered: kubernetes, forward, or "" (refused, errors)
 
 
 Observer = Callable[[QueryInfo], None]
@@ -181,7 +183,7 @@ class Dispatcher:
                 if not block.clusters.falls_through(zone, ans):
                     if ans.answers and ans.answers[-1].type == dns.CNAME and q.qtype not in (dns.CNAME, dns.ANY):
                         return self._chase(req, block, zone, ans)
-                    return self._finish(req, ans, zone, cacheable=ans.rcode != SERVFAIL)
+                    return self._finish(req, ans, zone, cacheable=ans.rcode != SERVFAIL, plugin="kubernetes")
                 fell = res
         if block.chain is not None and block.chain.handles(qname):
             msg = dns.Message()
@@ -190,7 +192,7 @@ class Dispatcher:
             d.addCallbacks(self._relay, self._relay_error, callbackArgs=(req,), errbackArgs=(req,))
             return d
         if fell is not None:
-            return self._finish(req, fell[1], fell[0])
+            return self._finish(req, fell[1], fell[0], plugin="kubernetes")
         return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
 
     def _chase(self, req: Request, block: Block, zone: str, ans: Answer, depth: int = 0) -> bytes | defer.Deferred:
@@ -213,9 +215,9 @@ class Dispatcher:
                 if not sub[1].answers:
                     ans.rcode = sub[1].rcode
                     ans.authority = sub[1].authority
-            return self._finish(req, ans, zone, cacheable=True)
+            return self._finish(req, ans, zone, cacheable=True, plugin="kubernetes")
         if block.chain is None or not block.chain.handles(target) or depth >= 8:
-            return self._finish(req, ans, zone, cacheable=True)
+            return self._finish(req, ans, zone, cacheable=True, plugin="kubernetes")
         sub_q = dns.Message(recDes=1)
         sub_q.queries = [dns.Query(target, q.qtype, dns.IN)]
 
@@ -224,10 +226,10 @@ class Dispatcher:
             if not up.answers:
                 ans.rcode = up.rCode
                 ans.authority = list(up.authority)
-            return self._finish(req, ans, zone, ra=True)
+            return self._finish(req, ans, zone, ra=True, plugin="kubernetes")
 
         d = block.chain.resolve(sub_q, tcp=req.proto == "tcp")
-        d.addCallbacks(merged, lambda f: self._finish(req, ans, zone, ra=True))
+        d.addCallbacks(merged, lambda f: self._finish(req, ans, zone, ra=True, plugin="kubernetes"))
         return d
 
     def _route(self, lname: str) -> Block | None:
@@ -250,6 +252,7 @@ class Dispatcher:
         ad: bool = False,
         cacheable: bool = False,
         lifetime: float = 0.0,
+        plugin: str = "",
     ) -> bytes:
         """Encode, report to observers, and keep the bytes for the fast path when allowed.
 
@@ -297,6 +300,8 @@ class Dispatcher:
                 flags=struct.unpack_from("!H", out, 2)[0],
                 duration=time.perf_counter() - req.start,
                 do=bool(req.edns is not None and req.edns.do),
+                bufsize=65535 if proto == "tcp" else (req.edns.udp_size if req.edns is not None else 512),
+                plugin=plugin,
             )
             for obs in self.observers:
                 try:
@@ -336,7 +341,7 @@ class Dispatcher:
         )
         block = req.block
         return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData),
-                            lifetime=self._forward_lifetime(block, upstream))
+                            lifetime=self._forward_lifetime(block, upstream), plugin="forward")
 
     @staticmethod
     def _forward_lifetime(block: Block | None, upstream: dns.Message) -> float:
@@ -361,7 +366,8 @@ class Dispatcher:
         except ImportError:  # pragma: no cover - forwarder not installed
             pass
         block = req.block
-        return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True)
+        return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True,
+                            plugin="forward")
 
 
 @dataclass(slots=True)
@@ -538,6 +544,9 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
             return
         self.transport.write(struct.pack("!H", len(data)) + data)
         self.resetTimeout()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.setTimeout(None)  # no idle timer left behind per closed connection
 
     def timeoutConnection(self) -> None:  # noqa: N802
         self.transport.loseConnection()

@@ -206,7 +206,8 @@ class KubeDNS(service.MultiService):
         return blocks
 
     def _add_listener(self, addr: Address, blocks: list[Block]) -> _Listener:
-        label = f"dns://{addr}"
+        # CoreDNS's server label: "dns://:53" for the wildcard address
+        label = f"dns://:{addr.port}" if addr.host in ("", "0.0.0.0") else f"dns://{addr}"
         disp = Dispatcher(label, blocks, reactor=self.reactor, fast_path=self.fast_path)
         iface = _interface(addr.host)
         reuse = self.config.workers > 1
