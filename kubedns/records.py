@@ -68,6 +68,9 @@ class ClusterZones:
         self.forward_zones = [z for z in config.zones if not z.endswith("arpa")]
         self.primary = self.forward_zones[0] if self.forward_zones else config.zones[0]
         self.fallthrough = frozenset(config.fallthrough)
+        self._soa_cache: dict[str, tuple[tuple[str, int], dns.RRHeader]] = {}
+        #: address payloads by IP: immutable, shared by every answer that carries that IP
+        self._addr_payloads: dict[str, dns.Record_A | dns.Record_AAAA] = {}
 
     # -- zone matching ------------------------------------------------------------------------
     def zone_of(self, lname: str) -> str | None:
@@ -87,6 +90,16 @@ class ClusterZones:
         return dns.RRHeader(name=name, type=payload.TYPE, cls=dns.IN, ttl=t, payload=payload, auth=True)
 
     def soa(self, zone: str) -> dns.RRHeader:
+        """The zone's SOA record; built once per zone and store serial (it is in every negative)."""
+        key = (zone, self.store.serial)
+        rr = self._soa_cache.get(zone)
+        if rr is not None and rr[0] == key:
+            return rr[1]
+        built = self._build_soa(zone)
+        self._soa_cache[zone] = (key, built)
+        return built
+
+    def _build_soa(self, zone: str) -> dns.RRHeader:
         payload = dns.Record_SOA(
             mname=f"ns.dns.{zone}" if zone else "ns.dns",
             rname=f"hostmaster.{zone}" if zone else "hostmaster",
@@ -102,14 +115,21 @@ class ClusterZones:
     def _negative(self, zone: str, rcode: int) -> Answer:
         return Answer(rcode=rcode, authority=[self.soa(zone)])
 
+    def _addr_payload(self, ip: str) -> dns.Record_A | dns.Record_AAAA:
+        p = self._addr_payloads.get(ip)
+        if p is None:
+            if len(self._addr_payloads) > 200_000:
+                self._addr_payloads.clear()
+            p = dns.Record_AAAA(ip, self.ttl) if ":" in ip else dns.Record_A(ip, self.ttl)
+            self._addr_payloads[ip] = p
+        return p
+
     def _addr_rrs(self, owner: bytes | str, ips: list[str] | tuple[str, ...], qtype: int) -> list[dns.RRHeader]:
         out = []
         for ip in ips:
             v = _ip_version(ip)
-            if v == 4 and qtype in (A, ANY):
-                out.append(self._rr(owner, dns.Record_A(ip, self.ttl)))
-            elif v == 6 and qtype in (AAAA, ANY):
-                out.append(self._rr(owner, dns.Record_AAAA(ip, self.ttl)))
+            if (v == 4 and qtype in (A, ANY)) or (v == 6 and qtype in (AAAA, ANY)):
+                out.append(self._rr(owner, self._addr_payload(ip)))
         return out
 
     def _glue(self, owner: str, ips: list[str] | tuple[str, ...]) -> list[dns.RRHeader]:
