@@ -115,9 +115,11 @@ def _answers(port: int) -> bool:
 
 def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
+    mport = free_port()
     m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5))
+    p = kubedns_process(_config(port, m, ttl=5, extra={"prometheus": f"127.0.0.1:{mport}"}))
     p.wait_listening(port)
+    assert "coredns_reload_failed_total 0.0" in _http(mport, "/metrics")[1]
     p.write_config("servers:\n  - kubernetes: {ttl: soon}\n")
     p.signal(signal.SIGHUP)
     assert _wait(lambda: "reload rejected" in p.log()), p.log()
@@ -126,6 +128,7 @@ def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_p
     r = query(port, "nginx.default.svc.cluster.local")
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5
     assert p.proc.poll() is None
+    assert "coredns_reload_failed_total 1.0" in _http(mport, "/metrics")[1]
 
 
 def test_periodic_reload(kubedns_process, tmp_path: Path) -> None:
@@ -137,14 +140,32 @@ def test_periodic_reload(kubedns_process, tmp_path: Path) -> None:
     assert _wait(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 9, timeout=8), p.log()
 
 
+def _http(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def test_sigterm_lameduck_keeps_answering_then_exits_cleanly(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
     hport = free_port()
+    rport = free_port()
     m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, extra={"health": {"listen": f"127.0.0.1:{hport}", "lameduck": "2s"}}))
+    p = kubedns_process(_config(port, m, extra={
+        "health": {"listen": f"127.0.0.1:{hport}", "lameduck": "2s"}, "ready": f"127.0.0.1:{rport}"}))
     p.wait_listening(port)
+    assert _wait(lambda: _http(rport, "/ready")[0] == 200)
     t0 = time.monotonic()
     p.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert _http(rport, "/ready")[0] == 503  # taken out of the Service at once...
+    assert _answers(port)  # ...while still answering
     answered_late = 0.0
     while p.proc.poll() is None and time.monotonic() - t0 < 10:
         if _answers(port):
