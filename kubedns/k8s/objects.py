@@ -86,14 +86,32 @@ def _meta(raw: dict[str, Any]) -> tuple[str, str]:
     return _intern(meta.get("namespace") or ""), meta.get("name") or ""
 
 
+#: Port tuples by their raw (name, port, protocol) triples: most Services and slices of a cluster
+#: repeat a handful of port shapes, so they share one tuple instead of holding a copy each.
+_PORTS_CACHE: dict[tuple[Any, ...], tuple[Port, ...]] = {}
+_PORTS_CACHE_MAX = 4096
+
+
 def _ports(raw_ports: list[dict[str, Any]] | None) -> tuple[Port, ...]:
+    if not raw_ports:
+        return ()
+    try:
+        sig = tuple((p.get("name"), p.get("port"), p.get("protocol")) for p in raw_ports)
+        hit = _PORTS_CACHE.get(sig)
+    except (TypeError, AttributeError):  # unhashable or malformed: no sharing, same checks below
+        sig, hit = None, None
+    if hit is not None:
+        return hit
     out = []
-    for p in raw_ports or ():
+    for p in raw_ports:
         num = p.get("port")
         if not isinstance(num, int):
             continue
         out.append(Port(_intern((p.get("name") or "").lower()), num, _intern((p.get("protocol") or "TCP").lower())))
-    return tuple(out)
+    ports = tuple(out)
+    if sig is not None and len(_PORTS_CACHE) < _PORTS_CACHE_MAX:
+        _PORTS_CACHE[sig] = ports  # a race between watcher threads only costs a duplicate
+    return ports
 
 
 def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:

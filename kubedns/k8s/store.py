@@ -7,9 +7,24 @@ an event whose slim record equals the stored one is a no-op and bumps nothing, s
 encoded answers stay valid across the many status-only updates a busy cluster sends.
 
 A relist after 410 Gone is applied *in place*: the watcher feeds the new list through
-:meth:`Store.upsert` (equal records keep the old object, so no second copy of the cluster is
-held) and then calls :meth:`Store.prune` with the keys it saw, deleting whatever vanished during
-the gap.
+:meth:`Store.apply_batch` page by page (equal records keep the old object, so no second copy of
+the cluster is held) and then deletes whatever vanished during the gap.
+
+Memory is the constraint at scale (100k Pods and 50k endpoints must fit in CoreDNS's own budget
+of ``(pods + services) / 1000 + 54`` MB for the whole process; ``bench/scale.py`` measures it),
+so the indexes hold as little as DNS needs:
+
+* Pods are not kept as records at all: DNS only asks "does a pod in namespace N have IP X"
+  (``pods verified``), so the store keeps ``key → IP`` (a tuple only for dual-stack) and
+  ``IP → namespace``; :class:`~kubedns.k8s.objects.Pod` records are accepted and dropped.
+* The reverse index points at the Service or EndpointSlice record that owns an IP instead of
+  holding a tuple, a list and a dashed-IP string per address; :meth:`Store.reverse` builds the
+  entries when asked (PTR lookups are rare and the fast path caches their answers).
+* A slot of an index holds one value, and only becomes a tuple when an IP or a service really
+  has several owners (host-network pods, services with several slices).
+
+Pods, the bulk of a cluster, leave only strings and tuples of strings behind: nothing the cyclic
+garbage collector has to traverse.
 """
 
 from __future__ import annotations
@@ -34,13 +49,14 @@ class Store:
         self.serial = int(time.time())
         self.required = frozenset(required)
         self.synced_kinds: set[str] = set()
+        # kind -> key -> record; for pods key -> IP (or a tuple of IPs), see the module docstring
         self._objects: dict[str, dict[str, Any]] = {k: {} for k in ("namespaces", "services", "endpointslices", "pods")}
-        # (ns, service) -> {slice key: EndpointSlice}
-        self._slices_by_svc: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
-        # ip -> list of reverse entries: ("svc", ns, name) or ("ep", ns, svc, hostname)
-        self._reverse: dict[str, list[tuple[str, ...]]] = {}
-        # pod ip -> list of namespaces of pods holding it
-        self._pod_ips: dict[str, list[str]] = {}
+        # (ns, service) -> EndpointSlice, or a tuple of them
+        self._slices_by_svc: dict[tuple[str, str], Any] = {}
+        # ip -> the Service or EndpointSlice holding it, or a tuple of them
+        self._reverse: dict[str, Any] = {}
+        # pod ip -> namespace of the pod holding it, or a tuple of namespaces
+        self._pod_ips: dict[str, Any] = {}
         # namespaces that have at least one service (namespace objects may not be watched)
         self._svc_count_by_ns: dict[str, int] = {}
         self._listeners: list[Listener] = []
@@ -78,27 +94,25 @@ class Store:
     # -- writes (reactor thread only) -------------------------------------------------------
     def upsert(self, kind: str, key: str, record: Any) -> bool:
         """Insert or replace; ``record is None`` deletes.  Returns True if DNS-visible state changed."""
-        objs = self._objects[kind]
-        old = objs.get(key)
-        if record is None:
-            if old is None:
-                return False
-            del objs[key]
-            self._unindex(kind, old)
+        if self._put(kind, key, record):
             self._changed()
             return True
-        if old == record:
-            return False
-        if old is not None:
-            self._unindex(kind, old)
-        objs[key] = record
-        self._index(kind, record, key)
-        self._changed()
-        return True
+        return False
 
     def apply_batch(self, kind: str, items: Iterable[tuple[str, Any]]) -> int:
-        """Upsert many ``(key, record)`` pairs (one thread hop per batch, not per object)."""
-        return sum(1 for key, rec in items if self.upsert(kind, key, rec))
+        """Upsert many ``(key, record)`` pairs; the generation is bumped (and listeners told) once.
+
+        This is how a list page arrives: one thread hop and one cache invalidation per page, not
+        per object.  Returns how many changed DNS-visible state.
+        """
+        put = self._put
+        n = 0
+        for key, rec in items:
+            if put(kind, key, rec):
+                n += 1
+        if n:
+            self._changed()
+        return n
 
     def delete(self, kind: str, key: str) -> bool:
         return self.upsert(kind, key, None)
@@ -106,26 +120,62 @@ class Store:
     def prune(self, kind: str, keep: set[str] | frozenset[str]) -> int:
         """Delete every object of ``kind`` whose key is not in ``keep`` (end of a relist)."""
         gone = [k for k in self._objects[kind] if k not in keep]
-        for k in gone:
-            self.upsert(kind, k, None)
-        return len(gone)
+        return self.apply_batch(kind, [(k, None) for k in gone]) if gone else 0
 
-    def _index(self, kind: str, rec: Any, key: str) -> None:
+    def _put(self, kind: str, key: str, record: Any) -> bool:
+        objs = self._objects[kind]
+        old = objs.get(key)
+        if kind == "pods":
+            return self._put_pod(objs, key, old, record)
+        if record is None:
+            if old is None:
+                return False
+            del objs[key]
+            self._unindex(kind, old)
+            return True
+        if old == record:
+            return False  # equal records keep the old object: a relist holds no second copy
+        if old is not None:
+            self._unindex(kind, old)
+        objs[key] = record
+        self._index(kind, record)
+        return True
+
+    def _put_pod(self, objs: dict[str, Any], key: str, old: Any, record: Pod | None) -> bool:
+        if record is None or not record.ips:
+            if old is None:
+                return False
+            del objs[key]
+            self._unindex_pod(key, old)
+            return True
+        ips = record.ips
+        new = ips[0] if len(ips) == 1 else ips
+        if old == new:
+            return False
+        if old is not None:
+            self._unindex_pod(key, old)
+        objs[key] = new
+        ns = record.namespace
+        for ip in (new,) if type(new) is str else new:
+            _multi_add(self._pod_ips, ip, ns)
+        return True
+
+    def _unindex_pod(self, key: str, old: Any) -> None:
+        ns = key.partition("/")[0]
+        for ip in (old,) if type(old) is str else old:
+            _multi_remove(self._pod_ips, ip, ns)
+
+    def _index(self, kind: str, rec: Any) -> None:
         if kind == "services":
             svc: Service = rec
             self._svc_count_by_ns[svc.namespace] = self._svc_count_by_ns.get(svc.namespace, 0) + 1
             for ip in svc.cluster_ips:
-                self._reverse.setdefault(ip, []).append(("svc", svc.namespace, svc.name))
+                _multi_add(self._reverse, ip, svc)
         elif kind == "endpointslices":
             sl: EndpointSlice = rec
-            self._slices_by_svc.setdefault((sl.namespace, sl.service), {})[key] = sl
-            for ep in sl.endpoints:
-                for ip in ep.addresses:
-                    self._reverse.setdefault(ip, []).append(("ep", sl.namespace, sl.service, endpoint_host(ep, ip)))
-        elif kind == "pods":
-            pod: Pod = rec
-            for ip in pod.ips:
-                self._pod_ips.setdefault(ip, []).append(pod.namespace)
+            _multi_add(self._slices_by_svc, (sl.namespace, sl.service), sl)
+            for ip in _slice_ips(sl):
+                _multi_add(self._reverse, ip, sl)
 
     def _unindex(self, kind: str, rec: Any) -> None:
         if kind == "services":
@@ -136,21 +186,12 @@ class Store:
             else:
                 self._svc_count_by_ns.pop(svc.namespace, None)
             for ip in svc.cluster_ips:
-                _remove(self._reverse, ip, ("svc", svc.namespace, svc.name))
+                _multi_remove(self._reverse, ip, svc)
         elif kind == "endpointslices":
             sl: EndpointSlice = rec
-            bucket = self._slices_by_svc.get((sl.namespace, sl.service))
-            if bucket is not None:
-                bucket.pop(f"{sl.namespace}/{sl.name}", None)
-                if not bucket:
-                    del self._slices_by_svc[(sl.namespace, sl.service)]
-            for ep in sl.endpoints:
-                for ip in ep.addresses:
-                    _remove(self._reverse, ip, ("ep", sl.namespace, sl.service, endpoint_host(ep, ip)))
-        elif kind == "pods":
-            pod: Pod = rec
-            for ip in pod.ips:
-                _remove(self._pod_ips, ip, pod.namespace)
+            _multi_remove(self._slices_by_svc, (sl.namespace, sl.service), sl)
+            for ip in _slice_ips(sl):
+                _multi_remove(self._reverse, ip, sl)
 
     # -- reads ------------------------------------------------------------------------------
     def service(self, namespace: str, name: str) -> Service | None:
@@ -163,15 +204,27 @@ class Store:
 
     def endpoints(self, namespace: str, service: str) -> Iterator[tuple[Endpoint, EndpointSlice]]:
         """All endpoints of a service across its slices, ready or not."""
-        for sl in (self._slices_by_svc.get((namespace, service)) or {}).values():
+        for sl in _multi_values(self._slices_by_svc.get((namespace, service))):
             for ep in sl.endpoints:
                 yield ep, sl
 
     def reverse(self, ip: str) -> list[tuple[str, ...]]:
-        return self._reverse.get(ip, [])
+        """``("svc", ns, name)`` and ``("ep", ns, service, host)`` entries for ``ip``."""
+        out: list[tuple[str, ...]] = []
+        for owner in _multi_values(self._reverse.get(ip)):
+            if type(owner) is Service:
+                out.append(("svc", owner.namespace, owner.name))
+                continue
+            for ep in owner.endpoints:
+                if ip in ep.addresses:
+                    out.append(("ep", owner.namespace, owner.service, endpoint_host(ep, ip)))
+        return out
 
     def pod_in_namespace(self, ip: str, namespace: str) -> bool:
-        return namespace in self._pod_ips.get(ip, ())
+        held = self._pod_ips.get(ip)
+        if held is None:
+            return False
+        return held == namespace if type(held) is str else namespace in held
 
     def namespaces(self) -> Iterator[Namespace]:
         return iter(self._objects["namespaces"].values())
@@ -184,13 +237,44 @@ def endpoint_host(ep: Endpoint, ip: str) -> str:
     return ip.replace(".", "-").replace(":", "-")
 
 
-def _remove(index: dict[str, list[Any]], key: str, item: Any) -> None:
-    lst = index.get(key)
-    if not lst:
+def _slice_ips(sl: EndpointSlice) -> Iterator[str]:
+    """Each distinct address of a slice once (the reverse index holds the slice once per IP)."""
+    eps = sl.endpoints
+    if len(eps) == 1 and len(eps[0].addresses) == 1:
+        return iter(eps[0].addresses)
+    return iter(dict.fromkeys(ip for ep in eps for ip in ep.addresses))
+
+
+def _multi_values(held: Any) -> tuple[Any, ...]:
+    if held is None:
+        return ()
+    return held if type(held) is tuple else (held,)
+
+
+def _multi_add(index: dict[Any, Any], key: Any, item: Any) -> None:
+    """Add ``item`` under ``key``: a lone value stays bare, several become a tuple."""
+    held = index.get(key)
+    if held is None:
+        index[key] = item
+    elif type(held) is tuple:
+        index[key] = (*held, item)
+    else:
+        index[key] = (held, item)
+
+
+def _multi_remove(index: dict[Any, Any], key: Any, item: Any) -> None:
+    """Remove one occurrence of ``item`` (the same object, else an equal one) under ``key``."""
+    held = index.get(key)
+    if held is None:
         return
-    try:
-        lst.remove(item)
-    except ValueError:
+    if type(held) is not tuple:
+        if held is item or held == item:
+            del index[key]
         return
-    if not lst:
-        del index[key]
+    at = next((i for i, x in enumerate(held) if x is item), None)
+    if at is None:
+        at = next((i for i, x in enumerate(held) if x == item), None)
+        if at is None:
+            return
+    rest = held[:at] + held[at + 1 :]
+    index[key] = rest[0] if len(rest) == 1 else rest

@@ -11,10 +11,14 @@ dict is dropped.
 
 The loop (one :class:`ResourceWatcher` per resource, one thread each):
 
-* LIST page by page (``limit``/``continue``, a consistent read); each page's records go to the
-  store with ``reactor.callFromThread(store.apply_batch, ...)``; after the last page the store is
-  pruned to the keys seen and the kind marked synced.  A relist is therefore applied *in place*:
-  no second copy of the cluster is built, and names that vanished during a gap are deleted.
+* LIST page by page (``limit``/``continue``, a consistent read); each page's objects are parsed
+  one at a time and its records go to the store in one ``reactor.callFromThread`` hop (one
+  generation bump per page), with at most one page in flight; after the last page whatever the
+  store held that the list did not show is deleted, and the kind is marked synced.  A relist is
+  therefore applied *in place*: no second copy of the cluster is built (equal records keep the
+  stored object), and names that vanished during a gap are deleted.  Pages start at 50 objects
+  and then size themselves to about ``page_bytes`` of JSON (at most ``page_size`` objects): few
+  round trips for slim objects, bounded memory for fat ones.
 * WATCH from the list's resourceVersion with bookmarks, a server-side ``timeoutSeconds`` (with
   jitter, so watchers do not reconnect in lockstep) and a client-side ``(connect, read)`` timeout
   so a half-open connection cannot hang the thread.  The resourceVersion is tracked from every
@@ -31,10 +35,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,6 +70,8 @@ _RELIST_AFTER_WATCH_ERRORS = 3
 #: A watch that ends cleanly sooner than this without any event is treated as a failure to back
 #: off from (a server that closes at once must not make us spin).
 _MIN_CLEAN_WATCH = 1.0
+#: Objects asked for in the first page of a list, before their size is known.
+_FIRST_PAGE = 50
 
 
 class _ExpiredError(Exception):
@@ -200,13 +207,15 @@ class ResourceWatcher:
         store: Any,
         reactor: Any = None,
         *,
-        page_size: int = 500,
+        page_size: int = 10000,
+        page_bytes: int = 2 << 20,
         watch_timeout: float = 300.0,
         connect_timeout: float = 10.0,
         read_timeout: float = 90.0,
         backoff_base: float = 0.2,
         backoff_cap: float = 30.0,
         on_event: EventHook | None = None,
+        on_listed: Callable[[str, bool], None] | None = None,
     ):
         if resource not in KINDS:
             raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
@@ -220,11 +229,14 @@ class ResourceWatcher:
         self._list_fn = list_fn
         self._store = store
         self._reactor = reactor
-        self._page_size = page_size
+        self._page_size = max(1, page_size)
+        self._page_bytes = page_bytes
         self._watch_timeout = watch_timeout
         self._timeouts = (connect_timeout, read_timeout)
         self._backoff = Backoff(backoff_base, backoff_cap)
         self._on_event = on_event
+        self._on_listed = on_listed
+        self._unseen: set[str] = set()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._response: Any = None
@@ -328,12 +340,24 @@ class ResourceWatcher:
             pass
 
     def _list(self) -> None:
-        """A full paginated list, applied page by page, then prune + mark synced."""
-        seen: set[str] = set()
+        """A full paginated list, applied page by page, then deletes of what vanished + synced.
+
+        Memory is what bounds a list of 100k objects, so at no point is more than about one page
+        held in any form: the body of a page is read, decoded, and its objects parsed *one at a
+        time* (:func:`_list_items`) into slim records, each raw dict dropped before the next is
+        parsed; the page's records go to the reactor in one hop, and the next page is not handed
+        over before the previous one is applied.  The page size adapts to the objects' size
+        (about ``page_bytes`` per page, at most ``page_size`` objects), starting small.
+        """
         token: str | None = None
         rv = ""
+        started = time.monotonic()
+        pages = 0
+        count = 0
+        limit = min(self._page_size, _FIRST_PAGE)
+        applied: threading.Event | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": self._page_size}
+            kwargs: dict[str, Any] = {"limit": limit}
             if token:
                 kwargs["_continue"] = token
             resp = self._call(**kwargs)
@@ -345,37 +369,85 @@ class ResourceWatcher:
                 self._done(resp, reuse=ok)
             if self._stopping.is_set():
                 raise _StoppedError()
-            page = json.loads(body)
+            size = len(body)
+            text = body.decode("utf-8")
             del body
-            batch = []
-            for raw in page.get("items") or ():
-                converted = self._convert_safely(raw)
-                if converted is None:
-                    continue
-                key, rec = converted
-                if rec is not None:
-                    seen.add(key)
-                batch.append((key, rec))
-            meta = page.get("metadata") or {}
-            del page
+            top: dict[str, Any] = {}
+            batch = self._convert_page(text, top)
+            n_items = len(batch)
+            del text
+            count += n_items
+            meta = top.get("metadata") or {}
             rv = meta.get("resourceVersion") or rv
-            if batch:
-                self._reactor.callFromThread(self._store.apply_batch, self.resource, batch)
             token = meta.get("continue")
+            if applied is not None:
+                self._wait_applied(applied)  # at most one page in flight: bounded memory on relists
+            applied = threading.Event()
+            self._reactor.callFromThread(self._apply_page, batch, pages == 0, applied)
+            del batch
+            pages += 1
             if not token:
                 break
+            if n_items:
+                limit = max(1, min(self._page_size, int(self._page_bytes * n_items / max(1, size))))
         self.status.resource_version = rv
         relist = self._listed_once
         self._listed_once = True
-        self._reactor.callFromThread(self._finish_list, seen, relist)
+        self._reactor.callFromThread(self._finish_list, relist, started, pages, count)
+        self._wait_applied(applied)
 
-    def _finish_list(self, seen: set[str], relist: bool) -> None:
+    def _convert_page(self, text: str, top: dict[str, Any]) -> list[tuple[str, Any]]:
+        convert = self._convert_safely
+        batch = []
+        for raw in _list_items(text, top):
+            converted = convert(raw)
+            if converted is not None:
+                batch.append(converted)
+        return batch
+
+    def _wait_applied(self, applied: threading.Event | None) -> None:
+        while applied is not None and not applied.wait(0.05):
+            if self._stopping.is_set():
+                raise _StoppedError()
+
+    def _apply_page(self, batch: list[tuple[str, Any]], first: bool, applied: threading.Event) -> None:
+        # reactor thread
+        try:
+            if first:
+                # what the store holds before this list; whatever the list does not show is deleted
+                # at the end.  Holding the store's own key objects costs no copy of the keys.
+                self._unseen = set(self._store.keys(self.resource))
+            if self._unseen:
+                discard = self._unseen.discard
+                for key, _ in batch:
+                    discard(key)
+            self._store.apply_batch(self.resource, batch)
+        finally:
+            applied.set()
+
+    def _finish_list(self, relist: bool, started: float = 0.0, pages: int = 0, count: int = 0) -> None:
         # reactor thread: the pages were queued before us, so the store has them all by now
-        self._store.prune(self.resource, seen)
+        gone, self._unseen = self._unseen, set()
+        if gone:
+            self._store.apply_batch(self.resource, [(key, None) for key in gone])
         self._store.mark_synced(self.resource)
         self.status.synced = True
         if relist:
             self.status.relists += 1
+        _log.info(
+            "{resource}: {what} {count} objects in {seconds:.2f}s ({pages} pages), {gone} deleted",
+            resource=self.resource,
+            what="relisted" if relist else "listed",
+            count=count,
+            seconds=time.monotonic() - started,
+            pages=pages,
+            gone=len(gone),
+        )
+        if self._on_listed is not None:
+            try:
+                self._on_listed(self.resource, relist)
+            except Exception:
+                _log.failure("on_listed hook failed")
 
     def _watch(self) -> bool:
         """One watch request until it ends.  True if it made progress (events or a long life)."""
@@ -479,6 +551,70 @@ class ResourceWatcher:
                     hook(kind, etype, max(0.0, time.time() - t0))
                 except Exception:
                     _log.failure("on_event hook failed")
+
+
+_scan_once = json.JSONDecoder().scan_once
+_WS = re.compile(r"[ \t\n\r]*")
+_WS_CHARS = " \t\n\r"
+
+
+def _skip_ws(text: str, i: int) -> int:
+    if i < len(text) and text[i] in _WS_CHARS:
+        return _WS.match(text, i).end()  # type: ignore[union-attr]  # always matches
+    return i
+
+
+def _scan(text: str, i: int) -> tuple[Any, int]:
+    try:
+        return _scan_once(text, i)
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", text, e.value) from None
+
+
+def _expect(text: str, i: int, char: str) -> int:
+    if text[i : i + 1] != char:
+        raise json.JSONDecodeError(f"Expecting {char!r}", text, i)
+    return _skip_ws(text, i + 1)
+
+
+def _list_items(text: str, top: dict[str, Any]) -> Iterator[Any]:
+    """Yield the elements of a List response's ``items`` one by one; other top-level keys → ``top``.
+
+    Parsing the whole page with ``json.loads`` would hold every raw object of the page at once
+    (several KB of dicts each, tens of MB per page of Pods); here the stdlib's own C scanner
+    parses one element at a time, so a raw object can be dropped before the next is built.
+    Accepts exactly what ``json.loads`` accepts for a top-level object (keys in any order).
+    """
+    i = _expect(text, _skip_ws(text, 0), "{")
+    while text[i : i + 1] != "}":
+        if text[i : i + 1] != '"':
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+        key, i = _scan(text, i)
+        i = _expect(text, _skip_ws(text, i), ":")
+        if key == "items" and text[i : i + 1] == "[":
+            i = _skip_ws(text, i + 1)
+            if text[i : i + 1] == "]":
+                i += 1
+            else:
+                while True:
+                    item, i = _scan(text, i)
+                    yield item
+                    del item
+                    i = _skip_ws(text, i)
+                    if text[i : i + 1] == "]":
+                        i += 1
+                        break
+                    i = _expect(text, i, ",")
+        else:
+            top[key], i = _scan(text, i)
+        i = _skip_ws(text, i)
+        if text[i : i + 1] == "}":
+            break
+        i = _expect(text, i, ",")
+        if text[i : i + 1] == "}":
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+    if _skip_ws(text, i + 1) != len(text):
+        raise json.JSONDecodeError("Extra data", text, i + 1)
 
 
 def _trigger_time(meta: dict[str, Any]) -> float:
