@@ -313,3 +313,48 @@ def test_invalid_config_names_file_key_and_expectation(tmp_path: Path, text: str
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert str(cfg) in out and key in out and expect in out, out
+
+
+def test_fuzzed_packets_never_take_the_server_down(server) -> None:
+    """Bit-flipped, truncated and random packets: every reply is a well-formed DNS response
+    (FORMERR, NOTIMP, an answer...) with the query's ID, or nothing; the server keeps serving."""
+    import random
+
+    port = server[0]
+    rng = random.Random(1234)
+    seeds = [dns.message.make_query(n, t, use_edns=e).to_wire() for n, t, e in (
+        ("nginx.default.svc.cluster.local", "A", False),
+        ("_pg._tcp.pg.data.svc.cluster.local", "SRV", 0),
+        ("100.0.96.10.in-addr.arpa", "PTR", 0),
+    )]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.05)
+    replies = 0
+    try:
+        for i in range(900):
+            pkt = bytearray(rng.choice(seeds))
+            how = i % 3
+            if how == 0:
+                for _ in range(rng.randint(1, 4)):
+                    pos = rng.randrange(len(pkt))
+                    pkt[pos] ^= 1 << rng.randrange(8)
+            elif how == 1:
+                pkt = pkt[: rng.randrange(len(pkt))]
+            else:
+                pkt = bytearray(rng.randbytes(rng.randint(0, 80)))
+            pkt[:2] = i.to_bytes(2, "big") if len(pkt) >= 2 else pkt[:2]  # unique IDs
+            s.sendto(bytes(pkt), ("127.0.0.1", port))
+            raw = b""
+            try:
+                while raw[:2] != bytes(pkt[:2]):  # skip late replies to earlier packets
+                    raw = s.recv(65535)
+            except TimeoutError:
+                continue
+            replies += 1
+            assert raw[2] & 0x80  # QR set: it is a response
+            dns.message.from_wire(raw, ignore_trailing=True, raise_on_truncation=False)
+    finally:
+        s.close()
+    assert replies > 300
+    assert query(port, "nginx.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
+    assert query(port, "nginx.default.svc.cluster.local", tcp=True).rcode() == dns.rcode.NOERROR
