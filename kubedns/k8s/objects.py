@@ -96,7 +96,8 @@ def _ports(raw_ports: list[dict[str, Any]] | None) -> tuple[Port, ...]:
     if not raw_ports:
         return ()
     try:
-        sig = tuple((p.get("name"), p.get("port"), p.get("protocol")) for p in raw_ports)
+        # type() in the key: 61234.0 == 61234 hashes alike, but only the int is a valid port
+        sig = tuple((p.get("name"), p.get("port"), type(p.get("port")), p.get("protocol")) for p in raw_ports)
         hit = _PORTS_CACHE.get(sig)
     except (TypeError, AttributeError):  # unhashable or malformed: no sharing, same checks below
         sig, hit = None, None

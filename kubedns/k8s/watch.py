@@ -586,12 +586,27 @@ def _list_items(text: str, top: dict[str, Any]) -> Iterator[Any]:
     Accepts exactly what ``json.loads`` accepts for a top-level object (keys in any order).
     """
     i = _expect(text, _skip_ws(text, 0), "{")
+    seen_items = False
     while text[i : i + 1] != "}":
         if text[i : i + 1] != '"':
             raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
         key, i = _scan(text, i)
         i = _expect(text, _skip_ws(text, i), ":")
-        if key == "items" and text[i : i + 1] == "[":
+        if key == "items":
+            # A List without a list of items is not a page we may prune the store against.
+            if seen_items:
+                raise ValueError("LIST response has 'items' twice")
+            seen_items = True
+            if text[i : i + 1] != "[":
+                value, i = _scan(text, i)
+                if value is not None:  # null is a Go nil slice: an empty list
+                    raise ValueError(f"LIST response 'items' is not a list: {type(value).__name__}")
+                top[key] = value
+                i = _skip_ws(text, i)
+                if text[i : i + 1] == "}":
+                    break
+                i = _expect(text, i, ",")
+                continue
             i = _skip_ws(text, i + 1)
             if text[i : i + 1] == "]":
                 i += 1
@@ -615,6 +630,8 @@ def _list_items(text: str, top: dict[str, Any]) -> Iterator[Any]:
             raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
     if _skip_ws(text, i + 1) != len(text):
         raise json.JSONDecodeError("Extra data", text, i + 1)
+    if not seen_items:
+        raise ValueError("LIST response has no 'items'")
 
 
 def _trigger_time(meta: dict[str, Any]) -> float:
