@@ -1,0 +1,68 @@
+"""The shipped configs parse, and config values mean what the README says.
+
+Parsing only: nothing is started and no packet is sent (the shipped configs forward to 8.8.8.8
+or the host's resolvers, which tests must never query).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubedns.config import ConfigError, load, parse
+from kubedns.configbase import Address, parse_duration
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("name", ["corefile.yaml", "demo.yaml"])
+def test_shipped_configs_parse(name: str) -> None:
+    cfg = load(str(REPO / "conf" / name))
+    block = cfg.servers[0]
+    assert block.kubernetes is not None and "cluster.local" in block.kubernetes.zones
+    assert block.forward is not None
+
+
+def test_kubeadm_default_shape() -> None:
+    cfg = load(str(REPO / "conf" / "corefile.yaml"))
+    b = cfg.servers[0]
+    assert b.listen == Address("0.0.0.0", 53)
+    assert b.kubernetes.pods == "insecure" and b.kubernetes.ttl == 30
+    assert [str(u.host) for u in b.forward.to] == ["8.8.8.8"]
+    assert b.cache.ttl == 30
+    assert b.health.lameduck == 5.0 and b.prometheus.listen.port == 9153 and b.ready.listen.port == 8181
+
+
+def test_demo_manifests_resolve_beside_the_config() -> None:
+    cfg = load(str(REPO / "conf" / "demo.yaml"))
+    assert Path(cfg.servers[0].kubernetes.manifests) == REPO / "conf" / "demo-cluster.yaml"
+    assert cfg.servers[0].listen == Address("127.0.0.1", 1053)
+
+
+@pytest.mark.parametrize("text,secs", [(5, 5.0), (0.5, 0.5), ("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), ("1h", 3600.0)])
+def test_durations(text, secs: float) -> None:
+    assert parse_duration(text) == secs
+
+
+@pytest.mark.parametrize("bad", ["5x", "-1", True, None, "s"])
+def test_bad_durations(bad) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_defaults_match_coredns() -> None:
+    b = parse("servers:\n  - kubernetes: {}\n", "x.yaml").servers[0]
+    assert b.zones == ("",) and b.listen == Address("0.0.0.0", 53)
+    assert b.kubernetes.ttl == 5 and b.kubernetes.pods == "disabled"
+    assert b.kubernetes.zones == ("cluster.local", "in-addr.arpa", "ip6.arpa")
+
+
+def test_same_zone_twice_on_one_address_is_an_error() -> None:
+    text = "servers:\n  - kubernetes: {}\n  - zones: ['.']\n    forward: {to: ['127.0.0.1']}\n"
+    with pytest.raises(ConfigError, match=r"servers\[1\]\.zones"):
+        parse(text, "x.yaml")
+
+
+def test_reload_interval_minimum() -> None:
+    with pytest.raises(ConfigError, match=r"reload.*at least 2s"):
+        parse("servers:\n  - kubernetes: {}\n    reload: {interval: 1s}\n", "x.yaml")
