@@ -93,6 +93,30 @@ def closed_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+class _Outbox:
+    """Replies for a TLS connection, queued by any thread and written by the connection's own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: list[bytes] = []
+        self._closed = False
+
+    def sendall(self, data: bytes) -> None:
+        with self._lock:
+            self._data.append(data)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def flush(self, sock: Any) -> bool:
+        """Write what is queued; False once the connection is to be closed."""
+        with self._lock:
+            data, self._data = b"".join(self._data), []
+        if data:
+            sock.sendall(data)
+        return not self._closed
+
+
 class DNSUpstream:
     """See the module docstring."""
 
@@ -314,7 +338,15 @@ class DNSUpstream:
             sock.settimeout(0.05)
             send_lock = threading.Lock()
             buf = b""
+            # An SSL socket must not be read and written from two threads at once (OpenSSL's
+            # SSL objects are not thread-safe; doing so corrupts the stream now and then): over
+            # TLS, replies made on other threads are queued and written by this thread.
+            out: Any = _Outbox() if transport == "tls" else sock
+            if transport == "tls":
+                sock.settimeout(0.01)
             while not self._stop.is_set():
+                if transport == "tls" and not out.flush(sock):
+                    return
                 try:
                     chunk = sock.recv(65535)
                 except TimeoutError:
@@ -334,11 +366,11 @@ class DNSUpstream:
                         continue
                     if self.mode == "forward":
                         threading.Thread(
-                            target=lambda d=data, q=q: self._stream_send(sock, send_lock, [self._relay(d, q)]),
+                            target=lambda d=data, q=q: self._stream_send(out, send_lock, [self._relay(d, q)]),
                             daemon=True,
                         ).start()
                         continue
-                    self._later(self._stream_reply, sock, send_lock, q, transport)
+                    self._later(self._stream_reply, out, send_lock, q, transport)
         finally:
             self._conns.discard(conn)
             try:
