@@ -1,4 +1,4 @@
-"""Tests of the streaming LIST-page parser of :mod:`kubedns.k8s.watch` (``_list_items``).
+"""Tests of the streaming LIST-page parser :mod:`kubedns.k8s.listparse` (``list_items``).
 
 A LIST page is not parsed with ``json.loads``: ``_list_items(text, top)`` walks the top-level
 object by hand and hands each element of ``items`` to the stdlib's C scanner one at a time, so
@@ -31,9 +31,10 @@ from typing import Any
 
 import pytest
 
+from kubedns.k8s.listparse import list_items as _list_items
 from kubedns.k8s.objects import KINDS
 from kubedns.k8s.store import Store
-from kubedns.k8s.watch import ResourceWatcher, _list_items
+from kubedns.k8s.watch import ResourceWatcher
 from tests import fakeapi
 
 Raw = dict[str, Any]

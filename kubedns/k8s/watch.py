@@ -35,17 +35,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from twisted.logger import Logger
 
+from kubedns.k8s.listparse import list_items
 from kubedns.k8s.objects import KINDS
 
 __all__ = [
@@ -344,7 +344,7 @@ class ResourceWatcher:
 
         Memory is what bounds a list of 100k objects, so at no point is more than about one page
         held in any form: the body of a page is read, decoded, and its objects parsed *one at a
-        time* (:func:`_list_items`) into slim records, each raw dict dropped before the next is
+        time* (:func:`kubedns.k8s.listparse.list_items`) into slim records, each raw dict dropped before the next is
         parsed; the page's records go to the reactor in one hop, and the next page is not handed
         over before the previous one is applied.  The page size adapts to the objects' size
         (about ``page_bytes`` per page, at most ``page_size`` objects), starting small.
@@ -399,7 +399,7 @@ class ResourceWatcher:
     def _convert_page(self, text: str, top: dict[str, Any]) -> list[tuple[str, Any]]:
         convert = self._convert_safely
         batch = []
-        for raw in _list_items(text, top):
+        for raw in list_items(text, top):
             converted = convert(raw)
             if converted is not None:
                 batch.append(converted)
@@ -551,87 +551,6 @@ class ResourceWatcher:
                     hook(kind, etype, max(0.0, time.time() - t0))
                 except Exception:
                     _log.failure("on_event hook failed")
-
-
-_scan_once = json.JSONDecoder().scan_once
-_WS = re.compile(r"[ \t\n\r]*")
-_WS_CHARS = " \t\n\r"
-
-
-def _skip_ws(text: str, i: int) -> int:
-    if i < len(text) and text[i] in _WS_CHARS:
-        return _WS.match(text, i).end()  # type: ignore[union-attr]  # always matches
-    return i
-
-
-def _scan(text: str, i: int) -> tuple[Any, int]:
-    try:
-        return _scan_once(text, i)
-    except StopIteration as e:
-        raise json.JSONDecodeError("Expecting value", text, e.value) from None
-
-
-def _expect(text: str, i: int, char: str) -> int:
-    if text[i : i + 1] != char:
-        raise json.JSONDecodeError(f"Expecting {char!r}", text, i)
-    return _skip_ws(text, i + 1)
-
-
-def _list_items(text: str, top: dict[str, Any]) -> Iterator[Any]:
-    """Yield the elements of a List response's ``items`` one by one; other top-level keys → ``top``.
-
-    Parsing the whole page with ``json.loads`` would hold every raw object of the page at once
-    (several KB of dicts each, tens of MB per page of Pods); here the stdlib's own C scanner
-    parses one element at a time, so a raw object can be dropped before the next is built.
-    Accepts exactly what ``json.loads`` accepts for a top-level object (keys in any order).
-    """
-    i = _expect(text, _skip_ws(text, 0), "{")
-    seen_items = False
-    while text[i : i + 1] != "}":
-        if text[i : i + 1] != '"':
-            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
-        key, i = _scan(text, i)
-        i = _expect(text, _skip_ws(text, i), ":")
-        if key == "items":
-            # A List without a list of items is not a page we may prune the store against.
-            if seen_items:
-                raise ValueError("LIST response has 'items' twice")
-            seen_items = True
-            if text[i : i + 1] != "[":
-                value, i = _scan(text, i)
-                if value is not None:  # null is a Go nil slice: an empty list
-                    raise ValueError(f"LIST response 'items' is not a list: {type(value).__name__}")
-                top[key] = value
-                i = _skip_ws(text, i)
-                if text[i : i + 1] == "}":
-                    break
-                i = _expect(text, i, ",")
-                continue
-            i = _skip_ws(text, i + 1)
-            if text[i : i + 1] == "]":
-                i += 1
-            else:
-                while True:
-                    item, i = _scan(text, i)
-                    yield item
-                    del item
-                    i = _skip_ws(text, i)
-                    if text[i : i + 1] == "]":
-                        i += 1
-                        break
-                    i = _expect(text, i, ",")
-        else:
-            top[key], i = _scan(text, i)
-        i = _skip_ws(text, i)
-        if text[i : i + 1] == "}":
-            break
-        i = _expect(text, i, ",")
-        if text[i : i + 1] == "}":
-            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
-    if _skip_ws(text, i + 1) != len(text):
-        raise json.JSONDecodeError("Extra data", text, i + 1)
-    if not seen_items:
-        raise ValueError("LIST response has no 'items'")
 
 
 def _trigger_time(meta: dict[str, Any]) -> float:
