@@ -141,9 +141,13 @@ class ClusterZones:
         return self._negative(zone, NOERROR)
 
     # -- entry point ----------------------------------------------------------------------------
-    def answer(self, qname: bytes, qtype: int) -> tuple[str, Answer] | None:
-        """``(zone, Answer)`` for a name in our zones, or None when the name is not ours."""
-        lname = qname.decode("ascii", "replace").lower().rstrip(".")
+    def answer(self, qname: bytes, qtype: int, lname: str | None = None) -> tuple[str, Answer] | None:
+        """``(zone, Answer)`` for a name in our zones, or None when the name is not ours.
+
+        ``lname`` is the lower-cased name without trailing dot if the caller already has it.
+        """
+        if lname is None:
+            lname = qname.decode("ascii", "replace").lower().rstrip(".")
         zone = self.zone_of(lname)
         if zone is None:
             return None

@@ -177,7 +177,7 @@ class Dispatcher:
             return self._finish(req, Answer(rcode=SERVFAIL, authoritative=False), "")
         fell: tuple[str, Answer] | None = None
         if block.clusters is not None:
-            res = block.clusters.answer(qname, q.qtype) if q.qclass in (dns.IN, dns.ANY) else None
+            res = block.clusters.answer(qname, q.qtype, lname) if q.qclass in (dns.IN, dns.ANY) else None
             if res is not None:
                 zone, ans = res
                 if not block.clusters.falls_through(zone, ans):
