@@ -126,7 +126,8 @@ class KubeDNS(service.MultiService):
             return src
         from kubedns.k8s.informer import Informer
 
-        return Informer(store, list(k8s.resources()), k8s.kubeconfig, reactor=self.reactor, on_event=_programming)
+        return Informer(store, list(k8s.resources()), k8s.kubeconfig, reactor=self.reactor,
+                        on_event=_programming_hook(store))
 
     def _chain(self, block: ServerBlock) -> tuple[Any, Any]:
         from kubedns.forward.chain import ForwardChain
@@ -345,16 +346,23 @@ class KubeDNS(service.MultiService):
         return super().stopService()
 
 
-def _programming(kind: str, event_type: str, lag: float) -> None:
-    """DNS programming latency: EndpointSlice change (trigger time) → answerable here.
+def _programming_hook(store: Store) -> Any:
+    """DNS programming latency: EndpointSlice change (its trigger time) → answerable here.
 
-    The hook does not say which Service a slice belongs to, so every observation is labelled
-    ``service_kind="cluster_ip"`` (CoreDNS splits by cluster_ip / headless_with_selector).
+    Labelled like CoreDNS's ``service_kind``: ``cluster_ip`` or ``headless_with_selector`` by the
+    Service the slice belongs to (slim records do not keep selectors, so selector-less headless
+    Services count as ``headless_with_selector``); slices of unknown Services are not observed.
     """
-    if kind == "endpointslices" and event_type in ("ADDED", "MODIFIED"):
-        from kubedns.metrics import observe_programming
+    from kubedns.metrics import observe_programming
 
-        observe_programming("cluster_ip", lag)
+    def hook(kind: str, event_type: str, lag: float, rec: Any = None) -> None:
+        if kind != "endpointslices" or event_type not in ("ADDED", "MODIFIED") or rec is None:
+            return
+        svc = store.service(rec.namespace, rec.service)
+        if svc is not None:
+            observe_programming("headless_with_selector" if svc.headless else "cluster_ip", lag)
+
+    return hook
 
 
 def build(config: Config, reactor: Any = None) -> KubeDNS:

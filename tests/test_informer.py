@@ -78,6 +78,7 @@ class InformerTests(unittest.TestCase):
         self.api.load(_cluster())
         self.kubeconfig = fakeapi.kubeconfig(Path(self.mktemp()), self.api.url)
         self.events: list[tuple[str, str, float]] = []
+        self.records: list[object] = []
 
     def start(self, resources: list[str] = ALL, kubeconfig: str | None = "", **tuning: Any) -> Informer:
         self.store = Store(required=resources)
@@ -86,7 +87,7 @@ class InformerTests(unittest.TestCase):
             resources,
             self.kubeconfig if kubeconfig == "" else kubeconfig,
             reactor=reactor,
-            on_event=lambda *ev: self.events.append(ev),
+            on_event=lambda k, t, lag, rec: (self.events.append((k, t, lag)), self.records.append(rec)),
             **{**FAST, **tuning},
         )
         informer.startService()

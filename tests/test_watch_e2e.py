@@ -46,18 +46,27 @@ def _rcode(port: int, name: str, rdtype: str = "A") -> str:
     return dns.rcode.to_text(query(port, name, rdtype, timeout=1).rcode())
 
 
-def _start(kubedns_process, api: fakeapi.FakeKubeAPI, tmp_path: Path, pods: str = "disabled"):
+def _start(kubedns_process, api: fakeapi.FakeKubeAPI, tmp_path: Path, pods: str = "disabled", metrics: int = 0):
     kc = fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)
     port = free_port()
-    p = kubedns_process({
-        "servers": [{
-            "zones": ["."],
-            "listen": f"127.0.0.1:{port}",
-            "kubernetes": {"zones": ["cluster.local", "in-addr.arpa"], "kubeconfig": kc, "pods": pods, "ttl": 5},
-        }]
-    }, env={"NO_PROXY": "127.0.0.1"})
+    block = {
+        "zones": ["."],
+        "listen": f"127.0.0.1:{port}",
+        "kubernetes": {"zones": ["cluster.local", "in-addr.arpa"], "kubeconfig": kc, "pods": pods, "ttl": 5},
+    }
+    if metrics:
+        block["prometheus"] = f"127.0.0.1:{metrics}"
+    p = kubedns_process({"servers": [block]}, env={"NO_PROXY": "127.0.0.1"})
     p.wait_listening(port)
     return port, p
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+        return r.read().decode()
 
 
 def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> None:
@@ -75,7 +84,8 @@ def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> 
 def test_answers_follow_add_change_delete(kubedns_process, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI(bookmark_interval=0.5) as api:
         api.load([fakeapi.namespace("default")])
-        port, p = _start(kubedns_process, api, tmp_path)
+        mport = free_port()
+        port, p = _start(kubedns_process, api, tmp_path, metrics=mport)
         _wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
         # add
         api.create("services", fakeapi.service("web", "default", cluster_ip="10.96.1.1",
@@ -93,6 +103,9 @@ def test_answers_follow_add_change_delete(kubedns_process, tmp_path: Path) -> No
             "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": True}]))
         _wait_for(lambda: rrset_text(query(port, "db-0.db.default.svc.cluster.local"))
                   == ["db-0.db.default.svc.cluster.local A 10.244.0.7"])
+        # the slice event was timed as DNS programming latency, labelled by its Service's kind
+        assert ('coredns_kubernetes_dns_programming_duration_seconds_count{service_kind="headless_with_selector"} 1.0'
+                in _metrics(mport))
         api.update("endpointslices", fakeapi.endpointslice(
             "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": False}]))
         _wait_for(lambda: _rcode(port, "db.default.svc.cluster.local") == "NXDOMAIN")

@@ -58,8 +58,9 @@ __all__ = [
 
 _log = Logger(namespace="kubedns.k8s.watch")
 
-#: ``on_event(kind, event_type, lag_seconds)``, called on the reactor thread per applied event.
-EventHook = Callable[[str, str, float], None]
+#: ``on_event(kind, event_type, lag_seconds, record)``, called on the reactor thread per applied
+#: event; ``record`` is the slim record applied (None for a delete).
+EventHook = Callable[[str, str, float, Any], None]
 
 #: Set by the EndpointSlice controller; the start of "DNS programming latency".
 _TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -548,7 +549,7 @@ class ResourceWatcher:
             store.upsert(kind, key, rec)
             if hook is not None:
                 try:
-                    hook(kind, etype, max(0.0, time.time() - t0))
+                    hook(kind, etype, max(0.0, time.time() - t0), rec)
                 except Exception:
                     _log.failure("on_event hook failed")
 
