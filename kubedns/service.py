@@ -148,10 +148,19 @@ class KubeDNS(service.MultiService):
         return chain, loop
 
     def _make_blocks(self, config: Config, started: bool) -> dict[int, Block]:
-        """Runtime blocks for ``config``, reusing stores and chains whose config is unchanged.
+        """Runtime blocks for ``config``, reusing stores and chains whose config is unchanged,
+        committed at once (see :meth:`_build_blocks` and :meth:`_commit_blocks`)."""
+        blocks, commit = self._build_blocks(config)
+        commit(started)
+        return blocks
 
-        New stores' sources and new chains are registered but only started when ``started``
-        (on reload); at first build, ``startService`` starts everything.
+    def _build_blocks(self, config: Config) -> tuple[dict[int, Block], Any]:
+        """Build runtime blocks without touching what runs; returns them and a ``commit(started)``.
+
+        Nothing is swapped, started or retired until ``commit`` is called, so a reload that fails
+        later (a port that cannot be bound) leaves the running config exactly as it was.  New
+        sources and chains are started by ``commit`` only when ``started`` (on reload); at first
+        build, ``startService`` starts everything.
         """
         blocks: dict[int, Block] = {}
         k8s_keep: dict[KubernetesConfig, tuple[Store, service.Service]] = {}
@@ -186,25 +195,28 @@ class KubeDNS(service.MultiService):
                 if src.running:
                     src.stopService()
             raise
-        old_k8s, old_fwd = self._k8s, self._fwd
-        self._k8s, self._fwd = k8s_keep, fwd_keep
-        for src in new_sources:
-            src.setServiceParent(self)  # starts it if we are running
-        if started:
-            for chain, loop in new_chains:
-                chain.start()
-                if loop is not None:
-                    loop.start()
-        # retire what the new config no longer uses
-        for k, (_, src) in old_k8s.items():
-            if k not in k8s_keep:
-                src.disownServiceParent()
-        for k, (chain, loop) in old_fwd.items():
-            if k not in fwd_keep:
-                if loop is not None:
-                    loop.stop()
-                chain.stop()
-        return blocks
+
+        def commit(started: bool) -> None:
+            old_k8s, old_fwd = self._k8s, self._fwd
+            self._k8s, self._fwd = k8s_keep, fwd_keep
+            for src in new_sources:
+                src.setServiceParent(self)  # starts it if we are running
+            if started:
+                for chain, loop in new_chains:
+                    chain.start()
+                    if loop is not None:
+                        loop.start()
+            # retire what the new config no longer uses
+            for k, (_, src) in old_k8s.items():
+                if k not in k8s_keep:
+                    src.disownServiceParent()
+            for k, (chain, loop) in old_fwd.items():
+                if k not in fwd_keep:
+                    if loop is not None:
+                        loop.stop()
+                    chain.stop()
+
+        return blocks, commit
 
     def _add_listener(self, addr: Address, blocks: list[Block]) -> _Listener:
         # CoreDNS's server label: "dns://:53" for the wildcard address
@@ -264,7 +276,7 @@ class KubeDNS(service.MultiService):
         return False
 
     def _apply(self, new: Config) -> None:
-        blocks = self._make_blocks(new, started=self.running)
+        blocks, commit = self._build_blocks(new)
         wanted = new.listeners()
         added: list[_Listener] = []
         try:
@@ -275,6 +287,7 @@ class KubeDNS(service.MultiService):
             for lst in added:
                 self._drop_listener(lst.addr)
             raise
+        commit(self.running)  # from here on nothing can fail half-way
         for addr, bs in wanted.items():
             self._listeners[addr].dispatcher.blocks = [blocks[b.index] for b in bs]
             self._listeners[addr].dispatcher.fast.clear()

@@ -222,3 +222,30 @@ def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Pa
     new_kid = _children(p.proc.pid)[0]
     p.stop()
     assert not Path(f"/proc/{new_kid}").exists() or "zombie" in Path(f"/proc/{new_kid}/status").read_text()
+
+
+def test_reload_that_cannot_bind_changes_nothing(kubedns_process, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, ttl=5))
+    p.wait_listening(port)
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))  # a second listen address that is already taken
+    try:
+        p.write_config(_config(port, m, ttl=23, port2=busy.getsockname()[1]))
+        p.signal(signal.SIGHUP)
+        assert _wait(lambda: "reload rejected" in p.log()), p.log()
+    finally:
+        busy.close()
+    r = query(port, "nginx.default.svc.cluster.local")
+    assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5  # the old config, untouched
+    # ...including its source: a change to the cluster is still picked up
+    _manifests(tmp_path / "c.yaml", [*OBJS, fakeapi.service("late", "default", cluster_ip="10.96.0.77")])
+    assert _wait(lambda: _answers_name(port, "late.default.svc.cluster.local")), p.log()
+
+
+def _answers_name(port: int, name: str) -> bool:
+    try:
+        return query(port, name, timeout=0.5).rcode() == dns.rcode.NOERROR
+    except Exception:
+        return False
