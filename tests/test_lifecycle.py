@@ -204,11 +204,24 @@ def _children(pid: int) -> list[int]:
 def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
     m = _manifests(tmp_path / "c.yaml", OBJS)
-    cfg = _config(port, m)
+    mport = free_port()
+    while True:  # worker 1 serves metrics on the next port
+        try:
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", mport + 1))
+            probe.close()
+            break
+        except OSError:
+            mport = free_port()
+    rport = free_port()
+    cfg = _config(port, m, extra={"prometheus": f"127.0.0.1:{mport}", "ready": f"127.0.0.1:{rport}"})
     cfg["workers"] = 2
     p = kubedns_process(cfg)
     p.wait_listening(port)
     assert _wait(lambda: "[worker 1] " in p.log() and "worker 1 listening on UDP" in p.log()), p.log()
+    assert _wait(lambda: _http(rport, "/ready")[0] == 200), p.log()  # both workers synced
+    assert _wait(lambda: _metric_ok(mport + 1)), p.log()  # worker 1's own metrics
+    assert "coredns_build_info" in _http(mport, "/metrics")[1]
     kids = _children(p.proc.pid)
     assert len(kids) == 1
     for _ in range(100):  # fresh source ports: the kernel spreads them over both sockets
@@ -248,4 +261,12 @@ def _answers_name(port: int, name: str) -> bool:
     try:
         return query(port, name, timeout=0.5).rcode() == dns.rcode.NOERROR
     except Exception:
+        return False
+
+
+def _metric_ok(port: int) -> bool:
+    try:
+        return "coredns_dns_requests_total" in _http(port, "/metrics")[1] or "coredns_build_info" in _http(
+            port, "/metrics")[1]
+    except OSError:
         return False
