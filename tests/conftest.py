@@ -30,11 +30,12 @@ TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t = socket.socket(family, socket.SOCK_STREAM)
         t.bind((host, 0))
         port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u = socket.socket(family, socket.SOCK_DGRAM)
         try:
             u.bind((host, port))
         except OSError:

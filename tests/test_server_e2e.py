@@ -361,3 +361,20 @@ def test_fuzzed_packets_never_take_the_server_down(server) -> None:
     assert replies > 300
     assert query(port, "nginx.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
     assert query(port, "nginx.default.svc.cluster.local", tcp=True).rcode() == dns.rcode.NOERROR
+
+
+def test_listens_on_ipv6_loopback(kubedns_process, tmp_path: Path) -> None:
+    manifests = tmp_path / "cluster.yaml"
+    write_manifests(manifests, cluster_objects(n_big=1))
+    try:
+        port = free_port("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    p = kubedns_process({"servers": [{
+        "zones": ["."], "listen": f"[::1]:{port}",
+        "kubernetes": {"zones": ["cluster.local"], "manifests": str(manifests)},
+    }]})
+    p.wait_listening(port, host="::1")
+    for tcp in (False, True):
+        r = query(port, "nginx.default.svc.cluster.local", host="::1", tcp=tcp)
+        assert rrset_text(r) == ["nginx.default.svc.cluster.local A 10.96.0.100"]
