@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()"]
+from kubedns.workers import TWISTD  # noqa: E402
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -153,11 +154,11 @@ def start(cmd: list[str], env: dict | None = None, log: Path | None = None) -> s
                             env=dict(os.environ, **(env or {})))
 
 
-def stop(p: subprocess.Popen) -> None:
+def stop(p: subprocess.Popen, timeout: float = 10.0) -> None:
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
         try:
-            p.wait(10)
+            p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
 

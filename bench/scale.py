@@ -36,7 +36,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -52,9 +51,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.run import stop  # noqa: E402
+from kubedns.workers import TWISTD  # noqa: E402
 from tests import fakeapi  # noqa: E402
 
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()"]
 ZONE = "cluster.local"
 
 
@@ -661,12 +661,7 @@ def main() -> None:
             results["events"] = ev
             results["rss_end"] = rss_kb(proc.pid) / 1024
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc, 15)
             logf.close()
             if args.keep_log:
                 print(log.read_text(errors="replace"))

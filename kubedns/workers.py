@@ -22,7 +22,7 @@ from twisted.application import service
 from twisted.internet import protocol
 from twisted.logger import Logger
 
-__all__ = ["WorkerPool", "worker_index", "announce_ready"]
+__all__ = ["TWISTD", "WorkerPool", "announce_ready", "worker_index"]
 
 log = Logger()
 
@@ -83,7 +83,7 @@ class WorkerPool(service.Service):
             reactor = _reactor
         self.reactor = reactor
         self.count = count
-        self.argv = argv or [sys.executable, "-c", _TWISTD, *sys.argv[1:]]
+        self.argv = argv or [*TWISTD, *sys.argv[1:]]
         self.procs: dict[int, _WorkerProtocol] = {}
         self._delay: dict[int, float] = {}
         self._stopping = False
@@ -147,4 +147,6 @@ class WorkerPool(service.Service):
         return defer.DeferredList(waits) if waits else None
 
 
-_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+#: ``twistd`` run by this very interpreter (the script on PATH may belong to another Python):
+#: how workers are spawned, and how tests and benchmarks start the server.
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]

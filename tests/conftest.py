@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,9 @@ import dns.rdatatype
 import pytest
 import yaml
 
+from kubedns.workers import TWISTD
+
 REPO = Path(__file__).resolve().parent.parent
-#: twistd of the interpreter running the tests (the script pip installs beside it).
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
