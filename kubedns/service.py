@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 from typing import Any
 
 from twisted.application import service
@@ -35,6 +36,9 @@ from kubedns.workers import WorkerPool, announce_ready, worker_index
 __all__ = ["KubeDNS", "build"]
 
 log = Logger()
+
+#: Slices held for a Service that has not arrived yet (programming latency); oldest dropped first.
+_PENDING_PROGRAMMING_MAX = 10_000
 
 
 def _interface(host: str) -> str:
@@ -359,21 +363,38 @@ class KubeDNS(service.MultiService):
         return super().stopService()
 
 
-def _programming_hook(store: Store) -> Any:
+def _programming_hook(store: Store, now: Any = time.time) -> Any:
     """DNS programming latency: EndpointSlice change (its trigger time) → answerable here.
 
     Labelled like CoreDNS's ``service_kind``: ``cluster_ip`` or ``headless_with_selector`` by the
     Service the slice belongs to (slim records do not keep selectors, so selector-less headless
-    Services count as ``headless_with_selector``); slices of unknown Services are not observed.
+    Services count as ``headless_with_selector``).  Services and slices come on separate watches,
+    so a new Service's slice often lands first; its names only become answerable when the Service
+    does, so the slice's start time is held (bounded) and observed when the Service arrives.
     """
     from kubedns.metrics import observe_programming
 
+    pending: dict[tuple[str, str], float] = {}
+
     def hook(kind: str, event_type: str, lag: float, rec: Any = None) -> None:
-        if kind != "endpointslices" or event_type not in ("ADDED", "MODIFIED") or rec is None:
+        if event_type not in ("ADDED", "MODIFIED") or rec is None:
+            return
+        if kind == "services":
+            start = pending.pop((rec.namespace, rec.name), None)
+            if start is not None:
+                observe_programming("headless_with_selector" if rec.headless else "cluster_ip",
+                                    max(0.0, now() - start))
+            return
+        if kind != "endpointslices":
             return
         svc = store.service(rec.namespace, rec.service)
         if svc is not None:
             observe_programming("headless_with_selector" if svc.headless else "cluster_ip", lag)
+            return
+        key = (rec.namespace, rec.service)
+        if key not in pending and len(pending) >= _PENDING_PROGRAMMING_MAX:
+            del pending[next(iter(pending))]  # oldest first: slices of Services that never came
+        pending.setdefault(key, now() - lag)
 
     return hook
 

@@ -540,3 +540,32 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
         single = _wait_log(p, r"plugin/errors: 2 h\d\.broken\.test\. A: ", timeout=0)
         counted = sum(int(re.search(r"plugin/errors: (\d+) errors like", ln).group(1)) for ln in summary)
         assert len(single) + counted == 4 and len(single) < 4, p.log()
+
+
+def test_programming_latency_waits_for_a_late_service() -> None:
+    """A slice that lands before its Service is timed when the Service makes it answerable."""
+    from kubedns import metrics
+    from kubedns.k8s.objects import EndpointSlice, Service
+    from kubedns.k8s.store import Store
+    from kubedns.service import _programming_hook
+
+    clock = [1000.0]
+    store = Store()
+    hook = _programming_hook(store, now=lambda: clock[0])
+    before = dict(metrics.PROCESS.programming)
+    metrics.PROCESS.programming.clear()
+    try:
+        sl = EndpointSlice(namespace="ns", name="late-1", service="late", endpoints=(), ports=())
+        hook("endpointslices", "ADDED", 0.25, sl)  # started at 999.75; Service unknown yet
+        assert metrics.PROCESS.programming == {}
+        clock[0] = 1000.5
+        svc = Service(namespace="ns", name="late", cluster_ips=(), headless=True, external_name="",
+                      ports=(), publish_not_ready=False)
+        hook("services", "ADDED", 0.0, svc)
+        counts, total = metrics.PROCESS.programming["headless_with_selector"]
+        assert sum(counts) == 1 and abs(total - 0.75) < 1e-9
+        hook("services", "MODIFIED", 0.0, svc)  # observed once only
+        assert sum(metrics.PROCESS.programming["headless_with_selector"][0]) == 1
+    finally:
+        metrics.PROCESS.programming.clear()
+        metrics.PROCESS.programming.update(before)
