@@ -7,6 +7,8 @@ server it prints: max QPS (dnsperf, unthrottled), server CPU µs per query (from
 own CPU time: the steadiest figure on a shared machine), p50/p99 latency at a fixed 10k QPS
 (from dnsperf -v per-query latencies), RSS after the run, and ratios to the other servers.
 kubedns is run twice when it has a fast path: with it (default) and with KUBEDNS_FAST_PATH=0.
+``python-floor`` (bench/floor_server.py) is a bare socket loop answering from a dict: the floor
+any Python UDP server pays on this kernel, to read the CPU figures against.
 Nothing leaves loopback.
 """
 
@@ -39,6 +41,7 @@ class Result:
     name: str
     qps: float = 0.0
     cpu_us: float = 0.0
+    sys_us: float = 0.0  # the kernel's share of cpu_us (socket calls, loopback delivery)
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     rss_mb: float = 0.0
@@ -53,9 +56,11 @@ def free_port() -> int:
     return p
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / TICKS, stime / TICKS
 
 
 def rss_mb(pid: int) -> float:
@@ -138,7 +143,8 @@ def measure(name: str, proc: subprocess.Popen, port: int, queries: Path, seconds
     r.qps = float(m.group(1)) if m else 0.0
     completed = int(done.group(1)) if done else 0
     r.lost = int(lost.group(1)) if lost else 0
-    r.cpu_us = (c1 - c0) / completed * 1e6 if completed else float("nan")
+    r.cpu_us = (c1[0] - c0[0]) / completed * 1e6 if completed else float("nan")
+    r.sys_us = (c1[1] - c0[1]) / completed * 1e6 if completed else float("nan")
     out = dnsperf(port, queries, 4.0, qps=10000, verbose=True)
     lat = sorted(float(x) for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M))
     if lat:
@@ -168,7 +174,7 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--nx", type=float, default=0.1, help="fraction of NXDOMAIN queries")
-    ap.add_argument("--only", default="", help="comma list: kubedns,kubedns-slow,stock,dnsmasq")
+    ap.add_argument("--only", default="", help="comma list: kubedns,kubedns-slow,stock,dnsmasq,floor")
     args = ap.parse_args()
     for tool in ("dnsperf", "taskset"):
         if not shutil.which(tool):
@@ -205,6 +211,13 @@ def main() -> None:
                 results.append(measure("twisted-stock", p, port, queries, args.seconds))
             finally:
                 stop(p)
+        if only is None or "floor" in only:
+            port = free_port()
+            p = start([sys.executable, str(REPO / "bench" / "floor_server.py"), str(port), str(hostsfile)])
+            try:
+                results.append(measure("python-floor", p, port, queries, args.seconds))
+            finally:
+                stop(p)
         if (only is None or "dnsmasq" in only) and shutil.which("dnsmasq"):
             port = free_port()
             p = start(["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
@@ -216,12 +229,15 @@ def main() -> None:
                 stop(p)
 
     print(f"\n{args.services} services, {args.nx:.0%} NXDOMAIN, server on CPU 0, dnsperf on CPU 1, {args.seconds:g}s runs")
-    print(f"{'server':<14}{'QPS':>10}{'CPU us/q':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'lost':>7}")
+    print(f"{'server':<14}{'QPS':>10}{'CPU us/q':>10}{'sys us/q':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'lost':>7}")
     for r in results:
-        print(f"{r.name:<14}{r.qps:>10.0f}{r.cpu_us:>10.1f}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.rss_mb:>9.1f}{r.lost:>7.0f}")
+        print(f"{r.name:<14}{r.qps:>10.0f}{r.cpu_us:>10.1f}{r.sys_us:>10.1f}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}"
+              f"{r.rss_mb:>9.1f}{r.lost:>7.0f}")
+    print("sys us/q is the kernel's share (recvfrom, sendto, loopback delivery to dnsperf); python-floor is a")
+    print("bare recvfrom/dict/sendto loop with no DNS logic: the least CPU any Python server can spend here.")
     by = {r.name: r for r in results}
     for a, b in (("kubedns", "dnsmasq"), ("kubedns", "twisted-stock"), ("kubedns-slow", "twisted-stock"),
-                 ("kubedns", "kubedns-slow")):
+                 ("kubedns", "kubedns-slow"), ("kubedns", "python-floor"), ("dnsmasq", "twisted-stock")):
         if a in by and b in by and by[b].qps:
             print(f"QPS ratio {a}/{b}: {by[a].qps / by[b].qps:.2f}   CPU/query ratio: {by[a].cpu_us / by[b].cpu_us:.2f}")
 
