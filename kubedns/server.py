@@ -314,7 +314,7 @@ class Dispatcher:
                     aging = self._aging(out, lifetime)
                     if aging is None:
                         return out
-                self.fast.remember(req.packet, out, info, aging)
+                self.fast.remember(req.packet, out, info, aging, limit=self._forward_limit(block))
         return out
 
     def _aging(self, out: bytes, lifetime: float) -> Aging | None:
@@ -342,6 +342,12 @@ class Dispatcher:
         block = req.block
         return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData),
                             lifetime=self._forward_lifetime(block, upstream), plugin="forward")
+
+    @staticmethod
+    def _forward_limit(block: Block | None) -> int:
+        """How many forwarded answers the fast path may keep for ``block``: its cache's size."""
+        cache = getattr(block.chain, "cache", None) if block is not None else None
+        return cache.config.size if cache is not None else 0
 
     @staticmethod
     def _forward_lifetime(block: Block | None, upstream: dns.Message) -> float:
@@ -394,28 +400,58 @@ class FastCache:
     are folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
     """
 
+    #: Bounds on what clients can make us keep: entries, and bytes of answers.  Case variants and
+    #: EDNS sizes of one name each get an entry, so the byte budget matters more than the count.
     max_entries = 50000
+    max_bytes = 64 << 20
+    #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
+    max_forwarded_answer = 4096
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.entries: dict[bytes, list[Any]] = {}
+        #: keys of forwarded (aging) entries, oldest first; bounded by the block cache's ``size``
+        self.forwarded: dict[bytes, None] = {}
+        self.bytes = 0
         #: hits of dropped entries, by the QueryInfo fields metrics label on
         self.retired: dict[tuple[Any, ...], int] = {}
 
-    def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None) -> None:
-        """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded)."""
+    def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
+                 limit: int = 0) -> None:
+        """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
+
+        ``limit`` caps the forwarded entries, like the block cache's ``size`` caps its own: the
+        fast path must not keep more forwarded names than the operator allowed the cache to.
+        """
         if not self.enabled:
             return
-        if len(self.entries) >= self.max_entries:
+        key = packet[2:]
+        if aging is not None:
+            if len(answer) > self.max_forwarded_answer or limit <= 0:
+                return
+            while len(self.forwarded) >= limit:
+                self._drop(next(iter(self.forwarded)))
+        if len(self.entries) >= self.max_entries or self.bytes + len(answer) > self.max_bytes:
             self.clear()
-        self.entries[packet[2:]] = [answer[2:], 0, info, aging]
+        if key in self.entries:
+            self._drop(key)
+        self.entries[key] = [answer[2:], 0, info, aging]
+        self.bytes += len(answer)
+        if aging is not None:
+            self.forwarded[key] = None
+
+    def _drop(self, key: bytes) -> None:
+        entry = self.entries.pop(key, None)
+        self.forwarded.pop(key, None)
+        if entry is not None:
+            self._retire(entry)
+            self.bytes -= len(entry[0]) + 2
 
     def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
         """The body of a forwarded entry with TTLs counted down to ``now``; None once expired."""
         aging: Aging = entry[3]
         if now >= aging.expires or now < aging.stored:
-            self._retire(entry)
-            del self.entries[key]
+            self._drop(key)
             return None
         age = int(now - aging.stored)
         if age != aging.age:
@@ -438,6 +474,8 @@ class FastCache:
         for e in self.entries.values():
             self._retire(e)
         self.entries.clear()
+        self.forwarded.clear()
+        self.bytes = 0
 
     def live(self) -> list[tuple[tuple[Any, ...], int]]:
         """``(fast_key(info), hits)`` of current entries, for rendering metrics on scrape."""

@@ -208,3 +208,30 @@ def test_forwarded_answers_skip_fast_path_with_prefetch() -> None:
     clock, fwd, disp, proto = _forward_setup(prefetch_amount=2)
     proto.datagramReceived(_wire("google.com", 1, 1), ("127.0.0.1", 5000))
     assert not disp.fast.entries
+
+
+def test_forwarded_fast_entries_are_bounded_by_the_cache_size() -> None:
+    """The fast path keeps no more forwarded names than the block's ``cache: {size: N}`` allows."""
+    clock, fwd, disp, proto = _forward_setup(size=2)
+    for i in range(5):
+        proto.datagramReceived(_wire(f"name{i}.example.com", 1, i), ("127.0.0.1", 5000))
+    assert len(disp.fast.entries) == 2 and len(disp.fast.forwarded) == 2
+    # the newest two are kept; an evicted name goes the normal way (its cache, then upstream)
+    asked = fwd.asked
+    proto.datagramReceived(_wire("name4.example.com", 1, 9), ("127.0.0.1", 5000))
+    assert fwd.asked == asked and disp.fast.hits() == 1
+    proto.datagramReceived(_wire("name0.example.com", 1, 10), ("127.0.0.1", 5000))
+    assert fwd.asked == asked + 1
+
+
+def test_fast_cache_byte_budget_holds_against_case_variants() -> None:
+    """Each case variant of a name is its own entry; the byte budget bounds them all."""
+    disp, proto, tr, store = _setup()
+    disp.fast.max_bytes = 2000
+    name = "nginx.default.svc.cluster.local"
+    for i in range(64):
+        variant = "".join(c.upper() if (i >> (k % 6)) & 1 else c for k, c in enumerate(name))
+        proto.datagramReceived(_wire(variant, 1, i), ("127.0.0.1", 5000))
+        assert disp.fast.bytes <= 2000
+        assert disp.fast.bytes == sum(len(e[0]) + 2 for e in disp.fast.entries.values())
+    assert disp.fast.entries  # still serving from the fast path after clearing
