@@ -71,6 +71,7 @@ class QueryInfo:
     do: bool
     bufsize: int = 512  # the client's EDNS UDP size (512 without EDNS), 65535 over TCP
     plugin: str = ""  # which part answered: kubernetes, forward, or "" (refused, errors)
+    error: str = ""  # why the answer is a failure, when we know more than the rcode (errors:)
 
 
 Observer = Callable[[QueryInfo], None]
@@ -253,6 +254,7 @@ class Dispatcher:
         cacheable: bool = False,
         lifetime: float = 0.0,
         plugin: str = "",
+        error: str = "",
     ) -> bytes:
         """Encode, report to observers, and keep the bytes for the fast path when allowed.
 
@@ -302,6 +304,7 @@ class Dispatcher:
                 do=bool(req.edns is not None and req.edns.do),
                 bufsize=65535 if proto == "tcp" else (req.edns.udp_size if req.edns is not None else 512),
                 plugin=plugin,
+                error=error,
             )
             for obs in self.observers:
                 try:
@@ -372,8 +375,10 @@ class Dispatcher:
         except ImportError:  # pragma: no cover - forwarder not installed
             pass
         block = req.block
+        # e.g. "no upstream answered (127.0.0.1:53: timeout after 2s; ...)": which upstream, and why
+        error = f"forward: {failure.getErrorMessage()}"
         return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True,
-                            plugin="forward")
+                            plugin="forward", error=error)
 
 
 @dataclass(slots=True)

@@ -235,3 +235,19 @@ def test_fast_cache_byte_budget_holds_against_case_variants() -> None:
         assert disp.fast.bytes <= 2000
         assert disp.fast.bytes == sum(len(e[0]) + 2 for e in disp.fast.entries.values())
     assert disp.fast.entries  # still serving from the fast path after clearing
+
+
+def test_forward_failure_reason_reaches_observers() -> None:
+    """``errors:`` can log which upstream failed and how, not just that the answer is SERVFAIL."""
+    from twisted.internet import defer
+
+    from kubedns.forward.forwarder import UpstreamsFailed
+
+    clock, fwd, disp, proto = _forward_setup()
+    fwd.resolve = lambda query, tcp=False: defer.fail(  # type: ignore[method-assign]
+        UpstreamsFailed("no upstream answered", (("127.0.0.9:53", "timeout after 2s"),)))
+    seen: list[Any] = []
+    disp.observers.append(seen.append)
+    proto.datagramReceived(_wire("example.org", 1, 1), ("127.0.0.1", 5000))
+    assert dns.message.from_wire(proto.transport.socket.sent[-1][0]).rcode() == 2
+    assert seen[-1].rcode == 2 and "127.0.0.9:53: timeout after 2s" in seen[-1].error
