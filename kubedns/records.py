@@ -342,14 +342,22 @@ class ClusterZones:
         return Answer(answers=[self._rr(qname, dns.Record_PTR(n, self.ttl)) for n in dict.fromkeys(names)])
 
 
+_DASHED_IP_CHARS = frozenset("0123456789abcdefABCDEF-")
+
+
 def _ip_from_dashes(label: str) -> str | None:
-    """``10-0-0-1`` → ``10.0.0.1``; ``fd00--1`` → ``fd00::1``; anything else None."""
-    if label.count("-") == 3:
-        cand = label.replace("-", ".")
-    else:
-        cand = label.replace("-", ":")
+    """``10-0-0-1`` → ``10.0.0.1``; ``2001-db8--1`` → ``2001:db8::1``; anything else None.
+
+    As CoreDNS does: IPv4 only with exactly three dashes and no ``--`` (an IPv6 address of four
+    groups needs ``::``, so nothing valid is lost), otherwise IPv6 with every dash a colon.
+    Only hex digits and dashes are accepted, so no scope id (``%eth0``) gets through.
+    """
+    if not label or not _DASHED_IP_CHARS.issuperset(label):
+        return None
     try:
-        return str(ipaddress.ip_address(cand))
+        if label.count("-") == 3 and "--" not in label:
+            return str(ipaddress.IPv4Address(label.replace("-", ".")))
+        return str(ipaddress.IPv6Address(label.replace("-", ":")))
     except ValueError:
         return None
 

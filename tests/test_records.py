@@ -12,7 +12,7 @@ from twisted.names import dns
 from kubedns.config import KubernetesConfig
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
-from kubedns.records import ClusterZones
+from kubedns.records import ClusterZones, _ip_from_dashes
 from tests import fakeapi
 
 
@@ -130,6 +130,11 @@ TABLE = [
     ("10-244-0-99.default.pod.cluster.local", dns.A, OK, ["10-244-0-99.default.pod.cluster.local A 10.244.0.99"]),
     ("10-244-0-5.nonexistent.pod.cluster.local", dns.A, NX, []),
     ("not-an-ip.default.pod.cluster.local", dns.A, NX, []),
+    # IPv6 pod names: three dashes with "--" is IPv6, not IPv4 (CoreDNS)
+    ("2001-db8--1.default.pod.cluster.local", dns.AAAA, OK, ["2001-db8--1.default.pod.cluster.local AAAA 2001:db8::1"]),
+    ("2001-db8--1.default.pod.cluster.local", dns.A, OK, []),
+    ("fd00-0-0-0-0-0-0-1.default.pod.cluster.local", dns.AAAA, OK, ["fd00-0-0-0-0-0-0-1.default.pod.cluster.local AAAA fd00::1"]),
+    ("1-2-3-4-.default.pod.cluster.local", dns.A, NX, []),
     # schema version, apex, namespaces
     ("dns-version.cluster.local", dns.TXT, OK, ["dns-version.cluster.local TXT 1.1.0"]),
     ("cluster.local", dns.NS, OK, ["cluster.local NS ns.dns.cluster.local"]),
@@ -178,6 +183,22 @@ def test_pods_verified_requires_pod() -> None:
     assert zones.answer(b"10-244-0-5.default.pod.cluster.local", dns.A)[1].rcode == OK
     assert zones.answer(b"10-244-0-99.default.pod.cluster.local", dns.A)[1].rcode == NX
     assert zones.answer(b"10-244-0-5.testns.pod.cluster.local", dns.A)[1].rcode == NX
+
+
+@pytest.mark.parametrize("label,ip", [
+    ("10-0-0-1", "10.0.0.1"),
+    ("2001-db8--1", "2001:db8::1"),  # exactly three dashes, but "--": IPv6
+    ("1-2-3--4", "1:2:3::4"),
+    ("--1", "::1"),
+    ("fd00-0-0-0-0-0-0-1", "fd00::1"),
+    ("10-0-0-256", None),
+    ("10-0-0", None),
+    ("1-2-3-4-5", None),
+    ("fe80--1%eth0", None),  # a scope id is no pod IP
+    ("", None),
+])
+def test_ip_from_dashes(label: str, ip: str | None) -> None:
+    assert _ip_from_dashes(label) == ip
 
 
 def test_pods_disabled_is_nxdomain() -> None:
