@@ -58,6 +58,13 @@ def _fill(store: Store, pods: bool = True) -> None:
             ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
         ),
     ]
+    # no kubernetes.io/service-name label: belongs to no Service, invisible to DNS; one of its
+    # IPs is db-0's, whose PTR must not change
+    orphan = fakeapi.endpointslice(
+        "orphan-1", "testns", "db", endpoints=[{"addresses": ["10.244.8.8"]}, {"addresses": ["10.244.1.1"]}],
+    )
+    del orphan["metadata"]["labels"]["kubernetes.io/service-name"]
+    slices.append(orphan)
     for sl in slices:
         store.upsert("endpointslices", *objects.endpointslice_from_raw(sl))
     if pods:
@@ -123,6 +130,7 @@ TABLE = [
     ("100.0.96.10.in-addr.arpa", dns.PTR, OK, ["100.0.96.10.in-addr.arpa PTR nginx.default.svc.cluster.local"]),
     ("1.1.244.10.in-addr.arpa", dns.PTR, OK, ["1.1.244.10.in-addr.arpa PTR db-0.db.testns.svc.cluster.local"]),
     ("9.9.9.10.in-addr.arpa", dns.PTR, NX, []),
+    ("8.8.244.10.in-addr.arpa", dns.PTR, NX, []),  # only in a slice without a service name
     (".".join(reversed("fd00000000000000000000000000" "0200")) + ".ip6.arpa", dns.PTR, OK,
      [".".join(reversed("fd000000000000000000000000000200")) + ".ip6.arpa PTR dual.default.svc.cluster.local"]),
     # pods (2.6)

@@ -229,6 +229,8 @@ class Model:
             for ip in s.cluster_ips:
                 ptr[ip].append(("svc", s.namespace, s.name))
         for sl in self.visible["endpointslices"].values():
+            if not sl.service:
+                continue  # no kubernetes.io/service-name label: invisible to DNS
             for ep in sl.endpoints:
                 eps.setdefault((sl.namespace, sl.service), []).append((sl.name, ep))
                 for ip in dict.fromkeys(ep.addresses):  # one entry per endpoint holding the IP
@@ -561,6 +563,29 @@ def test_slice_moving_between_services() -> None:
     assert [ep.addresses for ep, _ in store.endpoints("default", "old")] == [("10.1.0.2",)]
     assert [ep.addresses for ep, _ in store.endpoints("default", "new")] == [("10.1.0.1",)]
     assert store.reverse("10.1.0.1") == [("ep", "default", "new", "10-1-0-1")]
+
+
+def test_slice_without_service_name_is_invisible() -> None:
+    store = Store()
+    store.upsert("endpointslices", *_slice("web-1", "default", "web", "10.1.0.1"))
+    raw = fakeapi.endpointslice(
+        "orphan", "default", "x", endpoints=[{"addresses": ["10.1.0.1"]}, {"addresses": ["10.1.0.9"]}]
+    )
+    del raw["metadata"]["labels"]["kubernetes.io/service-name"]
+    key, rec = objects.endpointslice_from_raw(raw)
+    assert rec is not None and rec.service == ""
+    assert store.upsert("endpointslices", key, rec)
+    assert store.count("endpointslices") == 2
+    assert store.reverse("10.1.0.9") == []
+    assert store.reverse("10.1.0.1") == [("ep", "default", "web", "10-1-0-1")]
+    assert list(store.endpoints("default", "")) == []
+    # gaining the label makes it visible; deleting it leaves nothing behind
+    store.upsert("endpointslices", *_slice("orphan", "default", "x", "10.1.0.9"))
+    assert store.reverse("10.1.0.9") == [("ep", "default", "x", "10-1-0-9")]
+    store.upsert("endpointslices", key, rec)
+    assert store.reverse("10.1.0.9") == [] and list(store.endpoints("default", "x")) == []
+    store.delete("endpointslices", key)
+    assert store.reverse("10.1.0.1") == [("ep", "default", "web", "10-1-0-1")]
 
 
 def test_reverse_with_several_owners_of_one_ip() -> None:

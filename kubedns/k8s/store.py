@@ -20,6 +20,9 @@ so the indexes hold as little as DNS needs:
 * The reverse index points at the Service or EndpointSlice record that owns an IP instead of
   holding a tuple, a list and a dashed-IP string per address; :meth:`Store.reverse` builds the
   entries when asked (PTR lookups are rare and the fast path caches their answers).
+* An EndpointSlice without a ``kubernetes.io/service-name`` label belongs to no Service, so it
+  is stored (it counts, and a later label makes it visible) but indexed nowhere: no forward
+  endpoints and no PTR (its PTR would name ``<ip>..<ns>.svc``, an empty label).
 * A slot of an index holds one value, and only becomes a tuple when an IP or a service really
   has several owners (host-network pods, services with several slices).
 
@@ -173,6 +176,8 @@ class Store:
                 _multi_add(self._reverse, ip, svc)
         elif kind == "endpointslices":
             sl: EndpointSlice = rec
+            if not sl.service:
+                return  # no kubernetes.io/service-name label: nothing DNS may name (see _unindex)
             _multi_add(self._slices_by_svc, (sl.namespace, sl.service), sl)
             for ip in _slice_ips(sl):
                 _multi_add(self._reverse, ip, sl)
@@ -189,6 +194,8 @@ class Store:
                 _multi_remove(self._reverse, ip, svc)
         elif kind == "endpointslices":
             sl: EndpointSlice = rec
+            if not sl.service:
+                return  # never indexed
             _multi_remove(self._slices_by_svc, (sl.namespace, sl.service), sl)
             for ip in _slice_ips(sl):
                 _multi_remove(self._reverse, ip, sl)
