@@ -193,3 +193,36 @@ def test_externalname_cname_is_chased_like_coredns(kubedns_process, tmp_path: Pa
     assert rrset_text(query(port, "ext.default.svc.cluster.local", "CNAME")) == [
         "ext.default.svc.cluster.local CNAME www.example.org.",
     ]
+
+
+def test_max_concurrent_excess_gets_refused(kubedns_process, tmp_path: Path, upstreams) -> None:
+    """Past ``max_concurrent`` queries in flight, a client gets REFUSED at once (as CoreDNS)."""
+    import socket as _socket
+
+    import dns.message
+
+    up = upstreams[0]
+    for i in range(6):
+        up.add(f"n{i}.example.org", "A", f"192.0.2.{i + 1}")
+    port = free_port()
+    p = _start(kubedns_process, tmp_path, [{
+        "zones": ["."], "listen": f"127.0.0.1:{port}",
+        "forward": {"to": [up.address], "max_concurrent": 2},
+    }])
+    up.delay = 1.0  # after start-up: wait_listening's own probe queries must not hold the slots
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    s.settimeout(5)
+    try:
+        for i in range(6):  # distinct names: identical in-flight queries would be merged
+            q = dns.message.make_query(f"n{i}.example.org", "A")
+            q.id = 100 + i
+            s.sendto(q.to_wire(), ("127.0.0.1", port))
+        rcodes = {}
+        while len(rcodes) < 6:
+            r = dns.message.from_wire(s.recvfrom(4096)[0])
+            rcodes[r.id - 100] = r.rcode()
+    finally:
+        s.close()
+    refused = [i for i, rc in rcodes.items() if rc == dns.rcode.REFUSED]
+    answered = [i for i, rc in rcodes.items() if rc == dns.rcode.NOERROR]
+    assert len(answered) == 2 and len(refused) == 4, (rcodes, p.log())
