@@ -281,7 +281,7 @@ class Forwarder:
                 break
             up.stats.requests += 1
             try:
-                data = await self._try(up, template, expect, tcp, min(self.config.timeout, remaining))
+                data = await self._try(up, template, expect, tcp, min(self.config.timeout, remaining), deadline)
                 msg = decode_response(data)
             except (TransportError, ValueError) as e:
                 up.stats.failures += 1
@@ -307,7 +307,15 @@ class Forwarder:
             )
         return up.stream
 
-    def _try(self, up: _Upstream, template: bytes, expect: Expect, tcp: bool, timeout: float) -> defer.Deferred:
+    def _try(
+        self, up: _Upstream, template: bytes, expect: Expect, tcp: bool, timeout: float, deadline: float | None = None
+    ) -> defer.Deferred:
+        """One try at ``up``: the raw answer, or a TransportError.
+
+        ``deadline`` (reactor time) ends the request's overall budget: a TCP retry after a
+        truncated UDP answer gets only the time left until then (and at most one per-try
+        timeout), not a fresh ``timeout`` of its own, so the try cannot outlast the request.
+        """
         cfg = self.config
         if up.spec.tls or cfg.force_tcp or (tcp and not cfg.prefer_udp):
             return self._stream(up).query(template, expect, timeout)
@@ -322,7 +330,10 @@ class Forwarder:
                 f.trap(TransportError)
                 return data
 
-            return self._stream(up).query(template, expect, timeout).addErrback(tcp_failed)
+            left = timeout if deadline is None else min(timeout, deadline - self._reactor.seconds())
+            if left <= 0.001:
+                return data  # no budget left for TCP: relay the truncated answer
+            return self._stream(up).query(template, expect, left).addErrback(tcp_failed)
 
         return d.addCallback(maybe_tcp)
 
