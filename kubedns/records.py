@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from twisted.names import dns
 
 from kubedns.config import KubernetesConfig
-from kubedns.k8s.store import Store, endpoint_host
+from kubedns.k8s.store import Store, endpoint_host, endpoint_published
 
 __all__ = ["Answer", "ClusterZones", "SCHEMA_VERSION"]
 
@@ -221,7 +221,7 @@ class ClusterZones:
         out = []
         seen = set()
         for ep, sl in self.store.endpoints(svc.namespace, svc.name):
-            if not (ep.ready or svc.publish_not_ready):
+            if not endpoint_published(ep, svc):  # the rule Store.reverse applies to PTRs
                 continue
             for ip in ep.addresses:
                 host = endpoint_host(ep, ip)

@@ -58,6 +58,10 @@ def _fill(store: Store, pods: bool = True) -> None:
             ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
         ),
     ]
+    # a slice whose Service does not exist: no forward name, so no PTR either
+    slices.append(fakeapi.endpointslice(
+        "ghost-1", "testns", "ghost", endpoints=[{"addresses": ["10.244.9.9"], "hostname": "ghost-0"}],
+    ))
     # no kubernetes.io/service-name label: belongs to no Service, invisible to DNS; one of its
     # IPs is db-0's, whose PTR must not change
     orphan = fakeapi.endpointslice(
@@ -131,6 +135,10 @@ TABLE = [
     ("1.1.244.10.in-addr.arpa", dns.PTR, OK, ["1.1.244.10.in-addr.arpa PTR db-0.db.testns.svc.cluster.local"]),
     ("9.9.9.10.in-addr.arpa", dns.PTR, NX, []),
     ("8.8.244.10.in-addr.arpa", dns.PTR, NX, []),  # only in a slice without a service name
+    ("3.1.244.10.in-addr.arpa", dns.PTR, NX, []),  # not ready: no PTR (2.4.3), as no A
+    ("1.2.244.10.in-addr.arpa", dns.PTR, OK, ["1.2.244.10.in-addr.arpa PTR 10-244-2-1.notready.testns.svc.cluster.local"]),
+    ("9.9.244.10.in-addr.arpa", dns.PTR, NX, []),  # a slice of a Service that does not exist
+    ("ghost-0.ghost.testns.svc.cluster.local", dns.A, NX, []),
     (".".join(reversed("fd00000000000000000000000000" "0200")) + ".ip6.arpa", dns.PTR, OK,
      [".".join(reversed("fd000000000000000000000000000200")) + ".ip6.arpa PTR dual.default.svc.cluster.local"]),
     # pods (2.6)

@@ -228,11 +228,16 @@ class Model:
             v["svc", s.namespace, s.name] = s
             for ip in s.cluster_ips:
                 ptr[ip].append(("svc", s.namespace, s.name))
+        services = {(s.namespace, s.name): s for s in self.visible["services"].values()}
         for sl in self.visible["endpointslices"].values():
             if not sl.service:
                 continue  # no kubernetes.io/service-name label: invisible to DNS
+            owner = services.get((sl.namespace, sl.service))
             for ep in sl.endpoints:
                 eps.setdefault((sl.namespace, sl.service), []).append((sl.name, ep))
+                # a PTR names an endpoint only if its Service exists and publishes it (spec 2.4.3)
+                if owner is None or not (ep.ready or owner.publish_not_ready):
+                    continue
                 for ip in dict.fromkeys(ep.addresses):  # one entry per endpoint holding the IP
                     ptr[ip].append(("ep", sl.namespace, sl.service, ep.hostname or _dashed(ip)))
         for key, ips in self.visible["pods"].items():
@@ -556,6 +561,8 @@ def test_same_pod_ip_in_two_namespaces_and_twice_in_one() -> None:
 
 def test_slice_moving_between_services() -> None:
     store = Store()
+    store.upsert("services", *_svc("old", headless=True))
+    store.upsert("services", *_svc("new", headless=True))
     store.upsert("endpointslices", *_slice("s", "default", "old", "10.1.0.1"))
     store.upsert("endpointslices", *_slice("t", "default", "old", "10.1.0.2"))
     assert store.reverse("10.1.0.1") == [("ep", "default", "old", "10-1-0-1")]
@@ -567,6 +574,8 @@ def test_slice_moving_between_services() -> None:
 
 def test_slice_without_service_name_is_invisible() -> None:
     store = Store()
+    store.upsert("services", *_svc("web", headless=True))
+    store.upsert("services", *_svc("x", headless=True))
     store.upsert("endpointslices", *_slice("web-1", "default", "web", "10.1.0.1"))
     raw = fakeapi.endpointslice(
         "orphan", "default", "x", endpoints=[{"addresses": ["10.1.0.1"]}, {"addresses": ["10.1.0.9"]}]
@@ -592,6 +601,7 @@ def test_reverse_with_several_owners_of_one_ip() -> None:
     store = Store()
     store.upsert("services", *_svc("web", cluster_ips=["10.0.0.5", "fd00::5"]))
     store.upsert("services", *_svc("web", "other", cluster_ip="10.0.0.5"))
+    store.upsert("services", *_svc("db", headless=True))
     raw = fakeapi.endpointslice(
         "s", "default", "db", endpoints=[{"addresses": ["10.0.0.5"], "hostname": "DB-0"}, {"addresses": ["10.0.0.5"]}]
     )
@@ -608,6 +618,24 @@ def test_reverse_with_several_owners_of_one_ip() -> None:
     assert store.reverse("fd00::5") == []
     store.delete("endpointslices", "default/s")
     assert store.reverse("10.0.0.5") == [("svc", "other", "web")]
+
+
+def test_reverse_names_only_published_endpoints() -> None:
+    store = Store()
+    raw = fakeapi.endpointslice(
+        "s", "default", "db",
+        endpoints=[{"addresses": ["10.1.0.1"], "ready": True}, {"addresses": ["10.1.0.2"], "ready": False}],
+    )
+    store.upsert("endpointslices", *objects.endpointslice_from_raw(raw))
+    # no Service: <host>.db.default.svc does not resolve, so no PTR names it
+    assert store.reverse("10.1.0.1") == [] and store.reverse("10.1.0.2") == []
+    store.upsert("services", *_svc("db", headless=True))
+    assert store.reverse("10.1.0.1") == [("ep", "default", "db", "10-1-0-1")]
+    assert store.reverse("10.1.0.2") == []  # not ready (spec 2.4.3)
+    store.upsert("services", *_svc("db", headless=True, publish_not_ready=True))
+    assert store.reverse("10.1.0.2") == [("ep", "default", "db", "10-1-0-2")]
+    store.delete("services", "default/db")
+    assert store.reverse("10.1.0.1") == [] and store.reverse("10.1.0.2") == []
 
 
 def test_namespace_exists_via_object_or_service() -> None:

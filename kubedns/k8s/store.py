@@ -216,14 +216,22 @@ class Store:
                 yield ep, sl
 
     def reverse(self, ip: str) -> list[tuple[str, ...]]:
-        """``("svc", ns, name)`` and ``("ep", ns, service, host)`` entries for ``ip``."""
+        """``("svc", ns, name)`` and ``("ep", ns, service, host)`` entries for ``ip``: what its PTR names.
+
+        An endpoint is named only when the forward lookup of that name answers ``ip``: its
+        Service exists and publishes it (:func:`endpoint_published`, spec 2.4.3: PTR only for
+        ready endpoints, unless the Service has publishNotReadyAddresses).
+        """
         out: list[tuple[str, ...]] = []
         for owner in _multi_values(self._reverse.get(ip)):
             if type(owner) is Service:
                 out.append(("svc", owner.namespace, owner.name))
                 continue
+            svc = self.service(owner.namespace, owner.service)
+            if svc is None:
+                continue
             for ep in owner.endpoints:
-                if ip in ep.addresses:
+                if ip in ep.addresses and endpoint_published(ep, svc):
                     out.append(("ep", owner.namespace, owner.service, endpoint_host(ep, ip)))
         return out
 
@@ -235,6 +243,11 @@ class Store:
 
     def namespaces(self) -> Iterator[Namespace]:
         return iter(self._objects["namespaces"].values())
+
+
+def endpoint_published(ep: Endpoint, svc: Service) -> bool:
+    """True if DNS names ``ep`` of ``svc``, forward and reverse: ready, or publishNotReadyAddresses."""
+    return ep.ready or svc.publish_not_ready
 
 
 def endpoint_host(ep: Endpoint, ip: str) -> str:
