@@ -681,6 +681,13 @@ def test_cache_parsing() -> None:
     assert (c.serve_stale, c.serve_stale_mode) == (3600.0, "immediate")
 
 
+def test_cache_servfail_is_capped_at_five_seconds() -> None:
+    assert parse_cache(node({"servfail": "5s"}, "cache")).servfail_ttl == 5.0
+    assert parse_cache(node({"servfail": 0}, "cache")).servfail_ttl == 0.0
+    with pytest.raises(ConfigError, match=r"corefile\.yaml: cache\.servfail: expected .*at most 5s.*, got 60"):
+        parse_cache(node({"servfail": 60}, "cache"))
+
+
 @pytest.mark.parametrize(
     ("value", "key", "expected"),
     [
@@ -693,7 +700,9 @@ def test_cache_parsing() -> None:
         ({"prefetch": "often"}, "cache.prefetch", "a number of queries"),
         ({"serve_stale": "later"}, "cache.serve_stale", "a duration"),
         ({"serve_stale": {"refresh_mode": "eager"}}, "cache.serve_stale.refresh_mode", "verified | immediate"),
-        ({"servfail": "10m"}, "cache.servfail", "at most 300s"),
+        ({"servfail": "10m"}, "cache.servfail", "at most 5s"),
+        ({"servfail": 60}, "cache.servfail", "at most 5s"),
+        ({"servfail": "6s"}, "cache.servfail", "SERVFAIL answers are cached 5 s at most"),
         ({"capacity": 5}, "cache.capacity", "one of the keys"),
     ],
 )

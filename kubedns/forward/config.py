@@ -206,6 +206,25 @@ def _parse_stale(node: Node) -> tuple[float, str]:
     return node.duration(0.001), "verified"
 
 
+MAX_SERVFAIL_TTL = 5.0
+
+
+def _parse_servfail(node: Node) -> float:
+    """How long an upstream SERVFAIL is cached: 0 (never) up to 5 s.
+
+    CoreDNS's ``servfail`` defaults to 5 s and accepts up to 5 minutes; here 5 s is the most, so
+    that a transient upstream failure is not pinned on clients (the README promises "SERVFAIL
+    cached 5 s at most").
+    """
+    secs = node.duration(0)
+    if secs > MAX_SERVFAIL_TTL:
+        raise node.error(
+            f"a duration from 0s to at most {MAX_SERVFAIL_TTL:g}s "
+            "(SERVFAIL answers are cached 5 s at most; 0 turns caching them off)"
+        )
+    return secs
+
+
 def parse_cache(node: Node) -> CacheConfig:
     """Read a ``cache`` section: a mapping, or ``cache: 30`` meaning ``{ttl: 30}``."""
     if isinstance(node.value, int) and not isinstance(node.value, bool):
@@ -225,7 +244,7 @@ def parse_cache(node: Node) -> CacheConfig:
         ttl=ttl,
         min_ttl=min_ttl,
         denial_ttl=denial_ttl,
-        servfail_ttl=node.get("servfail", d.servfail_ttl).duration(0, 300),
+        servfail_ttl=_parse_servfail(node.get("servfail", d.servfail_ttl)),
         size=node.get("size", d.size).integer(1, 10_000_000),
         prefetch_amount=amount,
         prefetch_duration=duration,
