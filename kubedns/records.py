@@ -286,18 +286,33 @@ class ClusterZones:
                 answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, svc_name, self.ttl)))
             additional = self._glue(svc_name, svc.cluster_ips)
             return Answer(answers=answers, additional=additional)
-        eps = self._ready_endpoints(svc)
-        if not eps:
-            return self._negative(zone, NXDOMAIN)
-        targets: dict[str, list[str]] = {}
-        for host, ip, _ in eps:
-            targets.setdefault(f"{host}.{svc_name}", []).append(ip)
+        # Headless: a slice's ports pair with that slice's endpoints only (as CoreDNS), never with
+        # another slice's.  Ports from the Service itself (no slice has any) pair with all.
+        by_slice: dict[int | None, list[int]] = {}
+        for p, sl in ports:
+            by_slice.setdefault(None if sl is None else id(sl), []).append(p.port)
+        fallback = by_slice.get(None, [])
+        pairs: dict[tuple[int, str], None] = {}  # (port, target), identical records once
+        targets: dict[str, dict[str, None]] = {}  # target → its IPs, for the additional section
+        for ep, sl in self.store.endpoints(svc.namespace, svc.name):
+            if not endpoint_published(ep, svc):
+                continue
+            pnums = by_slice.get(id(sl), fallback)
+            if not pnums:
+                continue
+            for ip in ep.addresses:
+                target = f"{endpoint_host(ep, ip)}.{svc_name}"
+                for pnum in pnums:
+                    pairs[(pnum, target)] = None
+                targets.setdefault(target, {})[ip] = None
+        if not pairs:
+            return self._negative(zone, NXDOMAIN)  # no published endpoint has such a port
         weight = max(1, 100 // len(targets))
-        for pnum in dict.fromkeys(p.port for p, _ in ports):
-            for target in targets:
-                answers.append(self._rr(qname, dns.Record_SRV(0, weight, pnum, target, self.ttl)))
+        order = {pnum: i for i, pnum in enumerate(dict.fromkeys(p.port for p, _ in ports))}
+        for pnum, target in sorted(pairs, key=lambda pair: order[pair[0]]):  # port-major, stable
+            answers.append(self._rr(qname, dns.Record_SRV(0, weight, pnum, target, self.ttl)))
         for target, ips in targets.items():
-            additional.extend(self._glue(target, ips))
+            additional.extend(self._glue(target, list(ips)))
         return Answer(answers=answers, additional=additional)
 
     # -- <ip>.<ns>.pod.<zone> -------------------------------------------------------------------

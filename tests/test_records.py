@@ -35,6 +35,7 @@ def _fill(store: Store, pods: bool = True) -> None:
         fakeapi.service("empty", "testns", headless=True),
         fakeapi.service("notready", "testns", headless=True, publish_not_ready=True),
         fakeapi.service("ext", "testns", type="ExternalName", external_name="www.example.com"),
+        fakeapi.service("split", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
     ]
     for s in svcs:
         store.upsert("services", *objects.service_from_raw(s))
@@ -56,6 +57,27 @@ def _fill(store: Store, pods: bool = True) -> None:
             "nginx-1", "default", "nginx",
             endpoints=[{"addresses": ["10.244.0.5"], "ready": True}],
             ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
+        ),
+    ]
+    # one headless Service, slices with other ports: each slice's ports go with its own endpoints
+    http = {"name": "http", "protocol": "TCP"}
+    slices += [
+        fakeapi.endpointslice(
+            "split-a", "testns", "split", endpoints=[{"addresses": ["10.244.3.1"]}], ports=[{**http, "port": 80}],
+        ),
+        fakeapi.endpointslice(
+            "split-b", "testns", "split",
+            endpoints=[{"addresses": ["10.244.3.2"]}, {"addresses": ["10.244.3.3"], "ready": False}],
+            ports=[{**http, "port": 8080}],
+        ),
+        # split-a's endpoint and port again (as while an endpoint moves between slices): one record
+        fakeapi.endpointslice(
+            "split-c", "testns", "split", endpoints=[{"addresses": ["10.244.3.1"]}], ports=[{**http, "port": 80}],
+        ),
+        # no _http port here: 10.244.3.4 is no _http target, nor in its additional section
+        fakeapi.endpointslice(
+            "split-d", "testns", "split", endpoints=[{"addresses": ["10.244.3.4"]}],
+            ports=[{"name": "metrics", "port": 9090, "protocol": "TCP"}],
         ),
     ]
     # a slice whose Service does not exist: no forward name, so no PTR either
@@ -125,6 +147,18 @@ TABLE = [
         "_pg._tcp.db.testns.svc.cluster.local SRV 0 50 5432 db-0.db.testns.svc.cluster.local",
         "_pg._tcp.db.testns.svc.cluster.local SRV 0 50 5432 10-244-1-2.db.testns.svc.cluster.local",
     ]),
+    ("_http._tcp.split.testns.svc.cluster.local", dns.SRV, OK, [
+        "_http._tcp.split.testns.svc.cluster.local SRV 0 50 80 10-244-3-1.split.testns.svc.cluster.local",
+        "_http._tcp.split.testns.svc.cluster.local SRV 0 50 8080 10-244-3-2.split.testns.svc.cluster.local",
+    ]),
+    ("split.testns.svc.cluster.local", dns.SRV, OK, [
+        "split.testns.svc.cluster.local SRV 0 33 80 10-244-3-1.split.testns.svc.cluster.local",
+        "split.testns.svc.cluster.local SRV 0 33 8080 10-244-3-2.split.testns.svc.cluster.local",
+        "split.testns.svc.cluster.local SRV 0 33 9090 10-244-3-4.split.testns.svc.cluster.local",
+    ]),
+    ("_metrics._tcp.split.testns.svc.cluster.local", dns.SRV, OK, [
+        "_metrics._tcp.split.testns.svc.cluster.local SRV 0 100 9090 10-244-3-4.split.testns.svc.cluster.local",
+    ]),
     ("empty.testns.svc.cluster.local", dns.A, NX, []),  # no ready endpoints → NXDOMAIN (spec 2.4.1)
     ("notready.testns.svc.cluster.local", dns.A, OK, ["notready.testns.svc.cluster.local A 10.244.2.1"]),
     # ExternalName (spec 2.5)
@@ -182,6 +216,14 @@ def test_srv_additional_records_carry_targets() -> None:
     assert sorted(_text(rr) for rr in ans.additional) == [
         "10-244-1-2.db.testns.svc.cluster.local A 10.244.1.2",
         "db-0.db.testns.svc.cluster.local A 10.244.1.1",
+    ]
+
+
+def test_headless_srv_pairs_ports_per_slice() -> None:
+    _, ans = _zones().answer(b"_http._tcp.split.testns.svc.cluster.local", dns.SRV)
+    assert [_text(rr) for rr in ans.additional] == [
+        "10-244-3-1.split.testns.svc.cluster.local A 10.244.3.1",
+        "10-244-3-2.split.testns.svc.cluster.local A 10.244.3.2",
     ]
 
 
