@@ -4,7 +4,10 @@
 ``prometheus``, ``log`` and ``errors`` keys of every server block into an :class:`Ops` service
 (a child of the :class:`~kubedns.service.KubeDNS` it serves), which owns the HTTP listeners and
 the Dispatcher observers, and exposes :meth:`Ops.set_lameduck` (SIGTERM),
-:meth:`Ops.record_reload_failure` and :meth:`Ops.refresh` (after a reload).
+:meth:`Ops.record_reload_failure`, :meth:`Ops.prepare` (a reload, before it commits: bind the
+HTTP addresses it adds, or reject it) and :meth:`Ops.refresh` (after it commits).  A reload that
+moves an endpoint to a port that cannot be bound is thus rejected as a whole, and the old
+listeners keep serving; they close only once the new ones listen.
 
 Semantics (CoreDNS's *health* and *ready* plugins, with one deliberate difference):
 
@@ -34,9 +37,13 @@ from twisted.web import pages, resource, server
 
 from kubedns.configbase import Address
 
-__all__ = ["Ops", "Readiness", "build_ops"]
+__all__ = ["HTTPBindError", "Ops", "Readiness", "build_ops"]
 
 log = Logger(namespace="kubedns.ops")
+
+
+class HTTPBindError(Exception):
+    """A reload names an HTTP address (health, ready, prometheus) that cannot be listened on."""
 
 
 def _interface(host: str) -> str:
@@ -138,6 +145,8 @@ class Ops(service.MultiService):
         self.metrics: Any = None  # kubedns.metrics.Metrics once any block has prometheus
         self._roots: dict[Address, resource.Resource] = {}
         self._ports: dict[Address, service.Service] = {}
+        #: listeners bound by prepare() for a reload not committed yet
+        self._pending: dict[Address, tuple[resource.Resource, service.Service]] = {}
         self._loggers: dict[int, tuple[Any, Any, Any]] = {}  # id(dispatcher) → (dispatcher, QueryLog, ErrorLog)
         self._fast_off: dict[int, Any] = {}
         self.refresh()
@@ -198,14 +207,52 @@ class Ops(service.MultiService):
         assert self.metrics is not None
         return self.metrics.resource()
 
+    def prepare(self, config: Any) -> None:
+        """Before a reload commits: listen on every HTTP address ``config`` adds, or raise.
+
+        Raises :class:`HTTPBindError` (having closed what it opened) when an address cannot be
+        bound, so the reload is rejected as a whole and the running listeners keep serving.  The
+        new listeners serve nothing until :meth:`refresh` (after the commit) fills them in and
+        closes the listeners the new config no longer names; :meth:`abort` closes them if the
+        reload fails later.  Before the service runs nothing is bound (``startService`` does).
+        """
+        self.abort()
+        pending: dict[Address, tuple[resource.Resource, service.Service]] = {}
+        try:
+            for addr, paths in self._wanted(config).items():
+                if addr in self._ports:
+                    continue
+                root = _Root()
+                port = internet.TCPServer(addr.port, _QuietSite(root), interface=_interface(addr.host))
+                pending[addr] = (root, port)
+                try:
+                    port.setServiceParent(self)  # listens now if we are running
+                except Exception as e:
+                    raise HTTPBindError(f"cannot listen for {_paths(paths)} on {addr}: {e}") from e
+        except Exception:
+            for _, port in pending.values():
+                if port.parent is not None:
+                    port.disownServiceParent()
+            raise
+        self._pending = pending
+
+    def abort(self) -> None:
+        """Close the listeners a :meth:`prepare` opened for a reload that did not commit."""
+        pending, self._pending = self._pending, {}
+        for _, port in pending.values():
+            if port.parent is not None:
+                port.disownServiceParent()
+
     def _refresh_http(self, config: Any) -> None:
         want = self._wanted(config)
-        for addr in [a for a in self._ports if a not in want]:
-            self._ports.pop(addr).disownServiceParent()
-            del self._roots[addr]
+        pending, self._pending = self._pending, {}
         for addr, paths in want.items():
             root = self._roots.get(addr)
-            if root is None:
+            if root is None and addr in pending:
+                root, port = pending.pop(addr)  # bound by prepare() before the commit
+                self._roots[addr], self._ports[addr] = root, port
+            elif root is None:
+                # not prepared (first build, before anything listens): bound by startService
                 root = _Root()
                 port = internet.TCPServer(addr.port, _QuietSite(root), interface=_interface(addr.host))
                 try:
@@ -221,6 +268,13 @@ class Ops(service.MultiService):
             for p in paths:
                 if p not in root.children:
                     root.putChild(p, self._child(p))
+        # only now, with the new listeners serving, close those the config no longer names
+        for _, port in pending.values():
+            if port.parent is not None:
+                port.disownServiceParent()
+        for addr in [a for a in self._ports if a not in want]:
+            self._ports.pop(addr).disownServiceParent()
+            del self._roots[addr]
 
     def addresses(self) -> dict[str, int]:
         """``host:port`` asked for → port actually bound (differs when the config says port 0)."""

@@ -6,7 +6,9 @@ block with ``forward`` its forward chain, and for each distinct listen address a
 listener sharing one :class:`~kubedns.server.Dispatcher`.  Tests and twistd both go through here.
 
 Reload (SIGHUP, or the ``reload`` key's periodic check) parses the file again; an invalid file is
-logged and counted and the running config keeps serving.  A valid one is applied piece by piece:
+logged and counted and the running config keeps serving.  So is a valid one that cannot be
+applied: every new listening address (DNS, and HTTP for health/ready/prometheus) is bound before
+anything is committed, and a bind failure rejects the whole reload.  A valid one is applied piece by piece:
 parts whose config is unchanged (a store and its watch, a forward chain, a listening socket) are
 kept as they are, so a reload neither relists the cluster nor closes a socket it does not have
 to, and queries keep being answered throughout: dispatchers get their new blocks in one
@@ -287,6 +289,8 @@ class KubeDNS(service.MultiService):
             for addr, bs in wanted.items():
                 if addr not in self._listeners:
                     added.append(self._add_listener(addr, [blocks[b.index] for b in bs]))
+            if self.ops is not None:
+                self.ops.prepare(new)  # new HTTP listeners (health, ready, metrics), bound or raise
         except Exception:
             for lst in added:
                 self._drop_listener(lst.addr)
@@ -299,7 +303,9 @@ class KubeDNS(service.MultiService):
             self._drop_listener(addr)
         self.config = new
         if self.ops is not None:
-            self.ops.refresh()  # observers for new listeners; log/errors/HTTP follow the new config
+            # observers for new listeners; log/errors follow the new config; the HTTP listeners
+            # prepared above start serving, and those the new config no longer names close
+            self.ops.refresh()
 
     def _drop_listener(self, addr: Address) -> None:
         lst = self._listeners.pop(addr)

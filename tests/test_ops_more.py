@@ -1,0 +1,100 @@
+"""More operations tests against the real ``twistd kubedns`` process: reloads that touch the HTTP
+endpoints or the ``reload`` key itself, a bad file under periodic reload, the process metrics and
+the JSON query log on stdout.
+
+Everything listens and is asked on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import dns.rcode
+import pytest
+
+from tests.conftest import free_port, query
+from tests.test_lifecycle import OBJS, _config, _http, _manifests, _wait
+from tests.test_ops import metric
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _ttl(port: int) -> int | None:
+    try:
+        r = query(port, "nginx.default.svc.cluster.local", timeout=0.5)
+    except Exception:
+        return None
+    return r.answer[0].ttl if r.rcode() == dns.rcode.NOERROR and r.answer else None
+
+
+def _get(port: int, path: str) -> tuple[int, str] | None:
+    """(status, body), or None when nothing listens there."""
+    try:
+        return _http(port, path)
+    except OSError:
+        return None
+
+
+def _scrape(port: int) -> str:
+    got = _get(port, "/metrics")
+    assert got is not None and got[0] == 200, got
+    return got[1]
+
+
+def _busy_tcp_port() -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (its port cannot be bound by anyone else)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+# -- reload and the HTTP endpoints --------------------------------------------------------------
+
+
+def test_reload_moving_health_to_a_busy_port_is_rejected_as_a_whole(kubedns_process: Any, tmp_path: Path) -> None:
+    port, hport, rport, mport = free_port(), free_port(), free_port(), free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+
+    def cfg(ttl: int, health: int, prom: int, port2: int | None = None) -> dict:
+        return _config(port, m, ttl=ttl, port2=port2, extra={
+            "health": {"listen": f"127.0.0.1:{health}", "lameduck": 0},
+            "ready": f"127.0.0.1:{rport}", "prometheus": f"127.0.0.1:{prom}"})
+
+    p = kubedns_process(cfg(5, hport, mport))
+    p.wait_listening(port)
+    assert _wait(lambda: _get(hport, "/health") == (200, "OK")), p.log()
+    assert metric(_scrape(mport), "coredns_reload_failed_total") == 0
+    busy = _busy_tcp_port()
+    try:
+        # a DNS address is added, health and prometheus both move; health's new port is taken
+        port2 = free_port()
+        p.write_config(cfg(23, busy.getsockname()[1], free_port(), port2=port2))
+        p.signal(signal.SIGHUP)
+        assert _wait(lambda: "reload rejected" in p.log()), p.log()
+        line = next(ln for ln in p.log().splitlines() if "reload rejected" in ln)
+        assert f"127.0.0.1:{busy.getsockname()[1]}" in line and "/health" in line, line
+    finally:
+        busy.close()
+    assert _ttl(port) == 5 and _ttl(port2) is None  # the old config...
+    assert _get(hport, "/health") == (200, "OK")  # ...and its HTTP listeners keep serving
+    assert _get(rport, "/ready") == (200, "OK")
+    assert metric(_scrape(mport), "coredns_reload_failed_total") == 1
+    # a reload that can be applied moves the endpoints: new ports serve, old ones close
+    hport2, mport2 = free_port(), free_port()
+    p.write_config(cfg(9, hport2, mport2))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: _ttl(port) == 9), p.log()
+    assert _get(hport2, "/health") == (200, "OK")
+    assert "coredns_build_info" in _scrape(mport2)
+    assert _wait(lambda: _get(hport, "/health") is None and _get(mport, "/metrics") is None), p.log()
+    assert _get(rport, "/ready") == (200, "OK")
