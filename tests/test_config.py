@@ -66,3 +66,46 @@ def test_same_zone_twice_on_one_address_is_an_error() -> None:
 def test_reload_interval_minimum() -> None:
     with pytest.raises(ConfigError, match=r"reload.*at least 2s"):
         parse("servers:\n  - kubernetes: {}\n    reload: {interval: 1s}\n", "x.yaml")
+
+
+# -- cache TTLs are durations too (whole seconds) ------------------------------------------------
+
+
+def _cache(value: str) -> object:
+    text = f"servers:\n  - zones: ['.']\n    forward: {{to: ['127.0.0.1']}}\n    cache: {value}\n"
+    return parse(text, "x.yaml").servers[0].cache
+
+
+@pytest.mark.parametrize(
+    ("value", "ttl", "min_ttl", "denial_ttl"),
+    [
+        ("30", 30, 5, 30),
+        ('"30s"', 30, 5, 30),
+        ("'1m'", 60, 5, 60),
+        ('{ttl: "30s", min_ttl: "5s", denial_ttl: "1m"}', 30, 5, 60),
+        ('{ttl: "1h", min_ttl: 0, denial_ttl: "2000ms"}', 3600, 0, 2),
+        ("{ttl: 600.0}", 600, 5, 600),
+    ],
+)
+def test_cache_ttls_accept_durations(value: str, ttl: int, min_ttl: int, denial_ttl: int) -> None:
+    c = _cache(value)
+    assert (c.ttl, c.min_ttl, c.denial_ttl) == (ttl, min_ttl, denial_ttl)
+    assert all(type(v) is int for v in (c.ttl, c.min_ttl, c.denial_ttl))
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "expected"),
+    [
+        ('"500ms"', r"servers\[0\]\.cache\.ttl", "a whole number of seconds"),
+        ('{min_ttl: "1.5s"}', r"servers\[0\]\.cache\.min_ttl", "a whole number of seconds"),
+        ('{denial_ttl: "soon"}', r"servers\[0\]\.cache\.denial_ttl", "a whole number of seconds"),
+        ('{ttl: "8d"}', r"servers\[0\]\.cache\.ttl", "a whole number of seconds"),
+        ('{ttl: "200h"}', r"servers\[0\]\.cache\.ttl", "from 0 to 604800"),
+        ('{ttl: "10s", min_ttl: "20s"}', r"servers\[0\]\.cache\.min_ttl", "not above ttl"),
+        ('{servfail: "500ms"}', r"servers\[0\]\.cache\.servfail", "a whole number of seconds"),
+        ('"lots"', r"servers\[0\]\.cache", "a mapping"),
+    ],
+)
+def test_cache_ttl_errors_name_file_key_and_expectation(value: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=rf"x\.yaml: {key}: expected .*{expected}"):
+        _cache(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubedns.configbase import ConfigError, Node
+from kubedns.configbase import ConfigError, Node, parse_duration
 from kubedns.forward.upstream import UpstreamSpec, parse_upstream, read_resolv_conf
 
 __all__ = [
@@ -206,7 +206,27 @@ def _parse_stale(node: Node) -> tuple[float, str]:
     return node.duration(0.001), "verified"
 
 
-MAX_SERVFAIL_TTL = 5.0
+MAX_TTL = 7 * 86400
+MAX_SERVFAIL_TTL = 5
+
+
+def _ttl(node: Node, hi: int = MAX_TTL) -> int:
+    """A cache TTL: whole seconds, as a number (``30``) or a duration string (``"30s"``, ``"1m"``).
+
+    Durations anywhere in the config may be strings; TTLs go on the wire as whole seconds, so a
+    value with a fraction of a second (``"500ms"``, ``"1.5s"``) is rejected rather than rounded.
+    """
+    expect = f'a whole number of seconds from 0 to {hi}, as a number like 30 or a string like "30s", "5m", "1h"'
+    if isinstance(node.value, bool):
+        raise node.error(expect)
+    try:
+        secs = parse_duration(node.value)
+    except ValueError:
+        raise node.error(expect) from None
+    whole = round(secs)
+    if abs(secs - whole) > 1e-9 or not 0 <= whole <= hi:
+        raise node.error(expect)
+    return int(whole)
 
 
 def _parse_servfail(node: Node) -> float:
@@ -216,28 +236,39 @@ def _parse_servfail(node: Node) -> float:
     that a transient upstream failure is not pinned on clients (the README promises "SERVFAIL
     cached 5 s at most").
     """
-    secs = node.duration(0)
+    secs = _ttl(node)
     if secs > MAX_SERVFAIL_TTL:
         raise node.error(
-            f"a duration from 0s to at most {MAX_SERVFAIL_TTL:g}s "
+            f"a duration from 0s to at most {MAX_SERVFAIL_TTL}s "
             "(SERVFAIL answers are cached 5 s at most; 0 turns caching them off)"
         )
-    return secs
+    return float(secs)
 
 
 def parse_cache(node: Node) -> CacheConfig:
-    """Read a ``cache`` section: a mapping, or ``cache: 30`` meaning ``{ttl: 30}``."""
-    if isinstance(node.value, int) and not isinstance(node.value, bool):
-        node.value = {"ttl": node.value}
+    """Read a ``cache`` section: a mapping, or ``cache: 30`` / ``cache: "30s"`` meaning ``{ttl: 30}``.
+
+    ``ttl``, ``min_ttl``, ``denial_ttl`` and ``servfail`` take whole seconds, as a number or a
+    duration string like the rest of the config.
+    """
+    v = node.value
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        node.value = {"ttl": v}
+    elif isinstance(v, str):
+        try:
+            parse_duration(v)
+        except ValueError:
+            raise node.error('a mapping, or a TTL like 30 or "30s" (meaning {ttl: ...})') from None
+        node.value = {"ttl": v}
     node.mapping(_CACHE_KEYS)
     d = CacheConfig()
-    ttl = node.get("ttl", d.ttl).integer(0, 7 * 86400)
+    ttl = _ttl(node.get("ttl", d.ttl))
     min_node = node.get("min_ttl", min(d.min_ttl, ttl))
-    min_ttl = min_node.integer(0, 7 * 86400)
+    min_ttl = _ttl(min_node)
     if min_ttl > ttl:
-        raise min_node.error(f"a whole number not above ttl ({ttl})")
+        raise min_node.error(f"a whole number of seconds not above ttl ({ttl})")
     # As CoreDNS's `cache TTL`: the one cap applies to denials too unless they get their own.
-    denial_ttl = node.get("denial_ttl", min(d.denial_ttl, ttl)).integer(0, 7 * 86400)
+    denial_ttl = _ttl(node.get("denial_ttl", min(d.denial_ttl, ttl)))
     amount, duration, pct = _parse_prefetch(node.get("prefetch", None))
     stale, mode = _parse_stale(node.get("serve_stale", None))
     return CacheConfig(
