@@ -99,6 +99,15 @@ class ClusterZones:
         self._soa_cache[zone] = (key, built)
         return built
 
+    def _apex_soa(self, zone: str, qname: bytes) -> dns.RRHeader:
+        """The SOA as an answer: owned by ``qname`` as asked, so its case is echoed like every
+        other answer's.  (Negative answers carry :meth:`soa` in authority, owned by the zone's
+        own name, as CoreDNS does.)"""
+        soa = self.soa(zone)
+        if qname == soa.name.name:
+            return soa
+        return self._rr(qname, soa.payload)
+
     def _build_soa(self, zone: str) -> dns.RRHeader:
         payload = dns.Record_SOA(
             mname=f"ns.dns.{zone}" if zone else "ns.dns",
@@ -163,7 +172,7 @@ class ClusterZones:
         n = len(labels)
         if n == 0:
             if qtype == SOA:
-                return Answer(answers=[self.soa(zone)])
+                return Answer(answers=[self._apex_soa(zone, qname)])
             if qtype == NS:
                 target = f"ns.dns.{zone}"
                 ns_rr = self._rr(qname, dns.Record_NS(target, self.ttl))
@@ -339,7 +348,7 @@ class ClusterZones:
     def _reverse(self, zone: str, lname: str, qname: bytes, qtype: int) -> Answer:
         if lname == zone and qtype in (SOA, NS):
             if qtype == SOA:
-                return Answer(answers=[self.soa(zone)])
+                return Answer(answers=[self._apex_soa(zone, qname)])
             return Answer(answers=[self._rr(qname, dns.Record_NS(f"ns.dns.{self.primary}", self.ttl))])
         ip = _ip_from_reverse(lname)
         if ip is None:

@@ -188,6 +188,7 @@ TABLE = [
     # schema version, apex, namespaces
     ("dns-version.cluster.local", dns.TXT, OK, ["dns-version.cluster.local TXT 1.1.0"]),
     ("cluster.local", dns.NS, OK, ["cluster.local NS ns.dns.cluster.local"]),
+    ("CLUSTER.Local", dns.SOA, OK, ["CLUSTER.Local SOA"]),
     ("cluster.local", dns.A, OK, []),
     ("ns.dns.cluster.local", dns.A, OK, ["ns.dns.cluster.local A 10.96.0.10"]),
     ("default.svc.cluster.local", dns.A, OK, []),
@@ -230,6 +231,17 @@ def test_headless_srv_pairs_ports_per_slice() -> None:
 def test_owner_name_echoes_query_case() -> None:
     _, ans = _zones().answer(b"NGINX.Default.svc.Cluster.Local", dns.A)
     assert ans.answers[0].name.name == b"NGINX.Default.svc.Cluster.Local"
+
+
+@pytest.mark.parametrize("qname", [b"CLUSTER.Local", b"cluster.local", b"10.IN-ADDR.arpa"])
+def test_apex_soa_owner_echoes_query_case(qname: bytes) -> None:
+    zones = _zones(zones=("cluster.local", "10.in-addr.arpa"))
+    zone, ans = zones.answer(qname, dns.SOA)
+    assert [rr.name.name for rr in ans.answers] == [qname]
+    assert ans.answers[0].payload is zones.soa(zone).payload
+    # the authority SOA of a negative keeps the zone's own name
+    _, neg = zones.answer(qname, dns.A)
+    assert [rr.name.name for rr in neg.authority] == [zone.encode()]
 
 
 def test_name_outside_zones_is_not_ours() -> None:
