@@ -49,6 +49,7 @@ __all__ = ["Block", "Dispatcher", "DNSDatagramProtocol", "DNSStreamFactory", "Qu
 log = Logger()
 
 FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = dns.EFORMAT, dns.ESERVER, dns.ENAME, dns.ENOTIMP, dns.EREFUSED
+_UNSEEN = object()  # not yet in FastCache.computed (None there means "not our name")
 
 
 @dataclass(slots=True)
@@ -178,7 +179,18 @@ class Dispatcher:
             return self._finish(req, Answer(rcode=SERVFAIL, authoritative=False), "")
         fell: tuple[str, Answer] | None = None
         if block.clusters is not None:
-            res = block.clusters.answer(qname, q.qtype, lname) if q.qclass in (dns.IN, dns.ANY) else None
+            res = None
+            if q.qclass in (dns.IN, dns.ANY):
+                # computed answers are kept until the store changes (cleared with the fast cache)
+                memo = self.fast.computed
+                mkey = (block.clusters, qname, q.qtype)
+                res = memo.get(mkey, _UNSEEN)
+                if res is _UNSEEN:
+                    res = block.clusters.answer(qname, q.qtype, lname)
+                    if res is None or res[1].rcode != SERVFAIL:  # SERVFAIL: not synced, ask again
+                        if len(memo) >= FastCache.max_computed:
+                            memo.clear()
+                        memo[mkey] = res
             if res is not None:
                 zone, ans = res
                 if not block.clusters.falls_through(zone, ans):
@@ -204,6 +216,9 @@ class Dispatcher:
         appended after the CNAME, with the upstream's rcode.  Without forward the CNAME alone is
         returned.
         """
+        if depth == 0:  # ``ans`` may be a kept computed answer: extend a copy
+            ans = Answer(rcode=ans.rcode, answers=list(ans.answers), authority=list(ans.authority),
+                         additional=list(ans.additional), authoritative=ans.authoritative)
         target = ans.answers[-1].payload.name.name
         clusters = block.clusters
         q = req.q
@@ -393,7 +408,8 @@ class Aging:
 
 
 class FastCache:
-    """Pre-encoded UDP answers keyed by the query's bytes after the ID.
+    """Pre-encoded UDP answers keyed by the query's bytes after the ID (and, for the normal path,
+    the cluster answers computed from the store: all of it is dropped when a store changes).
 
     The key is everything after the 2-byte ID: flags (RD, CD...), counts, the question with the
     client's exact name case, and the OPT record (payload size, DO bit, options).  Equal keys
@@ -411,6 +427,8 @@ class FastCache:
     max_bytes = 64 << 20
     #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
     max_forwarded_answer = 4096
+    #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation.
+    max_computed = 20000
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -418,6 +436,9 @@ class FastCache:
         #: keys of forwarded (aging) entries, oldest first; bounded by the block cache's ``size``
         self.forwarded: dict[bytes, None] = {}
         self.bytes = 0
+        #: ``(ClusterZones, qname, qtype) → (zone, Answer) | None``: what the store answered, kept
+        #: for the normal path until the store changes; filled even when the fast path is off
+        self.computed: dict[tuple[Any, bytes, int], Any] = {}
         #: hits of dropped entries, by the QueryInfo fields metrics label on
         self.retired: dict[tuple[Any, ...], int] = {}
 
@@ -474,6 +495,7 @@ class FastCache:
 
     def clear(self) -> None:
         """Drop every entry (in place: protocols hold a reference to the dict)."""
+        self.computed.clear()
         if not self.entries:
             return
         for e in self.entries.values():

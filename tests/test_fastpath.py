@@ -251,3 +251,45 @@ def test_forward_failure_reason_reaches_observers() -> None:
     proto.datagramReceived(_wire("example.org", 1, 1), ("127.0.0.1", 5000))
     assert dns.message.from_wire(proto.transport.socket.sent[-1][0]).rcode() == 2
     assert seen[-1].rcode == 2 and "127.0.0.9:53: timeout after 2s" in seen[-1].error
+
+
+def test_normal_path_keeps_computed_answers_only_until_the_store_changes() -> None:
+    """With the fast path off (as for TCP), computed answers are reused, then dropped on change."""
+    disp, proto, tr, store = _setup()
+    disp.fast.enabled = False
+    name = "nginx.default.svc.cluster.local"
+    proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
+    assert disp.fast.computed and not disp.fast.entries
+    first = tr.socket.sent[-1][0]
+    proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
+    assert tr.socket.sent[-1][0] == first
+    store.upsert("services", *objects.service_from_raw(fakeapi.service("nginx", "default", cluster_ip="10.96.5.5")))
+    assert not disp.fast.computed
+    proto.datagramReceived(_wire(name, 1, 2), ("127.0.0.1", 5000))
+    assert dns.message.from_wire(tr.socket.sent[-1][0]).answer[0][0].address == "10.96.5.5"
+
+
+def test_cname_chase_does_not_change_the_kept_answer() -> None:
+    """Chasing an ExternalName extends a copy: asking twice gives the same bytes, not a longer chain."""
+    from twisted.internet import defer
+    from twisted.names import dns as tdns
+
+    disp, proto, tr, store = _setup()
+    disp.fast.enabled = False
+
+    class _Chain:
+        def handles(self, name: bytes) -> bool:
+            return True
+
+        def resolve(self, query: Any, tcp: bool = False) -> Any:
+            m = tdns.Message(answer=1)
+            m.answers = [tdns.RRHeader(query.queries[0].name.name, tdns.A, ttl=60,
+                                       payload=tdns.Record_A("192.0.2.9", 60))]
+            return defer.succeed(m)
+
+    disp.blocks[0].chain = _Chain()
+    name = "ext.testns.svc.cluster.local"
+    proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
+    proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
+    a, b = (dns.message.from_wire(x[0]) for x in tr.socket.sent[-2:])
+    assert a == b and len(a.answer) == 2  # CNAME + the chased A, once
