@@ -15,6 +15,10 @@ What is cached (as CoreDNS): NOERROR answers (TTL = smallest RR TTL, capped at `
 ``min_ttl``); NXDOMAIN and NODATA only when the authority section carries an SOA (RFC 2308: TTL =
 min(SOA TTL, SOA MINIMUM), capped at ``denial_ttl``); SERVFAIL from an upstream for
 ``servfail_ttl`` (5 s).  Truncated answers and other rcodes are not cached.
+
+A SERVFAIL never replaces a good (positive or negative) entry that is still fresh or, with
+``serve_stale``, still inside the stale window: the good answer is what serve_stale exists to
+keep.  SERVFAIL entries themselves are never served stale.
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ class Cache:
         now = self._reactor.seconds()
         age = now - e.stored
         if age >= e.ttl or age < -1.0:  # expired (or the clock jumped back: don't trust the entry)
-            if not self.config.serve_stale or age >= e.ttl + self.config.serve_stale or age < -1.0:
+            if not self._stale_usable(e, age):
                 del self._entries[key]
             self.misses += 1
             return None
@@ -141,18 +145,25 @@ class Cache:
         return self._message(e, remaining), self._should_prefetch(e, now, remaining)
 
     def get_stale(self, key: CacheKey) -> dns.Message | None:
-        """An expired entry still inside the ``serve_stale`` window, with TTL 0; else None."""
+        """A good entry still inside the ``serve_stale`` window, with TTL 0 (CoreDNS's stale TTL);
+        else None.  A cached SERVFAIL is never served stale."""
         if not self.config.serve_stale:
             return None
         e = self._entries.get(key)
         if e is None:
             return None
         age = self._reactor.seconds() - e.stored
-        if age >= e.ttl + self.config.serve_stale:
-            del self._entries[key]
+        if not self._stale_usable(e, age):
+            if age >= e.ttl or age < -1.0:
+                del self._entries[key]
             return None
         self.stale_served += 1
         return self._message(e, 0)
+
+    def _stale_usable(self, e: _Entry, age: float) -> bool:
+        """May ``e`` (``age`` seconds old) be served stale?  Only a good answer, in the window."""
+        window = self.config.serve_stale
+        return bool(window) and e.kind != SERVFAIL and -1.0 <= age < e.ttl + window
 
     def _should_prefetch(self, e: _Entry, now: float, remaining: int) -> bool:
         cfg = self.config
@@ -180,6 +191,13 @@ class Cache:
         if decision is None:
             return False
         kind, ttl = decision
+        entries = self._entries
+        if kind == SERVFAIL:
+            old = entries.get(key)
+            if old is not None and old.kind != SERVFAIL:
+                age = self._reactor.seconds() - old.stored
+                if -1.0 <= age < old.ttl or self._stale_usable(old, age):
+                    return False  # keep the good answer (fresh, or for serving stale)
         entry = _Entry(
             kind=kind,
             rcode=response.rCode,
@@ -192,7 +210,6 @@ class Cache:
             stored=self._reactor.seconds(),
             ttl=ttl,
         )
-        entries = self._entries
         old = entries.pop(key, None)
         if old is not None:  # a refresh keeps the popularity it earned
             entry.hits, entry.last_hit = old.hits, old.last_hit

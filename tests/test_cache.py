@@ -406,3 +406,92 @@ def test_chain_stats_shape() -> None:
         "127.0.0.1:5353": {"requests": 0, "responses": {}, "failures": 0, "healthcheck_failures": 0}
     }
     assert stats["forward"]["loop_detected"] is False
+
+
+# -- serve_stale never loses a good answer to a SERVFAIL ---------------------------------------
+
+
+def test_servfail_does_not_evict_a_stale_good_entry() -> None:
+    cache, clock = make(CacheConfig(serve_stale=3600))
+    cache.put(KEY, response(answers=[a(b"example.com", "192.0.2.1", 100)]))
+    clock.advance(200)  # expired, inside the stale window
+    assert cache.put(KEY, response(dns.ESERVER)) is False  # not stored over the good entry
+    stale = cache.get_stale(KEY)
+    assert stale is not None and stale.rCode == dns.OK
+    assert [(rr.payload.dottedQuad(), rr.ttl) for rr in stale.answers] == [("192.0.2.1", 0)]
+    assert cache.entries_by_kind() == {"success": 1, "denial": 0, "servfail": 0}
+
+
+def test_servfail_does_not_evict_a_stale_negative_entry() -> None:
+    cache, clock = make(CacheConfig(serve_stale=3600))
+    cache.put(KEY, response(dns.ENAME, authority=[soa(ttl=60, minimum=30)]))
+    clock.advance(40)
+    assert not cache.put(KEY, response(dns.ESERVER))
+    stale = cache.get_stale(KEY)
+    assert stale is not None and stale.rCode == dns.ENAME and [rr.type for rr in stale.authority] == [dns.SOA]
+
+
+def test_servfail_does_not_evict_a_fresh_entry_even_without_serve_stale() -> None:
+    cache, clock = make()
+    cache.put(KEY, response(answers=[a(b"example.com", "192.0.2.1", 100)]))
+    clock.advance(95)  # e.g. a prefetch that got SERVFAIL
+    assert not cache.put(KEY, response(dns.ESERVER))
+    assert cache.get(KEY)[0].answers[0].ttl == 5  # type: ignore[index]
+    clock.advance(10)  # expired, no serve_stale: a SERVFAIL may now be cached
+    assert cache.put(KEY, response(dns.ESERVER))
+
+
+def test_a_servfail_entry_is_never_served_stale() -> None:
+    cache, clock = make(CacheConfig(serve_stale=3600))
+    assert cache.put(KEY, response(dns.ESERVER))
+    assert cache.get_stale(KEY) is None
+    clock.advance(10)
+    assert cache.get(KEY) is None
+    assert cache.get_stale(KEY) is None
+    assert len(cache) == 0 and cache.stale_served == 0
+
+
+def test_chain_serves_stale_when_the_upstream_answers_servfail() -> None:
+    ch, fwd, cache, clock = chain(CacheConfig(serve_stale=3600))
+    d = ch.resolve(query())
+    fwd.calls[0][1].callback(answer())
+    result(d)
+    clock.advance(200)  # expired
+    for i in (1, 2):  # the upstream keeps answering SERVFAIL: the good answer, stale, each time
+        d = ch.resolve(query())
+        assert len(fwd.calls) == i + 1  # verified mode: the upstream is asked first
+        fwd.calls[i][1].callback(response(dns.ESERVER))
+        got = result(d)
+        assert got.rCode == dns.OK
+        assert [(rr.payload.dottedQuad(), rr.ttl) for rr in got.answers] == [("192.0.2.1", 0)]
+    d = ch.resolve(query())  # then every upstream is down: still the good answer
+    fwd.calls[3][1].errback(UpstreamsFailed("no upstream answered"))
+    assert result(d).answers[0].payload.dottedQuad() == "192.0.2.1"
+    d = ch.resolve(query())  # REFUSED is no fresh answer either (CoreDNS: only NOERROR/NXDOMAIN are)
+    fwd.calls[4][1].callback(response(dns.EREFUSED))
+    assert result(d).answers[0].payload.dottedQuad() == "192.0.2.1"
+    assert cache.stale_served == 4
+    d = ch.resolve(query())  # the upstream is back
+    fwd.calls[5][1].callback(answer("192.0.2.7"))
+    assert result(d).answers[0].ttl == 100
+
+
+def test_chain_servfail_without_a_stale_entry_is_relayed_and_cached() -> None:
+    ch, fwd, cache, _ = chain(CacheConfig(serve_stale=3600))
+    d = ch.resolve(query())
+    fwd.calls[0][1].callback(response(dns.ESERVER))
+    assert result(d).rCode == dns.ESERVER
+    assert result(ch.resolve(query())).rCode == dns.ESERVER  # cached for servfail_ttl
+    assert len(fwd.calls) == 1 and cache.stale_served == 0
+
+
+def test_chain_immediate_refresh_getting_servfail_keeps_the_good_entry() -> None:
+    ch, fwd, cache, clock = chain(CacheConfig(serve_stale=3600, serve_stale_mode="immediate"))
+    d = ch.resolve(query())
+    fwd.calls[0][1].callback(answer())
+    result(d)
+    clock.advance(200)
+    assert result(ch.resolve(query())).answers[0].ttl == 0  # stale, refresh started
+    fwd.calls[1][1].callback(response(dns.ESERVER))
+    again = result(ch.resolve(query()))
+    assert (again.rCode, again.answers[0].payload.dottedQuad(), again.answers[0].ttl) == (dns.OK, "192.0.2.1", 0)

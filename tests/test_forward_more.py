@@ -8,9 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from twisted.internet import reactor, task
 from twisted.names import dns
 
-from tests.test_forward import _Base, config, make_query
+from kubedns.cache import Cache
+from kubedns.forward.chain import ForwardChain
+from kubedns.forward.config import CacheConfig
+from tests.test_forward import _Base, addrs, config, make_query
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,3 +34,21 @@ class BudgetTests(_Base):
         self.assertLess(took, 1.15)
         self.assertEqual((m.rCode, m.trunc, m.answers), (dns.OK, 1, []))
         self.assertEqual(up.count(transport="tcp"), 1)
+
+
+class StaleTests(_Base):
+    async def test_serve_stale_when_the_upstream_answers_servfail(self) -> None:
+        up = self.upstream()
+        clock = task.Clock()
+        f = self.forwarder(config(up.address))
+        ch = ForwardChain(f, Cache(CacheConfig(serve_stale=3600), reactor=clock), reactor=reactor)
+        await ch.resolve(make_query(b"example.com"))
+        clock.advance(301)  # expired
+        up.mode = "servfail"  # e.g. the upstream lost its own upstreams
+        for _ in range(2):
+            m = await ch.resolve(make_query(b"example.com"))
+            self.assertEqual((m.rCode, addrs(m), m.answers[0].ttl), (dns.OK, ["192.0.2.1"], 0))
+        self.assertEqual(up.count(name="example.com"), 3)  # verified: asked each time
+        up.stop()  # now every upstream is down
+        m = await ch.resolve(make_query(b"example.com"))
+        self.assertEqual(addrs(m), ["192.0.2.1"])

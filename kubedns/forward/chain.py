@@ -2,9 +2,10 @@
 outside the cluster zones.
 
 Composition only: lookup → hit (aged TTLs, maybe a background prefetch) or miss → forwarder →
-store → answer; when the forwarder fails and ``serve_stale`` is on, an expired answer (TTL 0)
-instead of an error.  Kept out of :mod:`kubedns.cache` so the cache stays a pure data structure
-that knows nothing about upstreams, and out of the forwarder so forwarding works without a cache.
+store → answer; when the forwarder fails or the upstream answers SERVFAIL (any rcode but
+NOERROR/NXDOMAIN) and ``serve_stale`` is on, an expired good answer (TTL 0) instead.  Kept out
+of :mod:`kubedns.cache` so the cache stays a pure data structure that knows nothing about
+upstreams, and out of the forwarder so forwarding works without a cache.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class ForwardChain:
 
     def _store(self, response: dns.Message, key: CacheKey) -> dns.Message:
         assert self.cache is not None
+        if response.rCode not in (dns.OK, dns.ENAME):
+            # As CoreDNS's serve_stale "verify": only NOERROR/NXDOMAIN count as a fresh answer; on
+            # SERVFAIL (or REFUSED...) a stale good answer wins, and the cache keeps it.
+            stale = self.cache.get_stale(key)
+            if stale is not None:
+                return stale
         if self.cache.put(key, response):
             # answer as later hits will (TTLs capped by the cache config), as CoreDNS does
             served = self.cache.peek(key)
