@@ -302,6 +302,7 @@ class KubeDNS(service.MultiService):
         for addr in [a for a in self._listeners if a not in wanted]:
             self._drop_listener(addr)
         self.config = new
+        self._schedule_reload()  # the `reload` key itself may have changed
         if self.ops is not None:
             # observers for new listeners; log/errors follow the new config; the HTTP listeners
             # prepared above start serving, and those the new config no longer names close
@@ -313,15 +314,30 @@ class KubeDNS(service.MultiService):
             s.disownServiceParent()
 
     def _install_reload(self) -> None:
-        rcfg = self.config.first("reload")
-        if rcfg is not None:
-            self._reload_loop = task.LoopingCall(self.reload)
-            self._reload_loop.clock = self.reactor
-            self._reload_loop.start(rcfg.interval, now=False)
+        self._schedule_reload()
         try:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._sighup))
         except ValueError:  # not the main thread (tests building a service in-process)
             pass
+
+    def _schedule_reload(self) -> None:
+        """Run the periodic check the current config's ``reload`` key asks for (if any).
+
+        Called at start and after every applied reload, so a new interval, or an added or
+        removed ``reload``, takes effect at once; an unchanged interval keeps its running timer.
+        """
+        rcfg = self.config.first("reload")
+        interval = rcfg.interval if rcfg is not None and self.running else None
+        loop = self._reload_loop
+        if loop is not None and loop.running and interval == loop.interval:
+            return
+        if loop is not None and loop.running:
+            loop.stop()  # allowed from inside its own call (a periodic check applying this)
+        self._reload_loop = None
+        if interval is not None:
+            self._reload_loop = task.LoopingCall(self.reload)
+            self._reload_loop.clock = self.reactor
+            self._reload_loop.start(interval, now=False)
 
     def _sighup(self) -> None:
         if self.pool is not None:

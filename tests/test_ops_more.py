@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,40 @@ def test_reload_moving_health_to_a_busy_port_is_rejected_as_a_whole(kubedns_proc
     assert "coredns_build_info" in _scrape(mport2)
     assert _wait(lambda: _get(hport, "/health") is None and _get(mport, "/metrics") is None), p.log()
     assert _get(rport, "/ready") == (200, "OK")
+
+
+# -- the reload key itself ----------------------------------------------------------------------
+
+
+def test_reload_key_changes_take_effect_on_reload(kubedns_process: Any, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, ttl=5))  # no periodic reload at first
+    p.wait_listening(port)
+    # adding `reload:` (by SIGHUP) starts the periodic check
+    p.write_config(_config(port, m, ttl=7, extra={"reload": "2s"}))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: _ttl(port) == 7), p.log()
+    p.write_config(_config(port, m, ttl=8, extra={"reload": "2s"}))
+    assert _wait(lambda: _ttl(port) == 8, timeout=8), p.log()
+    # removing it stops the check: an edit waits for SIGHUP
+    p.write_config(_config(port, m, ttl=9))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: _ttl(port) == 9), p.log()
+    p.write_config(_config(port, m, ttl=10))
+    time.sleep(5)
+    assert _ttl(port) == 9, p.log()
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: _ttl(port) == 10), p.log()
+
+
+def test_reload_interval_change_takes_effect(kubedns_process: Any, tmp_path: Path) -> None:
+    port = free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    p = kubedns_process(_config(port, m, ttl=5, extra={"reload": "10m"}))
+    p.wait_listening(port)
+    p.write_config(_config(port, m, ttl=6, extra={"reload": "2s"}))
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: _ttl(port) == 6), p.log()
+    p.write_config(_config(port, m, ttl=7, extra={"reload": "2s"}))
+    assert _wait(lambda: _ttl(port) == 7, timeout=8), p.log()
