@@ -82,6 +82,8 @@ class KubeDNS(service.MultiService):
         self.ops: Any = None
         self._reload_loop: task.LoopingCall | None = None
         self._config_digest = hashlib.sha256(config.raw_text.encode()).hexdigest()
+        #: the last file content a reload looked at (applied or rejected): tried once per change
+        self._seen_digest = self._config_digest
         blocks = self._make_blocks(config, started=False)
         for addr, bs in config.listeners().items():
             self._add_listener(addr, [blocks[b.index] for b in bs])
@@ -252,15 +254,29 @@ class KubeDNS(service.MultiService):
             lst.dispatcher.fast.clear()
 
     # -- reload -----------------------------------------------------------------------------
-    def reload(self) -> bool:
-        """Re-read the config file; apply it if valid and changed.  Returns True if applied."""
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the config file; apply it if valid and changed.  Returns True if applied.
+
+        As CoreDNS's *reload*, the file's hash is recorded before it is tried, so the periodic
+        check parses, logs and counts (``coredns_reload_failed_total``) a bad file once per
+        change, not once per interval; the next edit is tried again, and a good one applies.
+        An unreadable file counts once per error the same way.  ``force`` (SIGHUP) tries a
+        file that differs from the running config even if it was already rejected: an
+        operator asking explicitly gets the rejection logged and counted again, and a reload
+        that failed for a reason outside the file (a port that was busy) can be retried.
+        """
         path = self.config.path
         try:
             with open(path, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
         except OSError as e:
+            digest = f"unreadable: {e.strerror}"
+            seen, self._seen_digest = self._seen_digest, digest
+            if seen == digest and not force:
+                return False
             return self._reload_failed(ConfigError(path, "", f"a readable config file ({e.strerror})", has_found=False))
-        if digest == self._config_digest:
+        seen, self._seen_digest = self._seen_digest, digest
+        if digest == self._config_digest or (digest == seen and not force):
             return False
         try:
             new = load(path)
@@ -342,7 +358,7 @@ class KubeDNS(service.MultiService):
     def _sighup(self) -> None:
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
-        self.reload()
+        self.reload(force=True)
 
     # -- lifecycle --------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802

@@ -136,3 +136,27 @@ def test_reload_interval_change_takes_effect(kubedns_process: Any, tmp_path: Pat
     assert _wait(lambda: _ttl(port) == 6), p.log()
     p.write_config(_config(port, m, ttl=7, extra={"reload": "2s"}))
     assert _wait(lambda: _ttl(port) == 7, timeout=8), p.log()
+
+
+def test_periodic_reload_counts_a_bad_file_once(kubedns_process: Any, tmp_path: Path) -> None:
+    port, mport = free_port(), free_port()
+    m = _manifests(tmp_path / "c.yaml", OBJS)
+    extra = {"reload": "2s", "prometheus": f"127.0.0.1:{mport}"}
+    p = kubedns_process(_config(port, m, ttl=5, extra=extra))
+    p.wait_listening(port)
+    p.write_config("servers:\n  - kubernetes: {ttl: soon}\n")
+    assert _wait(lambda: "reload rejected" in p.log(), timeout=8), p.log()
+    time.sleep(5)  # two more periodic checks of the same bad file
+    assert p.log().count("reload rejected") == 1, p.log()
+    assert metric(_scrape(mport), "coredns_reload_failed_total") == 1
+    assert _ttl(port) == 5
+    # SIGHUP is an explicit request: the same bad file is tried (logged, counted) again
+    p.signal(signal.SIGHUP)
+    assert _wait(lambda: p.log().count("reload rejected") == 2), p.log()
+    # another bad edit is a new failure; a later good edit still applies
+    p.write_config("servers:\n  - kubernetes: {ttl: later}\n")
+    assert _wait(lambda: p.log().count("reload rejected") == 3, timeout=8), p.log()
+    p.write_config(_config(port, m, ttl=12, extra=extra))
+    assert _wait(lambda: _ttl(port) == 12, timeout=8), p.log()
+    assert metric(_scrape(mport), "coredns_reload_failed_total") == 3
+    assert p.log().count("reload rejected") == 3, p.log()
