@@ -14,6 +14,11 @@ are counted in the lowest bucket of ``coredns_dns_request_duration_seconds`` (0.
 few microseconds) and add nothing to its ``_sum``.  Their sizes are exact (they are part of the
 fast-path key), their ``proto`` is ``udp`` and their ``family`` is that of the listening socket.
 
+The standard ``process_*`` metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+``process_open_fds``...) come from prometheus_client's ``ProcessCollector`` and ``python_info`` from
+its ``PlatformCollector``, as CoreDNS's Go client exports ``process_*`` and ``go_info``; with
+``workers: N`` each worker's page reports its own process.
+
 The registry is private (never ``prometheus_client.REGISTRY``) and the page is rendered on the
 reactor thread: the counters belong to the reactor thread, and prometheus_client's own Twisted
 ``MetricsResource`` would read them from a thread pool while the reactor changes them.
@@ -31,6 +36,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -542,6 +548,10 @@ class Metrics:
         self._chains: dict[int, tuple[Any, str, str]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(KubeDNSCollector(self))
+        # process_* (memory, CPU, fds, start time) from /proc as CoreDNS's Go client has them,
+        # and python_info where it has go_info; read at scrape time, nothing per query
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         install_panic_counter()
         self.reconcile()
 

@@ -160,3 +160,23 @@ def test_periodic_reload_counts_a_bad_file_once(kubedns_process: Any, tmp_path: 
     assert _wait(lambda: _ttl(port) == 12, timeout=8), p.log()
     assert metric(_scrape(mport), "coredns_reload_failed_total") == 3
     assert p.log().count("reload rejected") == 3, p.log()
+
+
+# -- process metrics ----------------------------------------------------------------------------
+
+
+def test_process_metrics_are_scraped_like_corednss(kubedns_process: Any, tmp_path: Path) -> None:
+    """process_* (and python_info, where CoreDNS has go_info) on a real scrape, of this process."""
+    port, mport = free_port(), free_port()
+    p = kubedns_process(_config(port, _manifests(tmp_path / "c.yaml", OBJS), extra={"prometheus": f"127.0.0.1:{mport}"}))
+    p.wait_listening(port)
+    body = _scrape(mport)
+    assert metric(body, "process_resident_memory_bytes") > 1_000_000
+    assert metric(body, "process_virtual_memory_bytes") > 0
+    assert metric(body, "process_cpu_seconds_total") > 0
+    assert metric(body, "process_open_fds") >= 5  # stdio, epoll, DNS UDP/TCP, HTTP
+    assert metric(body, "process_max_fds") > 0
+    start = metric(body, "process_start_time_seconds")
+    assert time.time() - 60 < start <= time.time()  # this process, started just now
+    assert metric(body, "python_info") == 1
+    assert "coredns_build_info" in body  # the CoreDNS metrics are still there
