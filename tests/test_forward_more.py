@@ -1,11 +1,14 @@
-"""More forwarding tests over real loopback sockets: request budget edge cases and per-upstream
-loop isolation.  Same helpers and style as :mod:`tests.test_forward` (twisted.trial on the real
-reactor, :class:`tests.dnsupstream.DNSUpstream` upstreams on 127.0.0.1, shrunk timeouts).
+"""More forwarding tests over real loopback sockets: the request budget, serve_stale against an
+upstream SERVFAIL, and per-upstream loop isolation (unit and through the twistd process).  Same
+helpers and style as :mod:`tests.test_forward` (twisted.trial on the real reactor,
+:class:`tests.dnsupstream.DNSUpstream` upstreams on 127.0.0.x, shrunk timeouts).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet import reactor, task
@@ -14,7 +17,11 @@ from twisted.names import dns
 from kubedns.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig
-from tests.test_forward import _Base, addrs, config, make_query
+from kubedns.forward.forwarder import UpstreamsFailed
+from kubedns.forward.loop import LoopDetector
+from tests.conftest import free_port, query, rrset_text
+from tests.dnsupstream import DNSUpstream
+from tests.test_forward import _Base, _FakeServer, addrs, config, make_query, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,3 +59,117 @@ class StaleTests(_Base):
         up.stop()  # now every upstream is down
         m = await ch.resolve(make_query(b"example.com"))
         self.assertEqual(addrs(m), ["192.0.2.1"])
+
+
+class LoopIsolationTests(_Base):
+    """A loop through one upstream isolates that upstream only; each recovers on its own."""
+
+    def looping_setup(
+        self, other: DNSUpstream, *, both: bool = False, **kw: object
+    ) -> tuple[DNSUpstream, ForwardChain, LoopDetector]:
+        """Upstream 0 sends everything back to our fake server; ``both``: ``other`` does too."""
+        loop = self.upstream()
+        f = self.forwarder(config(loop.address, other.address, **kw))  # sequential: the loop first
+        chain = ForwardChain(f, Cache(CacheConfig()), reactor=reactor)
+        detector = LoopDetector(chain, zone=b"", reactor=reactor, recheck=0.3)
+        server = _FakeServer(chain, detector)
+        port = reactor.listenUDP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(detector.stop)
+        for up in (loop, other) if both else (loop,):
+            up.mode = "forward"  # sends everything back to "us"
+            up.forward_to = ("127.0.0.1", port.getHost().port)
+            up.forward_timeout = 1.0
+        detector.start()
+        return loop, chain, detector
+
+    async def test_only_the_looping_upstream_is_isolated_the_other_keeps_serving(self) -> None:
+        good = self.upstream()
+        loop, chain, detector = self.looping_setup(good, timeout=1.0)
+        f = chain.forwarder
+        await wait_until(lambda: detector.loop_detected, timeout=5, what="loop detection")
+        self.assertEqual((f.is_looping(0), f.is_looping(1)), (True, False))
+        self.assertEqual(f.looping_upstreams, [loop.address])
+        self.assertFalse(chain.loop_detected)  # the block still forwards
+        self.assertIsNone(f.disabled_reason)
+        self.assertEqual(chain.stats()["forward"]["looping_upstreams"], [loop.address])
+        start = time.monotonic()
+        for qtype in (dns.A, dns.AAAA, dns.MX):
+            m = await chain.resolve(make_query(b"example.com", qtype))
+            self.assertIn(m.rCode, (dns.OK,))
+        self.assertLess(time.monotonic() - start, 0.5)  # straight to the good upstream
+        self.assertEqual(addrs(await chain.resolve(make_query(b"example.com"))), ["192.0.2.1"])
+        # nothing but the loop probes went into the loop: no client query, no amplification
+        self.assertEqual(loop.count() - loop.count(rdtype="HINFO"), 0)
+        self.assertLessEqual(loop.count(rdtype="HINFO"), 2 + detector.rounds)
+
+    async def test_loop_plus_dead_upstream_recovers_per_upstream(self) -> None:
+        dead = self.upstream()
+        dead.mode = "drop"
+        loop, chain, detector = self.looping_setup(dead, timeout=0.3, max_fails=0)
+        f = chain.forwarder
+        await wait_until(lambda: detector.loop_detected, timeout=5, what="loop detection")
+        self.assertEqual((f.is_looping(0), f.is_looping(1)), (True, False))
+        # the other upstream is down: SERVFAIL, but fast and without touching the loop
+        await self.assert_fails(chain.resolve(make_query(b"example.com")), UpstreamsFailed)
+        # ... and as soon as it answers again the block is served, while the loop persists
+        dead.mode = "answer"
+        m = await chain.resolve(make_query(b"example.com"))
+        self.assertEqual(addrs(m), ["192.0.2.1"])
+        self.assertTrue(f.is_looping(0))
+        self.assertEqual(loop.count() - loop.count(rdtype="HINFO"), 0)
+        # the loop is fixed while the other upstream is dead again: the fixed one comes back alone
+        dead.mode = "drop"
+        loop.mode = "answer"
+        await wait_until(lambda: not f.is_looping(0), timeout=5, what="per-upstream recovery")
+        self.assertFalse(detector.loop_detected)
+        m = await chain.resolve(make_query(b"example.com", dns.AAAA))
+        self.assertEqual(m.rCode, dns.OK)
+        self.assertGreaterEqual(loop.count(rdtype="AAAA"), 1)
+
+    async def test_every_upstream_looping_disables_forwarding(self) -> None:
+        other = self.upstream()
+        loop, chain, detector = self.looping_setup(other, both=True, timeout=1.0)
+        f = chain.forwarder
+        await wait_until(lambda: f.is_looping(0) and f.is_looping(1), timeout=5, what="both isolated")
+        self.assertTrue(chain.loop_detected)
+        self.assertIn(loop.address, f.disabled_reason or "")
+        self.assertIn(other.address, f.disabled_reason or "")
+        start = time.monotonic()
+        await self.assert_fails(chain.resolve(make_query(b"example.com")), UpstreamsFailed)
+        self.assertLess(time.monotonic() - start, 0.05)
+        other.mode = "answer"  # one loop fixed: that upstream serves again, the other stays out
+        await wait_until(lambda: not f.is_looping(1), timeout=5, what="recovery of the fixed one")
+        self.assertTrue(f.is_looping(0))
+        self.assertFalse(chain.loop_detected)
+        self.assertEqual(addrs(await chain.resolve(make_query(b"example.com"))), ["192.0.2.1"])
+
+
+def test_e2e_one_looping_upstream_is_isolated_and_the_other_serves(kubedns_process: Any, tmp_path: Path) -> None:
+    """Through the real twistd process: the server's observe() hook, the chain, the detector."""
+    loop = DNSUpstream("127.0.0.1").start()
+    good = DNSUpstream("127.0.0.2").start()
+    try:
+        good.add("example.org", "A", "192.0.2.1")
+        port = free_port()
+        loop.mode = "forward"
+        loop.forward_to = ("127.0.0.1", port)  # sends our queries back to us
+        p = kubedns_process({"servers": [{
+            "zones": ["."], "listen": f"127.0.0.1:{port}",
+            "forward": {"to": [loop.address, good.address], "policy": "sequential", "timeout": "1s"},
+            "loop": {},
+        }]})
+        p.wait_listening(port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "Loop detected" not in p.log():
+            time.sleep(0.2)
+        assert "Loop detected" in p.log(), p.log()
+        assert "keep serving" in p.log()
+        for _ in range(3):
+            assert rrset_text(query(port, "example.org", timeout=5)) == ["example.org A 192.0.2.1"]
+        time.sleep(0.3)
+        assert loop.count() == loop.count(rdtype="HINFO")  # nothing but probes went into the loop
+        assert p.proc.poll() is None
+    finally:
+        loop.stop()
+        good.stop()

@@ -50,6 +50,11 @@ class ForwardChain:
 
     @property
     def loop_detected(self) -> bool:
+        """True when forwarding is off for the whole block (every upstream loops).
+
+        One looping upstream among working ones is only isolated (see ``looping_upstreams`` in
+        :meth:`stats`): the block still forwards.
+        """
         return self.forwarder.disabled_reason is not None
 
     # -- queries -------------------------------------------------------------------------------
@@ -134,6 +139,7 @@ class ForwardChain:
                 "healthcheck_broken": fwd.stats.healthcheck_broken,
                 "deduplicated": fwd.stats.deduplicated,
                 "loop_detected": self.loop_detected,
+                "looping_upstreams": fwd.looping_upstreams,
                 "upstreams": {
                     name: {
                         "requests": s.requests,

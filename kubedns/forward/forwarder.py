@@ -5,7 +5,9 @@ request-level logic CoreDNS's *forward* plugin has: pick upstreams by ``policy``
 marked down (or try them all when every one is down), fail over on timeouts and network errors
 within one request budget, and relay the first answer *unchanged* (rcode and every section), since
 SERVFAIL or NXDOMAIN from an upstream is an answer, not a failure.  Identical questions in flight
-share one upstream exchange.  The wire work lives in :mod:`kubedns.forward.transport`.
+share one upstream exchange.  An upstream the loop detector found sending queries back to us is
+isolated: never asked (not even when every other one is down) until the detector restores it.
+The wire work lives in :mod:`kubedns.forward.transport`.
 """
 
 from __future__ import annotations
@@ -64,13 +66,14 @@ class ForwarderStats:
 
 
 class _Upstream:
-    __slots__ = ("spec", "name", "fails", "down", "stats", "stream", "probe_call", "probe_d")
+    __slots__ = ("spec", "name", "fails", "down", "looping", "stats", "stream", "probe_call", "probe_d")
 
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
         self.name = str(spec)
         self.fails = 0
         self.down = False
+        self.looping: str | None = None  # set by the loop detector: never forward to it
         self.stats = UpstreamStats()
         self.stream: StreamClient | None = None
         self.probe_call: Any = None
@@ -101,7 +104,9 @@ class Forwarder:
         self._reactor = reactor
         self.upstreams = [_Upstream(s) for s in config.to]
         self.stats = ForwarderStats()
-        self.disabled_reason: str | None = None
+        self._disabled: str | None = None
+        self._looping = 0  # upstreams isolated by the loop detector
+        self._pinned: dict[bytes, _Upstream] = {}  # loop probe name -> the upstream it probes
         self._except = tuple(z.encode("ascii") for z in config.except_zones)
         self._flights: dict[tuple, _Flight] = {}
         self._inflight = 0
@@ -150,12 +155,59 @@ class Forwarder:
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why every new query fails at once: :meth:`disable`, or every upstream loops; else None."""
+        if self._disabled is not None:
+            return self._disabled
+        if self._looping and self._looping == len(self.upstreams):
+            return "; ".join(u.looping or "" for u in self.upstreams)
+        return None
+
     def disable(self, reason: str) -> None:
-        """Fail every new query with :class:`UpstreamsFailed` (used by the loop detector)."""
-        self.disabled_reason = reason
+        """Fail every new query with :class:`UpstreamsFailed`."""
+        self._disabled = reason
 
     def enable(self) -> None:
-        self.disabled_reason = None
+        self._disabled = None
+
+    # -- loop isolation (the loop detector's hooks) --------------------------------------------
+    def isolate(self, index: int, reason: str) -> bool:
+        """Never forward to upstream ``index`` (it sends queries back to us); True if it was not yet.
+
+        The others keep serving; health probes and :meth:`send_to` still reach it.
+        """
+        up = self.upstreams[index]
+        if up.looping is not None:
+            return False
+        up.looping = reason
+        self._looping += 1
+        return True
+
+    def restore(self, index: int) -> bool:
+        """Forward to upstream ``index`` again; True if it was isolated."""
+        up = self.upstreams[index]
+        if up.looping is None:
+            return False
+        up.looping = None
+        self._looping -= 1
+        return True
+
+    def is_looping(self, index: int) -> bool:
+        return self.upstreams[index].looping is not None
+
+    @property
+    def looping_upstreams(self) -> list[str]:
+        return [u.name for u in self.upstreams if u.looping is not None]
+
+    def pin(self, probes: dict[bytes, int]) -> None:
+        """Forward these (lower-case) names only to the given upstream index (the loop probes).
+
+        A probe sent to upstream X that comes back to this server is forwarded once more; pinned,
+        it goes to X again rather than wherever ``policy`` picks, so its second arrival proves
+        (and names) X.  Replaces the previous pins; ``{}`` clears them.
+        """
+        self._pinned = {name: self.upstreams[i] for name, i in probes.items()}
 
     def resolve(self, query: dns.Message, *, tcp: bool = False) -> defer.Deferred:
         """Forward ``query``'s question; fire with the upstream's full answer (a new Message).
@@ -175,7 +227,9 @@ class Forwarder:
         q = query.queries[0]
         name = q.name.name
         rd, cd, do = client_bits(query)
-        key = (name.lower(), q.type, q.cls, do, cd, rd)
+        lname = name.lower()
+        key = (lname, q.type, q.cls, do, cd, rd)
+        only = self._pinned.get(lname) if self._pinned else None
         flight = self._flights.get(key)
         waiter = self._join(key, flight)
         if flight is not None:
@@ -188,13 +242,13 @@ class Forwarder:
         except ValueError as e:
             inner: defer.Deferred = defer.fail(UpstreamsFailed(f"cannot forward {name!r}: {e}"))
         else:
-            inner = defer.Deferred.fromCoroutine(self._exchange(template, expect, tcp))
+            inner = defer.Deferred.fromCoroutine(self._exchange(template, expect, tcp, only))
         flight.inner = inner
         inner.addBoth(self._land, key, flight)
         return waiter
 
     def send_to(self, index: int, name: bytes, qtype: int, timeout: float | None = None) -> defer.Deferred:
-        """One try at upstream ``index`` only, bypassing health, de-duplication and ``disable``.
+        """One try at upstream ``index`` only, bypassing health, de-duplication, isolation and ``disable``.
 
         For the loop detector's probes; fires with the decoded answer or fails with a
         :class:`~kubedns.forward.transport.TransportError`.
@@ -250,7 +304,9 @@ class Forwarder:
         return None
 
     # -- the request loop ----------------------------------------------------------------------
-    def _order(self) -> list[_Upstream]:
+    def _order(self, only: _Upstream | None = None) -> list[_Upstream]:
+        if only is not None:
+            return [only] if only.looping is None else []
         ups = self.upstreams
         policy = self.config.policy
         if len(ups) == 1:
@@ -263,6 +319,8 @@ class Forwarder:
             order = ups[i:] + ups[:i]
         else:
             order = ups
+        if self._looping:  # never into a loop, not even when everything else is down
+            order = [u for u in order if u.looping is None]
         healthy = [u for u in order if not u.down]
         if not healthy:
             # Every upstream is down: health checking itself may be what is broken; try anyway.
@@ -270,11 +328,16 @@ class Forwarder:
             return list(order)
         return healthy
 
-    async def _exchange(self, template: bytes, expect: Expect, tcp: bool) -> tuple[bytes, dns.Message]:
+    async def _exchange(
+        self, template: bytes, expect: Expect, tcp: bool, only: _Upstream | None = None
+    ) -> tuple[bytes, dns.Message]:
         now = self._reactor.seconds
         deadline = now() + self._budget
         errors: list[tuple[str, str]] = []
-        for up in self._order():
+        order = self._order(only)
+        if not order:
+            raise UpstreamsFailed(self.disabled_reason or "every upstream to ask is isolated: it forwards back to us")
+        for up in order:
             remaining = deadline - now()
             if remaining <= 0.001:
                 errors.append((up.name, "request budget exhausted"))

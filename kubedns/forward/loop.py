@@ -1,20 +1,24 @@
-"""Forwarding-loop detection, after CoreDNS's *loop* plugin, but it disables forwarding instead of exiting.
+"""Forwarding-loop detection, after CoreDNS's *loop* plugin, but it isolates the looping upstream
+instead of exiting.
 
 How: at start, one query ``<random>.<random>.<zone> HINFO`` goes to each upstream.  Nothing but a
 loop can bring that name back to this server, so the server reports every incoming name through
-:meth:`LoopDetector.observe` (one dict lookup; free while no probe is out).  When a probe name
-arrives ``threshold`` times (2, as the brief; the first arrival is forwarded once more, which is
-what makes the second one proof), the detector logs which upstream sent it back and disables the
-forwarder: every forwarded query then fails at once with ``UpstreamsFailed`` (SERVFAIL), so the
-loop stops amplifying instead of burning CPU on both ends.  The process keeps running and serving
-the cluster zones; CoreDNS exits instead, which in Kubernetes means CrashLoopBackOff.
+:meth:`LoopDetector.observe` (one dict lookup; free while no probe is out).  When the probe sent
+to upstream X arrives ``threshold`` times (2, as the brief; the first arrival is forwarded once
+more, pinned to X, which is what makes the second one proof), the detector logs that X sends
+queries back to us and *isolates X*: the forwarder never sends a query to X again, so nothing is
+forwarded into the loop, and the other upstreams keep serving.  Only when every upstream loops
+does every forwarded query fail at once with ``UpstreamsFailed`` (SERVFAIL).  The process keeps
+running and serving the cluster zones; CoreDNS exits instead, which in Kubernetes means
+CrashLoopBackOff.
 
-Recovery (our choice): every ``recheck`` seconds (30 s; 0 turns it off) a new round of probes goes
-out, also while forwarding works, so a loop introduced later is caught too.  While forwarding is
-disabled the server does not forward the probe again, so a single arrival then means "still
-looping"; an answer from every upstream without any arrival means the loop is gone and forwarding
-is enabled again.  A round where no upstream answers (the server may not be listening yet at
-start) says nothing: it is retried every ``retry_interval`` (2 s) for up to 30 s, as CoreDNS.
+Recovery, per upstream (our choice): every ``recheck`` seconds (30 s; 0 turns it off) a new round
+of probes goes out, also while forwarding works, so a loop introduced later is caught too.  An
+isolated upstream still gets its probe, but when that probe comes back the server does not
+forward it again, so a single arrival then means "still looping"; an answer from that upstream
+without its probe coming back means its loop is gone, and it is used again, whatever the other
+upstreams do.  A round where no upstream answers (the server may not be listening yet at start)
+says nothing: it is retried every ``retry_interval`` (2 s) for up to 30 s, as CoreDNS.
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ class LoopDetector:
         self.retry_interval = retry_interval
         self.retry_for = retry_for
         self.timeout = timeout
-        self.loop_detected = False
         self.rounds = 0  # probe rounds sent (for tests and metrics)
         self._probes: dict[bytes, _Probe] = {}
         self._pending: list[defer.Deferred] = []
@@ -93,7 +96,21 @@ class LoopDetector:
         pending, self._pending = self._pending, []
         for d in pending:
             d.cancel()
-        self._probes = {}
+        self._set_probes({})
+
+    @property
+    def loop_detected(self) -> bool:
+        """True while at least one upstream is isolated as looping."""
+        return bool(self.forwarder.looping_upstreams)
+
+    def _set_probes(self, probes: dict[bytes, _Probe]) -> None:
+        self._probes = probes
+        self.forwarder.pin({name: p.index for name, p in probes.items()})
+
+    def _needed(self, p: _Probe) -> int:
+        """Arrivals that prove a loop: 1 once the upstream is isolated (the probe is not forwarded
+        again then), else ``threshold``."""
+        return 1 if self.forwarder.is_looping(p.index) else self.threshold
 
     # -- the server's hook ---------------------------------------------------------------------
     def observe(self, qname: bytes) -> bool:
@@ -111,28 +128,42 @@ class LoopDetector:
         if p is None:
             return False
         p.seen += 1
-        if p.seen >= (1 if self.loop_detected else self.threshold):
+        if p.seen >= self._needed(p):
             self._detected(p)
             return True
         return False
 
     def _detected(self, p: _Probe) -> None:
-        if self.loop_detected:
-            return
-        self.loop_detected = True
+        fwd = self.forwarder
         zone = self.zone.decode("ascii", "replace") or "."
-        name = p.name.decode("ascii", "replace")
         reason = f"forwarding loop detected through upstream {p.upstream}"
-        self.forwarder.disable(reason)
+        if not fwd.isolate(p.index, reason):
+            return  # already isolated: still looping
+        others = [u.name for i, u in enumerate(fwd.upstreams) if not fwd.is_looping(i)]
+        if others:
+            outcome = "no query is forwarded to it any more; upstream(s) {others} keep serving"
+        else:
+            outcome = "every upstream of the zone loops: forwarding is disabled (queries get SERVFAIL)"
         _log.error(
-            "Loop detected: forwarded query HINFO {name} came back from upstream {upstream} "
-            "{seen} times; forwarding for zone {zone} is disabled (queries get SERVFAIL) "
-            "until a re-check finds the loop gone",
-            name=name,
+            "Loop detected: probe HINFO {name} sent to upstream {upstream} came back to this server "
+            "{seen} times, so {upstream} forwards zone {zone} back to us; "
+            + outcome
+            + " until a re-check finds {upstream} answering without looping",
+            name=p.name.decode("ascii", "replace"),
             upstream=p.upstream,
             seen=p.seen,
             zone=zone,
+            others=", ".join(others),
         )
+
+    def _recovered(self, p: _Probe) -> None:
+        if self.forwarder.restore(p.index):
+            _log.info(
+                "Loop gone: upstream {upstream} answered the loop probe without sending it back; "
+                "queries for zone {zone} are forwarded to it again",
+                upstream=p.upstream,
+                zone=self.zone.decode("ascii", "replace") or ".",
+            )
 
     # -- probe rounds --------------------------------------------------------------------------
     def _probe_name(self) -> bytes:
@@ -152,7 +183,7 @@ class LoopDetector:
             name = self._probe_name()
             probes[name] = _Probe(i, up.name, name)
             ds.append(self.forwarder.send_to(i, name, dns.HINFO, self.timeout))
-        self._probes = probes
+        self._set_probes(probes)
         self._pending = ds
         dl = defer.DeferredList(ds, consumeErrors=True)
         dl.addCallback(self._round_done, probes)
@@ -161,14 +192,15 @@ class LoopDetector:
         if not self._running or probes is not self._probes:
             return
         self._pending = []
-        answered = sum(1 for ok, _ in results if ok)
-        looped = any(p.seen >= (1 if self.loop_detected else self.threshold) for p in probes.values())
-        if looped:
-            pass  # _detected already ran (or the loop persists): stay disabled
-        elif answered == len(results) and self.loop_detected:
-            self.loop_detected = False
-            self.forwarder.enable()
-            _log.info("Loop gone: every upstream answered the loop probe; forwarding is enabled again")
+        answered = 0
+        for (ok, _), p in zip(results, probes.values(), strict=True):
+            if ok:
+                answered += 1
+            if p.seen >= self._needed(p):
+                continue  # _detected already ran: (still) isolated
+            if ok and p.seen == 0:
+                self._recovered(p)  # answered, and the probe never came back: no loop (any more)
+            # no answer (a dead or slow upstream) says nothing: an isolated one stays isolated
         if answered:
             self._settled = True
         if not self._settled:
@@ -180,7 +212,7 @@ class LoopDetector:
         if self.recheck > 0:
             self._schedule(self.recheck)
         elif not self.loop_detected:
-            self._probes = {}  # done for good: observe() becomes free
+            self._set_probes({})  # done for good: observe() becomes free
 
     def _schedule(self, delay: float) -> None:
         if self._running:
