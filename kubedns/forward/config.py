@@ -65,7 +65,7 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoopConfig:
-    """Forwarding-loop detection (CoreDNS *loop*, but it disables forwarding instead of exiting)."""
+    """Forwarding-loop detection (CoreDNS *loop*, but it isolates the looping upstream instead of exiting)."""
 
     enabled: bool = False
     recheck: float = 30.0  # re-probe period; 0: probe only at start
