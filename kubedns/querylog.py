@@ -12,8 +12,14 @@ that query logging costs throughput.  The default format is CoreDNS's Common Log
 
     {remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" {rcode} {>rflags} {rsize} {duration}
 
-e.g. ``127.0.0.1:50759 - 29008 "A IN example.org. udp 41 false 4096" NOERROR qr,rd,ra 68 0.000237s``;
-``log: {format: json}`` writes the same fields as one JSON object per line (for log pipelines).
+e.g. ``127.0.0.1:50759 - 29008 "A IN example.org. udp 41 false 4096" NOERROR qr,rd,ra 68 0.000237s``,
+logged through twistd's log like every other line.  ``log: {format: json}`` writes the same
+fields as exactly one JSON object per line straight to the process's stdout, without twistd's
+``<timestamp> [namespace#level]`` prefix, so container log pipelines can parse every line
+(:func:`json_line`).  twistd's own log writes to that same stream object under ``twistd -n``
+(the way it runs in a container and under systemd), so lines never interleave mid-line; with
+``--logfile`` the JSON lines still go to stdout.  (With ``workers: N``, a worker's stdout is
+relayed by worker 0's log, so its JSON lines arrive prefixed; see kubedns.workers.)
 
 ``errors`` only looks at failures (SERVFAIL), so the fast path can stay on: SERVFAIL answers are
 never pre-encoded.  A line is ``plugin/errors: {rcode} {name} {type}: {error}`` as in CoreDNS.
@@ -27,6 +33,7 @@ per window; we group by the error text instead, which needs no configuration.
 from __future__ import annotations
 
 import json
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -149,9 +156,12 @@ class QueryLog:
     #: the fast path is not observed: a dispatcher with query logging must not use it
     needs_every_query = True
 
-    def __init__(self, dispatcher: Any, logger: Logger | None = None):
+    def __init__(self, dispatcher: Any, logger: Logger | None = None, stream: Any = None):
         self.dispatcher = dispatcher
         self.log = logger or Logger(namespace="kubedns.querylog")
+        #: where ``format: json`` lines go; None: the process's real stdout, looked up per line
+        #: (twistd points ``sys.stdout`` at its logger, ``sys.__stdout__`` stays the real one)
+        self.stream = stream
 
     def __call__(self, info: QueryInfo) -> None:
         block = _route(self.dispatcher.blocks, info)
@@ -161,10 +171,21 @@ class QueryLog:
         if cfg is None:
             return
         if cfg.format == "json":
-            fields = query_fields(info)
-            self.log.info("{json}", json=json.dumps(fields, separators=(",", ":")), query=fields)
+            self._write_json(json_line(info))
         else:
             self.log.info("{line}", line=common_line(info))
+
+
+    def _write_json(self, line: str) -> None:
+        out = self.stream if self.stream is not None else sys.__stdout__
+        if out is None:  # no stdout at all (pythonw, closed fd 1): keep the line in the log
+            self.log.info("{json}", json=line)
+            return
+        try:
+            out.write(line + "\n")
+            out.flush()  # one line at a time, as twistd's own observer does
+        except (OSError, ValueError):  # stdout closed or gone (EPIPE): never fail a query for it
+            pass
 
 
 class ErrorLog:

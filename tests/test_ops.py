@@ -527,8 +527,10 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
         assert metric(body, "coredns_cache_entries", type="success", zones=".") == 1
         assert metric(body, "coredns_dns_responses_total", zone="broken.test.", rcode="SERVFAIL") == 4
         assert {"coredns_forward_healthcheck_failures_total", "coredns_cache_requests_total"} <= names(body)
-        # JSON query log: one object per query of the block that has log
-        logged = [json.loads(ln[ln.index("{"):]) for ln in _wait_log(p, r"kubedns\.querylog.*\{")]
+        # JSON query log: one object per query of the block that has log, each a whole stdout line
+        # (no twistd timestamp/namespace prefix), as container log pipelines parse them
+        logged = [json.loads(ln) for ln in _wait_log(p, r'^\{.*"name":"example\.com\."')]
+        assert not _wait_log(p, r"kubedns\.querylog", timeout=0), p.log()
         example = [e for e in logged if e["name"] == "example.com."]
         assert len(example) == 3 and example[0]["rcode"] == "NOERROR" and example[0]["proto"] == "udp"
         assert not [e for e in logged if e["name"].endswith("broken.test.")]  # that block has no log

@@ -180,3 +180,38 @@ def test_process_metrics_are_scraped_like_corednss(kubedns_process: Any, tmp_pat
     assert time.time() - 60 < start <= time.time()  # this process, started just now
     assert metric(body, "python_info") == 1
     assert "coredns_build_info" in body  # the CoreDNS metrics are still there
+
+
+# -- JSON query log -----------------------------------------------------------------------------
+
+
+def test_json_query_log_is_one_bare_object_per_line_on_the_stream() -> None:
+    import io
+    import json
+
+    from twisted.logger import Logger
+
+    from kubedns.config import parse
+    from kubedns.querylog import QueryLog
+    from kubedns.server import Block
+    from tests.test_ops import info
+
+    def block(fmt: str) -> Any:
+        cfg = parse(f"servers: [{{zones: ['.'], listen: '127.0.0.1:53', forward: {{to: ['127.0.0.1:5300']}},"
+                    f" log: {{format: {fmt}}}}}]")
+        return Block(cfg.servers[0], None, chain=None, loop=None)
+
+    class Disp:
+        blocks = [block("json")]
+
+    out, events = io.StringIO(), []
+    qlog = QueryLog(Disp(), logger=Logger(observer=events.append), stream=out)
+    qlog(info(zone=""))
+    qlog(info(zone="", qname=b"b.example.org"))
+    lines = out.getvalue().splitlines(keepends=True)
+    assert len(lines) == 2 and all(ln.endswith("}\n") for ln in lines)
+    assert [json.loads(ln)["name"] for ln in lines] == ["nginx.default.svc.cluster.local.", "b.example.org."]
+    assert events == []  # not also through the text log
+    Disp.blocks = [block("common")]  # the common format stays in the log
+    qlog(info(zone=""))
+    assert len(out.getvalue().splitlines()) == 2 and len(events) == 1
