@@ -527,6 +527,18 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
         assert metric(body, "coredns_cache_entries", type="success", zones=".") == 1
         assert metric(body, "coredns_dns_responses_total", zone="broken.test.", rcode="SERVFAIL") == 4
         assert {"coredns_forward_healthcheck_failures_total", "coredns_cache_requests_total"} <= names(body)
+        # the dead upstream is marked down after max_fails and probed (every 0.5s): each probe fails
+        dead_to = f"127.0.0.1:{dead}"
+        assert metric(body, "coredns_forward_healthcheck_failures_total", to=to) == 0
+
+        def hc() -> float:
+            return metric(http_get(prom, "/metrics")[1], "coredns_forward_healthcheck_failures_total", to=dead_to)
+
+        first_hc = hc()
+        deadline = time.monotonic() + 5
+        while hc() <= max(first_hc, 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hc() > max(first_hc, 1), p.log()
         # JSON query log: one object per query of the block that has log, each a whole stdout line
         # (no twistd timestamp/namespace prefix), as container log pipelines parse them
         logged = [json.loads(ln) for ln in _wait_log(p, r'^\{.*"name":"example\.com\."')]
