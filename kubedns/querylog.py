@@ -19,7 +19,7 @@ fields as exactly one JSON object per line straight to the process's stdout, wit
 (:func:`json_line`).  twistd's own log writes to that same stream object under ``twistd -n``
 (the way it runs in a container and under systemd), so lines never interleave mid-line; with
 ``--logfile`` the JSON lines still go to stdout.  (With ``workers: N``, a worker's stdout is
-relayed by worker 0's log, so its JSON lines arrive prefixed; see kubedns.workers.)
+relayed by worker 0, which passes lines starting with ``{`` through bare; see kubedns.workers.)
 
 ``errors`` only looks at failures (SERVFAIL), so the fast path can stay on: SERVFAIL answers are
 never pre-encoded.  A line is ``plugin/errors: {rcode} {name} {type}: {error}`` as in CoreDNS.

@@ -55,6 +55,8 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.ready = False
         self.on_end: Any = None
         self._buf = b""
+        #: where a worker's JSON query-log lines go: None is this process's real stdout
+        self.out: Any = None
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802 (Twisted API)
         if fd == READY_FD:
@@ -64,8 +66,20 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self._buf += data
         *lines, self._buf = self._buf.split(b"\n")
         for line in lines:
-            if line.strip():
+            if line.startswith(b"{"):
+                # ``log: {format: json}`` lines (twistd's own lines start with a timestamp): pass
+                # them through bare, so the pod's stdout stays one JSON object per line
+                self._passthrough(line.decode(errors="replace"))
+            elif line.strip():
                 log.info("[worker {i}] {line}", i=self.index, line=line.decode(errors="replace"))
+
+    def _passthrough(self, line: str) -> None:
+        out = self.out if self.out is not None else sys.__stdout__
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (AttributeError, OSError, ValueError):
+            log.info("{line}", line=line)
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
         self.pool._ended(self.index, reason)

@@ -215,3 +215,18 @@ def test_json_query_log_is_one_bare_object_per_line_on_the_stream() -> None:
     Disp.blocks = [block("common")]  # the common format stays in the log
     qlog(info(zone=""))
     assert len(out.getvalue().splitlines()) == 2 and len(events) == 1
+
+
+def test_worker_json_query_log_lines_pass_through_bare() -> None:
+    """With ``workers: N`` the JSON lines of workers 1..N-1 reach stdout without a log prefix."""
+    import io
+    import json
+
+    from kubedns.workers import _WorkerProtocol
+
+    proto = _WorkerProtocol(pool=None, index=1)  # type: ignore[arg-type]
+    proto.out = io.StringIO()
+    proto.childDataReceived(1, b'2026-11-28T00:00:00+0000 [kubedns] started\n{"name": "a.example.", "rc')
+    proto.childDataReceived(1, b'ode": "NOERROR"}\n')
+    lines = proto.out.getvalue().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == {"name": "a.example.", "rcode": "NOERROR"}
