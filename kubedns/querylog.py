@@ -259,7 +259,7 @@ class ErrorLog:
 
 
 def _explain(block: Any, info: QueryInfo) -> str:
-    """Why a SERVFAIL happened, from what the block can tell us (QueryInfo carries no error)."""
+    """Why a SERVFAIL happened, from what the block can tell us (when QueryInfo.error is empty)."""
     lname = _lname(info)
     clusters = block.clusters
     if clusters is not None and clusters.zone_of(lname) is not None:

@@ -547,7 +547,7 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
         assert len(example) == 3 and example[0]["rcode"] == "NOERROR" and example[0]["proto"] == "udp"
         assert not [e for e in logged if e["name"].endswith("broken.test.")]  # that block has no log
         # errors: the first failure at once, the others counted into "N errors like ..." lines
-        first = _wait_log(p, r"plugin/errors: 2 h0\.broken\.test\. A: forward: ")
+        first = _wait_log(p, rf"plugin/errors: 2 h0\.broken\.test\. A: forward: .*127\.0\.0\.1:{dead}")
         assert first, p.log()
         summary = _wait_log(p, r"plugin/errors: \d+ errors like '2 <name> <type>: forward: .*' occurred in last 2s", timeout=6)
         assert summary, p.log()
