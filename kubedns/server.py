@@ -332,6 +332,7 @@ class Dispatcher:
                     aging = self._aging(out, lifetime)
                     if aging is None:
                         return out
+                    aging.cache = getattr(block.chain, "cache", None) if block is not None else None
                 self.fast.remember(req.packet, out, info, aging, limit=self._forward_limit(block))
         return out
 
@@ -405,6 +406,7 @@ class Aging:
     stored: float  # reactor time it was stored
     expires: float  # reactor time it stops being served from here
     age: int = 0  # whole seconds the current bytes are aged by
+    cache: Any = None  # the block's Cache: a fast-path hit is one of its hits (coredns_cache_hits_total)
 
 
 class FastCache:
@@ -486,6 +488,8 @@ class FastCache:
                 struct.pack_into("!I", buf, off - 2, max(0, ttl - age))
             entry[0] = bytes(buf)
             aging.age = age
+        if aging.cache is not None:
+            aging.cache.hits += 1
         return entry[0]
 
     def _retire(self, entry: list[Any]) -> None:

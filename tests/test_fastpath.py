@@ -297,3 +297,14 @@ def test_cname_chase_does_not_change_the_kept_answer() -> None:
     a, b = (dns.message.from_wire(x[0]) for x in tr.socket.sent[-2:])
     assert len(a.answer) == len(b.answer) == 2  # CNAME + the chased A, once
     assert a.answer[1][0].address == "192.0.2.1" and b.answer[1][0].address == "192.0.2.2"  # chased again
+
+
+def test_forwarded_fast_hits_count_as_cache_hits() -> None:
+    """coredns_cache_hits_total must not go flat because the fast path answered the hit."""
+    clock, fwd, disp, proto = _forward_setup()
+    cache = disp.blocks[0].chain.cache
+    proto.datagramReceived(_wire("google.com", 1, 1), ("127.0.0.1", 5000))
+    assert (cache.hits, cache.misses) == (0, 1)
+    for i in range(3):
+        proto.datagramReceived(_wire("google.com", 1, 2 + i), ("127.0.0.1", 5000))
+    assert disp.fast.hits() == 3 and cache.hits == 3 and fwd.asked == 1
