@@ -290,10 +290,12 @@ class ClusterZones:
         answers: list[dns.RRHeader] = []
         additional: list[dns.RRHeader] = []
         if not svc.headless:
-            # one SRV per distinct port number; ClusterIP targets the service name itself
+            # one SRV per distinct port number; ClusterIP targets the service name itself, an
+            # ExternalName Service its external name (an SRV target must not be an alias: RFC 2782)
+            target = svc.external_name or svc_name
             for p in dict.fromkeys(p.port for p, _ in ports):
-                answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, svc_name, self.ttl)))
-            additional = self._glue(svc_name, svc.cluster_ips)
+                answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, target, self.ttl)))
+            additional = self._glue(svc_name, svc.cluster_ips) if not svc.external_name else []
             return Answer(answers=answers, additional=additional)
         # Headless: a slice's ports pair with that slice's endpoints only (as CoreDNS), never with
         # another slice's.  Ports from the Service itself (no slice has any) pair with all.

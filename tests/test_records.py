@@ -35,6 +35,8 @@ def _fill(store: Store, pods: bool = True) -> None:
         fakeapi.service("empty", "testns", headless=True),
         fakeapi.service("notready", "testns", headless=True, publish_not_ready=True),
         fakeapi.service("ext", "testns", type="ExternalName", external_name="www.example.com"),
+        fakeapi.service("extp", "testns", type="ExternalName", external_name="api.example.com",
+                        ports=[{"name": "https", "port": 443, "protocol": "TCP"}]),
         fakeapi.service("split", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
     ]
     for s in svcs:
@@ -164,6 +166,9 @@ TABLE = [
     # ExternalName (spec 2.5)
     ("ext.testns.svc.cluster.local", dns.A, OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]),
     ("ext.testns.svc.cluster.local", dns.CNAME, OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]),
+    # an ExternalName's named port: the SRV target is the external name, never the alias (RFC 2782)
+    ("_https._tcp.extp.testns.svc.cluster.local", dns.SRV, OK,
+     ["_https._tcp.extp.testns.svc.cluster.local SRV 0 100 443 api.example.com"]),
     # PTR (2.3.3, 2.4.3)
     ("100.0.96.10.in-addr.arpa", dns.PTR, OK, ["100.0.96.10.in-addr.arpa PTR nginx.default.svc.cluster.local"]),
     ("1.1.244.10.in-addr.arpa", dns.PTR, OK, ["1.1.244.10.in-addr.arpa PTR db-0.db.testns.svc.cluster.local"]),
