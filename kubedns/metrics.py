@@ -79,8 +79,10 @@ DEVIATIONS = (
     "coredns_cache_entries: SERVFAIL entries are counted under type='denial' (CoreDNS keeps them in"
     " its denial cache too).",
     "coredns_forward_*: the deprecated forward metrics are exported (requests_total{to},"
-    " responses_total{to,rcode}, healthcheck_failures_total{to} without rcode); the newer"
-    " coredns_proxy_request_duration_seconds is not (no per-upstream timing yet).",
+    " responses_total{to,rcode}, healthcheck_failures_total{to} without rcode) beside their"
+    " replacements coredns_proxy_request_duration_seconds{proxy_name,to,rcode} (answered tries"
+    " only) and coredns_proxy_healthcheck_failures_total{proxy_name,to} (no rcode: a failed probe"
+    " has none); coredns_proxy_conn_cache_* are not exported.",
     "coredns_health_request_duration_seconds: not exported.",
     "coredns_reload_failed_total: the reload README still says coredns_reload_failed_count; CoreDNS"
     " has exported _total since 1.7 and so do we.",
@@ -392,11 +394,23 @@ class KubeDNSCollector(Collector):
     def _cache_and_forward(self, m: Metrics) -> Iterator[Metric]:
         entries = _Acc()
         counters: dict[str, _Acc] = {n: _Acc() for n in _CARRIED}
+        proxy = _HistAcc(TIME_BUCKETS)
+
+        def take(name: str, labels: tuple[str, ...], v: float) -> None:
+            if name != _PROXY_DURATION:
+                counters[name].add(labels, v)
+                return
+            slot = proxy.slot(labels[:-1])
+            if labels[-1] == "sum":
+                slot[1] += v
+            else:
+                slot[0][int(labels[-1])] += v
+
         for (name, labels), v in m.carried.items():
-            counters[name].add(labels, v)
+            take(name, labels, v)
         for chain, server, zones in m.live_chains():
             for (name, labels), v in _chain_counters(chain, server, zones):
-                counters[name].add(labels, v)
+                take(name, labels, v)
             cache = getattr(chain, "cache", None)
             if cache is not None:
                 by_kind = cache.entries_by_kind()
@@ -405,6 +419,7 @@ class KubeDNSCollector(Collector):
         yield _gauge("coredns_cache_entries", "The number of elements in the cache.", ["server", "type", "zones", "view"], entries)
         for name, (doc, label_names) in _CARRIED.items():
             yield _counter(name, doc, label_names, counters[name])
+        yield proxy.family(_PROXY_DURATION, "Histogram of the time each request took.", ["proxy_name", "to", "rcode"])
 
     # -- process ----------------------------------------------------------------------------------
     def _process(self, kd: Any) -> Iterator[Metric]:
@@ -446,7 +461,11 @@ _CARRIED: dict[str, tuple[str, list[str]]] = {
     "coredns_forward_healthcheck_failures_total": ("Counter of the number of failed healthchecks.", ["to"]),
     "coredns_forward_healthcheck_broken_total": ("Counter of the number of complete failures of the healthchecks.", []),
     "coredns_forward_max_concurrent_rejects_total": ("Counter of the number of queries rejected because the concurrent queries were at maximum.", []),
+    "coredns_proxy_healthcheck_failures_total": ("Counter of the number of failed healthchecks.", ["proxy_name", "to"]),
 }
+#: The forward histogram CoreDNS >= 1.11 dashboards read.  Carried like the counters, one sample
+#: per bucket (label tuple ends in the bucket index, or "sum"), and rebuilt on scrape.
+_PROXY_DURATION = "coredns_proxy_request_duration_seconds"
 
 
 def _chain_counters(chain: Any, server: str, zones: str) -> list[tuple[tuple[str, tuple[str, ...]], float]]:
@@ -474,6 +493,13 @@ def _chain_counters(chain: Any, server: str, zones: str) -> list[tuple[tuple[str
         for to, s in fwd.upstream_stats().items():
             out.append((("coredns_forward_requests_total", (to,)), s.requests))
             out.append((("coredns_forward_healthcheck_failures_total", (to,)), s.healthcheck_failures))
+            out.append((("coredns_proxy_healthcheck_failures_total", ("forward", to)), s.healthcheck_failures))
+            for rcode, (counts, total) in s.durations.items():
+                rc = rcode_name(rcode)
+                for i, c in enumerate(counts):
+                    if c:
+                        out.append(((_PROXY_DURATION, ("forward", to, rc, str(i))), c))
+                out.append(((_PROXY_DURATION, ("forward", to, rc, "sum")), total))
             for rcode, n in s.responses.items():
                 out.append((("coredns_forward_responses_total", (to, rcode_name(rcode))), n))
         out.append((("coredns_forward_healthcheck_broken_total", ()), fwd.stats.healthcheck_broken))

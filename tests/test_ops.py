@@ -522,6 +522,11 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
         to = up.address
         assert metric(body, "coredns_forward_requests_total", to=to) == 1  # the cache took the rest
         assert metric(body, "coredns_forward_responses_total", to=to, rcode="NOERROR") == 1
+        # the CoreDNS >= 1.11 names: one answered try, timed, with a +Inf bucket equal to the count
+        proxy = {"proxy_name": "forward", "to": to, "rcode": "NOERROR"}
+        assert metric(body, "coredns_proxy_request_duration_seconds_count", **proxy) == 1
+        assert metric(body, "coredns_proxy_request_duration_seconds_bucket", le="+Inf", **proxy) == 1
+        assert 0 < metric(body, "coredns_proxy_request_duration_seconds_sum", **proxy) < 5
         assert metric(body, "coredns_cache_hits_total", type="success", zones=".") == 2
         assert metric(body, "coredns_cache_misses_total", zones=".") == 1
         assert metric(body, "coredns_cache_entries", type="success", zones=".") == 1
@@ -532,7 +537,10 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
         assert metric(body, "coredns_forward_healthcheck_failures_total", to=to) == 0
 
         def hc() -> float:
-            return metric(http_get(prom, "/metrics")[1], "coredns_forward_healthcheck_failures_total", to=dead_to)
+            page = http_get(prom, "/metrics")[1]
+            old = metric(page, "coredns_forward_healthcheck_failures_total", to=dead_to)
+            assert metric(page, "coredns_proxy_healthcheck_failures_total", proxy_name="forward", to=dead_to) == old
+            return old
 
         first_hc = hc()
         deadline = time.monotonic() + 5

@@ -13,6 +13,8 @@ The wire work lives in :mod:`kubedns.forward.transport`.
 from __future__ import annotations
 
 import random
+import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,16 @@ class UpstreamStats:
     responses: dict[int, int] = field(default_factory=dict)  # rcode -> count
     failures: int = 0  # tries without an answer
     healthcheck_failures: int = 0
+    #: rcode -> [per-bucket counts (TIME_BUCKETS, then +Inf), sum of seconds]: how long answered
+    #: tries took, for coredns_proxy_request_duration_seconds{to, rcode}
+    durations: dict[int, list[Any]] = field(default_factory=dict)
+
+    def observe(self, rcode: int, seconds: float, bounds: tuple[float, ...]) -> None:
+        h = self.durations.get(rcode)
+        if h is None:
+            h = self.durations[rcode] = [[0] * (len(bounds) + 1), 0.0]
+        h[0][bisect_left(bounds, seconds)] += 1
+        h[1] += seconds
 
 
 @dataclass(slots=True)
@@ -114,6 +126,9 @@ class Forwarder:
         self._running = False
         self._budget = max(REQUEST_BUDGET, config.timeout)
         self._tls_cache: dict[str, Any] = {}
+        from kubedns.metrics import TIME_BUCKETS  # here, not at import: metrics imports the server
+
+        self._bounds = TIME_BUCKETS
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -343,6 +358,7 @@ class Forwarder:
                 errors.append((up.name, "request budget exhausted"))
                 break
             up.stats.requests += 1
+            t0 = time.perf_counter()
             try:
                 data = await self._try(up, template, expect, tcp, min(self.config.timeout, remaining), deadline)
                 msg = decode_response(data)
@@ -353,6 +369,7 @@ class Forwarder:
                 continue
             rcode = msg.rCode
             up.stats.responses[rcode] = up.stats.responses.get(rcode, 0) + 1
+            up.stats.observe(rcode, time.perf_counter() - t0, self._bounds)
             self._succeeded(up)
             return data, msg
         raise UpstreamsFailed("no upstream answered", tuple(errors))
