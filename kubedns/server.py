@@ -33,6 +33,7 @@ from kubedns.config import ServerBlock
 from kubedns.records import Answer, ClusterZones
 from kubedns.wire import (
     BADVERS,
+    DOTTED_LABEL,
     Edns,
     Question,
     encode_response,
@@ -171,6 +172,8 @@ class Dispatcher:
         if edns is not None and edns.version != 0:
             return self._finish(req, Answer(rcode=BADVERS, authoritative=False), "", ra=False)
         qname = q.qname
+        if qname == DOTTED_LABEL:
+            return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
         lname = qname.decode("ascii", "replace").lower()
         block = req.block = self._route(lname)
         if block is None:

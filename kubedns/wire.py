@@ -41,6 +41,9 @@ __all__ = [
 EDNS_UDP_SIZE = 1232
 #: The most we put in one UDP datagram whatever the client says.
 MAX_UDP_SIZE = 65000
+#: ``Question.qname`` of a question with a dot inside a label (``nginx\.default``): such a name has
+#: no dotted form, is in none of our zones, and would be mangled if forwarded, so it is REFUSED.
+DOTTED_LABEL = b"\x00<dot inside a label>"
 BADVERS = 16
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -108,12 +111,16 @@ def parse_question(data: bytes) -> Question | None:
             return None
         labels.append(data[pos : pos + ln])
         pos += ln
-        if pos - 12 > 255:
+        if pos - 12 >= 255:  # with the root byte still to come: over 255 octets (RFC 1035 2.3.4)
             return None
     if pos + 4 > n:
         return None
     qtype, qclass = struct.unpack_from("!HH", data, pos)
-    return Question(qid, flags, qd, an, ns, ar, data[12:pos], b".".join(labels), qtype, qclass, pos + 4)
+    qname = b".".join(labels)
+    if qname.count(b".") != len(labels) - 1:
+        # a dot inside a label: the dotted form would name something else; flag it instead
+        qname = DOTTED_LABEL
+    return Question(qid, flags, qd, an, ns, ar, data[12:pos], qname, qtype, qclass, pos + 4)
 
 
 def read_edns(message: dns.Message) -> tuple[Edns | None, bool]:
@@ -151,7 +158,7 @@ def read_edns_raw(data: bytes, q: Question) -> tuple[Edns | None, bool] | None:
 def question_compression(qname: bytes) -> dict[bytes, int]:
     """Twisted compression entries for a question name written at offset 12, as sent."""
     comp: dict[bytes, int] = {}
-    if not qname:
+    if not qname or qname == DOTTED_LABEL:  # its suffixes would point into the middle of a label
         return comp
     offset = 12
     name = qname
