@@ -39,8 +39,8 @@ from kubedns.wire import (
     encode_response,
     error_response,
     parse_question,
-    read_edns,
     read_edns_raw,
+    scan_query_records,
     ttl_fields,
     udp_limit,
 )
@@ -149,21 +149,14 @@ class Dispatcher:
             return error_response(data, NOTIMP)
         if q.qdcount != 1:
             return error_response(data, FORMERR)
-        # The usual query (one question, maybe an OPT) is read by hand; anything else is decoded
-        # in full, which also validates it.
+        # The usual query (one question, maybe an OPT) is read by hand; any other shape is walked
+        # record by record with bounded names (no decoder ever sees a crafted name), and rejected
+        # past what a query may carry.
         edns_ok = read_edns_raw(data, q)
         if edns_ok is None:
-            msg = dns.Message()
-            try:
-                msg.fromStr(data)
-            except Exception:
+            edns_ok = scan_query_records(data, q)
+            if edns_ok is None:
                 return error_response(data, FORMERR)
-            # twisted's decoder stops quietly at the end of the data: a short packet is malformed
-            if (len(msg.queries), len(msg.answers), len(msg.authority), len(msg.additional)) != (
-                q.qdcount, q.ancount, q.nscount, q.arcount,
-            ):
-                return error_response(data, FORMERR)
-            edns_ok = read_edns(msg)
         edns, ok = edns_ok
         if not ok:
             return error_response(data, FORMERR)
@@ -202,9 +195,7 @@ class Dispatcher:
                     return self._finish(req, ans, zone, cacheable=ans.rcode != SERVFAIL, plugin="kubernetes")
                 fell = res
         if block.chain is not None and block.chain.handles(qname):
-            msg = dns.Message()
-            msg.fromStr(data)
-            d = block.chain.resolve(msg, tcp=proto == "tcp")
+            d = block.chain.resolve(_forward_query(req), tcp=proto == "tcp")
             d.addCallbacks(self._relay, self._relay_error, callbackArgs=(req,), errbackArgs=(req,))
             return d
         if fell is not None:
@@ -398,6 +389,17 @@ class Dispatcher:
         error = f"forward: {failure.getErrorMessage()}"
         return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True,
                             plugin="forward", error=error)
+
+
+def _forward_query(req: Request) -> dns.Message:
+    """What the forward chain needs of a query (question, RD, CD, DO), built from what was
+    already parsed: the client's own records (a TSIG, a NOTIFY's SOA...) are never forwarded."""
+    q = req.q
+    msg = dns.Message(id=q.id, recDes=bool(q.flags & 0x0100), checkingDisabled=bool(q.flags & 0x0010))
+    msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
+    if req.edns is not None:
+        msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0)]
+    return msg
 
 
 @dataclass(slots=True)

@@ -155,6 +155,82 @@ def read_edns_raw(data: bytes, q: Question) -> tuple[Edns | None, bool] | None:
     return Edns(udp_size=max(512, size), version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000)), True
 
 
+#: Records a query may carry besides its question, as miekg/dns (CoreDNS) accepts them: one
+#: answer (a NOTIFY's SOA), one authority (an IXFR's SOA), two additional (OPT and TSIG).
+QUERY_RECORD_LIMITS = (1, 1, 2)
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, TTL, rdlength
+#: Compression pointers followed for one name before it is called a loop.
+_MAX_POINTER_HOPS = 64
+
+
+def scan_name(buf: bytes, pos: int) -> int | None:
+    """Offset just past the name at ``pos``, or None if malformed.
+
+    Malformed: running past the end, a reserved label type, a pointer that does not point
+    strictly backwards (which rules out loops), more than 64 pointer hops, or an expanded name
+    over 255 octets (RFC 1035 2.3.4).  Checking this before any decoder sees the message keeps
+    a crafted name from costing more than a walk over its bytes.
+    """
+    n = len(buf)
+    total = 0
+    hops = 0
+    end = -1
+    while True:
+        if pos >= n:
+            return None
+        ln = buf[pos]
+        if ln >= 0xC0:
+            if pos + 1 >= n:
+                return None
+            target = ((ln & 0x3F) << 8) | buf[pos + 1]
+            if target >= pos or hops == _MAX_POINTER_HOPS:
+                return None
+            hops += 1
+            if end < 0:
+                end = pos + 2
+            pos = target
+            continue
+        if ln & 0xC0:
+            return None
+        total += ln + 1
+        if total > 255:
+            return None
+        if ln == 0:
+            return end if end >= 0 else pos + 1
+        pos += 1 + ln
+
+
+def scan_query_records(data: bytes, q: Question) -> tuple[Edns | None, bool] | None:
+    """EDNS of a query with records besides its question, walked by hand; None if malformed.
+
+    For the shapes :func:`read_edns_raw` leaves alone (a NOTIFY's SOA, a TSIG beside the OPT, an
+    OPT that is not last...).  More records than :data:`QUERY_RECORD_LIMITS` allows, a bad name
+    anywhere, a record running past the end, or an OPT outside the additional section, not
+    owned by the root or given twice are malformed (FORMERR); rdata is skipped, not decoded.
+    """
+    counts = (q.ancount, q.nscount, q.arcount)
+    if any(c > lim for c, lim in zip(counts, QUERY_RECORD_LIMITS, strict=True)):
+        return None
+    pos = q.end
+    n = len(data)
+    edns: Edns | None = None
+    for section, count in enumerate(counts):
+        for _ in range(count):
+            owner = pos
+            after = scan_name(data, pos)
+            if after is None or after + 10 > n:
+                return None
+            rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, after)
+            pos = after + 10 + rdlen
+            if pos > n:
+                return None
+            if rtype == dns.OPT:
+                if section != 2 or edns is not None or data[owner] != 0:
+                    return edns, False
+                edns = Edns(udp_size=max(512, rclass), version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+    return edns, True
+
+
 def question_compression(qname: bytes) -> dict[bytes, int]:
     """Twisted compression entries for a question name written at offset 12, as sent."""
     comp: dict[bytes, int] = {}

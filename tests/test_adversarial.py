@@ -670,12 +670,6 @@ def _long_name_bomb(labels: int, pointers: int) -> bytes:
     return HDR_1Q.pack(0x4242, 0x0100, 1, 0, 0, pointers + 1) + body
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reactor blocked: a query whose additional section holds a 32 KB owner name (no 255-octet "
-    "check) plus records compressed to point at it goes to the slow path "
-    "(server.py Dispatcher._handle: msg.fromStr) where twisted's Name.decode rebuilds the huge "
-    "name for every pointer with quadratic concatenation: ~18 ms per record, one 52 KB TCP "
-    "message with 999 pointers blocks the server ~20 s"))
 def test_oversized_compressed_names_do_not_block_the_reactor(own_srv: Srv) -> None:
     srv = own_srv
     bomb = _long_name_bomb(16000, 150)  # ~34 KB: blocks ~2.5 s when the bug is present
