@@ -68,14 +68,18 @@ def test_real_tsig_signed_query_is_accepted() -> None:
     assert ok and edns is not None
 
 
+def _scan(pkt: bytes):
+    return scan_query_records(pkt, parse_question(pkt))
+
+
 def test_too_many_records_bad_opts_and_short_records_are_malformed() -> None:
     opt = _rr(b"\x00", 41, rclass=1232)
     a = _rr(b"\xc0\x0c", 1, rdata=b"\x7f\x00\x00\x01")
-    assert scan_query_records(p := _packet(2, 0, 0, a + a), parse_question(p)) is None
-    assert scan_query_records(p := _packet(0, 0, 3, a + a + a), parse_question(p)) is None
+    assert _scan(_packet(2, 0, 0, a + a)) is None
+    assert _scan(_packet(0, 0, 3, a + a + a)) is None
     two_opts = _packet(0, 0, 2, opt + opt)
     assert scan_query_records(two_opts, parse_question(two_opts))[1] is False
-    assert scan_query_records(p := _packet(1, 0, 0, opt), parse_question(p))[1] is False  # OPT as an answer
-    assert scan_query_records(p := _packet(0, 0, 2, a + _rr(b"\x01x\x00", 41)), parse_question(p))[1] is False
-    assert scan_query_records(p := _packet(1, 0, 0, a[:-1]), parse_question(p)) is None  # rdata cut short
-    assert scan_query_records(p := _packet(0, 1, 0, b"\xc0\x40" + a[2:]), parse_question(p)) is None
+    assert _scan(_packet(1, 0, 0, opt))[1] is False  # OPT as an answer
+    assert _scan(_packet(0, 0, 2, a + _rr(b"\x01x\x00", 41)))[1] is False
+    assert _scan(_packet(1, 0, 0, a[:-1])) is None  # rdata cut short
+    assert _scan(_packet(0, 1, 0, b"\xc0\x40" + a[2:])) is None
