@@ -66,15 +66,20 @@ class _Listener(service.Service):
         raise NotImplementedError
 
 
+#: Read whole datagrams: twisted's default of 8192 silently cuts a larger (legal, e.g. padded)
+#: query, which then reads as malformed.  Reading with a 64 KB limit costs no more per packet.
+MAX_DATAGRAM = 65535
+
+
 class UDPListener(_Listener):
     """A UDP port for a DatagramProtocol."""
 
     def _listen(self) -> Any:
         if not self.reuse_port:
-            return self.reactor.listenUDP(self.port, self.target, interface=self.host)
+            return self.reactor.listenUDP(self.port, self.target, interface=self.host, maxPacketSize=MAX_DATAGRAM)
         s = _bound_socket(self.host, self.port, socket.SOCK_DGRAM)
         try:
-            return self.reactor.adoptDatagramPort(s.fileno(), s.family, self.target)
+            return self.reactor.adoptDatagramPort(s.fileno(), s.family, self.target, maxPacketSize=MAX_DATAGRAM)
         finally:
             s.close()  # the reactor holds its own duplicate
 

@@ -569,29 +569,64 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
 
 
 class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
-    """TCP: length-prefixed messages, pipelined, closed after an idle timeout (RFC 7766)."""
+    """TCP: length-prefixed messages, pipelined, closed after an idle timeout (RFC 7766).
 
-    max_pending = 64
+    A client that pipelines without reading must not make us buffer answers without bound, nor
+    keep the reactor to itself: the protocol is its transport's streaming producer, so reading
+    stops while the client's unread answers fill the write buffer and resumes when it drains,
+    and at most :attr:`batch` messages are answered per turn before other clients get theirs.
+    Only a complete message (or an answer sent) counts as activity for the idle timer, so a
+    client trickling bytes is closed like an idle one.
+    """
+
+    max_pending = 64  # forwarded answers awaited at once on one connection
+    batch = 32  # messages answered before yielding to the reactor
 
     def __init__(self, dispatcher: Dispatcher, idle_timeout: float):
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
         self._buf = b""
         self._pending = 0
+        self._blocked = False  # the transport's write buffer is full: the client is not reading
+        self._later: Any = None  # the next batch, scheduled
 
     def connectionMade(self) -> None:  # noqa: N802
         self.setTimeout(self.idle_timeout)
+        self.transport.registerProducer(self, True)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.open += 1
+
+    # IPushProducer, called by the transport as its write buffer fills and drains
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._blocked = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._blocked = False
+        self._process()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._blocked = True
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.resetTimeout()
         self._buf += data
-        while len(self._buf) >= 2:
+        self._process()
+
+    def _process(self) -> None:
+        self._later = None
+        done = 0
+        while not self._blocked and len(self._buf) >= 2:
             (n,) = struct.unpack_from("!H", self._buf, 0)
             if len(self._buf) < 2 + n:
-                if len(self._buf) > 2 + 65535:  # cannot happen with a 16-bit length; belt and braces
-                    self.transport.loseConnection()
+                break
+            if done == self.batch:  # more to answer: let the other clients have a turn first
+                self.transport.pauseProducing()
+                self._later = self.dispatcher.reactor.callLater(0, self._process)
                 return
             packet, self._buf = self._buf[2 : 2 + n], self._buf[2 + n :]
+            done += 1
+            self.resetTimeout()
             if self._pending >= self.max_pending:
                 self.transport.loseConnection()
                 return
@@ -608,6 +643,8 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
                 self._pending += 1
                 result.addCallback(self._write_pending)
                 result.addErrback(lambda f: log.failure("TCP answer failed", f))
+        if not self._blocked and self.transport.connected and not self.transport.disconnecting:
+            self.transport.resumeProducing()
 
     def _write_pending(self, data: bytes | None) -> None:
         self._pending -= 1
@@ -621,17 +658,33 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.setTimeout(None)  # no idle timer left behind per closed connection
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        self._buf = b""
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.open -= 1
 
     def timeoutConnection(self) -> None:  # noqa: N802
         self.transport.loseConnection()
 
 
 class DNSStreamFactory(protocol.ServerFactory):
+    """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once, a new
+    connection is closed at once (UDP keeps answering), so no client can use up the file
+    descriptors the listener and the watches need."""
+
+    max_connections = 10000
+
     def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0):
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
+        self.open = 0
 
-    def buildProtocol(self, addr: Any) -> DNSStreamProtocol:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> DNSStreamProtocol | None:  # noqa: N802
+        if self.open >= self.max_connections:
+            return None
         p = DNSStreamProtocol(self.dispatcher, self.idle_timeout)
         p.factory = self
         return p

@@ -1,0 +1,76 @@
+"""TCP flow control of DNSStreamProtocol, driven in-process over twisted's StringTransport.
+
+The process-level attacks are in tests/test_adversarial.py; here the mechanics are pinned down:
+answers per turn are bounded and the rest wait for the next reactor turn, a full write buffer
+stops reading until it drains, and the factory refuses connections past its cap.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import dns.message
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+
+from kubedns.server import DNSStreamFactory, DNSStreamProtocol
+from tests.test_fastpath import _setup
+
+
+def _framed(qid: int) -> bytes:
+    q = dns.message.make_query("nginx.default.svc.cluster.local", "A")
+    q.id = qid
+    w = q.to_wire()
+    return struct.pack("!H", len(w)) + w
+
+
+def _answers(tr: StringTransport) -> list[int]:
+    data, ids = tr.value(), []
+    while len(data) >= 2:
+        (n,) = struct.unpack_from("!H", data)
+        ids.append(dns.message.from_wire(data[2 : 2 + n]).id)
+        data = data[2 + n :]
+    return ids
+
+
+def _connect(factory: DNSStreamFactory) -> tuple[DNSStreamProtocol, StringTransport]:
+    proto = factory.buildProtocol(None)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr
+
+
+def test_pipelined_queries_are_answered_a_batch_per_turn() -> None:
+    disp = _setup()[0]
+    clock = task.Clock()
+    disp.reactor = clock
+    proto, tr = _connect(DNSStreamFactory(disp, idle_timeout=10))
+    proto.dataReceived(b"".join(_framed(i) for i in range(100)))
+    assert _answers(tr) == list(range(32)) and tr.producerState == "paused"  # reading stops meanwhile
+    assert len(clock.getDelayedCalls()) == 1  # the rest: a later turn (task.Clock runs them all at once)
+    clock.advance(0)
+    assert _answers(tr) == list(range(100)) and tr.producerState == "producing"
+
+
+def test_a_full_write_buffer_stops_reading_until_it_drains() -> None:
+    disp = _setup()[0]
+    disp.reactor = task.Clock()
+    proto, tr = _connect(DNSStreamFactory(disp, idle_timeout=10))
+    assert tr.producer is proto and tr.streaming  # registered as the transport's producer
+    proto.pauseProducing()  # what the transport does when the client stops reading
+    assert tr.producerState == "paused"
+    proto.dataReceived(_framed(1) + _framed(2))
+    assert _answers(tr) == []  # nothing more is answered (and buffered) meanwhile
+    proto.resumeProducing()  # drained
+    assert _answers(tr) == [1, 2] and tr.producerState == "producing"
+
+
+def test_connections_past_the_cap_are_refused() -> None:
+    disp = _setup()[0]
+    factory = DNSStreamFactory(disp, idle_timeout=10)
+    factory.max_connections = 2
+    a, _ = _connect(factory)
+    _connect(factory)
+    assert factory.buildProtocol(None) is None
+    a.connectionLost(None)
+    assert factory.open == 1 and factory.buildProtocol(None) is not None
