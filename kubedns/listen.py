@@ -66,6 +66,26 @@ class _Listener(service.Service):
         raise NotImplementedError
 
 
+def raise_fd_limit(ceiling: int = 1 << 20) -> int:
+    """Raise the soft open-files limit to the hard one (at most ``ceiling``); the soft limit after.
+
+    Go raises it by itself at start, so CoreDNS runs with the hard limit; a Python process keeps
+    systemd's or the shell's soft 1024, where a few hundred idle TCP clients would leave no file
+    descriptor for the sockets forwarding needs.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        return soft if soft != resource.RLIM_INFINITY else ceiling
+    except (ImportError, ValueError, OSError):
+        return 1024
+
+
 #: Read whole datagrams: twisted's default of 8192 silently cuts a larger (legal, e.g. padded)
 #: query, which then reads as malformed.  Reading with a 64 KB limit costs no more per packet.
 MAX_DATAGRAM = 65535

@@ -671,16 +671,18 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
 
 
 class DNSStreamFactory(protocol.ServerFactory):
-    """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once, a new
-    connection is closed at once (UDP keeps answering), so no client can use up the file
-    descriptors the listener and the watches need."""
+    """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once (10000, or
+    half the open-files limit if lower), a new connection is closed at once (UDP keeps
+    answering), so no client can use up the file descriptors forwarding and the watches need."""
 
     max_connections = 10000
 
-    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0):
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, fd_limit: int | None = None):
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
         self.open = 0
+        if fd_limit is not None:  # leave half the descriptors to UDP, upstreams, watches and HTTP
+            self.max_connections = max(16, min(self.max_connections, fd_limit // 2))
 
     def buildProtocol(self, addr: Any) -> DNSStreamProtocol | None:  # noqa: N802
         if self.open >= self.max_connections:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
-from kubedns.listen import TCPListener, UDPListener
+from kubedns.listen import TCPListener, UDPListener, raise_fd_limit
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher, DNSDatagramProtocol, DNSStreamFactory
 from kubedns.workers import WorkerPool, announce_ready, worker_index
@@ -68,6 +68,7 @@ class KubeDNS(service.MultiService):
         self.reactor = reactor
         self.config = config
         self.fast_path = os.environ.get("KUBEDNS_FAST_PATH", "1") != "0"
+        self._fd_limit = raise_fd_limit()  # as Go does for CoreDNS; bounds TCP connections too
         #: 0 in the process twistd started; 1..N-1 in the workers it spawns (``workers: N``)
         self.worker = worker_index()
         self.pool: WorkerPool | None = None
@@ -233,7 +234,7 @@ class KubeDNS(service.MultiService):
         iface = _interface(addr.host)
         reuse = self.config.workers > 1
         udp = UDPListener(iface, addr.port, DNSDatagramProtocol(disp), self.reactor, reuse)
-        factory = DNSStreamFactory(disp, idle_timeout=self.config.tcp_idle_timeout)
+        factory = DNSStreamFactory(disp, idle_timeout=self.config.tcp_idle_timeout, fd_limit=self._fd_limit)
         tcp = TCPListener(iface, addr.port, factory, self.reactor, reuse)
         lst = _Listener(addr, disp, udp, tcp)
         for s in lst.services:

@@ -74,3 +74,17 @@ def test_connections_past_the_cap_are_refused() -> None:
     assert factory.buildProtocol(None) is None
     a.connectionLost(None)
     assert factory.open == 1 and factory.buildProtocol(None) is not None
+
+
+def test_fd_limit_is_raised_and_bounds_tcp_connections() -> None:
+    import resource
+
+    from kubedns.listen import raise_fd_limit
+
+    soft = raise_fd_limit()
+    now_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == now_soft or now_soft == resource.RLIM_INFINITY
+    assert hard == resource.RLIM_INFINITY or now_soft == min(hard, 1 << 20)
+    disp = _setup()[0]
+    assert DNSStreamFactory(disp, fd_limit=1024).max_connections == 512
+    assert DNSStreamFactory(disp, fd_limit=1 << 20).max_connections == 10000
