@@ -5,7 +5,7 @@ touches a ``prometheus_client`` metric object per query.  The slow path's observ
 (:meth:`QueryStats.observe`) does a handful of tuple and dict operations: it bumps plain counters
 in a dict keyed by the raw label values (sizes already reduced to their bucket index), and the
 fast path (pre-encoded UDP answers) is not observed at all: its hits are counted inside the
-:class:`~kubedns.server.FastCache` entries.  All Prometheus objects are built at scrape time by
+:class:`~kubedns.fastcache.FastCache` entries.  All Prometheus objects are built at scrape time by
 :class:`KubeDNSCollector`, which folds both sources together, plus the cache, forwarder and process
 counters, into ``CounterMetricFamily`` / ``GaugeMetricFamily`` / ``HistogramMetricFamily``.
 

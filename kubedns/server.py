@@ -1,4 +1,4 @@
-"""The DNS server: UDP and TCP protocols, and the per-address dispatch over server blocks.
+"""The DNS server's dispatch: one query in as bytes, one answer out as bytes (or a Deferred).
 
 One :class:`Dispatcher` per listen address holds the server blocks that share it; a query goes
 to the block with the longest zone containing its name, then inside that block to the cluster
@@ -11,8 +11,8 @@ built by :func:`kubedns.wire.encode_response` from the exact rcode and sections,
 client sends can raise out of ``datagramReceived``: a packet that does not decode gets FORMERR
 (or is dropped if it has no header), anything unexpected gets SERVFAIL and a log line.
 
-The fast path for pre-encoded answers hooks in at :meth:`Dispatcher.handle`, which already works
-on raw bytes in and raw bytes out.
+The UDP/TCP protocols are in :mod:`kubedns.protocols`; the pre-encoded answers of the fast path
+in :mod:`kubedns.fastcache`, filled here by :meth:`Dispatcher._finish`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from kubedns.config import ServerBlock
+from kubedns.fastcache import Aging, FastCache
 from kubedns.records import Answer, ClusterZones
 from kubedns.wire import (
     BADVERS,
@@ -45,7 +45,7 @@ from kubedns.wire import (
     udp_limit,
 )
 
-__all__ = ["Block", "Dispatcher", "DNSDatagramProtocol", "DNSStreamFactory", "QueryInfo"]
+__all__ = ["Block", "Dispatcher", "QueryInfo"]
 
 log = Logger()
 
@@ -400,293 +400,3 @@ def _forward_query(req: Request) -> dns.Message:
     if req.edns is not None:
         msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0)]
     return msg
-
-
-@dataclass(slots=True)
-class Aging:
-    """TTL bookkeeping of a pre-encoded forwarded answer."""
-
-    body: bytes  # the answer after the ID, TTLs as first sent
-    ttls: list[tuple[int, int]]  # (offset in the full message, TTL as first sent)
-    stored: float  # reactor time it was stored
-    expires: float  # reactor time it stops being served from here
-    age: int = 0  # whole seconds the current bytes are aged by
-    cache: Any = None  # the block's Cache: a fast-path hit is one of its hits (coredns_cache_hits_total)
-
-
-class FastCache:
-    """Pre-encoded UDP answers keyed by the query's bytes after the ID (and, for the normal path,
-    the cluster answers computed from the store: all of it is dropped when a store changes).
-
-    The key is everything after the 2-byte ID: flags (RD, CD...), counts, the question with the
-    client's exact name case, and the OPT record (payload size, DO bit, options).  Equal keys
-    mean equal answers, so a hit is one dict lookup plus an ID patch, and case echo and EDNS
-    handling come for free; a query with anything unusual (a cookie, another opcode...) simply
-    has a key of its own or never gets stored.  Only answers computed synchronously from the
-    store are stored; the whole cache is dropped whenever a store changes (its generation moves),
-    so an entry can never outlive the data it was built from.  Hit counts stay in the entries and
-    are folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
-    """
-
-    #: Bounds on what clients can make us keep: entries, and bytes of answers.  Case variants and
-    #: EDNS sizes of one name each get an entry, so the byte budget matters more than the count.
-    max_entries = 50000
-    max_bytes = 64 << 20
-    #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
-    max_forwarded_answer = 4096
-    #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation.
-    max_computed = 20000
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.entries: dict[bytes, list[Any]] = {}
-        #: keys of forwarded (aging) entries, oldest first; bounded by the block cache's ``size``
-        self.forwarded: dict[bytes, None] = {}
-        self.bytes = 0
-        #: ``(ClusterZones, qname, qtype) → (zone, Answer) | None``: what the store answered, kept
-        #: for the normal path until the store changes; filled even when the fast path is off
-        self.computed: dict[tuple[Any, bytes, int], Any] = {}
-        #: hits of dropped entries, by the QueryInfo fields metrics label on
-        self.retired: dict[tuple[Any, ...], int] = {}
-
-    def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
-                 limit: int = 0) -> None:
-        """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
-
-        ``limit`` caps the forwarded entries, like the block cache's ``size`` caps its own: the
-        fast path must not keep more forwarded names than the operator allowed the cache to.
-        """
-        if not self.enabled:
-            return
-        key = packet[2:]
-        if aging is not None:
-            if len(answer) > self.max_forwarded_answer or limit <= 0:
-                return
-            while len(self.forwarded) >= limit:
-                self._drop(next(iter(self.forwarded)))
-        if len(self.entries) >= self.max_entries or self.bytes + len(answer) > self.max_bytes:
-            self.clear()
-        if key in self.entries:
-            self._drop(key)
-        self.entries[key] = [answer[2:], 0, info, aging]
-        self.bytes += len(answer)
-        if aging is not None:
-            self.forwarded[key] = None
-
-    def _drop(self, key: bytes) -> None:
-        entry = self.entries.pop(key, None)
-        self.forwarded.pop(key, None)
-        if entry is not None:
-            self._retire(entry)
-            self.bytes -= len(entry[0]) + 2
-
-    def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
-        """The body of a forwarded entry with TTLs counted down to ``now``; None once expired."""
-        aging: Aging = entry[3]
-        if now >= aging.expires or now < aging.stored:
-            self._drop(key)
-            return None
-        age = int(now - aging.stored)
-        if age != aging.age:
-            buf = bytearray(aging.body)
-            for off, ttl in aging.ttls:
-                struct.pack_into("!I", buf, off - 2, max(0, ttl - age))
-            entry[0] = bytes(buf)
-            aging.age = age
-        if aging.cache is not None:
-            aging.cache.hits += 1
-        return entry[0]
-
-    def _retire(self, entry: list[Any]) -> None:
-        if entry[1]:
-            k = fast_key(entry[2])
-            self.retired[k] = self.retired.get(k, 0) + entry[1]
-
-    def clear(self) -> None:
-        """Drop every entry (in place: protocols hold a reference to the dict)."""
-        self.computed.clear()
-        if not self.entries:
-            return
-        for e in self.entries.values():
-            self._retire(e)
-        self.entries.clear()
-        self.forwarded.clear()
-        self.bytes = 0
-
-    def live(self) -> list[tuple[tuple[Any, ...], int]]:
-        """``(fast_key(info), hits)`` of current entries, for rendering metrics on scrape."""
-        return [(fast_key(e[2]), e[1]) for e in self.entries.values() if e[1]]
-
-    def hits(self) -> int:
-        return sum(n for _, n in self.live()) + sum(self.retired.values())
-
-
-def fast_key(info: QueryInfo) -> tuple[Any, ...]:
-    """The QueryInfo fields that metrics and summaries group fast-path hits by."""
-    return (info.server, info.zone, info.qtype, info.rcode, info.request_size, info.response_size, info.do)
-
-
-class DNSDatagramProtocol(protocol.DatagramProtocol):
-    """UDP: one datagram in, at most one out."""
-
-    def __init__(self, dispatcher: Dispatcher):
-        self.dispatcher = dispatcher
-
-    def startProtocol(self) -> None:  # noqa: N802
-        self._sendto = self.transport.socket.sendto
-        self._fast = self.dispatcher.fast.entries
-        self._aged = self.dispatcher.fast.aged
-        self._seconds = self.dispatcher.reactor.seconds
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
-        key = data[2:]
-        entry = self._fast.get(key)
-        if entry is not None:
-            body = entry[0] if entry[3] is None else self._aged(key, entry, self._seconds())
-            if body is not None:
-                entry[1] += 1
-                try:
-                    self._sendto(data[:2] + body, addr)
-                except OSError:
-                    pass
-                return
-        result = self.dispatcher.handle(data, "udp", addr)
-        if result is None:
-            return
-        if isinstance(result, bytes):
-            self._send(result, addr)
-        else:
-            result.addCallback(self._send, addr)
-            result.addErrback(lambda f: log.failure("sending UDP answer failed", f))
-
-    def _send(self, data: bytes | None, addr: Any) -> None:
-        if data is None or self.transport is None:
-            return
-        try:  # the socket's own sendto: transport.write re-validates the address (~2.4 µs)
-            self._sendto(data, addr)
-        except OSError as e:  # e.g. EPERM from a firewall, ENOBUFS under load
-            log.warn("UDP send to {addr} failed: {err}", addr=addr, err=e)
-
-
-class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
-    """TCP: length-prefixed messages, pipelined, closed after an idle timeout (RFC 7766).
-
-    A client that pipelines without reading must not make us buffer answers without bound, nor
-    keep the reactor to itself: the protocol is its transport's streaming producer, so reading
-    stops while the client's unread answers fill the write buffer and resumes when it drains,
-    and at most :attr:`batch` messages are answered per turn before other clients get theirs.
-    Only a complete message (or an answer sent) counts as activity for the idle timer, so a
-    client trickling bytes is closed like an idle one.
-    """
-
-    max_pending = 64  # forwarded answers awaited at once on one connection
-    batch = 32  # messages answered before yielding to the reactor
-
-    def __init__(self, dispatcher: Dispatcher, idle_timeout: float):
-        self.dispatcher = dispatcher
-        self.idle_timeout = idle_timeout
-        self._buf = b""
-        self._pending = 0
-        self._blocked = False  # the transport's write buffer is full: the client is not reading
-        self._later: Any = None  # the next batch, scheduled
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self.setTimeout(self.idle_timeout)
-        self.transport.registerProducer(self, True)
-        factory = getattr(self, "factory", None)
-        if factory is not None:
-            factory.open += 1
-
-    # IPushProducer, called by the transport as its write buffer fills and drains
-    def pauseProducing(self) -> None:  # noqa: N802
-        self._blocked = True
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self._blocked = False
-        self._process()
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self._blocked = True
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self._buf += data
-        self._process()
-
-    def _process(self) -> None:
-        self._later = None
-        done = 0
-        while not self._blocked and len(self._buf) >= 2:
-            (n,) = struct.unpack_from("!H", self._buf, 0)
-            if len(self._buf) < 2 + n:
-                break
-            if done == self.batch:  # more to answer: let the other clients have a turn first
-                self.transport.pauseProducing()
-                self._later = self.dispatcher.reactor.callLater(0, self._process)
-                return
-            packet, self._buf = self._buf[2 : 2 + n], self._buf[2 + n :]
-            done += 1
-            self.resetTimeout()
-            if self._pending >= self.max_pending:
-                self.transport.loseConnection()
-                return
-            peer = self.transport.getPeer()
-            result = self.dispatcher.handle(packet, "tcp", (peer.host, peer.port))
-            if result is None:
-                if n < 12:
-                    self.transport.loseConnection()  # not DNS: do not keep reading garbage
-                    return
-                continue
-            if isinstance(result, bytes):
-                self._write(result)
-            else:
-                self._pending += 1
-                result.addCallback(self._write_pending)
-                result.addErrback(lambda f: log.failure("TCP answer failed", f))
-        if not self._blocked and self.transport.connected and not self.transport.disconnecting:
-            self.transport.resumeProducing()
-
-    def _write_pending(self, data: bytes | None) -> None:
-        self._pending -= 1
-        self._write(data)
-
-    def _write(self, data: bytes | None) -> None:
-        if data is None or self.transport is None or not self.transport.connected:
-            return
-        self.transport.write(struct.pack("!H", len(data)) + data)
-        self.resetTimeout()
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        self.setTimeout(None)  # no idle timer left behind per closed connection
-        if self._later is not None and self._later.active():
-            self._later.cancel()
-        self._later = None
-        self._buf = b""
-        factory = getattr(self, "factory", None)
-        if factory is not None:
-            factory.open -= 1
-
-    def timeoutConnection(self) -> None:  # noqa: N802
-        self.transport.loseConnection()
-
-
-class DNSStreamFactory(protocol.ServerFactory):
-    """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once (10000, or
-    half the open-files limit if lower), a new connection is closed at once (UDP keeps
-    answering), so no client can use up the file descriptors forwarding and the watches need."""
-
-    max_connections = 10000
-
-    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, fd_limit: int | None = None):
-        self.dispatcher = dispatcher
-        self.idle_timeout = idle_timeout
-        self.open = 0
-        if fd_limit is not None:  # leave half the descriptors to UDP, upstreams, watches and HTTP
-            self.max_connections = max(16, min(self.max_connections, fd_limit // 2))
-
-    def buildProtocol(self, addr: Any) -> DNSStreamProtocol | None:  # noqa: N802
-        if self.open >= self.max_connections:
-            return None
-        p = DNSStreamProtocol(self.dispatcher, self.idle_timeout)
-        p.factory = self
-        return p

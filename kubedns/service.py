@@ -31,8 +31,9 @@ from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, l
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
 from kubedns.listen import TCPListener, UDPListener, raise_fd_limit
+from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher, DNSDatagramProtocol, DNSStreamFactory
+from kubedns.server import Block, Dispatcher
 from kubedns.workers import WorkerPool, announce_ready, worker_index
 
 __all__ = ["KubeDNS", "build"]

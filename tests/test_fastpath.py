@@ -19,8 +19,9 @@ from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
+from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher, DNSDatagramProtocol
+from kubedns.server import Block, Dispatcher
 from tests import fakeapi
 from tests.test_records import TABLE, _fill
 

@@ -13,7 +13,7 @@ import dns.message
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
-from kubedns.server import DNSStreamFactory, DNSStreamProtocol
+from kubedns.protocols import DNSStreamFactory, DNSStreamProtocol
 from tests.test_fastpath import _setup
 
 

@@ -1,0 +1,144 @@
+"""Pre-encoded answers: what lets a Python server answer at the speed of a C one.
+
+:class:`FastCache` keeps, per listen address, the exact bytes of UDP answers keyed by the
+query's bytes after the ID, so a repeat is a dict lookup, an ID patch and one ``sendto``
+(:class:`kubedns.protocols.DNSDatagramProtocol` does the lookup before anything is decoded).
+Everything in it is derived from the stores and dropped whenever one changes; forwarded answers
+age in place (:class:`Aging`) and leave when their cache lifetime ends.  It also keeps the
+cluster answers the normal path computed, under the same invalidation.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubedns.server import QueryInfo
+
+__all__ = ["Aging", "FastCache", "fast_key"]
+
+
+@dataclass(slots=True)
+class Aging:
+    """TTL bookkeeping of a pre-encoded forwarded answer."""
+
+    body: bytes  # the answer after the ID, TTLs as first sent
+    ttls: list[tuple[int, int]]  # (offset in the full message, TTL as first sent)
+    stored: float  # reactor time it was stored
+    expires: float  # reactor time it stops being served from here
+    age: int = 0  # whole seconds the current bytes are aged by
+    cache: Any = None  # the block's Cache: a fast-path hit is one of its hits (coredns_cache_hits_total)
+
+
+class FastCache:
+    """Pre-encoded UDP answers keyed by the query's bytes after the ID (and, for the normal path,
+    the cluster answers computed from the store: all of it is dropped when a store changes).
+
+    The key is everything after the 2-byte ID: flags (RD, CD...), counts, the question with the
+    client's exact name case, and the OPT record (payload size, DO bit, options).  Equal keys
+    mean equal answers, so a hit is one dict lookup plus an ID patch, and case echo and EDNS
+    handling come for free; a query with anything unusual (a cookie, another opcode...) simply
+    has a key of its own or never gets stored.  Only answers computed synchronously from the
+    store are stored; the whole cache is dropped whenever a store changes (its generation moves),
+    so an entry can never outlive the data it was built from.  Hit counts stay in the entries and
+    are folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
+    """
+
+    #: Bounds on what clients can make us keep: entries, and bytes of answers.  Case variants and
+    #: EDNS sizes of one name each get an entry, so the byte budget matters more than the count.
+    max_entries = 50000
+    max_bytes = 64 << 20
+    #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
+    max_forwarded_answer = 4096
+    #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation.
+    max_computed = 20000
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.entries: dict[bytes, list[Any]] = {}
+        #: keys of forwarded (aging) entries, oldest first; bounded by the block cache's ``size``
+        self.forwarded: dict[bytes, None] = {}
+        self.bytes = 0
+        #: ``(ClusterZones, qname, qtype) → (zone, Answer) | None``: what the store answered, kept
+        #: for the normal path until the store changes; filled even when the fast path is off
+        self.computed: dict[tuple[Any, bytes, int], Any] = {}
+        #: hits of dropped entries, by the QueryInfo fields metrics label on
+        self.retired: dict[tuple[Any, ...], int] = {}
+
+    def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
+                 limit: int = 0) -> None:
+        """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
+
+        ``limit`` caps the forwarded entries, like the block cache's ``size`` caps its own: the
+        fast path must not keep more forwarded names than the operator allowed the cache to.
+        """
+        if not self.enabled:
+            return
+        key = packet[2:]
+        if aging is not None:
+            if len(answer) > self.max_forwarded_answer or limit <= 0:
+                return
+            while len(self.forwarded) >= limit:
+                self._drop(next(iter(self.forwarded)))
+        if len(self.entries) >= self.max_entries or self.bytes + len(answer) > self.max_bytes:
+            self.clear()
+        if key in self.entries:
+            self._drop(key)
+        self.entries[key] = [answer[2:], 0, info, aging]
+        self.bytes += len(answer)
+        if aging is not None:
+            self.forwarded[key] = None
+
+    def _drop(self, key: bytes) -> None:
+        entry = self.entries.pop(key, None)
+        self.forwarded.pop(key, None)
+        if entry is not None:
+            self._retire(entry)
+            self.bytes -= len(entry[0]) + 2
+
+    def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
+        """The body of a forwarded entry with TTLs counted down to ``now``; None once expired."""
+        aging: Aging = entry[3]
+        if now >= aging.expires or now < aging.stored:
+            self._drop(key)
+            return None
+        age = int(now - aging.stored)
+        if age != aging.age:
+            buf = bytearray(aging.body)
+            for off, ttl in aging.ttls:
+                struct.pack_into("!I", buf, off - 2, max(0, ttl - age))
+            entry[0] = bytes(buf)
+            aging.age = age
+        if aging.cache is not None:
+            aging.cache.hits += 1
+        return entry[0]
+
+    def _retire(self, entry: list[Any]) -> None:
+        if entry[1]:
+            k = fast_key(entry[2])
+            self.retired[k] = self.retired.get(k, 0) + entry[1]
+
+    def clear(self) -> None:
+        """Drop every entry (in place: protocols hold a reference to the dict)."""
+        self.computed.clear()
+        if not self.entries:
+            return
+        for e in self.entries.values():
+            self._retire(e)
+        self.entries.clear()
+        self.forwarded.clear()
+        self.bytes = 0
+
+    def live(self) -> list[tuple[tuple[Any, ...], int]]:
+        """``(fast_key(info), hits)`` of current entries, for rendering metrics on scrape."""
+        return [(fast_key(e[2]), e[1]) for e in self.entries.values() if e[1]]
+
+    def hits(self) -> int:
+        return sum(n for _, n in self.live()) + sum(self.retired.values())
+
+
+def fast_key(info: QueryInfo) -> tuple[Any, ...]:
+    """The QueryInfo fields that metrics and summaries group fast-path hits by."""
+    return (info.server, info.zone, info.qtype, info.rcode, info.request_size, info.response_size, info.do)

@@ -1,0 +1,188 @@
+"""The UDP and TCP protocols in front of a :class:`~kubedns.server.Dispatcher`.
+
+UDP answers from :class:`~kubedns.fastcache.FastCache` before decoding anything and replies
+with the socket's own ``sendto``; TCP frames length-prefixed messages with flow control so one
+client can neither fill our memory with unread answers nor keep the reactor to itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+if TYPE_CHECKING:
+    from kubedns.server import Dispatcher
+
+__all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "DNSStreamProtocol"]
+
+log = Logger()
+
+
+class DNSDatagramProtocol(protocol.DatagramProtocol):
+    """UDP: one datagram in, at most one out."""
+
+    def __init__(self, dispatcher: Dispatcher):
+        self.dispatcher = dispatcher
+
+    def startProtocol(self) -> None:  # noqa: N802
+        self._sendto = self.transport.socket.sendto
+        self._fast = self.dispatcher.fast.entries
+        self._aged = self.dispatcher.fast.aged
+        self._seconds = self.dispatcher.reactor.seconds
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
+        key = data[2:]
+        entry = self._fast.get(key)
+        if entry is not None:
+            body = entry[0] if entry[3] is None else self._aged(key, entry, self._seconds())
+            if body is not None:
+                entry[1] += 1
+                try:
+                    self._sendto(data[:2] + body, addr)
+                except OSError:
+                    pass
+                return
+        result = self.dispatcher.handle(data, "udp", addr)
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            self._send(result, addr)
+        else:
+            result.addCallback(self._send, addr)
+            result.addErrback(lambda f: log.failure("sending UDP answer failed", f))
+
+    def _send(self, data: bytes | None, addr: Any) -> None:
+        if data is None or self.transport is None:
+            return
+        try:  # the socket's own sendto: transport.write re-validates the address (~2.4 µs)
+            self._sendto(data, addr)
+        except OSError as e:  # e.g. EPERM from a firewall, ENOBUFS under load
+            log.warn("UDP send to {addr} failed: {err}", addr=addr, err=e)
+
+
+class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
+    """TCP: length-prefixed messages, pipelined, closed after an idle timeout (RFC 7766).
+
+    A client that pipelines without reading must not make us buffer answers without bound, nor
+    keep the reactor to itself: the protocol is its transport's streaming producer, so reading
+    stops while the client's unread answers fill the write buffer and resumes when it drains,
+    and at most :attr:`batch` messages are answered per turn before other clients get theirs.
+    Only a complete message (or an answer sent) counts as activity for the idle timer, so a
+    client trickling bytes is closed like an idle one.
+    """
+
+    max_pending = 64  # forwarded answers awaited at once on one connection
+    batch = 32  # messages answered before yielding to the reactor
+
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float):
+        self.dispatcher = dispatcher
+        self.idle_timeout = idle_timeout
+        self._buf = b""
+        self._pending = 0
+        self._blocked = False  # the transport's write buffer is full: the client is not reading
+        self._later: Any = None  # the next batch, scheduled
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.setTimeout(self.idle_timeout)
+        self.transport.registerProducer(self, True)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.open += 1
+
+    # IPushProducer, called by the transport as its write buffer fills and drains
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._blocked = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._blocked = False
+        self._process()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._blocked = True
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._buf += data
+        self._process()
+
+    def _process(self) -> None:
+        self._later = None
+        done = 0
+        while not self._blocked and len(self._buf) >= 2:
+            (n,) = struct.unpack_from("!H", self._buf, 0)
+            if len(self._buf) < 2 + n:
+                break
+            if done == self.batch:  # more to answer: let the other clients have a turn first
+                self.transport.pauseProducing()
+                self._later = self.dispatcher.reactor.callLater(0, self._process)
+                return
+            packet, self._buf = self._buf[2 : 2 + n], self._buf[2 + n :]
+            done += 1
+            self.resetTimeout()
+            if self._pending >= self.max_pending:
+                self.transport.loseConnection()
+                return
+            peer = self.transport.getPeer()
+            result = self.dispatcher.handle(packet, "tcp", (peer.host, peer.port))
+            if result is None:
+                if n < 12:
+                    self.transport.loseConnection()  # not DNS: do not keep reading garbage
+                    return
+                continue
+            if isinstance(result, bytes):
+                self._write(result)
+            else:
+                self._pending += 1
+                result.addCallback(self._write_pending)
+                result.addErrback(lambda f: log.failure("TCP answer failed", f))
+        if not self._blocked and self.transport.connected and not self.transport.disconnecting:
+            self.transport.resumeProducing()
+
+    def _write_pending(self, data: bytes | None) -> None:
+        self._pending -= 1
+        self._write(data)
+
+    def _write(self, data: bytes | None) -> None:
+        if data is None or self.transport is None or not self.transport.connected:
+            return
+        self.transport.write(struct.pack("!H", len(data)) + data)
+        self.resetTimeout()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.setTimeout(None)  # no idle timer left behind per closed connection
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        self._buf = b""
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.open -= 1
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        self.transport.loseConnection()
+
+
+class DNSStreamFactory(protocol.ServerFactory):
+    """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once (10000, or
+    half the open-files limit if lower), a new connection is closed at once (UDP keeps
+    answering), so no client can use up the file descriptors forwarding and the watches need."""
+
+    max_connections = 10000
+
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, fd_limit: int | None = None):
+        self.dispatcher = dispatcher
+        self.idle_timeout = idle_timeout
+        self.open = 0
+        if fd_limit is not None:  # leave half the descriptors to UDP, upstreams, watches and HTTP
+            self.max_connections = max(16, min(self.max_connections, fd_limit // 2))
+
+    def buildProtocol(self, addr: Any) -> DNSStreamProtocol | None:  # noqa: N802
+        if self.open >= self.max_connections:
+            return None
+        p = DNSStreamProtocol(self.dispatcher, self.idle_timeout)
+        p.factory = self
+        return p
