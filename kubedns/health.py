@@ -158,7 +158,7 @@ class Ops(service.MultiService):
 
     def record_reload_failure(self) -> None:
         """A reload was rejected: count it in ``coredns_reload_failed_total``."""
-        from kubedns.metrics import record_reload_failure
+        from kubedns.counters import record_reload_failure
 
         record_reload_failure()
 

@@ -2,7 +2,7 @@
 
 Why it is shaped this way: a DNS server's hot path must not pay for metrics.  So nothing here
 touches a ``prometheus_client`` metric object per query.  The slow path's observer
-(:meth:`QueryStats.observe`) does a handful of tuple and dict operations: it bumps plain counters
+(:meth:`kubedns.counters.QueryStats.observe`) does a handful of tuple and dict operations: it bumps plain counters
 in a dict keyed by the raw label values (sizes already reduced to their bucket index), and the
 fast path (pre-encoded UDP answers) is not observed at all: its hits are counted inside the
 :class:`~kubedns.fastcache.FastCache` entries.  All Prometheus objects are built at scrape time by
@@ -25,7 +25,7 @@ reactor thread: the counters belong to the reactor thread, and prometheus_client
 
 Names and labels follow CoreDNS's plugin READMEs (metrics, cache, forward, kubernetes, reload); the
 deviations are listed in :data:`DEVIATIONS` and in the README's design notes.  Process-wide
-counters (reload failures, panics, DNS programming latency) live at module level, fed by
+counters (reload failures, panics, DNS programming latency) live in :mod:`kubedns.counters`, fed by
 :func:`record_reload_failure`, :func:`record_panic` and :func:`observe_programming`.
 """
 
@@ -43,7 +43,20 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web import resource
 from twisted.web.server import GzipEncoderFactory
 
-from kubedns.server import QueryInfo
+from kubedns.counters import (
+    PROCESS,
+    PROGRAMMING_BUCKETS,
+    SIZE_BUCKETS,
+    TIME_BUCKETS,
+    QueryStats,
+    _fast_counts,
+    install_panic_counter,
+    observe_programming,
+    rcode_name,
+    record_panic,
+    record_reload_failure,
+    type_label,
+)
 
 __all__ = [
     "DEVIATIONS",
@@ -60,13 +73,6 @@ __all__ = [
     "rcode_name",
     "type_label",
 ]
-
-#: CoreDNS ``plugin.TimeBuckets``: exponential from 0.25 ms to 8.192 s.
-TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
-#: CoreDNS's request/response size buckets (bytes).
-SIZE_BUCKETS: tuple[float, ...] = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
-#: CoreDNS kubernetes ``dns_programming_duration_seconds``: exponential from 1 ms to ~8.7 min.
-PROGRAMMING_BUCKETS: tuple[float, ...] = tuple(0.001 * 2**i for i in range(20))
 
 #: Where we knowingly differ from CoreDNS's metrics (also in the README).
 DEVIATIONS = (
@@ -89,29 +95,6 @@ DEVIATIONS = (
     "view label: always '' (no views).",
 )
 
-_TYPE_NAMES = {
-    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
-    43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 65: "HTTPS", 251: "IXFR",
-    252: "AXFR", 255: "ANY",
-}
-_RCODE_NAMES = {
-    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADSIG",
-    17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG", 22: "BADTRUNC",
-    23: "BADCOOKIE",
-}
-
-
-def type_label(qtype: int) -> str:
-    """CoreDNS's ``type`` label: the common types by name, everything else ``other``."""
-    return _TYPE_NAMES.get(qtype, "other")
-
-
-def rcode_name(rcode: int) -> str:
-    """miekg/dns ``RcodeToString`` (as CoreDNS labels and logs it), ``RCODE<n>`` when unknown."""
-    return _RCODE_NAMES.get(rcode, f"RCODE{rcode}")
-
-
 def _go_float(v: float) -> str:
     """A bucket bound as Go's client prints it (``100``, ``0.00025``), so ``le`` labels match CoreDNS."""
     text = repr(float(v))
@@ -125,130 +108,6 @@ def _zone_fqdn(zone: str) -> str:
 def _family_of_server(label: str) -> str:
     """``2`` for a socket bound to an IPv6 address (``dns://[::1]:53``), else ``1``."""
     return "2" if label.startswith("dns://[") else "1"
-
-
-# -- process-wide counters ----------------------------------------------------------------------
-
-
-class _Process:
-    """Counters that belong to the process, not to one server instance."""
-
-    def __init__(self) -> None:
-        self.reload_failures = 0
-        self.panics = 0
-        #: service_kind → [non-cumulative bucket counts, sum]
-        self.programming: dict[str, list[Any]] = {}
-
-
-PROCESS = _Process()
-
-
-def record_reload_failure() -> None:
-    """Count one rejected reload (``coredns_reload_failed_total``)."""
-    PROCESS.reload_failures += 1
-
-
-def record_panic() -> None:
-    """Count one unexpected error caught while serving (``coredns_panics_total``)."""
-    PROCESS.panics += 1
-
-
-def observe_programming(kind: str, seconds: float) -> None:
-    """Record one DNS programming latency (``coredns_kubernetes_dns_programming_duration_seconds``).
-
-    ``kind`` is CoreDNS's ``service_kind``: ``cluster_ip``, ``headless_with_selector`` or
-    ``headless_without_selector``; ``seconds`` runs from the EndpointSlice's
-    ``endpoints.kubernetes.io/last-change-trigger-time`` to the moment the change is answerable.
-    Call it on the reactor thread (the informer's ``on_event`` hook runs there).
-    """
-    h = PROCESS.programming.get(kind)
-    if h is None:
-        h = PROCESS.programming[kind] = [[0] * (len(PROGRAMMING_BUCKETS) + 1), 0.0]
-    seconds = max(0.0, seconds)
-    h[0][bisect_left(PROGRAMMING_BUCKETS, seconds)] += 1
-    h[1] += seconds
-
-
-def _count_panic(event: dict[str, Any]) -> None:
-    """twisted.logger observer: every traceback logged is a recovered "panic" in CoreDNS terms."""
-    if "log_failure" in event:
-        PROCESS.panics += 1
-
-
-_panic_observer_installed = False
-
-
-def install_panic_counter() -> None:
-    """Count logged failures (``log.failure``, unhandled Deferred errors) as panics; idempotent."""
-    global _panic_observer_installed
-    if _panic_observer_installed:
-        return
-    from twisted.logger import globalLogPublisher
-
-    globalLogPublisher.addObserver(_count_panic)
-    _panic_observer_installed = True
-
-
-# -- per-query counters ---------------------------------------------------------------------------
-
-_HAS_PLUGIN = "plugin" in getattr(QueryInfo, "__dataclass_fields__", {})
-_N_TIME = len(TIME_BUCKETS) + 1
-
-
-class QueryStats:
-    """The slow-path observer: plain counters keyed by raw label values, turned into metrics on scrape.
-
-    Key: (server, zone, proto, family, qtype, rcode, do, request size bucket, response size
-    bucket, plugin or None); value: [count, duration sum, request bytes, response bytes, duration
-    bucket counts].  The key space is bounded by the configured zones, the types, the rcodes and
-    the 15 size buckets, not by names or clients.
-    """
-
-    __slots__ = ("slots", "fast_folded")
-
-    def __init__(self) -> None:
-        self.slots: dict[tuple[Any, ...], list[Any]] = {}
-        #: fast-path hits of dispatchers that are gone (dropped by a reload), by fast_key
-        self.fast_folded: dict[tuple[Any, ...], int] = {}
-
-    def observe(self, info: QueryInfo) -> None:
-        """Dispatcher observer: O(1), no allocation beyond the key tuple once a label set exists."""
-        d = info.duration
-        peer = info.peer
-        rq = info.request_size
-        rs = info.response_size
-        key = (
-            info.server,
-            info.zone,
-            info.proto,
-            "2" if peer and ":" in peer[0] else "1",
-            info.qtype,
-            info.rcode,
-            info.do,
-            bisect_left(SIZE_BUCKETS, rq),
-            bisect_left(SIZE_BUCKETS, rs),
-            info.plugin if _HAS_PLUGIN else None,  # type: ignore[attr-defined]
-        )
-        s = self.slots.get(key)
-        if s is None:
-            s = self.slots[key] = [0, 0.0, 0, 0, [0] * _N_TIME]
-        s[0] += 1
-        s[1] += d
-        s[2] += rq
-        s[3] += rs
-        s[4][bisect_left(TIME_BUCKETS, d)] += 1
-
-    def fold_fast(self, counts: Iterable[tuple[tuple[Any, ...], int]]) -> None:
-        """Keep the fast-path hits of a dispatcher that is going away."""
-        folded = self.fast_folded
-        for k, n in counts:
-            folded[k] = folded.get(k, 0) + n
-
-
-def _fast_counts(disp: Any) -> list[tuple[tuple[Any, ...], int]]:
-    """``(fast_key, hits)`` of a dispatcher's fast path: live entries and retired ones."""
-    fast = disp.fast
-    return list(fast.live()) + list(fast.retired.items())
 
 
 # -- the collector -------------------------------------------------------------------------------

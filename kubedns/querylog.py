@@ -39,7 +39,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from kubedns.metrics import rcode_name
+from kubedns.counters import rcode_name
 from kubedns.server import QueryInfo
 
 __all__ = ["ErrorLog", "QueryLog", "common_line", "format_duration", "json_line", "query_fields"]

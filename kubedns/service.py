@@ -412,7 +412,7 @@ def _programming_hook(store: Store, now: Any = time.time) -> Any:
     so a new Service's slice often lands first; its names only become answerable when the Service
     does, so the slice's start time is held (bounded) and observed when the Service arrives.
     """
-    from kubedns.metrics import observe_programming
+    from kubedns.counters import observe_programming
 
     pending: dict[tuple[str, str], float] = {}
 

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
+from kubedns.counters import TIME_BUCKETS
 from kubedns.forward.config import ForwardConfig
 from kubedns.forward.message import Expect, build_query, client_bits, decode_response, is_truncated
 from kubedns.forward.transport import StreamClient, TransportError, describe, udp_exchange
@@ -126,8 +127,6 @@ class Forwarder:
         self._running = False
         self._budget = max(REQUEST_BUDGET, config.timeout)
         self._tls_cache: dict[str, Any] = {}
-        from kubedns.metrics import TIME_BUCKETS  # here, not at import: metrics imports the server
-
         self._bounds = TIME_BUCKETS
 
     # -- lifecycle -----------------------------------------------------------------------------
