@@ -10,6 +10,7 @@ health) can use the same helpers without importing the whole config schema.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,15 +48,20 @@ def parse_duration(value: Any) -> float:
     """Seconds from ``5``, ``0.5``, ``"2s"``, ``"500ms"``, ``"1m"`` or ``"1h"``; ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a duration")
+    secs: float | None = None
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("negative duration")
-        return float(value)
-    if isinstance(value, str):
+        secs = float(value) if value < 1e300 else math.inf  # float(10**400) would raise OverflowError
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"not a duration: {value!r}")
+            secs = float(m.group(1)) * _UNITS[m.group(2)]
+    # .nan and .inf are YAML floats, and "9"*400 overflows to inf: none is a duration (NaN
+    # would even pass every range check, as every comparison with it is false)
+    if secs is None or not math.isfinite(secs):
+        raise ValueError(f"not a duration: {value!r}")
+    return secs
 
 
 def normalize_zone(zone: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from kubedns.config import ConfigError, load
+from kubedns.configbase import parse_duration
 from kubedns.workers import TWISTD
 from tests.conftest import REPO
 
@@ -104,7 +105,7 @@ CASES = [
     case(top("tcp_idle_timeout: -1"), "tcp_idle_timeout", DUR, id="idle-negative"),
     case(top("tcp_idle_timeout: 1e400s"), "tcp_idle_timeout", DUR, id="idle-exponent"),
     case(top("tcp_idle_timeout: nan"), "tcp_idle_timeout", DUR, id="idle-nan-string"),
-    case(top("tcp_idle_timeout: .nan"), "tcp_idle_timeout", DUR, id="idle-nan", bug="duration"),
+    case(top("tcp_idle_timeout: .nan"), "tcp_idle_timeout", DUR, id="idle-nan"),
     case(top("tcp_idle_timeout: .inf"), "tcp_idle_timeout", DUR, id="idle-inf"),
     case(top("tcp_idle_timeout: true"), "tcp_idle_timeout", DUR, id="idle-bool"),
     case(top("tcp_idle_timeout: [10]"), "tcp_idle_timeout", DUR, id="idle-list"),
@@ -205,8 +206,7 @@ CASES = [
     case(block("health: {lameduck: -1s}"), "servers[0].health.lameduck", DUR, id="health-lameduck-negative"),
     case(block("health: {lameduck: 301s}"), "servers[0].health.lameduck", "at most 300s", id="health-lameduck-long"),
     case(block("health: {lameduck: 5x}"), "servers[0].health.lameduck", DUR, id="health-lameduck-unit"),
-    case(block("health: {lameduck: .nan}"), "servers[0].health.lameduck", DUR, id="health-lameduck-nan",
-         bug="duration"),
+    case(block("health: {lameduck: .nan}"), "servers[0].health.lameduck", DUR, id="health-lameduck-nan"),
     case(block("health: {lameduck: true}"), "servers[0].health.lameduck", DUR, id="health-lameduck-bool"),
     case(block("health: {lamduck: 5s}"), "servers[0].health.lamduck", "one of the keys lameduck, listen",
          id="health-typo"),
@@ -223,10 +223,10 @@ CASES = [
     case(block("reload: 1s"), "servers[0].reload", "at least 2s", id="reload-too-short"),
     case(block("reload: 5x"), "servers[0].reload", DUR, id="reload-bad-unit"),
     case(block("reload: -30"), "servers[0].reload", DUR, id="reload-negative"),
-    case(block("reload: .nan"), "servers[0].reload", DUR, id="reload-nan", bug="duration"),
-    case(block("reload: .inf"), "servers[0].reload", DUR, id="reload-inf", bug="duration"),
-    case(block("reload: " + "9" * 400), "servers[0].reload", DUR, id="reload-huge-number", bug="duration"),
-    case(block("reload: '" + "9" * 400 + "s'"), "servers[0].reload", DUR, id="reload-huge-string", bug="duration"),
+    case(block("reload: .nan"), "servers[0].reload", DUR, id="reload-nan"),
+    case(block("reload: .inf"), "servers[0].reload", DUR, id="reload-inf"),
+    case(block("reload: " + "9" * 400), "servers[0].reload", DUR, id="reload-huge-number"),
+    case(block("reload: '" + "9" * 400 + "s'"), "servers[0].reload", DUR, id="reload-huge-string"),
     case(block("reload: false"), "servers[0].reload", DUR, id="reload-false"),
     case(block("reload: [30s]"), "servers[0].reload", DUR, id="reload-list"),
     case(block("reload: {interval: 1}"), "servers[0].reload.interval", "at least 2s", id="reload-interval-short"),
@@ -238,8 +238,7 @@ CASES = [
     case(block("log: {fromat: json}"), "servers[0].log.fromat", "one of the keys format", id="log-typo"),
     case(block("errors: [x]"), "servers[0].errors", "a mapping", id="errors-list"),
     case(block("errors: {consolidate: -1s}"), "servers[0].errors.consolidate", DUR, id="errors-negative"),
-    case(block("errors: {consolidate: .inf}"), "servers[0].errors.consolidate", DUR, id="errors-inf",
-         bug="duration"),
+    case(block("errors: {consolidate: .inf}"), "servers[0].errors.consolidate", DUR, id="errors-inf"),
     case(block("errors: {consolidate: 5x}"), "servers[0].errors.consolidate", DUR, id="errors-bad-unit"),
     case(block("errors: {consolodate: 5s}"), "servers[0].errors.consolodate", "one of the keys consolidate",
          id="errors-typo"),
@@ -307,7 +306,7 @@ CASES = [
     case(forward("health_check: 0"), "servers[0].forward.health_check", "at least 0.01s", id="fwd-hc-zero"),
     case(forward("health_check: 2h"), "servers[0].forward.health_check", "at most 3600s", id="fwd-hc-long"),
     case(forward("health_check: 5x"), "servers[0].forward.health_check", DUR, id="fwd-hc-unit"),
-    case(forward("health_check: .nan"), "servers[0].forward.health_check", DUR, id="fwd-hc-nan", bug="duration"),
+    case(forward("health_check: .nan"), "servers[0].forward.health_check", DUR, id="fwd-hc-nan"),
     case(forward("expire: -1s"), "servers[0].forward.expire", DUR, id="fwd-expire-negative"),
     case(forward("expire: 2h"), "servers[0].forward.expire", "at most 3600s", id="fwd-expire-long"),
     case(forward("expire: [1]"), "servers[0].forward.expire", DUR, id="fwd-expire-list"),
@@ -326,28 +325,24 @@ CASES = [
     case(forward("timeout: 61s"), "servers[0].forward.timeout", "at most 60s", id="fwd-timeout-long"),
     case(forward("timeout: nan"), "servers[0].forward.timeout", DUR, id="fwd-timeout-nan-string"),
     case(forward("timeout: 1e400s"), "servers[0].forward.timeout", DUR, id="fwd-timeout-exponent"),
-    case(forward("timeout: .NaN"), "servers[0].forward.timeout", DUR, id="fwd-timeout-nan", bug="duration"),
-    case(forward("timeout: " + "9" * 400), "servers[0].forward.timeout", DUR, id="fwd-timeout-huge",
-         bug="duration"),
+    case(forward("timeout: .NaN"), "servers[0].forward.timeout", DUR, id="fwd-timeout-nan"),
+    case(forward("timeout: " + "9" * 400), "servers[0].forward.timeout", DUR, id="fwd-timeout-huge"),
     # -- cache --------------------------------------------------------------------------------------
     case(block("cache: lots"), "servers[0].cache", "a mapping", id="cache-word"),
     case(block("cache: true"), "servers[0].cache", "a mapping", id="cache-bool"),
     case(block("cache: [30]"), "servers[0].cache", "a mapping", id="cache-list"),
-    case(block("cache: .nan"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-nan", bug="duration"),
-    case(block("cache: " + "9" * 400), "servers[0].cache.ttl", "a whole number of seconds", id="cache-huge",
-         bug="duration"),
+    case(block("cache: .nan"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-nan"),
+    case(block("cache: " + "9" * 400), "servers[0].cache.ttl", "a whole number of seconds", id="cache-huge"),
     case(block("cache: {tll: 30}"), "servers[0].cache.tll", "one of the keys denial_ttl, min_ttl", id="cache-typo"),
     case(block("cache: {ttl: -1}"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-ttl-negative"),
     case(block("cache: {ttl: 8d}"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-ttl-unit"),
     case(block("cache: {ttl: 500ms}"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-ttl-fraction"),
-    case(block("cache: {ttl: .inf}"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-ttl-inf",
-         bug="duration"),
+    case(block("cache: {ttl: .inf}"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-ttl-inf"),
     case(block("cache: {ttl: true}"), "servers[0].cache.ttl", "a whole number of seconds", id="cache-ttl-bool"),
     case(block("cache: {ttl: 10, min_ttl: 20}"), "servers[0].cache.min_ttl", "not above ttl", id="cache-min-above"),
     case(block("cache: {min_ttl: -5}"), "servers[0].cache.min_ttl", "a whole number of seconds", id="cache-min-neg"),
     case(block("cache: {denial_ttl: soon}"), "servers[0].cache.denial_ttl", "a whole number", id="cache-denial-word"),
-    case(block("cache: {denial_ttl: .nan}"), "servers[0].cache.denial_ttl", "a whole number", id="cache-denial-nan",
-         bug="duration"),
+    case(block("cache: {denial_ttl: .nan}"), "servers[0].cache.denial_ttl", "a whole number", id="cache-denial-nan"),
     case(block("cache: {servfail: 6s}"), "servers[0].cache.servfail", "at most 5s", id="cache-servfail-long"),
     case(block("cache: {servfail: -1s}"), "servers[0].cache.servfail", "a whole number", id="cache-servfail-neg"),
     case(block("cache: {size: 0}"), "servers[0].cache.size", "a whole number from 1 to 10000000", id="cache-size-0"),
@@ -372,7 +367,7 @@ CASES = [
     case(block("cache: {serve_stale: 5x}"), "servers[0].cache.serve_stale", DUR, id="stale-unit"),
     case(block("cache: {serve_stale: 0}"), "servers[0].cache.serve_stale", "at least 0.001s", id="stale-zero"),
     case(block("cache: {serve_stale: [1h]}"), "servers[0].cache.serve_stale", DUR, id="stale-list"),
-    case(block("cache: {serve_stale: .inf}"), "servers[0].cache.serve_stale", DUR, id="stale-inf", bug="duration"),
+    case(block("cache: {serve_stale: .inf}"), "servers[0].cache.serve_stale", DUR, id="stale-inf"),
     case(block("cache: {serve_stale: {refresh_mode: lazy}}"), "servers[0].cache.serve_stale.refresh_mode",
          "one of verified | immediate", id="stale-mode-bad"),
     case(block("cache: {serve_stale: {duraton: 1h}}"), "servers[0].cache.serve_stale.duraton",
@@ -384,7 +379,7 @@ CASES = [
     case(block("loop: {recheck: -1s}"), "servers[0].loop.recheck", DUR, id="loop-recheck-negative"),
     case(block("loop: {recheck: 2d}"), "servers[0].loop.recheck", DUR, id="loop-recheck-unit"),
     case(block("loop: {recheck: 25h}"), "servers[0].loop.recheck", "at most 86400s", id="loop-recheck-long"),
-    case(block("loop: {recheck: .nan}"), "servers[0].loop.recheck", DUR, id="loop-recheck-nan", bug="duration"),
+    case(block("loop: {recheck: .nan}"), "servers[0].loop.recheck", DUR, id="loop-recheck-nan"),
     case(block("loop: {rechek: 30s}"), "servers[0].loop.rechek", "one of the keys recheck", id="loop-typo"),
     # -- YAML itself (the key is empty: the message names the line instead) -------------------------
     case("servers:\n  - forward: [127.0.0.1\n", "", "valid YAML at line 3", id="yaml-unclosed-flow"),
@@ -442,6 +437,12 @@ def test_bad_config_is_rejected_naming_file_key_and_expectation(
     path = tmpdir_files / "corefile.yaml"
     path.write_text(text.replace("{tmp}", str(tmpdir_files)), encoding="utf-8")
     check_message(load_error(path), str(path), key, expected)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**400, "9" * 400 + "s", "1e400s", "-1s", "5x", "nan"])
+def test_parse_duration_rejects_non_finite_and_overflowing(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
 
 
 def test_every_case_id_is_unique() -> None:
