@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,22 @@ __all__ = [
 ]
 
 
+_FOUND = reprlib.Repr()  # the value found, shortened: a message is one readable line, whatever was written
+_FOUND.maxstring = _FOUND.maxother = 100
+_FOUND.maxlist = _FOUND.maxtuple = _FOUND.maxset = _FOUND.maxdict = 4
+_FOUND.maxlevel = 2
+_MAX_PART = 300  # characters of the expectation or of the value shown
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_PART else text[: _MAX_PART - 3] + "..."
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to a readable length (a config value may be megabytes, or an alias bomb)."""
+    return _shorten(_FOUND.repr(value))
+
+
 class ConfigError(ValueError):
     """A config problem; ``str()`` names the file, the key, what was expected and what was found."""
 
@@ -33,9 +50,9 @@ class ConfigError(ValueError):
         self.key = key
         self.expected = expected
         where = f"{path}: {key}" if key else path
-        msg = f"{where}: expected {expected}"
+        msg = f"{where}: expected {_shorten(expected)}"
         if has_found:
-            msg += f", got {found!r}"
+            msg += f", got {short_repr(found)}"
         super().__init__(msg)
 
 
@@ -113,7 +130,10 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range")
     if host not in ("", "localhost"):
-        ipaddress.ip_address(host)  # raises ValueError
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{short_repr(host)} is not an IP address") from None
     return Address(host, port)
 
 
