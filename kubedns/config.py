@@ -10,6 +10,7 @@ old config keeps serving) with a message naming the file, the key and what was e
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,11 +268,28 @@ def parse(text: str, path: str = "<config>") -> Config:
     return Config(path=path, servers=blocks, workers=workers, tcp_idle_timeout=idle, raw_text=text)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a Corefile mirror is a few KB; more is a wrong path, not a config
+
+
 def load(path: str) -> Config:
-    """Read and parse a config file; a missing or unreadable file is a :class:`ConfigError` too."""
+    """Read and parse a config file; a missing or unreadable file is a :class:`ConfigError` too.
+
+    Only a regular file of at most 1 MiB of UTF-8 is read: a FIFO or a device (``/dev/zero``)
+    named by mistake would otherwise block the start or read until memory runs out.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):  # open() names a directory
+            raise ConfigError(path, "", "a regular file (not a device, pipe or socket)", has_found=False)
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(path, "", f"a readable config file ({e.strerror or e})", has_found=False) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, "", f"a config file of at most {MAX_CONFIG_BYTES >> 20} MiB", has_found=False)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        bad = data[e.start : e.end]
+        raise ConfigError(path, "", f"UTF-8 text (invalid byte at line {line}: {bad!r})", has_found=False) from None
     return parse(text, path)
