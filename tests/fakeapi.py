@@ -16,7 +16,12 @@ apiserver's JSON wire format closely enough for list/watch based code:
   (periodic and on demand), ``timeoutSeconds``, and the ``ERROR``/``410``
   event a real apiserver sends for a too old ``resourceVersion``;
 * fault injection: dropped or reset watch connections, hung watches, withheld
-  or failing requests, and a server that really goes away on :meth:`stop`.
+  or failing requests, and a server that really goes away on :meth:`stop`;
+  scripted faults for the next matching requests (:meth:`FakeKubeAPI.fail_next`:
+  401/403/429/5xx with ``Retry-After``, a stalled or truncated LIST body, a
+  watch answered with one ``ERROR`` event), raw lines written into open watch
+  streams (:meth:`FakeKubeAPI.inject_watch_lines`) or recorded in the history
+  so that every re-watch replays them (:meth:`FakeKubeAPI.poison_history`).
 
 It runs in its own threads (``http.server.ThreadingHTTPServer``), independent
 of the Twisted reactor, so it can be used from synchronous tests, trial tests
@@ -59,6 +64,7 @@ import yaml  # PyYAML, a dependency of the kubernetes client
 __all__ = [
     "RESOURCES",
     "FakeKubeAPI",
+    "Fault",
     "RequestRecord",
     "ResourceInfo",
     "endpointslice",
@@ -238,7 +244,60 @@ class _Control:
     action: str  # "drop" | "reset" | "stop"
 
 
-_QueueItem = _Event | _Bookmark | _Control
+@dataclass(frozen=True)
+class _Raw:
+    """Bytes written into a watch stream as they are (one line, newline added if missing)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _RawEvent:
+    """A raw line in the history: replayed to every watch from an older resourceVersion."""
+
+    rv: int
+    resource: str
+    data: bytes
+
+
+_QueueItem = _Event | _RawEvent | _Bookmark | _Control | _Raw
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    410: "Expired",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+@dataclass(eq=False)
+class Fault:
+    """A scripted answer for the next matching requests (see :meth:`FakeKubeAPI.fail_next`)."""
+
+    verb: str  # list | watch
+    resource: str | None  # None: any resource
+    code: int
+    action: str  # status | stall | truncate | error-event
+    times: int | None  # None: until cleared
+    reason: str
+    message: str
+    headers: dict[str, str]
+    body: bytes | None
+    content_type: str
+    when: Callable[[Mapping[str, str]], bool] | None
+    hits: int = 0
+
+    def matches(self, verb: str, resource: str, params: Mapping[str, str]) -> bool:
+        if self.verb != verb or (self.resource is not None and self.resource != resource):
+            return False
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return self.when is None or bool(self.when(params))
 
 
 @dataclass(eq=False)
@@ -262,10 +321,12 @@ class RequestRecord:
     time: float
 
 
-def _translate(w: _Watcher, ev: _Event) -> tuple[str, Obj] | None:
+def _translate(w: _Watcher, ev: _Event | _RawEvent) -> tuple[str, Any] | None:
     """What watcher ``w`` should see for ``ev`` (selector transitions included)."""
     if ev.resource != w.resource or ev.rv <= w.min_rv:
         return None
+    if isinstance(ev, _RawEvent):
+        return ("RAW", ev.data)
     new_ok = w.matches(ev.obj)
     if ev.type != "MODIFIED":
         return (ev.type, ev.obj) if new_ok else None
@@ -343,12 +404,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------
 
-    def _send_json(self, code: int, body: Any, reason: str | None = None) -> None:
+    def _send_json(
+        self, code: int, body: Any, reason: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
         self.send_response(code, reason)
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "no-cache, private")
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
 
@@ -389,8 +454,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _write_event(self, type_: str, obj: Obj) -> None:
+        if type_ == "RAW":
+            self._write_raw(obj)
+            return
         line = json.dumps({"type": type_, "object": obj}, separators=(",", ":"))
         self._write_chunk(line.encode() + b"\n")
+
+    def _write_raw(self, data: bytes) -> None:
+        self._write_chunk(data if data.endswith(b"\n") else data + b"\n")
 
     def _end_chunked(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
@@ -425,6 +496,11 @@ class _Handler(BaseHTTPRequestHandler):
                 verb = "list"
         fake._record(verb, resource, ns, url.path, params)
 
+        fault = fake._take_fault(verb, resource, params)
+        if fault is not None:
+            self._serve_fault(fault, resource, params)
+            return
+
         if fake.fail_requests:
             if fake.fail_status is None:
                 self._close_abruptly()
@@ -441,6 +517,41 @@ class _Handler(BaseHTTPRequestHandler):
             self._list(resource, ns, params)
         else:
             self._watch(resource, ns, params)
+
+    def _serve_fault(self, fault: Fault, resource: str, params: Mapping[str, str]) -> None:
+        if fault.action == "status":
+            if fault.body is not None:
+                self.send_response(fault.code)
+                self.send_header("Content-Type", fault.content_type)
+                self.send_header("Content-Length", str(len(fault.body)))
+                for k, v in fault.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(fault.body)
+            else:
+                self._send_json(fault.code, status(fault.code, fault.reason, fault.message), headers=fault.headers)
+        elif fault.action == "error-event":
+            self._start_chunked()
+            self._write_event("ERROR", status(fault.code, fault.reason, fault.message))
+            self._end_chunked()
+        elif fault.action in ("stall", "truncate"):
+            info = RESOURCES[resource]
+            data = fault.body or json.dumps(
+                {"kind": info.list_kind, "apiVersion": info.api_version, "metadata": {"resourceVersion": "1"},
+                 "items": [{"metadata": {"name": f"x{i}"}} for i in range(100)]}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            if fault.action == "stall":
+                while not self.fake._stopping.is_set() and not self._client_gone():
+                    time.sleep(0.05)
+            self._close_abruptly()
+        else:  # pragma: no cover - fail_next validates
+            raise AssertionError(fault.action)
 
     def _not_allowed(self) -> None:
         self.fake._record("other", self.path, None, self.path, {})
@@ -644,6 +755,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 continue
+            if isinstance(item, _Raw):
+                self._write_raw(item.data)
+                continue
             if isinstance(item, _Control):
                 if item.action == "stop":
                     self._close_abruptly()
@@ -773,7 +887,8 @@ class FakeKubeAPI:
         self._rv = start_resource_version
         self._compacted_rv = start_resource_version
         self._store: dict[_Key, Obj] = {}
-        self._history: list[_Event] = []
+        self._history: list[_Event | _RawEvent] = []
+        self._faults: list[Fault] = []
         self._snapshots: dict[int, tuple[int, list[Obj]]] = {}
         self._next_snapshot = 1
         self._watchers: list[_Watcher] = []
@@ -891,6 +1006,96 @@ class FakeKubeAPI:
                     w.queue.put(_Bookmark(self._rv))
                     n += 1
             return n
+
+    def fail_next(
+        self,
+        verb: str,
+        resource: str | None = None,
+        code: int = 500,
+        *,
+        times: int | None = 1,
+        action: str = "status",
+        retry_after: float | str | None = None,
+        reason: str | None = None,
+        message: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        when: Callable[[Mapping[str, str]], bool] | None = None,
+    ) -> Fault:
+        """Answer the next ``times`` (None: all, until :meth:`clear_faults`) matching requests badly.
+
+        ``verb`` is ``list`` or ``watch``; ``when(params)`` narrows the match (e.g. only list
+        pages with a ``continue`` token).  ``action``:
+
+        ``status``
+            HTTP ``code`` with a Status body (or ``body`` as it is, with ``content_type``),
+            plus ``Retry-After: retry_after`` and ``headers``.  A 403 gets the apiserver's RBAC
+            message (``... cannot list resource "services" in API group "" ...``).
+        ``stall``
+            200 and the first half of a LIST body (``body`` or a made-up one), then nothing
+            until the client goes away.
+        ``truncate``
+            200 and the first half of a LIST body, then the connection is closed.
+        ``error-event``
+            a watch stream holding one ``ERROR`` event with a ``code`` Status, then its end.
+
+        Faults are tried in the order they were added; the first match is used.
+        """
+        if verb not in ("list", "watch"):
+            raise ValueError(f"verb must be list or watch, not {verb!r}")
+        if action not in ("status", "stall", "truncate", "error-event"):
+            raise ValueError(f"unknown fault action {action!r}")
+        if resource is not None:
+            self._info(resource)
+        reason = reason or _REASONS.get(code, "InternalError")
+        if message is None:
+            if code == 403:
+                group = RESOURCES[resource].api_version.rpartition("/")[0] if resource else ""
+                message = (
+                    f'{resource or "resource"} is forbidden: User "system:serviceaccount:kube-system:kubedns" '
+                    f'cannot {verb} resource "{resource or "resource"}" in API group "{group}" at the cluster scope'
+                )
+            else:
+                message = f"fake apiserver: scripted {code} {reason}"
+        all_headers = dict(headers or {})
+        if retry_after is not None:
+            all_headers["Retry-After"] = str(retry_after)
+        fault = Fault(verb, resource, code, action, times, reason, message, all_headers, body, content_type, when)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Forget every fault added with :meth:`fail_next`."""
+        with self._lock:
+            self._faults.clear()
+
+    def inject_watch_lines(self, resource: str | None, *lines: bytes) -> int:
+        """Write raw ``lines`` into the open watch streams (of ``resource``), in order.
+
+        For malformed JSON, unknown event types, objects missing fields...  They are not
+        recorded in the history: a re-watch does not see them again (see :meth:`poison_history`).
+        Returns how many watches got them.
+        """
+        with self._lock:
+            victims = [w for w in self._watchers if resource is None or w.resource == resource]
+            for w in victims:
+                for line in lines:
+                    w.queue.put(_Raw(line))
+            return len(victims)
+
+    def poison_history(self, resource: str, line: bytes) -> int:
+        """Record a raw ``line`` as the event of a new resourceVersion (returned).
+
+        Open watches get it, and so does every later watch from an older resourceVersion
+        (until :meth:`compact`), as a real apiserver would replay a stored event.
+        """
+        self._info(resource)
+        with self._lock:
+            self._rv += 1
+            self._emit(_RawEvent(self._rv, resource, line))
+            return self._rv
 
     def compact(self) -> int:
         """Forget the history up to the current resourceVersion (like etcd
@@ -1060,12 +1265,20 @@ class FakeKubeAPI:
         self._emit(_Event(self._rv, resource, type_, new, old))
         return copy.deepcopy(new)
 
-    def _emit(self, ev: _Event) -> None:
+    def _emit(self, ev: _Event | _RawEvent) -> None:
         # caller holds the lock
         self._history.append(ev)
         for w in self._watchers:
             if w.resource == ev.resource:
                 w.queue.put(ev)
+
+    def _take_fault(self, verb: str, resource: str, params: Mapping[str, str]) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(verb, resource, params):
+                    fault.hits += 1
+                    return fault
+            return None
 
     def _record(self, verb: str, resource: str, ns: str | None, path: str, params: Mapping[str, str]) -> None:
         with self._cond:

@@ -1,0 +1,408 @@
+"""The informer against a misbehaving API: auth failures, throttling, broken streams, odd objects.
+
+Complements tests/test_informer.py (which covers the happy path, 410 relists, dropped and hung
+watches, a malformed object in a list, the API down at start, stopping) and
+tests/test_watch_e2e.py.  Same set-up: the real informer threads and the official client talk
+HTTP to :class:`tests.fakeapi.FakeKubeAPI`, whose scripted faults (:meth:`fail_next`,
+:meth:`inject_watch_lines`, :meth:`poison_history`) play the misbehaving server.  Each test checks
+what a DNS client would see (answers computed by :class:`~kubedns.records.ClusterZones` from the
+store: SERVFAIL before the first sync, the last known state during trouble, the change after
+recovery) and that the watcher threads survive.  The last tests run the real ``twistd`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import dns.rcode
+import pytest
+from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.names import dns as tdns
+from twisted.trial import unittest
+
+from kubedns.config import KubernetesConfig
+from kubedns.k8s.informer import Informer
+from kubedns.k8s.store import Store
+from kubedns.records import ClusterZones
+from tests import fakeapi
+from tests.conftest import free_port, query, rrset_text
+from tests.test_informer import BASE, FAST, _cluster, sleep, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+ZONE = "cluster.local"
+
+
+def _has_continue(params: Any) -> bool:
+    return bool(params.get("continue"))
+
+
+def _first_page(params: Any) -> bool:
+    return not params.get("continue")
+
+
+class _Base(unittest.TestCase):
+    timeout = 25
+
+    def setUp(self) -> None:
+        for var in (*_PROXY_VARS, "KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
+            if var in os.environ:
+                self.addCleanup(os.environ.__setitem__, var, os.environ.pop(var))
+        self.api = fakeapi.FakeKubeAPI().start()
+        self.addCleanup(self.api.stop)
+        self.api.load(_cluster())
+        self.kubeconfig = fakeapi.kubeconfig(Path(self.mktemp()), self.api.url)
+        self.logs: list[str] = []
+        self._log_lock = threading.Lock()
+
+        def observe(event: dict[str, Any]) -> None:
+            if str(event.get("log_namespace", "")).startswith("kubedns.k8s"):
+                text = formatEvent(event)
+                with self._log_lock:
+                    self.logs.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def start(self, resources: list[str] = BASE, **tuning: Any) -> Informer:
+        self.store = Store(required=resources)
+        self.zones = ClusterZones(self.store, KubernetesConfig())
+        informer = Informer(self.store, resources, self.kubeconfig, reactor=reactor, **{**FAST, **tuning})
+        informer.startService()
+        self.addCleanup(lambda: informer.running and informer.stopService())
+        self.informer = informer
+        return informer
+
+    async def synced(self) -> None:
+        await wait_until(lambda: self.store.synced, what="initial sync")
+        await wait_until(lambda: self.api.watcher_count() >= len(self.informer.resources), what="watches open")
+
+    # -- what a DNS client sees ---------------------------------------------------------------
+    def answer(self, name: str, qtype: int = tdns.A) -> tuple[str, list[str]]:
+        """(rcode text, sorted rdata) for ``name`` (relative to the cluster zone)."""
+        fqdn = f"{name}.{ZONE}".encode()
+        result = self.zones.answer(fqdn, qtype)
+        assert result is not None
+        ans = result[1]
+        rdata = []
+        for rr in ans.answers:
+            p = rr.payload
+            rdata.append(p.dottedQuad() if hasattr(p, "dottedQuad") else str(p))
+        return dns.rcode.to_text(ans.rcode), sorted(rdata)
+
+    def a(self, name: str) -> tuple[str, list[str]]:
+        return self.answer(name)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def st(self, resource: str = "services") -> dict[str, Any]:
+        return self.informer.status()[resource]
+
+    def lists(self, resource: str = "services", first_pages_only: bool = False) -> int:
+        return sum(
+            1
+            for r in list(self.api.request_log)
+            if r.verb == "list" and r.resource == resource and not (first_pages_only and r.params.get("continue"))
+        )
+
+    def request_times(self, verb: str, resource: str = "services") -> list[float]:
+        return [r.time for r in list(self.api.request_log) if r.verb == verb and r.resource == resource]
+
+    def log_lines(self, *needles: str) -> list[str]:
+        with self._log_lock:
+            return [ln for ln in self.logs if all(n in ln for n in needles)]
+
+    def threads_alive(self) -> bool:
+        return all(w.is_alive() for w in self.informer._watchers.values())
+
+
+class AuthAndThrottlingTests(_Base):
+    """401/403/429/5xx: named clearly in the log, retried with backoff (and Retry-After), no crash."""
+
+    async def test_500_on_a_list_page_restarts_the_list(self) -> None:
+        self.api.fail_next("list", "services", 500, when=_has_continue)
+        self.start()
+        await self.synced()
+        svc = [r for r in self.api.request_log if r.verb == "list" and r.resource == "services"]
+        self.assertEqual([bool(r.params.get("continue")) for r in svc], [False, True, False, True, True])
+        self.assertEqual(self.store.count("services"), 6)
+
+
+class ListFaultTests(_Base):
+    """Lists cut short: the store is never pruned against a partial or bogus list."""
+
+    async def test_continue_token_410_restarts_the_first_list_cleanly(self) -> None:
+        self.api.fail_next("list", "services", 410, when=_has_continue)
+        self.start()
+        await self.synced()
+        svc = [r for r in self.api.request_log if r.verb == "list" and r.resource == "services"]
+        self.assertEqual([bool(r.params.get("continue")) for r in svc], [False, True, False, True, True])
+        self.assertEqual(self.store.count("services"), 6)
+        self.assertEqual(self.st()["relists"], 0)
+
+    async def test_continue_token_410_during_a_relist_after_a_gap(self) -> None:
+        self.start()
+        await self.synced()
+        self.api.fail_requests = True
+        self.api.drop_watches("services")
+        self.api.delete("services", "apps", "svc0")
+        self.api.delete("services", "apps", "svc4")
+        self.api.create("services", fakeapi.service("born", "apps", cluster_ip="10.96.9.9"))
+        self.api.compact()
+        self.api.fail_next("list", "services", 410, when=_has_continue)
+        await wait_until(lambda: self.st()["errors"] >= 1, what="failed reconnect")
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR", "nothing deleted while the API is down")
+        self.api.fail_requests = False
+        await wait_until(lambda: self.st()["relists"] >= 1, what="relist")
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NXDOMAIN")
+        self.assertEqual(self.a("svc4.apps.svc")[0], "NXDOMAIN")
+        self.assertEqual(self.a("born.apps.svc"), ("NOERROR", ["10.96.9.9"]))
+        self.assertEqual(self.a("svc2.apps.svc"), ("NOERROR", ["10.96.1.2"]))
+        self.assertEqual(self.a("kube-dns.kube-system.svc"), ("NOERROR", ["10.96.0.10"]))
+        self.assertEqual(self.store.count("services"), 5)
+        self.assertEqual(self.st()["relists"], 1, "the cut list did not count as a relist")
+        await wait_until(lambda: self.api.watcher_count("services") == 1, what="watch again")
+        self.api.create("services", fakeapi.service("later", "apps", cluster_ip="10.96.9.10"))
+        await wait_until(lambda: self.a("later.apps.svc")[0] == "NOERROR", what="event after relist")
+
+    async def test_stalled_list_body_hits_the_read_timeout_and_is_retried(self) -> None:
+        self.api.fail_next("list", "services", action="stall")
+        self.start(read_timeout=0.5)
+        await wait_until(lambda: self.st()["errors"] >= 1, what="read timeout")
+        self.assertFalse(self.store.synced)
+        self.assertEqual(self.a("svc0.apps.svc")[0], "SERVFAIL")
+        await self.synced()
+        self.assertIn("timed out", self.st()["last_error"].lower())
+        self.assertEqual(self.store.count("services"), 6)
+
+    async def test_truncated_or_non_json_list_during_relist_prunes_nothing(self) -> None:
+        self.start()
+        await self.synced()
+        self.api.fail_next("watch", "services", 410)
+        self.api.fail_next("list", "services", action="truncate")
+        self.api.fail_next("list", "services", 200, body=b"<html>502 Bad Gateway</html>", content_type="text/html")
+        self.api.fail_next("list", "services", 200, body=b'{"kind":"Status","status":"Success"}')
+        self.api.drop_watches("services")
+        seen: list[int] = []
+        deadline = time.monotonic() + 8
+        while self.st()["relists"] < 1:
+            self.assertLess(time.monotonic(), deadline, self.st())
+            seen.append(self.store.count("services"))
+            self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
+            await sleep(0.005)
+        self.assertEqual(set(seen), {6}, "a bogus list page must never empty the store")
+        self.assertGreaterEqual(self.st()["errors"], 4)
+        self.assertTrue(self.threads_alive())
+
+
+class WatchStreamTests(_Base):
+    """What comes down an open watch: errors, garbage, unknown events, odd objects."""
+
+    def ev(self, type_: str, obj: Any) -> bytes:
+        return json.dumps({"type": type_, "object": obj}).encode()
+
+    async def test_error_event_other_than_410_rewatches_then_relists_after_three(self) -> None:
+        self.start()
+        await self.synced()
+        rv = self.st()["resource_version"]
+        lists = self.lists()
+        self.api.fail_next("watch", "services", 500, action="error-event", times=2)
+        self.api.drop_watches("services")
+        await wait_until(lambda: self.api.watcher_count("services") == 1 and not self.api._faults[0].matches(
+            "watch", "services", {}), what="two ERROR events")
+        self.assertIn("500", self.st()["last_error"])
+        self.assertEqual(self.st()["resource_version"], rv, "an ERROR event moves no resourceVersion")
+        self.assertEqual(self.lists(), lists, "two errors: re-watch, no relist")
+        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after the errors")
+
+        self.api.fail_next("watch", "services", 500, action="error-event", times=3)
+        self.api.drop_watches("services")
+        await wait_until(lambda: self.st()["relists"] == 1, what="relist after three ERROR events")
+        self.api.create("services", fakeapi.service("b", "apps", cluster_ip="10.96.2.2"))
+        await wait_until(lambda: self.a("b.apps.svc")[0] == "NOERROR", what="event after the relist")
+        self.assertEqual(self.a("a.apps.svc")[0], "NOERROR")
+
+    async def test_malformed_json_line_rewatches_from_the_last_good_event(self) -> None:
+        self.start()
+        await self.synced()
+        lists = self.lists()
+        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="a")
+        self.assertEqual(self.api.inject_watch_lines("services", b'{"type":"ADDED","object":{"metadata":'), 1)
+        self.api.create("services", fakeapi.service("b", "apps", cluster_ip="10.96.2.2"))
+        await wait_until(lambda: self.a("b.apps.svc")[0] == "NOERROR", what="b after the garbage")
+        self.assertGreaterEqual(self.st()["errors"], 1)
+        self.assertEqual(self.lists(), lists, "a re-watch replays the gap; no relist needed")
+        self.assertTrue(self.threads_alive())
+
+    async def test_unknown_event_type_is_ignored(self) -> None:
+        self.start()
+        await self.synced()
+        rv = str(self.api.resource_version + 5)
+        self.api.inject_watch_lines(
+            "services",
+            self.ev("SURPRISE", {"kind": "Service", "metadata": {"name": "x", "namespace": "apps", "resourceVersion": rv}}),
+            self.ev("ADDED", None),  # no object at all: nothing to apply, nothing to die of
+        )
+        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after the surprise")
+        self.assertEqual(self.a("x.apps.svc")[0], "NXDOMAIN")
+        self.assertEqual(self.st()["relists"], 0)
+        self.assertTrue(self.threads_alive())
+
+    async def test_objects_missing_optional_fields_list_and_watch(self) -> None:
+        def odd_objects(tag: str, base: int) -> list[dict[str, Any]]:
+            hl = fakeapi.service(f"hl{tag}", "apps", headless=True, ports=[{"name": "http", "port": 80}])
+            good = fakeapi.endpointslice(
+                f"hl{tag}-good", "apps", f"hl{tag}", [{"addresses": [f"10.1.{base}.1"], "hostname": "h1"}],
+                ports=[{"name": "http", "port": 80}],
+            )
+            nulls = fakeapi.endpointslice(f"hl{tag}-nulls", "apps", f"hl{tag}", [], ports=[])
+            nulls["endpoints"] = None
+            nulls["ports"] = [{"name": None, "port": None, "protocol": None}, {"name": None, "port": 81}]
+            holes = fakeapi.endpointslice(f"hl{tag}-holes", "apps", f"hl{tag}", [{"addresses": ["10.9.9.9"]}])
+            holes["endpoints"] = [
+                {"addresses": None, "conditions": None},
+                {"addresses": [f"10.1.{base}.2"], "conditions": None, "hostname": None},
+            ]
+            nospec = {"kind": "Service", "apiVersion": "v1", "metadata": {"name": f"nospec{tag}", "namespace": "apps"}}
+            return [hl, good, nulls, holes, nospec]
+
+        self.api.load(odd_objects("l", 5))  # seen by the list
+        self.start()
+        await self.synced()
+        self.api.load(odd_objects("w", 6))  # seen by the watch
+        await wait_until(lambda: self.store.count("endpointslices") == 9 and self.store.count("services") == 10,
+                         what="watched objects")
+        for tag, base in (("l", 5), ("w", 6)):
+            self.assertEqual(self.a(f"hl{tag}.apps.svc"), ("NOERROR", [f"10.1.{base}.1", f"10.1.{base}.2"]))
+            self.assertEqual(self.a(f"h1.hl{tag}.apps.svc"), ("NOERROR", [f"10.1.{base}.1"]))
+            rcode, srv = self.answer(f"_http._tcp.hl{tag}.apps.svc", tdns.SRV)
+            self.assertEqual(rcode, "NOERROR")
+            self.assertTrue(srv and all("port=80 " in s for s in srv), srv)
+            self.assertIn(self.a(f"nospec{tag}.apps.svc")[0], ("NXDOMAIN", "NOERROR"))
+        self.assertEqual(self.st("endpointslices")["errors"], 0)
+        self.assertEqual(self.st()["errors"], 0)
+        self.assertTrue(self.threads_alive())
+
+    async def test_namespace_deleted_while_its_services_remain(self) -> None:
+        self.start()
+        await self.synced()
+        self.api.delete("namespaces", None, "apps")
+        await wait_until(lambda: "apps" not in self.store._objects["namespaces"], what="namespace DELETED")
+        # its Services (being deleted by the namespace controller) keep answering until they go
+        self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]))
+        self.assertEqual(self.a("apps.svc")[0], "NOERROR")
+        # a relist in that state keeps them too
+        self.api.fail_next("watch", "namespaces", 410)
+        self.api.fail_next("watch", "services", 410)
+        self.api.drop_watches()
+        await wait_until(lambda: self.st()["relists"] == 1 and self.st("namespaces")["relists"] == 1, what="relists")
+        self.assertEqual(self.a("svc3.apps.svc"), ("NOERROR", ["10.96.1.3"]))
+        await wait_until(lambda: self.api.watcher_count() == 3, what="watches")
+        for i in range(5):
+            self.api.delete("services", "apps", f"svc{i}")
+        for i in range(3):
+            self.api.delete("endpointslices", "apps", f"svc{i}-x")
+        await wait_until(lambda: self.a("apps.svc")[0] == "NXDOMAIN", what="namespace gone from DNS")
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NXDOMAIN")
+        self.assertEqual(self.a("kube-dns.kube-system.svc"), ("NOERROR", ["10.96.0.10"]))
+
+    async def test_very_large_objects_in_list_and_watch(self) -> None:
+        def fat_service(name: str, ip: str) -> dict[str, Any]:
+            svc = fakeapi.service(name, "apps", cluster_ip=ip)
+            svc["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "x" * 1_400_000}
+            return svc
+
+        def big_slice(name: str, svc: str, third: int) -> dict[str, Any]:
+            eps = [{"addresses": [f"10.{third}.{i // 250}.{i % 250 + 1}"]} for i in range(1000)]
+            return fakeapi.endpointslice(name, "apps", svc, eps)
+
+        self.api.load([fat_service("fat1", "10.96.3.1"), fakeapi.service("big1", "apps", headless=True),
+                       big_slice("big1-x", "big1", 201)])
+        self.start()
+        await self.synced()
+        self.assertEqual(self.a("fat1.apps.svc"), ("NOERROR", ["10.96.3.1"]))
+        self.assertEqual(len(self.a("big1.apps.svc")[1]), 1000)
+        started = time.monotonic()
+        self.api.load([fat_service("fat2", "10.96.3.2"), fakeapi.service("big2", "apps", headless=True),
+                       big_slice("big2-x", "big2", 202)])
+        await wait_until(lambda: self.a("fat2.apps.svc")[0] == "NOERROR", what="1.4 MB watch event")
+        await wait_until(lambda: len(self.a("big2.apps.svc")[1]) == 1000, what="1000-endpoint watch event")
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.api.create("services", fakeapi.service("small", "apps", cluster_ip="10.96.3.9"))
+        await wait_until(lambda: self.a("small.apps.svc")[0] == "NOERROR", what="a small one after")
+        self.assertEqual((self.st()["errors"], self.st("endpointslices")["errors"]), (0, 0))
+
+
+# -- the real process -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in _PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _wait_for(fn: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # a timed-out query is retried
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
+
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path → (status, body); 4xx/5xx are answers too."""
+    try:
+        with _HTTP.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _rcode(port: int, name: str) -> str:
+    return dns.rcode.to_text(query(port, name, "A", timeout=1).rcode())
+
+
+@pytest.mark.usefixtures("_no_proxy")
+def test_process_namespace_deleted_before_its_services(kubedns_process: Any, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([fakeapi.namespace("default"), fakeapi.namespace("shop"),
+                  fakeapi.service("cart", "shop", cluster_ip="10.96.2.1")])
+        dns_port = free_port()
+        cfg = {"servers": [{
+            "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
+            "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
+        }]}
+        p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
+        p.wait_listening(dns_port)
+        _wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NOERROR")
+        assert api.wait_for_watchers(3)
+        api.delete("namespaces", None, "shop")
+        api.create("namespaces", fakeapi.namespace("marker"))  # applied after the delete
+        _wait_for(lambda: _rcode(dns_port, "marker.svc.cluster.local") == "NOERROR")
+        # the namespace controller deletes the Services afterwards: until then they answer
+        assert rrset_text(query(dns_port, "cart.shop.svc.cluster.local")) == ["cart.shop.svc.cluster.local A 10.96.2.1"]
+        assert _rcode(dns_port, "shop.svc.cluster.local") == "NOERROR"
+        api.delete("services", "shop", "cart")
+        _wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NXDOMAIN")
+        assert _rcode(dns_port, "shop.svc.cluster.local") == "NXDOMAIN"
