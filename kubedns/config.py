@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kubedns.configbase import Address, ConfigError, Node
+from kubedns.configbase import Address, ConfigError, Node, short_repr
 
 __all__ = [
     "Config",
@@ -236,17 +236,92 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
     )
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with a scalar it cannot convert (``2001-13-45``, ``!!int abc``,
+    ``!!bool maybe``) reported as a YAML error at its line instead of a bare ValueError/KeyError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as e:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            why = f" ({e})" if isinstance(e, ValueError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{short_repr(node.value)} is not a valid {kind}{why}", node.start_mark
+            ) from None
+
+
+def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
+    """YAML keys are unique, but PyYAML keeps the last of two silently: a block with ``forward``
+    twice would drop the first without a word.  Reject it naming the key path and both lines."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()  # aliases share nodes: visit each once
+    while stack:
+        node, key = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for k, v in node.value:
+                name = str(k.value) if isinstance(k, yaml.ScalarNode) else None
+                child = key if name is None else (f"{key}.{name}" if key else name)
+                if name is not None and k.tag != _MERGE_TAG:
+                    line = k.start_mark.line + 1
+                    if (k.tag, name) in first:
+                        raise ConfigError(
+                            path, child, f"each key once in a mapping (line {line} repeats line {first[(k.tag, name)]})",
+                            has_found=False,
+                        )
+                    first[(k.tag, name)] = line
+                stack.append((v, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, f"{key}[{i}]") for i, v in enumerate(node.value))
+
+
+def _read_yaml(text: str, path: str) -> Any:
+    """The YAML document; any YAML problem is a one-line :class:`ConfigError` naming the line."""
+    loader = None
+    try:
+        loader = _Loader(text)  # checks the characters at once
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, path)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(e.problem or e.context or e).split())
+        raise ConfigError(path, "", f"valid YAML{where} ({problem})", has_found=False) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, most control characters)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        code = ord(e.character) if isinstance(e.character, str) else int(e.character)
+        raise ConfigError(
+            path, "", f"valid YAML at line {line}, column {column} (character #x{code:04x}: {e.reason})",
+            has_found=False,
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "", f"valid YAML ({' '.join(str(e).split())})", has_found=False) from None
+    except RecursionError:
+        raise ConfigError(path, "", "valid YAML nested less deeply", has_found=False) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def parse(text: str, path: str = "<config>") -> Config:
     """Parse and validate config text; raises :class:`ConfigError` naming file, key, expectation."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(path, "", f"valid YAML{where} ({getattr(e, 'problem', None) or e})", has_found=False) from None
+    data = _read_yaml(text, path)
     root = Node(data, path)
-    if data is None:
-        raise root.error("a mapping with a 'servers' list", show=False)
+    if not isinstance(data, dict):
+        raise root.error("a mapping with a 'servers' list", show=data is not None)
     root.mapping({"servers", "workers", "tcp_idle_timeout"})
     servers_node = root.get("servers")
     blocks = tuple(_parse_block(n, path, i) for i, n in enumerate(servers_node.items()))
