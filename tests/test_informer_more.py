@@ -127,6 +127,35 @@ class _Base(unittest.TestCase):
 class AuthAndThrottlingTests(_Base):
     """401/403/429/5xx: named clearly in the log, retried with backoff (and Retry-After), no crash."""
 
+    async def test_429_retry_after_on_list_is_honoured(self) -> None:
+        self.api.fail_next("list", "services", 429, retry_after=1)
+        self.start(backoff_cap=2.0)
+        await self.synced()
+        times = self.request_times("list")
+        self.assertGreaterEqual(times[1] - times[0], 0.9, "Retry-After: 1 beats a 50 ms backoff")
+        self.assertIn("429", self.st()["last_error"])
+        self.assertEqual(self.a("svc1.apps.svc"), ("NOERROR", ["10.96.1.1"]))
+
+    async def test_retry_after_is_capped_by_the_backoff_cap(self) -> None:
+        self.api.fail_next("list", "services", 503, retry_after=3600)
+        self.start()  # backoff_cap 0.3 s
+        await wait_until(lambda: self.st()["errors"] >= 1, what="the 503")
+        await wait_until(lambda: self.store.synced, timeout=3.0, what="sync despite an hour's Retry-After")
+
+    async def test_503_retry_after_on_watch_keeps_answering_then_catches_up(self) -> None:
+        self.start(backoff_cap=2.0)
+        await self.synced()
+        self.api.fail_next("watch", "services", 503, retry_after=1, times=1)
+        self.api.drop_watches("services")
+        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.st()["errors"] >= 2, what="drop, then 503")
+        self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]), "last known state served")
+        self.assertEqual(self.a("late.apps.svc")[0], "NXDOMAIN")
+        await wait_until(lambda: self.a("late.apps.svc")[0] == "NOERROR", what="the change after the pause")
+        watches = self.request_times("watch")
+        self.assertGreaterEqual(watches[-1] - watches[-2], 0.9)
+        self.assertEqual(self.st()["relists"], 0)
+
     async def test_500_on_a_list_page_restarts_the_list(self) -> None:
         self.api.fail_next("list", "services", 500, when=_has_continue)
         self.start()
@@ -342,6 +371,26 @@ class WatchStreamTests(_Base):
         self.api.create("services", fakeapi.service("small", "apps", cluster_ip="10.96.3.9"))
         await wait_until(lambda: self.a("small.apps.svc")[0] == "NOERROR", what="a small one after")
         self.assertEqual((self.st()["errors"], self.st("endpointslices")["errors"]), (0, 0))
+
+
+def test_retry_after_header_forms() -> None:
+    import email.utils
+
+    from kubedns.k8s.watch import _retry_after
+
+    def err(value: str | None) -> Exception:
+        e = Exception("HTTP 429")
+        e.headers = {} if value is None else {"Retry-After": value}  # type: ignore[attr-defined]
+        return e
+
+    assert _retry_after(err("2")) == 2.0
+    assert _retry_after(err("0.5")) == 0.5
+    for bad in (None, "", "soon", "-3", "nan", "inf"):
+        assert _retry_after(err(bad)) == 0.0, bad
+    later = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 < _retry_after(err(later)) <= 10.0
+    assert _retry_after(err(email.utils.formatdate(time.time() - 10, usegmt=True))) == 0.0
+    assert _retry_after(Exception("no headers at all")) == 0.0
 
 
 # -- the real process -------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ The loop (one :class:`ResourceWatcher` per resource, one thread each):
   jitter, so watchers do not reconnect in lockstep) and a client-side ``(connect, read)`` timeout
   so a half-open connection cannot hang the thread.  The resourceVersion is tracked from every
   event, BOOKMARK included.  A clean end re-watches from it; a broken stream, connection error or
-  read timeout reconnects with exponential backoff and jitter; 410 Gone relists.
+  read timeout reconnects with exponential backoff and jitter (longer if a 429/5xx answer says
+  ``Retry-After``, up to the backoff cap); 410 Gone relists.
 * Errors never delete anything: while the API is unreachable the store keeps its last state.
 
 This is the only module that imports :mod:`kubernetes`, and it does so lazily (the package takes
@@ -32,7 +33,9 @@ most of a second to import).  ``callFromThread`` is the only way anything here r
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import os
 import random
 import socket
@@ -296,16 +299,19 @@ class ResourceWatcher:
                     if watch_errors >= _RELIST_AFTER_WATCH_ERRORS:
                         need_list = True  # a fresh list is always a safe way back
                         watch_errors = 0
-                self._record_error(e)
-                self._sleep(self._backoff.next())
+                # an overloaded apiserver (429, 503) says how long to stay away: honour it, but
+                # never wait longer than our own backoff would at its worst
+                delay = max(self._backoff.next(), min(_retry_after(e), self._backoff.cap))
+                self._record_error(e, delay)
+                self._sleep(delay)
         with self._lock:
             self._response = None
 
-    def _record_error(self, exc: Exception) -> None:
+    def _record_error(self, exc: Exception, delay: float) -> None:
         msg = _describe(exc)
         self.status.errors += 1
         self.status.last_error = msg
-        _log.warn("{resource}: {error}; retrying", resource=self.resource, error=msg)
+        _log.warn("{resource}: {error}; retrying in {delay:.1f}s", resource=self.resource, error=msg, delay=delay)
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -587,6 +593,25 @@ def _shutdown(resp: Any) -> None:
         raw._sock.shutdown(socket.SHUT_RDWR)
     except Exception:
         pass
+
+
+def _retry_after(exc: BaseException) -> float:
+    """The seconds an error response asked us to wait (``Retry-After``: seconds or an HTTP date), or 0."""
+    headers = getattr(exc, "headers", None)
+    try:
+        value = headers.get("Retry-After") if headers else None
+    except Exception:
+        return 0.0
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 def _describe(exc: BaseException) -> str:
