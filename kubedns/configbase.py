@@ -119,19 +119,22 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
         host, port_s = s, None  # a bare IPv6 address
     else:
         host, port_s = s, None
-    if port_s is None or port_s == "":
+    if port_s is None:
         if default_port is None:
             raise ValueError("no port")
         port = default_port
     else:
-        if not port_s.isdigit():
-            raise ValueError(f"port {port_s!r} is not a number")
+        # "127.0.0.1:" is a port left out by mistake, not the default; int() would also take
+        # digits of other scripts ("\u0665\u0663"), which no other tool reads as a port
+        if not (port_s.isascii() and port_s.isdigit()):
+            raise ValueError(f"port {short_repr(port_s)} is not a number" if port_s else "no port after ':'")
         port = int(port_s)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
+    if not 1 <= port <= 65535:  # port 0 would listen on a random port no client knows
+        raise ValueError(f"port {port} out of range 1-65535")
     if host not in ("", "localhost"):
         try:
-            ipaddress.ip_address(host)
+            # one spelling per address ("[0:0::1]" is "[::1]"), so blocks sharing it are seen to
+            host = str(ipaddress.ip_address(host))
         except ValueError:
             raise ValueError(f"{short_repr(host)} is not an IP address") from None
     return Address(host, port)
@@ -242,8 +245,10 @@ class Node:
         return out
 
     def address(self, default_port: int | None = None) -> Address:
-        s = self.string()
+        expect = 'an address "host:port" such as "0.0.0.0:53" or "[::1]:53"'
+        if not isinstance(self.value, str) or not self.value.strip():
+            raise self.error(expect)
         try:
-            return parse_address(s, default_port)
+            return parse_address(self.value, default_port)
         except ValueError as e:
-            raise self.error(f'an address "host:port" such as "0.0.0.0:53" or "[::1]:53" ({e})') from None
+            raise self.error(f"{expect} ({e})") from None
