@@ -127,6 +127,61 @@ class _Base(unittest.TestCase):
 class AuthAndThrottlingTests(_Base):
     """401/403/429/5xx: named clearly in the log, retried with backoff (and Retry-After), no crash."""
 
+    async def test_forbidden_list_names_resource_and_verb_and_retries_with_backoff(self) -> None:
+        # a bare message, so that the verb in the log line must come from kubedns itself
+        self.api.fail_next("list", "services", 403, times=None, message="access denied")
+        self.start()
+        await wait_until(lambda: self.st()["errors"] >= 4, what="repeated 403s")
+        # the kinds it may read sync; services do not, so cluster names stay SERVFAIL, never NXDOMAIN
+        await wait_until(lambda: {"namespaces", "endpointslices"} <= self.store.synced_kinds, what="other kinds")
+        self.assertEqual(self.store.missing_kinds(), ["services"])
+        self.assertFalse(self.informer.synced)
+        self.assertEqual(self.a("svc0.apps.svc")[0], "SERVFAIL")
+        self.assertEqual(self.a("nosuch.apps.svc")[0], "SERVFAIL")
+        lines = self.log_lines("services", "403")
+        self.assertTrue(lines, self.logs)
+        self.assertIn("'list'", lines[0])
+        self.assertIn("RBAC", lines[0])
+        self.assertIn("'list'", self.st()["last_error"])
+        # retried with a growing delay, not in a tight loop, and the thread lives on
+        await sleep(1.0)
+        times = self.request_times("list")
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        self.assertGreater(max(gaps[-3:]), FAST["backoff_cap"] / 2 - 0.02, gaps)
+        self.assertLess(len(times), 30, gaps)
+        self.assertTrue(self.threads_alive())
+
+        self.api.clear_faults()  # RBAC fixed
+        await self.synced()
+        self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]))
+        self.assertEqual(self.a("nosuch.apps.svc")[0], "NXDOMAIN")
+
+    async def test_forbidden_watch_keeps_the_listed_state_and_names_the_verb(self) -> None:
+        self.api.fail_next("watch", "services", 403, times=None, message="access denied")
+        self.start()
+        await wait_until(lambda: self.store.synced, what="sync by list alone")
+        await wait_until(lambda: self.st()["errors"] >= 3, what="watch retries")
+        lines = self.log_lines("services", "403")
+        self.assertTrue(lines and "'watch'" in lines[-1], self.logs)
+        self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]))
+        lists = self.lists()
+        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        await sleep(0.5)
+        self.assertEqual(self.lists(), lists, "a denied watch is retried, not answered with relists")
+        self.assertTrue(self.threads_alive())
+
+        self.api.clear_faults()
+        await wait_until(lambda: self.a("late.apps.svc") == ("NOERROR", ["10.96.2.1"]), what="change after fix")
+
+    async def test_unauthorized_says_credentials_were_rejected(self) -> None:
+        self.api.fail_next("list", "namespaces", 401, times=3, message="Unauthorized")
+        self.start()
+        await self.synced()
+        lines = self.log_lines("namespaces", "401")
+        self.assertTrue(lines, self.logs)
+        self.assertIn("credentials", lines[0])
+        self.assertEqual(self.a("apps.svc")[0], "NOERROR")
+
     async def test_429_retry_after_on_list_is_honoured(self) -> None:
         self.api.fail_next("list", "services", 429, retry_after=1)
         self.start(backoff_cap=2.0)
@@ -430,6 +485,38 @@ def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
 
 def _rcode(port: int, name: str) -> str:
     return dns.rcode.to_text(query(port, name, "A", timeout=1).rcode())
+
+
+@pytest.mark.usefixtures("_no_proxy")
+def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.fail_next("list", "endpointslices", 403, times=None)
+        dns_port, http = free_port(), free_port()
+        cfg = {"servers": [{
+            "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
+            "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
+            "ready": f"127.0.0.1:{http}",
+        }]}
+        p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
+        p.wait_listening(dns_port)
+        _wait_for(lambda: api.requests[("list", "endpointslices")] >= 3)
+        status, body = _wait_for(lambda: http_get(http, "/ready"))
+        assert status == 503, body
+        assert "endpointslices" in body and "403" in body, body
+        for name in ("web.default.svc.cluster.local", "nope.default.svc.cluster.local"):
+            assert _rcode(dns_port, name) == "SERVFAIL"
+        time.sleep(1.0)
+        assert p.proc is not None and p.proc.poll() is None, "no crash loop"
+        lines = [ln for ln in p.log().splitlines() if "endpointslices" in ln and "403" in ln]
+        assert lines and "'list'" in lines[0] and "discovery.k8s.io" in lines[0], p.log()
+        attempts = api.requests[("list", "endpointslices")]
+        assert attempts < 15, f"{attempts} attempts in a few seconds: no backoff?"
+
+        api.clear_faults()
+        _wait_for(lambda: http_get(http, "/ready")[0] == 200, timeout=40)
+        assert rrset_text(query(dns_port, "web.default.svc.cluster.local")) == ["web.default.svc.cluster.local A 10.96.1.1"]
+        assert _rcode(dns_port, "nope.default.svc.cluster.local") == "NXDOMAIN"
 
 
 @pytest.mark.usefixtures("_no_proxy")

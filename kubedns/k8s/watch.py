@@ -76,6 +76,8 @@ _RELIST_AFTER_WATCH_ERRORS = 3
 _MIN_CLEAN_WATCH = 1.0
 #: Objects asked for in the first page of a list, before their size is known.
 _FIRST_PAGE = 50
+#: API group of each resource, for RBAC hints (the others are in the core group, "").
+_API_GROUPS = {"endpointslices": "discovery.k8s.io"}
 
 
 class _ExpiredError(Exception):
@@ -246,6 +248,7 @@ class ResourceWatcher:
         self._response: Any = None
         self._thread: threading.Thread | None = None
         self._listed_once = False
+        self._verb = "list"  # of the request in flight, for error messages
 
     # -- lifecycle (any thread) -------------------------------------------------------------
     def start(self) -> None:
@@ -309,9 +312,20 @@ class ResourceWatcher:
 
     def _record_error(self, exc: Exception, delay: float) -> None:
         msg = _describe(exc)
+        status = getattr(exc, "status", None)
+        # 401/403 need an operator: say what is missing, in words a ClusterRole is written in
+        if status == 403:
+            group = _API_GROUPS.get(self.resource, "")
+            msg += (
+                f"; RBAC: kubedns's service account may not '{self._verb}' {self.resource}"
+                f' (API group "{group}"); it needs list and watch on them cluster-wide'
+            )
+        elif status == 401:
+            msg += f"; the API server rejected kubedns's credentials for '{self._verb}' {self.resource} (expired or revoked token?)"
         self.status.errors += 1
         self.status.last_error = msg
-        _log.warn("{resource}: {error}; retrying in {delay:.1f}s", resource=self.resource, error=msg, delay=delay)
+        log = _log.error if status in (401, 403) else _log.warn
+        log("{resource}: {error}; retrying in {delay:.1f}s", resource=self.resource, error=msg, delay=delay)
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -320,6 +334,7 @@ class ResourceWatcher:
         """One request with ``_preload_content=False``; the response is kept for stop()."""
         if self._stopping.is_set():
             raise _StoppedError()
+        self._verb = "watch" if kwargs.get("watch") else "list"
         try:
             resp = self._list_fn(_preload_content=False, _request_timeout=self._timeouts, **kwargs)
         except Exception as e:
