@@ -330,6 +330,8 @@ def parse(text: str, path: str = "<config>") -> Config:
     seen: dict[tuple[Address, str], int] = {}
     for b in blocks:
         for z in b.zones:
+            if seen.get((b.listen, z)) == b.index:
+                raise ConfigError(path, f"servers[{b.index}].zones", "each zone once", z or ".")
             if (b.listen, z) in seen:
                 raise ConfigError(
                     path,

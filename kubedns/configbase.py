@@ -59,6 +59,9 @@ class ConfigError(ValueError):
 _MISSING = object()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# A zone label as names are matched (lower case): a space, a "dns://" or ":53", or a non-ASCII
+# name (queries carry xn-- labels) would never match a query; "/" is for RFC 2317 reverse zones.
+_LABEL = re.compile(r"[a-z0-9_/-]+")
 
 
 def parse_duration(value: Any) -> float:
@@ -229,11 +232,14 @@ class Node:
         return str(self.value)
 
     def zone(self) -> str:
-        s = self.string()
-        z = normalize_zone(s)
+        s = self.string().strip().lower()
+        z = s[:-1] if s.endswith(".") else s  # one trailing dot: "a.." and ".." are not names
         labels = z.split(".") if z else []
-        if any(not lab or len(lab) > 63 for lab in labels) or len(z) > 253:
-            raise self.error('a DNS zone name like "cluster.local" or "."')
+        if any(not lab or len(lab) > 63 or not _LABEL.fullmatch(lab) for lab in labels) or len(z) > 253:
+            raise self.error(
+                'a DNS zone name like "cluster.local" or "." (ASCII letters, digits, "-", "_", "/"; '
+                "international names as xn--)"
+            )
         return z
 
     def zones(self, *, allow_empty: bool = False) -> tuple[str, ...]:
