@@ -9,6 +9,9 @@ them; the few deviations are noted on the fields.
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from dataclasses import dataclass
 
 from kubedns.configbase import ConfigError, Node, parse_duration
@@ -89,8 +92,35 @@ _FORWARD_KEYS = {
 }
 
 
+MAX_FILE_BYTES = 16 << 20  # resolv.conf and CA bundles; bounds what a wrong path can make us read
+
+
 def _is_path(text: str) -> bool:
     return text.startswith(("/", "./", "../"))
+
+
+def _regular_file(node: Node, path: str, what: str) -> None:
+    """Raise unless ``path`` is a regular file of sane size: a directory, a FIFO (blocks the start)
+    or a device such as /dev/zero (read until memory runs out) is a config error."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise node.error(f"a readable {what} ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise node.error(f"a {what} that is a regular file (not a directory, device or pipe)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise node.error(f"a {what} of at most {MAX_FILE_BYTES >> 20} MiB")
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
+def _server_name(node: Node, name: str) -> str:
+    """A TLS server name: a DNS name the upstream's certificate can carry (``dns.example.org``)."""
+    name = name.strip().rstrip(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(lab) for lab in name.split(".")):
+        raise node.error('a DNS name for the upstream certificate, like "dns.example.org"')
+    return name
 
 
 def _parse_to(node: Node) -> tuple[UpstreamSpec, ...]:
@@ -103,6 +133,7 @@ def _parse_to(node: Node) -> tuple[UpstreamSpec, ...]:
             raise item.error(expect)
         text = item.value.strip()
         if _is_path(text):
+            _regular_file(item, text, "resolv.conf file")
             try:
                 addrs = read_resolv_conf(text)
             except OSError as e:
@@ -116,9 +147,12 @@ def _parse_to(node: Node) -> tuple[UpstreamSpec, ...]:
                     raise item.error(f"nameserver lines holding IP addresses ({a!r}: {e})") from None
             continue
         try:
-            out.append(parse_upstream(text))
+            spec = parse_upstream(text)
         except ValueError as e:
             raise item.error(f"{expect} ({e})") from None
+        if spec.servername is not None:
+            _server_name(item, spec.servername)
+        out.append(spec)
     if not 1 <= len(out) <= MAX_UPSTREAMS:
         raise node.error(f"from 1 to {MAX_UPSTREAMS} upstreams (found {len(out)})")
     return tuple(out)
@@ -128,9 +162,10 @@ def _parse_ca(node: Node) -> str | None:
     path = node.optional_string()
     if path is None:
         return None
+    _regular_file(node, path, "PEM CA bundle")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES)
     except OSError as e:
         raise node.error(f"a readable PEM CA bundle ({e.strerror})") from None
     if b"-----BEGIN CERTIFICATE-----" not in data:
@@ -148,7 +183,7 @@ def parse_forward(node: Node) -> ForwardConfig:
     servername_node = node.get("tls_servername", None)
     servername = servername_node.optional_string()
     if servername is not None:
-        servername = servername.strip().rstrip(".")
+        servername = _server_name(servername_node, servername)
         if any(u.servername for u in to):
             raise servername_node.error("no tls_servername when an upstream names its own (tls://IP%name)")
     return ForwardConfig(
