@@ -166,7 +166,8 @@ def _http_address(node: Node, default_port: int) -> tuple[Address, Node]:
         return Address("", default_port), Node({}, node.path, node.key)
     if isinstance(node.value, str):
         return node.address(default_port), Node({}, node.path, node.key)
-    node.mapping()
+    if not isinstance(node.value, dict):  # health: 8080, health: false
+        raise node.error(f'an address "host:port" or ":{default_port}", or a mapping with listen')
     return node.get("listen", f":{default_port}").address(default_port), node
 
 
