@@ -328,6 +328,28 @@ class WatchStreamTests(_Base):
         self.assertEqual(self.lists(), lists, "a re-watch replays the gap; no relist needed")
         self.assertTrue(self.threads_alive())
 
+    async def _poisoned(self, line: bytes) -> None:
+        self.start()
+        await self.synced()
+        self.api.poison_history("services", line)
+        self.api.create("services", fakeapi.service("after", "apps", cluster_ip="10.96.2.9"))
+        # every re-watch from the last good resourceVersion replays the bad line: only a relist
+        # gets past it
+        await wait_until(lambda: self.a("after.apps.svc")[0] == "NOERROR", timeout=8.0, what="event past the poison")
+        await wait_until(lambda: self.st()["relists"] == 1, what="the relist's end")
+        self.assertIn("malformed watch event", self.st()["last_error"])
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
+        self.assertTrue(self.threads_alive())
+
+    async def test_a_malformed_line_replayed_on_every_rewatch_is_passed_by_a_relist(self) -> None:
+        await self._poisoned(b"this is not json")
+
+    async def test_an_event_that_is_not_an_object_is_passed_by_a_relist(self) -> None:
+        await self._poisoned(b'["ADDED", {}]')
+
+    async def test_an_event_whose_object_is_not_an_object_is_passed_by_a_relist(self) -> None:
+        await self._poisoned(b'{"type":"MODIFIED","object":"svc0"}')
+
     async def test_unknown_event_type_is_ignored(self) -> None:
         self.start()
         await self.synced()
@@ -517,6 +539,38 @@ def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) ->
         _wait_for(lambda: http_get(http, "/ready")[0] == 200, timeout=40)
         assert rrset_text(query(dns_port, "web.default.svc.cluster.local")) == ["web.default.svc.cluster.local A 10.96.1.1"]
         assert _rcode(dns_port, "nope.default.svc.cluster.local") == "NXDOMAIN"
+
+
+@pytest.mark.usefixtures("_no_proxy")
+def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path: Path) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        dns_port = free_port()
+        cfg = {"servers": [{
+            "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
+            "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
+        }]}
+        p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
+        p.wait_listening(dns_port)
+        _wait_for(lambda: _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR")
+        assert api.wait_for_watchers(3)
+        api.inject_watch_lines("services", b"\x00garbage{", b'{"type":"WHAT","object":{}}')
+        api.poison_history("endpointslices", b'{"type":"ADDED","object":7}')
+        api.fail_next("watch", "services", 503, retry_after=1)
+        api.fail_next("watch", "services", 500, action="error-event")
+        for _ in range(3):
+            assert _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR"
+            time.sleep(0.2)
+        api.create("services", fakeapi.service("late", "default", cluster_ip="10.96.1.2"))
+        api.create("services", fakeapi.service("db", "default", headless=True))
+        api.create("endpointslices", fakeapi.endpointslice("db-1", "default", "db", [{"addresses": ["10.244.0.7"]}]))
+        try:
+            _wait_for(lambda: _rcode(dns_port, "late.default.svc.cluster.local") == "NOERROR", timeout=15)
+        except AssertionError:
+            raise AssertionError(p.log()) from None
+        _wait_for(lambda: rrset_text(query(dns_port, "db.default.svc.cluster.local", timeout=1))
+                  == ["db.default.svc.cluster.local A 10.244.0.7"], timeout=15)
+        assert p.proc is not None and p.proc.poll() is None
 
 
 @pytest.mark.usefixtures("_no_proxy")

@@ -67,9 +67,11 @@ EventHook = Callable[[str, str, float, Any], None]
 
 #: Set by the EndpointSlice controller; the start of "DNS programming latency".
 _TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
-#: Consecutive ERROR events (other than 410) after which we relist instead of re-watching.  Only
-#: errors the server reports *in* the watch count: connection trouble never triggers a relist, as
-#: re-watching from a still-valid resourceVersion replays the gap for a fraction of the cost.
+#: Consecutive ERROR events (other than 410) or malformed event lines after which we relist
+#: instead of re-watching: a bad line stored at some resourceVersion is replayed by every re-watch
+#: from before it, and only a list gets past it.  Only what the server sends *in* the watch counts:
+#: connection trouble never triggers a relist, as re-watching from a still-valid resourceVersion
+#: replays the gap for a fraction of the cost.
 _RELIST_AFTER_WATCH_ERRORS = 3
 #: A watch that ends cleanly sooner than this without any event is treated as a failure to back
 #: off from (a server that closes at once must not make us spin).
@@ -85,7 +87,7 @@ class _ExpiredError(Exception):
 
 
 class _WatchError(Exception):
-    """The watch reported an ERROR event other than 410."""
+    """The watch reported an ERROR event other than 410, or sent a line that is no event."""
 
 
 class _StoppedError(Exception):
@@ -513,12 +515,21 @@ class ResourceWatcher:
             for line in lines:
                 if not line.strip():
                     continue
-                ev = json.loads(line)
+                try:
+                    ev = json.loads(line)
+                except ValueError as e:
+                    raise _WatchError(f"malformed watch event: {e}") from e
+                if not isinstance(ev, dict):
+                    raise _WatchError(f"malformed watch event: a JSON {type(ev).__name__}, not an object")
                 etype = ev.get("type")
                 obj = ev.get("object") or {}
+                if not isinstance(obj, dict):
+                    raise _WatchError(f"malformed watch event: {etype} of a JSON {type(obj).__name__}")
                 if etype == "ERROR":
                     self._raise_error(obj)
-                meta = obj.get("metadata") or {}
+                meta = obj.get("metadata")
+                if not isinstance(meta, dict):
+                    meta = {}
                 rv = meta.get("resourceVersion")
                 if rv:
                     self.status.resource_version = rv
@@ -578,7 +589,7 @@ class ResourceWatcher:
 def _trigger_time(meta: dict[str, Any]) -> float:
     """When the change began: the EndpointSlice trigger annotation, else now (receipt)."""
     ann = meta.get("annotations")
-    if ann:
+    if isinstance(ann, dict):
         value = ann.get(_TRIGGER_ANNOTATION)
         if value:
             try:
