@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kubedns.configbase import Address, ConfigError, Node, short_repr
+from kubedns.configbase import Address, ConfigError, Node, key_name, short_repr
 
 __all__ = [
     "Config",
@@ -140,7 +140,8 @@ def _parse_kubernetes(node: Node, config_path: str) -> KubernetesConfig:
     if manifests is not None:
         manifests = _resolve_path(config_path, manifests)
         if not os.path.isfile(manifests):
-            raise node.get("manifests").error("a readable YAML file of Kubernetes objects (file not found)")
+            why = "not a regular file" if os.path.exists(manifests) else "file not found"
+            raise node.get("manifests").error(f"a readable YAML file of Kubernetes objects ({why})")
     if kubeconfig is not None:
         kubeconfig = _resolve_path(config_path, kubeconfig)
     ft_node = node.get("fallthrough", [])
@@ -270,7 +271,7 @@ def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
         if isinstance(node, yaml.MappingNode):
             first: dict[tuple[str, str], int] = {}
             for k, v in node.value:
-                name = str(k.value) if isinstance(k, yaml.ScalarNode) else None
+                name = key_name(str(k.value)) if isinstance(k, yaml.ScalarNode) else None
                 child = key if name is None else (f"{key}.{name}" if key else name)
                 if name is not None and k.tag != _MERGE_TAG:
                     line = k.start_mark.line + 1

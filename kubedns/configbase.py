@@ -42,6 +42,11 @@ def short_repr(value: Any) -> str:
     return _shorten(_FOUND.repr(value))
 
 
+def key_name(name: str) -> str:
+    """A mapping key as it appears in a key path: quoted if it would break the one-line message."""
+    return name if name.isprintable() and len(name) <= 100 else short_repr(name)
+
+
 class ConfigError(ValueError):
     """A config problem; ``str()`` names the file, the key, what was expected and what was found."""
 
@@ -157,6 +162,7 @@ class Node:
     def _child_key(self, name: str | int) -> str:
         if isinstance(name, int):
             return f"{self.key}[{name}]"
+        name = key_name(name)
         return f"{self.key}.{name}" if self.key else name
 
     def error(self, expected: str, *, show: bool = True) -> ConfigError:
