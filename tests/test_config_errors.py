@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kubedns.config import ConfigError, load
-from kubedns.configbase import Address, parse_address, parse_duration
+from kubedns.configbase import Address, key_name, parse_address, parse_duration
 from kubedns.workers import TWISTD
 from tests.conftest import REPO
 
@@ -84,6 +84,9 @@ CASES = [
     case(block("fowrard: 127.0.0.1"), "servers[0].fowrard", "one of the keys cache, errors, forward", id="block-typo"),
     case(block("Cache: 30"), "servers[0].Cache", "one of the keys", id="block-key-case"),
     case(block("1: x"), "servers[0].1", "one of the keys", id="block-key-number"),
+    case(block('"for\\nward": 1'), "servers[0].'for\\nward'", "one of the keys", id="block-key-newline"),
+    case(block(f"{'k' * 500}: 1"), f"servers[0].{key_name('k' * 500)}", "one of the keys", id="block-key-long"),
+    case(block('"a\\nb": 1', '"a\\nb": 2'), "servers[0].'a\\nb'", "each key once", id="dup-key-newline"),
     # -- workers, tcp_idle_timeout ----------------------------------------------------------------
     case(top("workers: 0"), "workers", "a whole number from 1 to 64", id="workers-zero"),
     case(top("workers: 65"), "workers", "a whole number from 1 to 64", id="workers-too-many"),
@@ -170,6 +173,8 @@ CASES = [
          id="k8s-manifests-missing"),
     case(k8s("manifests: {tmp}"), "servers[0].kubernetes.manifests", "a readable YAML file",
          id="k8s-manifests-directory"),
+    case(k8s("manifests: /dev/zero"), "servers[0].kubernetes.manifests", "not a regular file",
+         id="k8s-manifests-device"),
     case(k8s("pods: secure"), "servers[0].kubernetes.pods", "one of insecure | verified | disabled", id="k8s-pods-typo"),
     case(k8s("pods: true"), "servers[0].kubernetes.pods", "one of insecure | verified | disabled", id="k8s-pods-bool"),
     case(k8s("pods: [insecure]"), "servers[0].kubernetes.pods", "one of insecure", id="k8s-pods-list"),
@@ -347,7 +352,11 @@ CASES = [
     case(block("cache: {prefetch: {amount: 2, percentage: 5}}"), "servers[0].cache.prefetch.percentage",
          "from 10 to 90", id="prefetch-percentage-low"),
     case(block("cache: {prefetch: {amount: 2, percentage: 'abc%'}}"), "servers[0].cache.prefetch.percentage",
-         "from 10 to 90", id="prefetch-percentage-word"),
+         "from 10 to 90, got 'abc%'", id="prefetch-percentage-word"),
+    case(block("cache: {prefetch: {amount: 2, percentage: '\uff15\uff10%'}}"),
+         "servers[0].cache.prefetch.percentage", "from 10 to 90", id="prefetch-percentage-fullwidth"),
+    case(block("cache: {prefetch: {amount: 2, percentage: 95%}}"), "servers[0].cache.prefetch.percentage",
+         "from 10 to 90", id="prefetch-percentage-high"),
     case(block("cache: {prefetch: {amount: 2, percent: 10}}"), "servers[0].cache.prefetch.percent",
          "one of the keys amount, duration, percentage", id="prefetch-typo"),
     case(block("cache: {serve_stale: 5x}"), "servers[0].cache.serve_stale", DUR, id="stale-unit"),

@@ -221,9 +221,9 @@ def _parse_prefetch(node: Node) -> tuple[int, float, int]:
     duration = node.get("duration", d.prefetch_duration).duration(0.001)
     pct_node = node.get("percentage", d.prefetch_percentage)
     if isinstance(pct_node.value, str) and pct_node.value.strip().endswith("%"):
-        pct_node.value = pct_node.value.strip()[:-1]
-        if pct_node.value.isdigit():
-            pct_node.value = int(pct_node.value)
+        digits = pct_node.value.strip()[:-1]
+        if digits.isascii() and digits.isdigit():  # "50%"; else the message shows what was written
+            pct_node.value = int(digits)
     return amount, duration, pct_node.integer(10, 90)
 
 
