@@ -257,6 +257,48 @@ class ListFaultTests(_Base):
         self.api.create("services", fakeapi.service("later", "apps", cluster_ip="10.96.9.10"))
         await wait_until(lambda: self.a("later.apps.svc")[0] == "NOERROR", what="event after relist")
 
+    def first_page_gaps(self) -> list[float]:
+        times = [r.time for r in list(self.api.request_log)
+                 if r.verb == "list" and r.resource == "services" and not r.params.get("continue")]
+        return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+    async def test_repeated_410_on_list_pages_backs_off(self) -> None:
+        self.api.fail_next("list", "services", 410, when=_has_continue, times=None)
+        self.start(backoff_base=0.2, backoff_cap=0.8)
+        await wait_until(lambda: self.lists(first_pages_only=True) >= 2, what="a restarted list")
+        await sleep(2.5)
+        gaps = self.first_page_gaps()
+        # a list whose pages always expire is restarted with a growing delay, not in a tight loop
+        self.assertGreater(max(gaps), 0.35, gaps)
+        self.assertLess(len(gaps), 12, gaps)
+        self.assertEqual(self.a("svc0.apps.svc")[0], "SERVFAIL")
+        self.assertTrue(self.threads_alive())
+        self.api.clear_faults()
+        await self.synced()
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
+
+    async def _relists_back_off(self, **fault: Any) -> None:
+        self.start(backoff_base=0.2, backoff_cap=0.8)
+        await self.synced()
+        self.api.fail_next("watch", "services", times=None, **fault)
+        self.api.drop_watches("services")
+        await wait_until(lambda: self.st()["relists"] >= 1, what="a relist")
+        await sleep(3.0)
+        gaps = self.first_page_gaps()
+        self.assertGreater(max(gaps), 0.35, gaps)
+        self.assertLess(self.st()["relists"], 8, gaps)
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR", "the last known state is served meanwhile")
+        self.api.clear_faults()
+        await wait_until(lambda: self.api.watcher_count("services") == 1, what="watch again")
+        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.a("late.apps.svc")[0] == "NOERROR", what="event after the trouble")
+
+    async def test_repeated_410_on_watch_backs_off_between_relists(self) -> None:
+        await self._relists_back_off(code=410)
+
+    async def test_repeated_error_events_back_off_between_relists(self) -> None:
+        await self._relists_back_off(code=500, action="error-event")
+
     async def test_stalled_list_body_hits_the_read_timeout_and_is_retried(self) -> None:
         self.api.fail_next("list", "services", action="stall")
         self.start(read_timeout=0.5)

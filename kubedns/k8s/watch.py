@@ -24,7 +24,9 @@ The loop (one :class:`ResourceWatcher` per resource, one thread each):
   so a half-open connection cannot hang the thread.  The resourceVersion is tracked from every
   event, BOOKMARK included.  A clean end re-watches from it; a broken stream, connection error or
   read timeout reconnects with exponential backoff and jitter (longer if a 429/5xx answer says
-  ``Retry-After``, up to the backoff cap); 410 Gone relists.
+  ``Retry-After``, up to the backoff cap); 410 Gone relists, at once the first time, but a relist
+  that got no watch going (the watch answers 410 again, the list's own pages expire, the watch
+  keeps sending ERROR events) is followed by the next only after a growing delay of its own.
 * Errors never delete anything: while the API is unreachable the store keeps its last state.
 
 This is the only module that imports :mod:`kubernetes`, and it does so lazily (the package takes
@@ -242,6 +244,9 @@ class ResourceWatcher:
         self._watch_timeout = watch_timeout
         self._timeouts = (connect_timeout, read_timeout)
         self._backoff = Backoff(backoff_base, backoff_cap)
+        # between lists that got no watch going: not reset by a successful list, unlike _backoff
+        self._relist_backoff = Backoff(backoff_base, backoff_cap)
+        self._unproductive_lists = 0
         self._on_event = on_event
         self._on_listed = on_listed
         self._unseen: set[str] = set()
@@ -282,8 +287,11 @@ class ResourceWatcher:
         while not self._stopping.is_set():
             try:
                 if need_list:
+                    if self._unproductive_lists:
+                        self._sleep(self._relist_backoff.next())
                     self._list()
                     need_list = False
+                    self._unproductive_lists += 1  # until a watch makes progress
                     self._backoff.reset()
                 if self._watch():
                     self._backoff.reset()
@@ -295,6 +303,8 @@ class ResourceWatcher:
                 break
             except _ExpiredError as e:
                 _log.info("{resource}: resourceVersion expired ({why}); relisting", resource=self.resource, why=e)
+                if need_list:
+                    self._unproductive_lists += 1  # a page of the list itself expired
                 need_list = True
             except Exception as e:  # connection refused, read timeout, HTTP errors, bad JSON...
                 if self._stopping.is_set():
@@ -505,6 +515,9 @@ class ResourceWatcher:
                 progressed = True
         finally:
             self._done(resp, reuse=False)  # never pool a half-read stream
+            if progressed or time.monotonic() - started >= _MIN_CLEAN_WATCH:
+                self._unproductive_lists = 0  # the last list got a watch going
+                self._relist_backoff.reset()
         return progressed or time.monotonic() - started >= _MIN_CLEAN_WATCH
 
     def _handle_lines(self, lines: list[bytes]) -> bool:
