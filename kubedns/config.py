@@ -271,16 +271,17 @@ def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
         if isinstance(node, yaml.MappingNode):
             first: dict[tuple[str, str], int] = {}
             for k, v in node.value:
-                name = key_name(str(k.value)) if isinstance(k, yaml.ScalarNode) else None
+                raw = str(k.value) if isinstance(k, yaml.ScalarNode) else None
+                name = None if raw is None else key_name(raw)
                 child = key if name is None else (f"{key}.{name}" if key else name)
-                if name is not None and k.tag != _MERGE_TAG:
+                if raw is not None and k.tag != _MERGE_TAG:
                     line = k.start_mark.line + 1
-                    if (k.tag, name) in first:
+                    if (k.tag, raw) in first:
                         raise ConfigError(
-                            path, child, f"each key once in a mapping (line {line} repeats line {first[(k.tag, name)]})",
+                            path, child, f"each key once in a mapping (line {line} repeats line {first[(k.tag, raw)]})",
                             has_found=False,
                         )
-                    first[(k.tag, name)] = line
+                    first[(k.tag, raw)] = line
                 stack.append((v, child))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((v, f"{key}[{i}]") for i, v in enumerate(node.value))

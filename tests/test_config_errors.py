@@ -481,6 +481,14 @@ def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
     assert [b.forward.max_fails for b in load(str(path)).servers] == [3, 5]
 
 
+def test_long_keys_alike_at_both_ends_are_not_duplicates(tmp_path: Path) -> None:
+    """Keys are compared as written, not as shortened for messages."""
+    path = tmp_path / "corefile.yaml"
+    a, b = "k" * 200 + "a" + "k" * 200, "k" * 200 + "b" + "k" * 200
+    path.write_text(block(f"{a}: 1", f"{b}: 2"))
+    check_message(load_error(path), str(path), f"servers[0].{key_name(a)}", "one of the keys")
+
+
 def test_every_case_id_is_unique() -> None:
     ids = [p.id for p in CASES]
     assert len(ids) == len(set(ids))
