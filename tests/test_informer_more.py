@@ -442,6 +442,22 @@ class WatchStreamTests(_Base):
         self.assertEqual(self.st()["errors"], 0)
         self.assertTrue(self.threads_alive())
 
+    async def test_object_without_a_name_is_skipped(self) -> None:
+        self.start()
+        await self.synced()
+        rv = str(self.api.resource_version + 1)
+        self.api.inject_watch_lines(
+            "services",
+            self.ev("ADDED", {"metadata": {"namespace": "apps", "resourceVersion": rv}, "spec": {"clusterIP": "10.96.7.7"}}),
+            self.ev("ADDED", {"metadata": None, "spec": None}),
+        )
+        await wait_until(lambda: self.st()["errors"] >= 2, what="skipped objects")
+        self.assertEqual(self.store.count("services"), 6)
+        self.assertEqual(self.store.reverse("10.96.7.7"), [])
+        self.assertIn("name", self.st()["last_error"])
+        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after")
+
     async def test_namespace_deleted_while_its_services_remain(self) -> None:
         self.start()
         await self.synced()

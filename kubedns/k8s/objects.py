@@ -83,7 +83,11 @@ class Namespace:
 
 def _meta(raw: dict[str, Any]) -> tuple[str, str]:
     meta = raw.get("metadata") or {}
-    return _intern(meta.get("namespace") or ""), meta.get("name") or ""
+    name = meta.get("name")
+    if not name or not isinstance(name, str):
+        # no key to store it under: "ns/" would be an object no event could ever update or delete
+        raise ValueError(f"metadata.name is missing or not a string: {name!r}")
+    return _intern(meta.get("namespace") or ""), name
 
 
 #: Port tuples by their raw (name, port, protocol) triples: most Services and slices of a cluster
