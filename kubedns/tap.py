@@ -1,12 +1,14 @@
 """twistd glue: ``twistd -n kubedns --config FILE``.
 
 The config is read and validated in ``postOptions`` so that a missing or invalid file makes
-twistd exit non-zero with our message (file, key, expectation) before anything is started.
+twistd exit 1 with our one-line message (file, key, expectation) on stderr, before anything is
+started and without twistd's usage text.
 Heavy imports wait for ``makeService``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.python import usage
@@ -27,7 +29,11 @@ class Options(usage.Options):
         try:
             self["parsed"] = load(self["config"])
         except ConfigError as e:
-            raise usage.UsageError(f"invalid config: {e}") from None
+            # One line on stderr and exit 1; a UsageError would make twistd print its whole
+            # usage text first, burying the one line an operator needs (file, key, expectation).
+            sys.stderr.write(f"kubedns: invalid config: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
 
 
 def makeService(options: Options) -> Any:  # noqa: N802

@@ -586,5 +586,6 @@ def test_twistd_exits_non_zero_with_one_clear_line(text: str | None, key: str, e
     assert "Traceback" not in out, out
     lines = [line for line in out.splitlines() if "invalid config:" in line]
     assert len(lines) == 1, out
+    assert out.strip() == lines[0], out  # that line alone: no usage text around it
     msg = lines[0].split("invalid config: ", 1)[1]
     check_message(msg, str(path), key, expected)
