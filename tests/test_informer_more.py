@@ -458,6 +458,18 @@ class WatchStreamTests(_Base):
         self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after")
 
+    async def test_delete_of_an_object_that_turned_malformed_still_deletes(self) -> None:
+        self.start()
+        await self.synced()
+        bad = fakeapi.service("svc0", "apps", cluster_ip="10.96.1.0")
+        bad["spec"]["ports"] = ["garbage"]
+        self.api.update("services", bad)
+        await wait_until(lambda: self.st()["errors"] >= 1, what="skipped update")
+        self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]), "the last good state is kept")
+        self.api.delete("services", "apps", "svc0")
+        await wait_until(lambda: self.a("svc0.apps.svc")[0] == "NXDOMAIN", what="the delete")
+        self.assertEqual(self.store.reverse("10.96.1.0"), [])
+
     async def test_namespace_deleted_while_its_services_remain(self) -> None:
         self.start()
         await self.synced()

@@ -552,15 +552,34 @@ class ResourceWatcher:
                 if etype not in ("ADDED", "MODIFIED", "DELETED"):
                     _log.debug("{resource}: ignoring watch event {type!r}", resource=self.resource, type=etype)
                     continue
+                if etype == "DELETED":
+                    # only the key matters: a delete must not be lost because the object's last
+                    # state (kept in the store as its last good version) does not convert
+                    key = self._key_of(meta)
+                    if key is None:
+                        self._convert_safely(obj)  # logged and counted as malformed
+                        continue
+                    events.append((etype, key, None, _trigger_time(meta)))
+                    continue
                 converted = self._convert_safely(obj)
                 if converted is None:
                     continue
                 key, rec = converted
-                events.append((etype, key, None if etype == "DELETED" else rec, _trigger_time(meta)))
+                events.append((etype, key, rec, _trigger_time(meta)))
         finally:
             if events:
                 self._reactor.callFromThread(self._apply_events, events)
         return progressed
+
+    def _key_of(self, meta: dict[str, Any]) -> str | None:
+        """The store key of an object from its metadata, as the converters build it; None if nameless."""
+        name = meta.get("name")
+        if not name or not isinstance(name, str):
+            return None
+        if self.resource == "namespaces":
+            return name
+        ns = meta.get("namespace") or ""
+        return f"{ns}/{name}" if isinstance(ns, str) else None
 
     def _convert_safely(self, raw: dict[str, Any]) -> tuple[str, Any] | None:
         """The converter's ``(key, record)``, or None (logged, counted) for an object it chokes on.
