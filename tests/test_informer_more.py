@@ -442,6 +442,35 @@ class WatchStreamTests(_Base):
         self.assertEqual(self.st()["errors"], 0)
         self.assertTrue(self.threads_alive())
 
+    async def test_bad_addresses_are_dropped_not_served(self) -> None:
+        def objs(tag: str, third: int) -> list[dict[str, Any]]:
+            svc = fakeapi.service(f"ips{tag}", "apps", cluster_ip="10.96.4.4")
+            svc["spec"]["clusterIPs"] = [f"10.96.{third}.4", "not-an-ip", 7, None, "fe80::1%eth0"]
+            svc["spec"]["clusterIP"] = f"10.96.{third}.4"
+            hl = fakeapi.service(f"hl{tag}", "apps", headless=True)
+            sl = fakeapi.endpointslice(f"hl{tag}-x", "apps", f"hl{tag}", [{"addresses": [f"10.1.{third}.1"]}])
+            sl["endpoints"] = [
+                {"addresses": ["999.1.1.1", f"10.1.{third}.1", None, 5]},
+                {"addresses": "10.1.1.1"},  # not a list
+                {"addresses": [f"fd00::{third}"]},
+            ]
+            return [svc, hl, sl]
+
+        self.api.load(objs("l", 11))
+        self.start()
+        await self.synced()
+        self.api.load(objs("w", 12))
+        await wait_until(lambda: self.a("hlw.apps.svc")[0] == "NOERROR" and self.a("ipsw.apps.svc")[0] == "NOERROR",
+                         what="watched objects")
+        for tag, third in (("l", 11), ("w", 12)):
+            # what is valid is served; the garbage next to it breaks nothing
+            self.assertEqual(self.a(f"ips{tag}.apps.svc"), ("NOERROR", [f"10.96.{third}.4"]))
+            self.assertEqual(self.a(f"hl{tag}.apps.svc"), ("NOERROR", [f"10.1.{third}.1"]))
+            self.assertEqual(self.answer(f"hl{tag}.apps.svc", tdns.AAAA)[0], "NOERROR")
+            rcode, srv = self.answer(f"_http._tcp.hl{tag}.apps.svc", tdns.SRV)
+            self.assertEqual((rcode, len(srv)), ("NOERROR", 2), srv)
+        self.assertTrue(self.threads_alive())
+
     async def test_object_without_a_name_is_skipped(self) -> None:
         self.start()
         await self.synced()

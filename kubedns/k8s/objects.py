@@ -13,6 +13,7 @@ cluster-scoped objects).  Records may be ``None`` when the object has nothing DN
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,25 @@ def _ports(raw_ports: list[dict[str, Any]] | None) -> tuple[Port, ...]:
     return ports
 
 
+def _valid_ip(ip: Any) -> bool:
+    """True for an IPv4 or IPv6 address in text form: what an A/AAAA/PTR answer can be built from."""
+    if type(ip) is not str:
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _addresses(raw_ips: Any) -> tuple[str, ...]:
+    """The valid addresses of a list: one bad entry must not break every answer for the name."""
+    if not isinstance(raw_ips, list):
+        return ()
+    ips = tuple(raw_ips)
+    return ips if all(_valid_ip(ip) for ip in ips) else tuple(ip for ip in ips if _valid_ip(ip))
+
+
 def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:
     ns, name = _meta(raw)
     spec = raw.get("spec") or {}
@@ -133,7 +153,7 @@ def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:
         if not cips or cips[0] == "None":
             headless = True
         else:
-            ips = tuple(ip for ip in cips if ip and ip != "None")
+            ips = _addresses(cips)
     rec = Service(
         namespace=ns,
         name=name.lower(),
@@ -156,7 +176,7 @@ def endpointslice_from_raw(raw: dict[str, Any]) -> tuple[str, EndpointSlice | No
             ready = conds.get("ready")
             eps.append(
                 Endpoint(
-                    addresses=tuple(ep.get("addresses") or ()),
+                    addresses=_addresses(ep.get("addresses")),
                     hostname=(ep.get("hostname") or "").lower(),
                     ready=ready is None or bool(ready),  # nil means ready (API contract)
                 )
