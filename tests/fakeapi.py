@@ -246,9 +246,10 @@ class _Control:
 
 @dataclass(frozen=True)
 class _Raw:
-    """Bytes written into a watch stream as they are (one line, newline added if missing)."""
+    """Bytes written into a watch stream as they are (a newline added if missing and ``newline``)."""
 
     data: bytes
+    newline: bool = True
 
 
 @dataclass(frozen=True)
@@ -756,7 +757,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 continue
             if isinstance(item, _Raw):
-                self._write_raw(item.data)
+                if item.newline:
+                    self._write_raw(item.data)
+                else:
+                    self._write_chunk(item.data)
                 continue
             if isinstance(item, _Control):
                 if item.action == "stop":
@@ -1071,18 +1075,19 @@ class FakeKubeAPI:
         with self._lock:
             self._faults.clear()
 
-    def inject_watch_lines(self, resource: str | None, *lines: bytes) -> int:
+    def inject_watch_lines(self, resource: str | None, *lines: bytes, newline: bool = True) -> int:
         """Write raw ``lines`` into the open watch streams (of ``resource``), in order.
 
-        For malformed JSON, unknown event types, objects missing fields...  They are not
-        recorded in the history: a re-watch does not see them again (see :meth:`poison_history`).
-        Returns how many watches got them.
+        For malformed JSON, unknown event types, objects missing fields...  Each gets a newline
+        unless it has one or ``newline`` is False (half an event).  Written to hung watches
+        too (:attr:`hang_watches`).  They are not recorded in the history: a re-watch does not
+        see them again (see :meth:`poison_history`).  Returns how many watches got them.
         """
         with self._lock:
             victims = [w for w in self._watchers if resource is None or w.resource == resource]
             for w in victims:
                 for line in lines:
-                    w.queue.put(_Raw(line))
+                    w.queue.put(_Raw(line, newline))
             return len(victims)
 
     def poison_history(self, resource: str, line: bytes) -> int:

@@ -392,6 +392,25 @@ class WatchStreamTests(_Base):
     async def test_an_event_whose_object_is_not_an_object_is_passed_by_a_relist(self) -> None:
         await self._poisoned(b'{"type":"MODIFIED","object":"svc0"}')
 
+    async def test_watch_that_stalls_mid_event_times_out_and_drops_the_half_event(self) -> None:
+        self.start(read_timeout=0.5)
+        await self.synced()
+        self.api.hang_watches = True
+        self.api.drop_watches("services")
+        await wait_until(lambda: self.api.watcher_count("services") == 1, what="hung watch open")
+        await sleep(0.1)  # the handler registers the watch before it reads hang_watches
+        self.api.hang_watches = False
+        half = self.ev("ADDED", {"metadata": {"name": "half", "namespace": "apps", "resourceVersion": "1"},
+                                 "spec": {"clusterIP": "10.96.6.6"}})[:40]
+        self.assertEqual(self.api.inject_watch_lines("services", half, newline=False), 1)
+        self.api.create("services", fakeapi.service("whole", "apps", cluster_ip="10.96.6.7"))
+        took = await wait_until(lambda: self.a("whole.apps.svc")[0] == "NOERROR", what="after the read timeout")
+        self.assertGreater(took, 0.3)
+        self.assertEqual(self.a("half.apps.svc")[0], "NXDOMAIN")
+        self.assertIn("timed out", self.st()["last_error"].lower())
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
+        self.assertEqual(self.st()["relists"], 0)
+
     async def test_unknown_event_type_is_ignored(self) -> None:
         self.start()
         await self.synced()
