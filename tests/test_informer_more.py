@@ -83,8 +83,9 @@ class _Base(unittest.TestCase):
         return informer
 
     async def synced(self) -> None:
-        await wait_until(lambda: self.store.synced, what="initial sync")
-        await wait_until(lambda: self.api.watcher_count() >= len(self.informer.resources), what="watches open")
+        await wait_until(lambda: self.store.synced, timeout=6.0, what="initial sync")
+        await wait_until(lambda: self.api.watcher_count() >= len(self.informer.resources), timeout=6.0,
+                         what="watches open")
 
     # -- what a DNS client sees ---------------------------------------------------------------
     def answer(self, name: str, qtype: int = tdns.A) -> tuple[str, list[str]]:
@@ -140,14 +141,14 @@ class AuthAndThrottlingTests(_Base):
         self.assertEqual(self.a("nosuch.apps.svc")[0], "SERVFAIL")
         lines = self.log_lines("services", "403")
         self.assertTrue(lines, self.logs)
-        self.assertIn("'list'", lines[0])
-        self.assertIn("RBAC", lines[0])
+        self.assertIn("'list'", lines[0], self.logs)
+        self.assertIn("RBAC", lines[0], self.logs)
         self.assertIn("'list'", self.st()["last_error"])
         # retried with a growing delay, not in a tight loop, and the thread lives on
         await sleep(1.0)
         times = self.request_times("list")
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        self.assertGreater(max(gaps[-3:]), FAST["backoff_cap"] / 2 - 0.02, gaps)
+        self.assertGreater(max(gaps), FAST["backoff_cap"] / 2 - 0.02, gaps)
         self.assertLess(len(times), 30, gaps)
         self.assertTrue(self.threads_alive())
 
