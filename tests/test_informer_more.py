@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.rcode
 import pytest
 from twisted.internet import reactor
@@ -625,7 +626,14 @@ def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
 
 
 def _rcode(port: int, name: str) -> str:
-    return dns.rcode.to_text(query(port, name, "A", timeout=1).rcode())
+    """The rcode of an A query; a lost datagram or a socket hiccup on the client side is retried."""
+    for attempt in range(3):
+        try:
+            return dns.rcode.to_text(query(port, name, "A", timeout=1).rcode())
+        except (OSError, dns.exception.Timeout):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.mark.usefixtures("_no_proxy")
