@@ -413,6 +413,18 @@ class WatchStreamTests(_Base):
         self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
         self.assertEqual(self.st()["relists"], 0)
 
+    async def test_a_resource_version_the_server_then_refuses_is_left_by_a_relist(self) -> None:
+        self.start()
+        await self.synced()
+        self.api.inject_watch_lines("services", self.ev("BOOKMARK", {"kind": "Service", "metadata": {"resourceVersion": "x"}}))
+        await wait_until(lambda: self.st()["resource_version"] == "x", what="the odd bookmark")
+        self.api.drop_watches("services")  # every re-watch from "x" is now a 400 Bad Request
+        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        await wait_until(lambda: self.a("late.apps.svc")[0] == "NOERROR", timeout=6.0, what="the change")
+        await wait_until(lambda: self.st()["relists"] == 1, what="the relist's end")
+        self.assertIn("400", self.st()["last_error"])
+        self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
+
     async def test_unknown_event_type_is_ignored(self) -> None:
         self.start()
         await self.synced()

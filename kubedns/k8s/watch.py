@@ -69,9 +69,10 @@ EventHook = Callable[[str, str, float, Any], None]
 
 #: Set by the EndpointSlice controller; the start of "DNS programming latency".
 _TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
-#: Consecutive ERROR events (other than 410) or malformed event lines after which we relist
-#: instead of re-watching: a bad line stored at some resourceVersion is replayed by every re-watch
-#: from before it, and only a list gets past it.  Only what the server sends *in* the watch counts:
+#: Consecutive ERROR events (other than 410), malformed event lines or 400 answers to a watch
+#: after which we relist instead of re-watching: a bad line stored at some resourceVersion is
+#: replayed by every re-watch from before it, a resourceVersion the server refuses is refused again,
+#: and only a list gets past either.  Only what the server sends *in* the watch counts:
 #: connection trouble never triggers a relist, as re-watching from a still-valid resourceVersion
 #: replays the gap for a fraction of the cost.
 _RELIST_AFTER_WATCH_ERRORS = 3
@@ -309,7 +310,8 @@ class ResourceWatcher:
             except Exception as e:  # connection refused, read timeout, HTTP errors, bad JSON...
                 if self._stopping.is_set():
                     break
-                if isinstance(e, _WatchError):
+                # a 400 to a watch refuses the resourceVersion we hold: only a list gives a new one
+                if isinstance(e, _WatchError) or (self._verb == "watch" and getattr(e, "status", None) == 400):
                     watch_errors += 1
                     if watch_errors >= _RELIST_AFTER_WATCH_ERRORS:
                         need_list = True  # a fresh list is always a safe way back
@@ -680,7 +682,7 @@ def _describe(exc: BaseException) -> str:
         if body:
             try:
                 detail = json.loads(body).get("message") or ""
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError):
                 detail = str(body)[:200]
         return f"HTTP {status} {exc.reason}" + (f": {detail}" if detail else "")
     text = str(exc) or type(exc).__name__
