@@ -688,8 +688,8 @@ def test_oversized_compressed_names_do_not_block_the_reactor(own_srv: Srv) -> No
         c.sendall(framed(bomb))
         time.sleep(0.2)
         t0 = time.monotonic()
-        r = query(srv.port, NGINX, timeout=1.0)  # another client, during the attack
-        assert rrset_text(r) == NGINX_A and time.monotonic() - t0 < 1.0
+        r = query(srv.port, NGINX, timeout=2.0)  # another client, during the attack
+        assert rrset_text(r) == NGINX_A and time.monotonic() - t0 < 2.0
         c.settimeout(10)
         assert rcode_of(tcp_read_msg(c)) == dns.rcode.FORMERR  # names over 255 octets are malformed
     assert_healthy(srv)

@@ -447,7 +447,7 @@ def test_timeout_seconds_ends_the_stream_cleanly(fake: FakeKubeAPI, core: client
     start = time.monotonic()
     with _watch_services(core, resource_version=str(fake.resource_version), timeout_seconds=1) as resp:
         assert list(_events(resp)) == []
-    assert 0.9 <= time.monotonic() - start < 2.5
+    assert 0.9 <= time.monotonic() - start < 10  # ends at the server's timeout, not never
     assert fake.watcher_count() == 0
 
 
@@ -460,9 +460,9 @@ def test_hung_watch_trips_the_client_read_timeout(fake: FakeKubeAPI, core: clien
         fake.create("services", service("a", "ns"))
         with pytest.raises(urllib3.exceptions.ReadTimeoutError):
             next(_events(resp))
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10  # the read timeout fired (without it: the 30 s test timeout)
     # the fake notices that the client hung up
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 5
     while fake.watcher_count() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.watcher_count() == 0
@@ -522,7 +522,7 @@ def test_stop_releases_blocked_lists_and_closes_the_socket() -> None:
     assert api.wait_for_requests("list", "services", 1, timeout=2)
     start = time.monotonic()
     api.stop()
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 3  # stop() does not wait for the blocked request
     t.join(2)
     assert not t.is_alive()
     # urllib3 retried the GET after the connection closed and found nobody listening
