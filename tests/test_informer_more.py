@@ -413,6 +413,24 @@ class WatchStreamTests(_Base):
         self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
         self.assertEqual(self.st()["relists"], 0)
 
+    async def test_a_line_that_never_ends_is_a_broken_watch_not_a_growing_buffer(self) -> None:
+        from kubedns.k8s import watch as watch_mod
+
+        saved = watch_mod.MAX_WATCH_LINE
+        watch_mod.MAX_WATCH_LINE = 200_000
+        try:
+            self.start()
+            await self.synced()
+            chunk = b'{"type":"ADDED","object":{"metadata":{"name":"' + b"x" * 100_000
+            self.assertEqual(self.api.inject_watch_lines("services", chunk, chunk, chunk, newline=False), 1)
+            await wait_until(lambda: "without a newline" in (self.st()["last_error"] or ""), what="the cap")
+            self.api.create("services", fakeapi.service("next", "apps", cluster_ip="10.96.6.8"))
+            await wait_until(lambda: self.a("next.apps.svc")[0] == "NOERROR", what="the re-watch")
+            self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
+            self.assertTrue(self.threads_alive())
+        finally:
+            watch_mod.MAX_WATCH_LINE = saved
+
     async def test_a_resource_version_the_server_then_refuses_is_left_by_a_relist(self) -> None:
         self.start()
         await self.synced()

@@ -79,6 +79,9 @@ _RELIST_AFTER_WATCH_ERRORS = 3
 #: A watch that ends cleanly sooner than this without any event is treated as a failure to back
 #: off from (a server that closes at once must not make us spin).
 _MIN_CLEAN_WATCH = 1.0
+#: Longest watch event line accepted (the apiserver's own request limit is ~1.5 MiB per object);
+#: past it the stream is treated as broken rather than buffered without end.
+MAX_WATCH_LINE = 64 << 20
 #: Objects asked for in the first page of a list, before their size is known.
 _FIRST_PAGE = 50
 #: API group of each resource, for RBAC hints (the others are in the core group, "").
@@ -497,22 +500,33 @@ class ResourceWatcher:
         )
         progressed = False
         try:
-            buf = b""
+            # the unfinished line, in chunks: joined once per newline, so a line of n bytes costs
+            # O(n) to assemble (``buf += data`` was quadratic), and bounded by MAX_WATCH_LINE
+            parts: list[bytes] = []
+            size = 0
             while True:
                 data = resp.read1(65536)
                 if not data:
                     break
                 if self._stopping.is_set():
                     raise _StoppedError()
-                buf += data
-                if b"\n" not in data:
+                nl = data.rfind(b"\n")
+                if nl < 0:
+                    parts.append(data)
+                    size += len(data)
+                    if size > MAX_WATCH_LINE:
+                        raise _WatchError(f"watch event over {MAX_WATCH_LINE} bytes without a newline")
                     continue
-                *lines, buf = buf.split(b"\n")
+                parts.append(data[:nl])
+                lines = b"".join(parts).split(b"\n")
+                rest = data[nl + 1 :]
+                parts, size = ([rest], len(rest)) if rest else ([], 0)
                 if self._handle_lines(lines):
                     progressed = True
                     self._backoff.reset()
             if self._stopping.is_set():
                 raise _StoppedError()
+            buf = b"".join(parts)
             if buf.strip() and self._handle_lines([buf]):
                 progressed = True
         finally:
