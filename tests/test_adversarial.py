@@ -409,7 +409,7 @@ def test_pipelining_client_does_not_starve_other_clients(own_srv: Srv) -> None:
             except dns.exception.Timeout:
                 pass
             took = time.monotonic() - t0
-            if took >= 0.5:
+            if took >= 0.9:  # starved, it took 1.5 to 3 s
                 slow.append(round(took, 2))
         assert not slow, f"queries from another client took {slow} s while one TCP client pipelined"
     finally:

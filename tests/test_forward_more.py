@@ -38,7 +38,7 @@ class BudgetTests(_Base):
         took = time.monotonic() - start
         # The TCP retry had 0.4 s left, not a fresh 1 s try: it gives up at the deadline and the
         # truncated answer is relayed (the client retries over TCP itself).
-        self.assertLess(took, 1.15)
+        self.assertLess(took, 1.45)  # a fresh 1 s TCP try would end at 1.6 s or later
         self.assertEqual((m.rCode, m.trunc, m.answers), (dns.OK, 1, []))
         self.assertEqual(up.count(transport="tcp"), 1)
 
@@ -97,7 +97,7 @@ class LoopIsolationTests(_Base):
         for qtype in (dns.A, dns.AAAA, dns.MX):
             m = await chain.resolve(make_query(b"example.com", qtype))
             self.assertIn(m.rCode, (dns.OK,))
-        self.assertLess(time.monotonic() - start, 0.5)  # straight to the good upstream
+        self.assertLess(time.monotonic() - start, 0.9)  # straight to the good upstream (a try into the loop costs its 1 s timeout)
         self.assertEqual(addrs(await chain.resolve(make_query(b"example.com"))), ["192.0.2.1"])
         # nothing but the loop probes went into the loop: no client query, no amplification
         self.assertEqual(loop.count() - loop.count(rdtype="HINFO"), 0)
@@ -137,7 +137,7 @@ class LoopIsolationTests(_Base):
         self.assertIn(other.address, f.disabled_reason or "")
         start = time.monotonic()
         await self.assert_fails(chain.resolve(make_query(b"example.com")), UpstreamsFailed)
-        self.assertLess(time.monotonic() - start, 0.05)
+        self.assertLess(time.monotonic() - start, 0.5)  # at once, not after a timeout
         other.mode = "answer"  # one loop fixed: that upstream serves again, the other stays out
         await wait_until(lambda: not f.is_looping(1), timeout=5, what="recovery of the fixed one")
         self.assertTrue(f.is_looping(0))
