@@ -687,7 +687,7 @@ def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) ->
             assert _rcode(dns_port, name) == "SERVFAIL"
         time.sleep(1.0)
         assert p.proc is not None and p.proc.poll() is None, "no crash loop"
-        lines = [ln for ln in p.log().splitlines() if "endpointslices" in ln and "403" in ln]
+        lines = [ln for ln in p.log().splitlines() if "endpointslices" in ln and "HTTP 403" in ln]
         assert lines and "'list'" in lines[0] and "discovery.k8s.io" in lines[0], p.log()
         attempts = api.requests[("list", "endpointslices")]
         assert attempts < 15, f"{attempts} attempts in a few seconds: no backoff?"
