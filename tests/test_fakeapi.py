@@ -448,6 +448,9 @@ def test_timeout_seconds_ends_the_stream_cleanly(fake: FakeKubeAPI, core: client
     with _watch_services(core, resource_version=str(fake.resource_version), timeout_seconds=1) as resp:
         assert list(_events(resp)) == []
     assert 0.9 <= time.monotonic() - start < 10  # ends at the server's timeout, not never
+    deadline = time.monotonic() + 5  # the fake's handler thread deregisters just after the end
+    while fake.watcher_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert fake.watcher_count() == 0
 
 
