@@ -12,7 +12,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,43 @@ def rrset_text(msg: dns.message.Message, section: str = "answer") -> list[str]:
         for rd in rrset:
             out.append(f"{rrset.name.to_text(omit_final_dot=True)} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}")
     return sorted(out)
+
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path → (status, body); 4xx/5xx are answers too."""
+    try:
+        with _HTTP.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``fn`` (from a test thread) until it returns something truthy, which is returned;
+    an exception counts as "not yet" (a timed-out query is retried)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
+
+
+async def wait_until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> float:
+    """Poll ``cond`` on the reactor every 5 ms (in-process trial tests); the seconds it took."""
+    from twisted.internet import reactor, task
+
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        await task.deferLater(reactor, 0.005, lambda: None)
+    return time.monotonic() - start

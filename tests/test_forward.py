@@ -9,7 +9,6 @@ one timeout.  The config-parsing tests at the end are plain pytest functions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from kubedns.forward.config import (
 from kubedns.forward.forwarder import Forwarder, Refused, UpstreamsFailed
 from kubedns.forward.loop import LoopDetector
 from kubedns.forward.upstream import UpstreamSpec, parse_upstream
+from tests.conftest import wait_until
 from tests.dnsupstream import DNSUpstream, closed_port, make_tls_files
 
 pytestmark = pytest.mark.timeout(30)
@@ -65,15 +65,6 @@ def addrs(msg: dns.Message) -> list[str]:
 
 def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_until(cond: Callable[[], Any], timeout: float = 3.0, what: str = "") -> float:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        await sleep(0.01)
-    return time.monotonic() - start
 
 
 class _Base(unittest.TestCase):

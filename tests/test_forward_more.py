@@ -19,9 +19,9 @@ from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig
 from kubedns.forward.forwarder import UpstreamsFailed
 from kubedns.forward.loop import LoopDetector
-from tests.conftest import free_port, query, rrset_text
+from tests.conftest import free_port, query, rrset_text, wait_until
 from tests.dnsupstream import DNSUpstream
-from tests.test_forward import _Base, _FakeServer, addrs, config, make_query, wait_until
+from tests.test_forward import _Base, _FakeServer, addrs, config, make_query
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from twisted.trial import unittest
 from kubedns.k8s.informer import Informer
 from kubedns.k8s.store import Store
 from tests import fakeapi
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,16 +40,6 @@ FAST = {
     "config_retry_cap": 0.2,
     "stop_timeout": 3.0,
 }
-
-
-async def wait_until(cond: Callable[[], Any], timeout: float = 3.0, what: str = "") -> float:
-    """Poll ``cond`` on the reactor every 5 ms; the seconds it took, or fail after ``timeout``."""
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        await task.deferLater(reactor, 0.005, lambda: None)
-    return time.monotonic() - start
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:

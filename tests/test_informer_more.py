@@ -16,8 +16,6 @@ import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,8 @@ from kubedns.k8s.informer import Informer
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
 from tests import fakeapi
-from tests.conftest import free_port, query, rrset_text
-from tests.test_informer import BASE, FAST, _cluster, sleep, wait_until
+from tests.conftest import free_port, http_get, query, rrset_text, wait_for, wait_until
+from tests.test_informer import BASE, FAST, _cluster, sleep
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -629,32 +627,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def _wait_for(fn: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # a timed-out query is retried
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
-
-
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
-
-
-def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path → (status, body); 4xx/5xx are answers too."""
-    try:
-        with _HTTP.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def _rcode(port: int, name: str) -> str:
     """The rcode of an A query; a lost datagram or a socket hiccup on the client side is retried."""
     for attempt in range(3):
@@ -679,8 +651,8 @@ def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) ->
         }]}
         p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
         p.wait_listening(dns_port)
-        _wait_for(lambda: api.requests[("list", "endpointslices")] >= 3)
-        status, body = _wait_for(lambda: http_get(http, "/ready"))
+        wait_for(lambda: api.requests[("list", "endpointslices")] >= 3)
+        status, body = wait_for(lambda: http_get(http, "/ready"))
         assert status == 503, body
         assert "endpointslices" in body and "403" in body, body
         for name in ("web.default.svc.cluster.local", "nope.default.svc.cluster.local"):
@@ -693,7 +665,7 @@ def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) ->
         assert attempts < 15, f"{attempts} attempts in a few seconds: no backoff?"
 
         api.clear_faults()
-        _wait_for(lambda: http_get(http, "/ready")[0] == 200, timeout=40)
+        wait_for(lambda: http_get(http, "/ready")[0] == 200, timeout=40)
         assert rrset_text(query(dns_port, "web.default.svc.cluster.local")) == ["web.default.svc.cluster.local A 10.96.1.1"]
         assert _rcode(dns_port, "nope.default.svc.cluster.local") == "NXDOMAIN"
 
@@ -709,7 +681,7 @@ def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path:
         }]}
         p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
         p.wait_listening(dns_port)
-        _wait_for(lambda: _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR")
+        wait_for(lambda: _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR")
         assert api.wait_for_watchers(3)
         api.inject_watch_lines("services", b"\x00garbage{", b'{"type":"WHAT","object":{}}')
         api.poison_history("endpointslices", b'{"type":"ADDED","object":7}')
@@ -722,10 +694,10 @@ def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path:
         api.create("services", fakeapi.service("db", "default", headless=True))
         api.create("endpointslices", fakeapi.endpointslice("db-1", "default", "db", [{"addresses": ["10.244.0.7"]}]))
         try:
-            _wait_for(lambda: _rcode(dns_port, "late.default.svc.cluster.local") == "NOERROR", timeout=15)
+            wait_for(lambda: _rcode(dns_port, "late.default.svc.cluster.local") == "NOERROR", timeout=15)
         except AssertionError:
             raise AssertionError(p.log()) from None
-        _wait_for(lambda: rrset_text(query(dns_port, "db.default.svc.cluster.local", timeout=1))
+        wait_for(lambda: rrset_text(query(dns_port, "db.default.svc.cluster.local", timeout=1))
                   == ["db.default.svc.cluster.local A 10.244.0.7"], timeout=15)
         assert p.proc is not None and p.proc.poll() is None
 
@@ -742,14 +714,14 @@ def test_process_namespace_deleted_before_its_services(kubedns_process: Any, tmp
         }]}
         p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
         p.wait_listening(dns_port)
-        _wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NOERROR")
+        wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NOERROR")
         assert api.wait_for_watchers(3)
         api.delete("namespaces", None, "shop")
         api.create("namespaces", fakeapi.namespace("marker"))  # applied after the delete
-        _wait_for(lambda: _rcode(dns_port, "marker.svc.cluster.local") == "NOERROR")
+        wait_for(lambda: _rcode(dns_port, "marker.svc.cluster.local") == "NOERROR")
         # the namespace controller deletes the Services afterwards: until then they answer
         assert rrset_text(query(dns_port, "cart.shop.svc.cluster.local")) == ["cart.shop.svc.cluster.local A 10.96.2.1"]
         assert _rcode(dns_port, "shop.svc.cluster.local") == "NOERROR"
         api.delete("services", "shop", "cart")
-        _wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NXDOMAIN")
+        wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NXDOMAIN")
         assert _rcode(dns_port, "shop.svc.cluster.local") == "NXDOMAIN"

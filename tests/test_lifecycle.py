@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests import fakeapi
-from tests.conftest import free_port, query
+from tests.conftest import free_port, http_get, query
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,7 +119,7 @@ def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_p
     m = _manifests(tmp_path / "c.yaml", OBJS)
     p = kubedns_process(_config(port, m, ttl=5, extra={"prometheus": f"127.0.0.1:{mport}"}))
     p.wait_listening(port)
-    assert "coredns_reload_failed_total 0.0" in _http(mport, "/metrics")[1]
+    assert "coredns_reload_failed_total 0.0" in http_get(mport, "/metrics")[1]
     p.write_config("servers:\n  - kubernetes: {ttl: soon}\n")
     p.signal(signal.SIGHUP)
     assert _wait(lambda: "reload rejected" in p.log()), p.log()
@@ -128,7 +128,7 @@ def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_p
     r = query(port, "nginx.default.svc.cluster.local")
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5
     assert p.proc.poll() is None
-    assert "coredns_reload_failed_total 1.0" in _http(mport, "/metrics")[1]
+    assert "coredns_reload_failed_total 1.0" in http_get(mport, "/metrics")[1]
 
 
 def test_periodic_reload(kubedns_process, tmp_path: Path) -> None:
@@ -140,18 +140,6 @@ def test_periodic_reload(kubedns_process, tmp_path: Path) -> None:
     assert _wait(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 9, timeout=8), p.log()
 
 
-def _http(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_sigterm_lameduck_keeps_answering_then_exits_cleanly(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
     hport = free_port()
@@ -160,11 +148,11 @@ def test_sigterm_lameduck_keeps_answering_then_exits_cleanly(kubedns_process, tm
     p = kubedns_process(_config(port, m, extra={
         "health": {"listen": f"127.0.0.1:{hport}", "lameduck": "2s"}, "ready": f"127.0.0.1:{rport}"}))
     p.wait_listening(port)
-    assert _wait(lambda: _http(rport, "/ready")[0] == 200)
+    assert _wait(lambda: http_get(rport, "/ready")[0] == 200)
     t0 = time.monotonic()
     p.signal(signal.SIGTERM)
     time.sleep(0.3)
-    assert _http(rport, "/ready")[0] == 503  # taken out of the Service at once...
+    assert http_get(rport, "/ready")[0] == 503  # taken out of the Service at once...
     assert _answers(port)  # ...while still answering
     answered_late = 0.0
     while p.proc.poll() is None and time.monotonic() - t0 < 10:
@@ -219,9 +207,9 @@ def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Pa
     p = kubedns_process(cfg)
     p.wait_listening(port)
     assert _wait(lambda: "[worker 1] " in p.log() and "worker 1 listening on UDP" in p.log()), p.log()
-    assert _wait(lambda: _http(rport, "/ready")[0] == 200), p.log()  # both workers synced
+    assert _wait(lambda: http_get(rport, "/ready")[0] == 200), p.log()  # both workers synced
     assert _wait(lambda: _metric_ok(mport + 1)), p.log()  # worker 1's own metrics
-    assert "coredns_build_info" in _http(mport, "/metrics")[1]
+    assert "coredns_build_info" in http_get(mport, "/metrics")[1]
     kids = _children(p.proc.pid)
     assert len(kids) == 1
     for _ in range(100):  # fresh source ports: the kernel spreads them over both sockets
@@ -266,7 +254,7 @@ def _answers_name(port: int, name: str) -> bool:
 
 def _metric_ok(port: int) -> bool:
     try:
-        return "coredns_dns_requests_total" in _http(port, "/metrics")[1] or "coredns_build_info" in _http(
+        return "coredns_dns_requests_total" in http_get(port, "/metrics")[1] or "coredns_build_info" in http_get(
             port, "/metrics")[1]
     except OSError:
         return False

@@ -17,9 +17,6 @@ import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +34,12 @@ from kubedns.querylog import ErrorLog, common_line, format_duration, json_line
 from kubedns.server import QueryInfo
 from kubedns.service import build
 from tests import fakeapi
-from tests.conftest import free_port, query
+from tests.conftest import free_port, http_get, query, wait_until
 from tests.dnsupstream import DNSUpstream, closed_port
 
 pytestmark = pytest.mark.timeout(90)
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
-
-
-def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path → (status, body); 4xx/5xx are answers too."""
-    try:
-        with _HTTP.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def metric(text: str, sample: str, /, **labels: str) -> float:
     """Sum of the samples called ``sample`` whose labels include ``labels`` (0 if none)."""
     total = 0.0
@@ -87,14 +72,6 @@ def info(**kw: Any) -> QueryInfo:
     )
     base.update(kw)
     return QueryInfo(**base)
-
-
-async def wait_until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        await task.deferLater(reactor, 0.01, lambda: None)
 
 
 def no_proxy_env(case: Any) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import dns.rcode
 import pytest
 
-from tests.conftest import free_port, query
-from tests.test_lifecycle import OBJS, _config, _http, _manifests, _wait
+from tests.conftest import free_port, http_get, query
+from tests.test_lifecycle import OBJS, _config, _manifests, _wait
 from tests.test_ops import metric
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,7 +40,7 @@ def _ttl(port: int) -> int | None:
 def _get(port: int, path: str) -> tuple[int, str] | None:
     """(status, body), or None when nothing listens there."""
     try:
-        return _http(port, path)
+        return http_get(port, path)
     except OSError:
         return None
 

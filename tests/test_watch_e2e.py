@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 
 from tests import fakeapi
-from tests.conftest import free_port, query, rrset_text
+from tests.conftest import free_port, http_get, query, rrset_text, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,20 +26,6 @@ NAME = "web.default.svc.cluster.local"
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-
-
-def _wait_for(fn, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # a timed-out query is retried
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
 
 
 def _rcode(port: int, name: str, rdtype: str = "A") -> str:
@@ -62,11 +48,9 @@ def _start(kubedns_process, api: fakeapi.FakeKubeAPI, tmp_path: Path, pods: str 
 
 
 def _metrics(port: int) -> str:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
-        return r.read().decode()
+    status, body = http_get(port, "/metrics")
+    assert status == 200, body
+    return body
 
 
 def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> None:
@@ -77,7 +61,7 @@ def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> 
         for name in (NAME, "missing.default.svc.cluster.local"):
             assert _rcode(port, name) == "SERVFAIL"  # never a wrong NXDOMAIN before sync
         api.withhold_lists = False
-        _wait_for(lambda: _rcode(port, NAME) == "NOERROR")
+        wait_for(lambda: _rcode(port, NAME) == "NOERROR")
         assert _rcode(port, "missing.default.svc.cluster.local") == "NXDOMAIN"
 
 
@@ -86,32 +70,32 @@ def test_answers_follow_add_change_delete(kubedns_process, tmp_path: Path) -> No
         api.load([fakeapi.namespace("default")])
         mport = free_port()
         port, p = _start(kubedns_process, api, tmp_path, metrics=mport)
-        _wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
+        wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
         # add
         api.create("services", fakeapi.service("web", "default", cluster_ip="10.96.1.1",
                                                ports=[{"name": "http", "port": 80, "protocol": "TCP"}]))
-        _wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.1"])
+        wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.1"])
         assert rrset_text(query(port, "1.1.96.10.in-addr.arpa", "PTR")) == [f"1.1.96.10.in-addr.arpa PTR {NAME}."]
         # change (a new ClusterIP is a new Service in real life; here an edit must show)
         api.update("services", fakeapi.service("web", "default", cluster_ip="10.96.1.2",
                                                ports=[{"name": "http", "port": 80, "protocol": "TCP"}]))
-        _wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.2"])
+        wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.2"])
         assert _rcode(port, "1.1.96.10.in-addr.arpa", "PTR") == "NXDOMAIN"
         # headless service whose endpoints come and go
         api.create("services", fakeapi.service("db", "default", headless=True))
         api.create("endpointslices", fakeapi.endpointslice(
             "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": True}]))
-        _wait_for(lambda: rrset_text(query(port, "db-0.db.default.svc.cluster.local"))
+        wait_for(lambda: rrset_text(query(port, "db-0.db.default.svc.cluster.local"))
                   == ["db-0.db.default.svc.cluster.local A 10.244.0.7"])
         # the slice event was timed as DNS programming latency, labelled by its Service's kind
         assert ('coredns_kubernetes_dns_programming_duration_seconds_count{service_kind="headless_with_selector"} 1.0'
                 in _metrics(mport))
         api.update("endpointslices", fakeapi.endpointslice(
             "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": False}]))
-        _wait_for(lambda: _rcode(port, "db.default.svc.cluster.local") == "NXDOMAIN")
+        wait_for(lambda: _rcode(port, "db.default.svc.cluster.local") == "NXDOMAIN")
         # delete
         api.delete("services", "default", "web")
-        _wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
+        wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
 
 
 def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_path: Path) -> None:
@@ -122,7 +106,7 @@ def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_
             fakeapi.service("old", "default", cluster_ip="10.96.1.9"),
         ])
         port, p = _start(kubedns_process, api, tmp_path)
-        _wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NOERROR")
+        wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NOERROR")
         lists_before = api.requests[("list", "services")]
         api.fail_requests = True
         api.drop_watches()
@@ -134,7 +118,7 @@ def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_
         assert _rcode(port, "old.default.svc.cluster.local") == "NOERROR"
         assert _rcode(port, NAME) == "NOERROR"
         api.fail_requests = False
-        _wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NXDOMAIN", timeout=30)
+        wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NXDOMAIN", timeout=30)
         assert _rcode(port, "new.default.svc.cluster.local") == "NOERROR"
         assert _rcode(port, NAME) == "NOERROR"
         assert api.requests[("list", "services")] > lists_before
@@ -144,7 +128,7 @@ def test_pods_verified_follows_pods(kubedns_process, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
         api.load([fakeapi.namespace("default"), fakeapi.pod("a", "default", "10.244.0.9")])
         port, p = _start(kubedns_process, api, tmp_path, pods="verified")
-        _wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NOERROR")
+        wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NOERROR")
         assert _rcode(port, "10-244-0-10.default.pod.cluster.local") == "NXDOMAIN"
         api.delete("pods", "default", "a")
-        _wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NXDOMAIN")
+        wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NXDOMAIN")
