@@ -204,29 +204,24 @@ def main() -> None:
             kubedns("kubedns", True)
         if only is None or "kubedns-slow" in only:
             kubedns("kubedns-slow", False)
+        def other(label: str, cmd: list[str], port: int) -> None:
+            p = start(cmd)
+            try:
+                results.append(measure(label, p, port, queries, args.seconds))
+            finally:
+                stop(p)
+
         if only is None or "stock" in only:
             port = free_port()
-            p = start([sys.executable, str(REPO / "bench" / "stock_server.py"), str(port), str(hostsfile)])
-            try:
-                results.append(measure("twisted-stock", p, port, queries, args.seconds))
-            finally:
-                stop(p)
+            other("twisted-stock", [sys.executable, str(REPO / "bench" / "stock_server.py"), str(port), str(hostsfile)], port)
         if only is None or "floor" in only:
             port = free_port()
-            p = start([sys.executable, str(REPO / "bench" / "floor_server.py"), str(port), str(hostsfile)])
-            try:
-                results.append(measure("python-floor", p, port, queries, args.seconds))
-            finally:
-                stop(p)
+            other("python-floor", [sys.executable, str(REPO / "bench" / "floor_server.py"), str(port), str(hostsfile)], port)
         if (only is None or "dnsmasq" in only) and shutil.which("dnsmasq"):
             port = free_port()
-            p = start(["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
-                       "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hostsfile}",
-                       "--local=/cluster.local/", "--cache-size=10000", "--local-ttl=5", "--user=root"])
-            try:
-                results.append(measure("dnsmasq", p, port, queries, args.seconds))
-            finally:
-                stop(p)
+            other("dnsmasq", ["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
+                              "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hostsfile}",
+                              "--local=/cluster.local/", "--cache-size=10000", "--local-ttl=5", "--user=root"], port)
 
     print(f"\n{args.services} services, {args.nx:.0%} NXDOMAIN, server on CPU 0, dnsperf on CPU 1, {args.seconds:g}s runs")
     print(f"{'server':<14}{'QPS':>10}{'CPU us/q':>10}{'sys us/q':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'lost':>7}")
