@@ -638,19 +638,26 @@ def _rcode(port: int, name: str) -> str:
     raise AssertionError("unreachable")
 
 
+def _start(kubedns_process: Any, api: fakeapi.FakeKubeAPI, tmp_path: Path, **block: Any) -> tuple[int, Any]:
+    """The real process watching ``api``; ``block`` adds server-block keys.  (DNS port, process)."""
+    dns_port = free_port()
+    cfg = {"servers": [{
+        "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
+        "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
+        **block,
+    }]}
+    p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
+    p.wait_listening(dns_port)
+    return dns_port, p
+
+
 @pytest.mark.usefixtures("_no_proxy")
 def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
         api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
         api.fail_next("list", "endpointslices", 403, times=None)
-        dns_port, http = free_port(), free_port()
-        cfg = {"servers": [{
-            "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
-            "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
-            "ready": f"127.0.0.1:{http}",
-        }]}
-        p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
-        p.wait_listening(dns_port)
+        http = free_port()
+        dns_port, p = _start(kubedns_process, api, tmp_path, ready=f"127.0.0.1:{http}")
         wait_for(lambda: api.requests[("list", "endpointslices")] >= 3)
         status, body = wait_for(lambda: http_get(http, "/ready"))
         assert status == 503, body
@@ -674,13 +681,7 @@ def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) ->
 def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
         api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
-        dns_port = free_port()
-        cfg = {"servers": [{
-            "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
-            "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
-        }]}
-        p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
-        p.wait_listening(dns_port)
+        dns_port, p = _start(kubedns_process, api, tmp_path)
         wait_for(lambda: _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR")
         assert api.wait_for_watchers(3)
         api.inject_watch_lines("services", b"\x00garbage{", b'{"type":"WHAT","object":{}}')
@@ -707,13 +708,7 @@ def test_process_namespace_deleted_before_its_services(kubedns_process: Any, tmp
     with fakeapi.FakeKubeAPI() as api:
         api.load([fakeapi.namespace("default"), fakeapi.namespace("shop"),
                   fakeapi.service("cart", "shop", cluster_ip="10.96.2.1")])
-        dns_port = free_port()
-        cfg = {"servers": [{
-            "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
-            "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
-        }]}
-        p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
-        p.wait_listening(dns_port)
+        dns_port, p = _start(kubedns_process, api, tmp_path)
         wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NOERROR")
         assert api.wait_for_watchers(3)
         api.delete("namespaces", None, "shop")
