@@ -82,6 +82,23 @@ class _Base(unittest.TestCase):
         self.addCleanup(f.stop)
         return f
 
+    def loop_through_us(
+        self, upstreams: list[DNSUpstream], looping: list[DNSUpstream], *, recheck: float, **kw: Any
+    ) -> tuple[ForwardChain, LoopDetector]:
+        """A chain over ``upstreams`` (in order) whose ``looping`` ones send every query back to
+        a fake server of ours, and its loop detector (not started yet)."""
+        f = self.forwarder(config(*(u.address for u in upstreams), **kw))
+        chain = ForwardChain(f, Cache(CacheConfig()), reactor=reactor)
+        detector = LoopDetector(chain, zone=b"", reactor=reactor, recheck=recheck)
+        port = reactor.listenUDP(0, _FakeServer(chain, detector), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(detector.stop)
+        for up in looping:
+            up.mode = "forward"  # sends everything back to "us"
+            up.forward_to = ("127.0.0.1", port.getHost().port)
+            up.forward_timeout = 1.0
+        return chain, detector
+
     async def assert_fails(self, d: defer.Deferred, exc: type[Exception]) -> Exception:
         try:
             result = await d
@@ -509,16 +526,8 @@ class _FakeServer(protocol.DatagramProtocol):
 class LoopTests(_Base):
     async def test_loop_is_detected_and_forwarding_disabled_without_exiting(self) -> None:
         up = self.upstream()
-        f = self.forwarder(config(up.address, timeout=1.0))
-        chain = ForwardChain(f, Cache(CacheConfig()), reactor=reactor)
-        detector = LoopDetector(chain, zone=b"", reactor=reactor, recheck=0.5)
-        server = _FakeServer(chain, detector)
-        port = reactor.listenUDP(0, server, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(detector.stop)
-        up.mode = "forward"  # the upstream forwards everything back to "us"
-        up.forward_to = ("127.0.0.1", port.getHost().port)
-        up.forward_timeout = 1.0
+        chain, detector = self.loop_through_us([up], [up], recheck=0.5, timeout=1.0)
+        f = chain.forwarder
         self.assertFalse(detector.observe(b"example.com"))
         detector.start()
         await wait_until(lambda: detector.loop_detected, timeout=5, what="loop detection")

@@ -21,7 +21,7 @@ from kubedns.forward.forwarder import UpstreamsFailed
 from kubedns.forward.loop import LoopDetector
 from tests.conftest import free_port, query, rrset_text, wait_until
 from tests.dnsupstream import DNSUpstream
-from tests.test_forward import _Base, _FakeServer, addrs, config, make_query
+from tests.test_forward import _Base, addrs, config, make_query
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -69,17 +69,8 @@ class LoopIsolationTests(_Base):
     ) -> tuple[DNSUpstream, ForwardChain, LoopDetector]:
         """Upstream 0 sends everything back to our fake server; ``both``: ``other`` does too."""
         loop = self.upstream()
-        f = self.forwarder(config(loop.address, other.address, **kw))  # sequential: the loop first
-        chain = ForwardChain(f, Cache(CacheConfig()), reactor=reactor)
-        detector = LoopDetector(chain, zone=b"", reactor=reactor, recheck=0.3)
-        server = _FakeServer(chain, detector)
-        port = reactor.listenUDP(0, server, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(detector.stop)
-        for up in (loop, other) if both else (loop,):
-            up.mode = "forward"  # sends everything back to "us"
-            up.forward_to = ("127.0.0.1", port.getHost().port)
-            up.forward_timeout = 1.0
+        chain, detector = self.loop_through_us(  # sequential: the loop first
+            [loop, other], [loop, other] if both else [loop], recheck=0.3, **kw)
         detector.start()
         return loop, chain, detector
 
