@@ -123,18 +123,6 @@ def parse_question(data: bytes) -> Question | None:
     return Question(qid, flags, qd, an, ns, ar, data[12:pos], qname, qtype, qclass, pos + 4)
 
 
-def read_edns(message: dns.Message) -> tuple[Edns | None, bool]:
-    """The client's EDNS settings from a decoded message; second item False if OPT is malformed."""
-    opts = [rr for rr in message.additional if rr.type == dns.OPT]
-    if not opts:
-        return None, True
-    if len(opts) > 1 or opts[0].name.name not in (b"", b"."):
-        return None, False
-    rr = opts[0]
-    version = (rr.ttl >> 16) & 0xFF
-    return Edns(udp_size=max(512, rr.cls), version=version, do=bool(rr.ttl & 0x8000)), True
-
-
 def read_edns_raw(data: bytes, q: Question) -> tuple[Edns | None, bool] | None:
     """EDNS from the bytes after the question, for the common query shape (no answer/authority
     records, at most one additional which is an OPT).  None means "not that shape": decode fully.
@@ -328,20 +316,11 @@ def encode_response(
     return header + body + opt
 
 
-def _skip_name(buf: bytes, pos: int) -> int:
-    """Offset just past the (possibly compressed) name at ``pos``; ValueError if malformed."""
-    n = len(buf)
-    while True:
-        if pos >= n:
-            raise ValueError("name runs past the end")
-        ln = buf[pos]
-        if ln == 0:
-            return pos + 1
-        if ln & 0xC0 == 0xC0:
-            return pos + 2
-        if ln & 0xC0:
-            raise ValueError("bad label type")
-        pos += 1 + ln
+def _name_end(buf: bytes, pos: int) -> int:
+    end = scan_name(buf, pos)
+    if end is None:
+        raise ValueError(f"malformed name at offset {pos}")
+    return end
 
 
 def ttl_fields(buf: bytes) -> list[tuple[int, int]]:
@@ -352,11 +331,11 @@ def ttl_fields(buf: bytes) -> list[tuple[int, int]]:
     _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
     pos = 12
     for _ in range(qd):
-        pos = _skip_name(buf, pos) + 4
+        pos = _name_end(buf, pos) + 4
     out = []
     for _ in range(an + ns + ar):
-        pos = _skip_name(buf, pos)
-        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", buf, pos)
+        pos = _name_end(buf, pos)
+        rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(buf, pos)
         if rtype != dns.OPT:
             out.append((pos + 4, ttl))
         pos += 10 + rdlen
