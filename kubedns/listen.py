@@ -66,24 +66,37 @@ class _Listener(service.Service):
         raise NotImplementedError
 
 
-def raise_fd_limit(ceiling: int = 1 << 20) -> int:
-    """Raise the soft open-files limit to the hard one (at most ``ceiling``); the soft limit after.
+_FD_CEILING = 1 << 20
+
+
+def fd_limit() -> int:
+    """The process's soft open-files limit (unlimited counts as 2**20)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return _FD_CEILING if soft == resource.RLIM_INFINITY else soft
+    except (ImportError, ValueError, OSError):
+        return 1024
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (at most 2**20); :func:`fd_limit` after.
 
     Go raises it by itself at start, so CoreDNS runs with the hard limit; a Python process keeps
     systemd's or the shell's soft 1024, where a few hundred idle TCP clients would leave no file
-    descriptor for the sockets forwarding needs.
+    descriptor for the sockets forwarding needs.  Called once at process start (kubedns.tap).
     """
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+        want = _FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, _FD_CEILING)
         if soft != resource.RLIM_INFINITY and soft < want:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-        return soft if soft != resource.RLIM_INFINITY else ceiling
     except (ImportError, ValueError, OSError):
-        return 1024
+        pass
+    return fd_limit()
 
 
 #: Read whole datagrams: twisted's default of 8192 silently cuts a larger (legal, e.g. padded)

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
-from kubedns.listen import TCPListener, UDPListener, raise_fd_limit
+from kubedns.listen import TCPListener, UDPListener, fd_limit
 from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
@@ -69,7 +69,7 @@ class KubeDNS(service.MultiService):
         self.reactor = reactor
         self.config = config
         self.fast_path = os.environ.get("KUBEDNS_FAST_PATH", "1") != "0"
-        self._fd_limit = raise_fd_limit()  # as Go does for CoreDNS; bounds TCP connections too
+        self._fd_limit = fd_limit()  # bounds TCP connections (kubedns.tap raised it at start)
         #: 0 in the process twistd started; 1..N-1 in the workers it spawns (``workers: N``)
         self.worker = worker_index()
         self.pool: WorkerPool | None = None

@@ -37,6 +37,8 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:  # noqa: N802
+    from kubedns.listen import raise_fd_limit
     from kubedns.service import build
 
+    raise_fd_limit()  # process start-up: as Go does for CoreDNS, before any socket is opened
     return build(options["parsed"])

@@ -8,8 +8,11 @@ stops reading until it drains, and the factory refuses connections past its cap.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+from typing import Any
 
 import dns.message
+import pytest
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
@@ -88,3 +91,26 @@ def test_fd_limit_is_raised_and_bounds_tcp_connections() -> None:
     disp = _setup()[0]
     assert DNSStreamFactory(disp, fd_limit=1024).max_connections == 512
     assert DNSStreamFactory(disp, fd_limit=1 << 20).max_connections == 10000
+
+
+def test_the_process_raises_its_open_files_limit_at_start(kubedns_process: Any) -> None:
+    """Started with systemd's usual soft limit of 1024, twistd kubedns runs with the hard one."""
+    import resource
+
+    from tests.conftest import free_port
+    from tests.dnsupstream import closed_port
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip("the hard open-files limit leaves nothing to raise")
+    port = free_port()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the child inherits it
+    try:
+        p = kubedns_process({"servers": [{"zones": ["."], "listen": f"127.0.0.1:{port}",
+                                          "forward": {"to": [f"127.0.0.1:{closed_port()}"]}}]})
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    p.wait_listening(port)
+    limits = Path(f"/proc/{p.proc.pid}/limits").read_text()
+    line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+    assert int(line.split()[3]) > 1024, line
