@@ -175,9 +175,3 @@ class QueryStats:
         folded = self.fast_folded
         for k, n in counts:
             folded[k] = folded.get(k, 0) + n
-
-
-def _fast_counts(disp: Any) -> list[tuple[tuple[Any, ...], int]]:
-    """``(fast_key, hits)`` of a dispatcher's fast path: live entries and retired ones."""
-    fast = disp.fast
-    return list(fast.live()) + list(fast.retired.items())

@@ -49,7 +49,6 @@ from kubedns.counters import (
     SIZE_BUCKETS,
     TIME_BUCKETS,
     QueryStats,
-    _fast_counts,
     install_panic_counter,
     observe_programming,
     rcode_name,
@@ -108,6 +107,12 @@ def _zone_fqdn(zone: str) -> str:
 def _family_of_server(label: str) -> str:
     """``2`` for a socket bound to an IPv6 address (``dns://[::1]:53``), else ``1``."""
     return "2" if label.startswith("dns://[") else "1"
+
+
+def _fast_counts(disp: Any) -> list[tuple[tuple[Any, ...], int]]:
+    """``(fast_key, hits)`` of a dispatcher's fast path: live entries and retired ones."""
+    fast = disp.fast
+    return list(fast.live()) + list(fast.retired.items())
 
 
 # -- the collector -------------------------------------------------------------------------------
