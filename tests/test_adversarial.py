@@ -32,7 +32,7 @@ import pytest
 
 from tests import fakeapi
 from tests.conftest import KubeDNSProcess, free_port, query, rrset_text
-from tests.test_server_e2e import cluster_objects, write_manifests
+from tests.test_server_e2e import cluster_config, cluster_objects, write_manifests
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,19 +51,7 @@ def _objects() -> list[dict]:
 
 
 def _config(port: int, manifests: Path) -> dict:
-    return {
-        "tcp_idle_timeout": "1s",
-        "servers": [{
-            "zones": ["."],
-            "listen": f"127.0.0.1:{port}",
-            "kubernetes": {
-                "zones": ["cluster.local", "in-addr.arpa", "ip6.arpa"],
-                "manifests": str(manifests),
-                "pods": "insecure",
-                "ttl": 30,
-            },
-        }],
-    }
+    return {"tcp_idle_timeout": "1s", **cluster_config(port, manifests)}
 
 
 class Srv:

@@ -60,15 +60,9 @@ def write_manifests(path: Path, objs: list[dict]) -> None:
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from tests.conftest import KubeDNSProcess
-
-    d = tmp_path_factory.mktemp("e2e")
-    manifests = d / "cluster.yaml"
-    write_manifests(manifests, cluster_objects())
-    port = free_port()
-    cfg = {
+def cluster_config(port: int, manifests: Path) -> dict:
+    """One block on 127.0.0.1:``port`` serving the cluster zones from ``manifests``, no forward."""
+    return {
         "servers": [{
             "zones": ["."],
             "listen": f"127.0.0.1:{port}",
@@ -80,7 +74,17 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             },
         }]
     }
-    p = KubeDNSProcess(cfg, d).start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    from tests.conftest import KubeDNSProcess
+
+    d = tmp_path_factory.mktemp("e2e")
+    manifests = d / "cluster.yaml"
+    write_manifests(manifests, cluster_objects())
+    port = free_port()
+    p = KubeDNSProcess(cluster_config(port, manifests), d).start()
     p.wait_listening(port)
     yield port, manifests, p
     p.stop()
