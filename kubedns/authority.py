@@ -14,7 +14,9 @@ Exceptions carry the outcome, as twisted.names expects between resolvers:
   zone SOA, which stops the chain;
 * not yet synced fails with :class:`ClusterNotSyncedError`, deliberately *not* a ``DomainError``
   (twisted's ``DNSServerError`` is one, and a chain would move on and maybe answer NXDOMAIN from
-  elsewhere): it stops the chain, and ``DNSServerFactory`` turns it into SERVFAIL.
+  elsewhere): it stops the chain, and ``DNSServerFactory`` turns it into SERVFAIL;
+* a zone transfer (AXFR, IXFR), which kubedns's server REFUSES, fails with
+  :class:`ClusterTransferRefusedError`, also no ``DomainError``: the chain stops there.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ from twisted.names.error import AuthoritativeDomainError, DomainError
 
 from kubedns.records import ClusterZones
 
-__all__ = ["ClusterNameError", "ClusterNotSyncedError", "KubernetesAuthority"]
+__all__ = ["ClusterNameError", "ClusterNotSyncedError", "ClusterTransferRefusedError", "KubernetesAuthority"]
 
 
 class ClusterNotSyncedError(Exception):
     """The cluster has not been listed yet: SERVFAIL, and no other resolver may answer instead."""
+
+
+class ClusterTransferRefusedError(Exception):
+    """AXFR or IXFR of a cluster zone: refused, as by CoreDNS without its transfer plugin."""
 
 
 class ClusterNameError(AuthoritativeDomainError):
@@ -58,6 +64,8 @@ class KubernetesAuthority(common.ResolverBase):
         zone, ans = res
         if ans.rcode == dns.ESERVER:
             return defer.fail(ClusterNotSyncedError(name))
+        if ans.rcode == dns.EREFUSED:
+            return defer.fail(ClusterTransferRefusedError(name))
         if ans.rcode == dns.ENAME:
             if self.zones.falls_through(zone, ans):
                 return defer.fail(DomainError(name))

@@ -8,17 +8,19 @@ lives in :mod:`kubedns.authority`.
 Names handled under a cluster zone ``<zone>``::
 
     <zone>                                 SOA, NS (apex)
-    dns-version.<zone>                     TXT "1.1.0"
+    dns-version.<zone>                     TXT "1.1.0" (TTL 28800, as the spec's example)
     ns.dns.<zone>                          A/AAAA of kube-system/kube-dns (the NS target)
     <svc>.<ns>.svc.<zone>                  A/AAAA ClusterIPs, or ready endpoints (headless),
                                            CNAME (ExternalName), SRV for named ports
+                                           (nothing below an ExternalName: NXDOMAIN)
     <host>.<svc>.<ns>.svc.<zone>           A/AAAA of endpoints by hostname or dashed IP
     _<port>._<proto>.<svc>.<ns>.svc.<zone> SRV (+ A/AAAA in additional)
     <a-b-c-d>.<ns>.pod.<zone>              A/AAAA per ``pods`` mode
     <reversed ip>.in-addr.arpa / ip6.arpa  PTR for ClusterIPs and endpoint IPs
 
 NXDOMAIN and NODATA both carry the zone SOA in the authority section; all answers are
-authoritative.
+authoritative.  Zone transfers (AXFR, IXFR) are REFUSED, as CoreDNS's kubernetes plugin does
+without the ``transfer`` plugin.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ from kubedns.k8s.store import Store, endpoint_host, endpoint_published
 __all__ = ["Answer", "ClusterZones", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "1.1.0"
+#: TTL of ``dns-version.<zone>``: the specification's example and CoreDNS both use 28800
+SCHEMA_VERSION_TTL = 28800
 
 A, AAAA, SRV, PTR, TXT, SOA, NS, CNAME, ANY = (
     dns.A, dns.AAAA, dns.SRV, dns.PTR, dns.TXT, dns.SOA, dns.NS, dns.CNAME, dns.ALL_RECORDS,
 )
-NOERROR, SERVFAIL, NXDOMAIN = dns.OK, dns.ESERVER, dns.ENAME
+TRANSFERS = frozenset((dns.AXFR, dns.IXFR))
+NOERROR, SERVFAIL, NXDOMAIN, REFUSED = dns.OK, dns.ESERVER, dns.ENAME, dns.EREFUSED
 
 
 @dataclass(slots=True)
@@ -160,6 +165,10 @@ class ClusterZones:
         zone = self.zone_of(lname)
         if zone is None:
             return None
+        if qtype in TRANSFERS:
+            # CoreDNS's kubernetes plugin refuses these itself (before looking at its sync state)
+            # unless the transfer plugin is configured; we have no transfer plugin.
+            return zone, Answer(rcode=REFUSED, authoritative=False)
         if not self.store.synced:
             return zone, Answer(rcode=SERVFAIL, authoritative=False)
         rel = lname[: -len(zone)].rstrip(".") if zone else lname
@@ -180,7 +189,8 @@ class ClusterZones:
             return self._negative(zone, NOERROR)
         if labels == ["dns-version"]:
             if qtype in (TXT, ANY):
-                return Answer(answers=[self._rr(qname, dns.Record_TXT(SCHEMA_VERSION.encode(), ttl=self.ttl))])
+                txt = dns.Record_TXT(SCHEMA_VERSION.encode(), ttl=SCHEMA_VERSION_TTL)
+                return Answer(answers=[self._rr(qname, txt, SCHEMA_VERSION_TTL)])
             return self._negative(zone, NOERROR)
         if labels == ["dns"]:
             return self._negative(zone, NOERROR)  # empty non-terminal above ns.dns
@@ -212,6 +222,10 @@ class ClusterZones:
         svc_name = f"{svc.name}.{ns}.svc.{zone}"
         if n == 2:
             return self._service(zone, svc, svc_name, qname, qtype)
+        if svc.external_name:
+            # nothing below an ExternalName: the spec defines no SRV or endpoint names for it, and
+            # CoreDNS skips it for any port, protocol or endpoint label (NXDOMAIN)
+            return self._negative(zone, NXDOMAIN)
         first = labels[0]
         if n == 3:
             if first.startswith("_"):
@@ -290,13 +304,10 @@ class ClusterZones:
         answers: list[dns.RRHeader] = []
         additional: list[dns.RRHeader] = []
         if not svc.headless:
-            # one SRV per distinct port number; ClusterIP targets the service name itself, an
-            # ExternalName Service its external name (an SRV target must not be an alias: RFC 2782)
-            target = svc.external_name or svc_name
+            # one SRV per distinct port number, each targeting the service name itself
             for p in dict.fromkeys(p.port for p, _ in ports):
-                answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, target, self.ttl)))
-            additional = self._glue(svc_name, svc.cluster_ips) if not svc.external_name else []
-            return Answer(answers=answers, additional=additional)
+                answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, svc_name, self.ttl)))
+            return Answer(answers=answers, additional=self._glue(svc_name, svc.cluster_ips))
         # Headless: a slice's ports pair with that slice's endpoints only (as CoreDNS), never with
         # another slice's.  Ports from the Service itself (no slice has any) pair with all.
         by_slice: dict[int | None, list[int]] = {}
@@ -330,10 +341,10 @@ class ClusterZones:
     def _pod_names(self, zone: str, labels: list[str], qname: bytes, qtype: int) -> Answer:
         mode = self.config.pods
         n = len(labels)
+        if n == 0:
+            return self._negative(zone, NOERROR)  # "pod.<zone>" exists in every mode (CoreDNS)
         if mode == "disabled":
             return self._negative(zone, NXDOMAIN)
-        if n == 0:
-            return self._negative(zone, NOERROR)
         ns = labels[-1]
         if n == 1:
             return self._negative(zone, NOERROR if self.store.namespace_exists(ns) else NXDOMAIN)

@@ -3,7 +3,7 @@
 Twisted's own ``ResolverChain`` and ``lookupAddress`` drive the adapter; the "upstream" is a
 second in-memory resolver, so no packet is sent.  Checks that exceptions carry the outcomes the
 way twisted.names expects: DomainError moves on, the NXDOMAIN error stops the chain with the
-SOA, SERVFAIL before sync.
+SOA, SERVFAIL before sync, a zone transfer is refused without asking further.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.names import dns, resolve
 from twisted.trial import unittest
 
-from kubedns.authority import ClusterNameError, ClusterNotSyncedError, KubernetesAuthority
+from kubedns.authority import ClusterNameError, ClusterNotSyncedError, ClusterTransferRefusedError, KubernetesAuthority
 from kubedns.config import KubernetesConfig
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
@@ -77,3 +77,10 @@ class AuthorityTests(unittest.TestCase):
         with self.assertRaises(ClusterNotSyncedError):
             yield chain.lookupAddress("nginx.default.svc.cluster.local")
         self.assertEqual(other.asked, [])  # nobody else got to answer (maybe NXDOMAIN) instead
+
+    @defer.inlineCallbacks
+    def test_zone_transfer_refused_and_stops_the_chain(self):
+        chain, other = _chain()
+        with self.assertRaises(ClusterTransferRefusedError):
+            yield chain.lookupZone("cluster.local")
+        self.assertEqual(other.asked, [])  # not handed to the next resolver as a miss

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dns.flags
 import dns.message
 import pytest
 from twisted.internet import task
@@ -62,7 +63,13 @@ def _wire(qname: str, qtype: int, qid: int, **kw: Any) -> bytes:
     return q.to_wire()
 
 
-KINDS = [(qname, qtype) for qname, qtype, _, _ in TABLE] + [("big.Example.COM", 1)]
+#: every answer kind of the records table, zone transfers (REFUSED), and a name nobody serves
+KINDS = [(qname, qtype) for qname, qtype, _, _ in TABLE] + [
+    ("cluster.local", 252),  # AXFR
+    ("cluster.local", 251),  # IXFR
+    ("nginx.default.svc.cluster.local", 252),
+    ("big.Example.COM", 1),
+]
 
 
 @pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns"])
@@ -81,6 +88,26 @@ def test_fast_bytes_equal_slow_bytes(qname: str, qtype: int, edns: bool) -> None
     fast = tr.socket.sent[-1][0]
     assert fast[:2] == b"\x22\x22" and slow[:2] == b"\x11\x11"
     assert fast[2:] == slow[2:]
+    assert disp.fast.hits() == 1
+
+
+@pytest.mark.parametrize("qtype", [252, 251], ids=["AXFR", "IXFR"])
+def test_zone_transfer_refused_the_same_from_the_fast_path(qtype: int) -> None:
+    disp, proto, tr, _ = _setup()
+    for qid in (1, 2):
+        proto.datagramReceived(_wire("cluster.local", qtype, qid), ("127.0.0.1", 5000))
+        r = dns.message.from_wire(tr.socket.sent[-1][0])
+        assert (r.id, r.rcode(), r.answer, r.authority) == (qid, 5, [], [])
+        assert not r.flags & dns.flags.AA
+    assert disp.fast.hits() == 1
+
+
+def test_dns_version_ttl_from_the_fast_path() -> None:
+    disp, proto, tr, _ = _setup()
+    for qid in (1, 2):
+        proto.datagramReceived(_wire("dns-version.cluster.local", 16, qid), ("127.0.0.1", 5000))
+        r = dns.message.from_wire(tr.socket.sent[-1][0])
+        assert [(rs.ttl, rs[0].strings) for rs in r.answer] == [(28800, (b"1.1.0",))]
     assert disp.fast.hits() == 1
 
 

@@ -166,9 +166,13 @@ TABLE = [
     # ExternalName (spec 2.5)
     ("ext.testns.svc.cluster.local", dns.A, OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]),
     ("ext.testns.svc.cluster.local", dns.CNAME, OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]),
-    # an ExternalName's named port: the SRV target is the external name, never the alias (RFC 2782)
-    ("_https._tcp.extp.testns.svc.cluster.local", dns.SRV, OK,
-     ["_https._tcp.extp.testns.svc.cluster.local SRV 0 100 443 api.example.com"]),
+    ("extp.testns.svc.cluster.local", dns.SRV, OK, ["extp.testns.svc.cluster.local CNAME api.example.com"]),
+    # nothing below an ExternalName, even for its named ports: the spec defines no SRV for it and
+    # CoreDNS answers NXDOMAIN
+    ("_https._tcp.extp.testns.svc.cluster.local", dns.SRV, NX, []),
+    ("_https._tcp.extp.testns.svc.cluster.local", dns.A, NX, []),
+    ("_tcp.extp.testns.svc.cluster.local", dns.SRV, NX, []),
+    ("host.extp.testns.svc.cluster.local", dns.A, NX, []),
     # PTR (2.3.3, 2.4.3)
     ("100.0.96.10.in-addr.arpa", dns.PTR, OK, ["100.0.96.10.in-addr.arpa PTR nginx.default.svc.cluster.local"]),
     ("1.1.244.10.in-addr.arpa", dns.PTR, OK, ["1.1.244.10.in-addr.arpa PTR db-0.db.testns.svc.cluster.local"]),
@@ -278,6 +282,50 @@ def test_ip_from_dashes(label: str, ip: str | None) -> None:
 
 def test_pods_disabled_is_nxdomain() -> None:
     assert _zones(pods="disabled").answer(b"10-244-0-5.default.pod.cluster.local", dns.A)[1].rcode == NX
+
+
+@pytest.mark.parametrize("pods", ["disabled", "insecure", "verified"])
+def test_pod_apex_is_nodata_in_every_mode(pods: str) -> None:
+    """``pod.<zone>`` itself exists (NODATA with SOA) as in CoreDNS; below it ``disabled`` is
+    NXDOMAIN even for a namespace that exists."""
+    zones = _zones(pods=pods)
+    _, ans = zones.answer(b"pod.cluster.local", dns.A)
+    assert (ans.rcode, ans.answers, [rr.type for rr in ans.authority]) == (OK, [], [dns.SOA])
+    _, ans = zones.answer(b"default.pod.cluster.local", dns.A)
+    assert ans.rcode == (NX if pods == "disabled" else OK)
+
+
+def test_pods_verified_ignores_terminating_pod() -> None:
+    """A Pod with deletionTimestamp set is ignored, as CoreDNS does: first answered, then the
+    MODIFIED object that starts its deletion takes the name away."""
+    zones = _zones(pods="verified")
+    name = b"10-244-0-5.default.pod.cluster.local"
+    assert zones.answer(name, dns.A)[1].rcode == OK
+    terminating = fakeapi.pod("web", "default", "10.244.0.5", deletion_timestamp="2026-01-01T00:00:00Z")
+    assert zones.store.upsert("pods", *objects.pod_from_raw(terminating))
+    assert zones.answer(name, dns.A)[1].rcode == NX
+
+
+def test_dns_version_ttl_is_28800() -> None:
+    """The spec's example and CoreDNS give dns-version.<zone> TTL 28800, whatever ``ttl`` is."""
+    for qtype in (dns.TXT, dns.ANY):
+        _, ans = _zones().answer(b"dns-version.cluster.local", qtype)
+        assert [(rr.ttl, rr.payload.ttl) for rr in ans.answers] == [(28800, 28800)]
+
+
+@pytest.mark.parametrize("qtype", [dns.AXFR, dns.IXFR])
+@pytest.mark.parametrize("qname", [b"cluster.local", b"nginx.default.svc.cluster.local", b"in-addr.arpa"])
+@pytest.mark.parametrize("synced", [True, False])
+def test_zone_transfers_are_refused(qname: bytes, qtype: int, synced: bool) -> None:
+    """AXFR/IXFR: REFUSED, no records, not authoritative, as CoreDNS without ``transfer``
+    (which refuses before looking at its sync state)."""
+    if synced:
+        zones = _zones(zones=("cluster.local", "in-addr.arpa"))
+    else:
+        zones = ClusterZones(Store(), KubernetesConfig(zones=("cluster.local", "in-addr.arpa")))
+    _, ans = zones.answer(qname, qtype)
+    assert (ans.rcode, ans.answers, ans.authority, ans.additional) == (dns.EREFUSED, [], [], [])
+    assert not ans.authoritative
 
 
 def test_servfail_before_sync_never_nxdomain() -> None:

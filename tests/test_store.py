@@ -100,10 +100,12 @@ def _rand_pod(rng: random.Random) -> Raw:
     phase = rng.choice(("Running", "Running", "Running", "Running", "Pending", "Succeeded", "Failed"))
     if r < 0.15:
         return fakeapi.pod(name, ns, None, phase="Pending")
+    # some are being deleted (deletionTimestamp set): DNS must stop naming them at once
+    deleting = "2026-01-01T00:00:00Z" if rng.random() < 0.1 else None
     if r < 0.35:
         ips = [rng.choice(V4), rng.choice(V6)]
-        return fakeapi.pod(name, ns, ips[0], ips=ips, phase=phase)
-    return fakeapi.pod(name, ns, rng.choice(V4 + V6), phase=phase)
+        return fakeapi.pod(name, ns, ips[0], ips=ips, phase=phase, deletion_timestamp=deleting)
+    return fakeapi.pod(name, ns, rng.choice(V4 + V6), phase=phase, deletion_timestamp=deleting)
 
 
 def _rand_namespace(rng: random.Random) -> Raw:
@@ -139,7 +141,7 @@ def _cosmetic(raw: Raw, rng: random.Random) -> Raw:
 def _naive_pod_ips(raw: Raw) -> tuple[str, ...] | None:
     """What DNS may know of a pod, read straight off the raw object (not via pod_from_raw)."""
     st = raw.get("status") or {}
-    if st.get("phase") in ("Succeeded", "Failed"):
+    if st.get("phase") in ("Succeeded", "Failed") or raw["metadata"].get("deletionTimestamp"):
         return None
     ips = tuple(p["ip"] for p in st.get("podIPs") or () if p.get("ip"))
     if not ips and st.get("podIP"):
@@ -543,6 +545,27 @@ def test_pod_records_reduce_to_ips() -> None:
     # a pod that never had an IP is never stored, and "deleting" it changes nothing
     assert not store.upsert("pods", *_pod("pending", "default", None, phase="Pending"))
     assert store.count("pods") == 0
+
+
+def test_terminating_pod_leaves_the_pod_index() -> None:
+    """The MODIFIED object that sets deletionTimestamp removes the Pod's IPs (CoreDNS ignores
+    terminating Pods); another Pod holding the same IP keeps it; a terminating Pod in a LIST is
+    never stored."""
+    store = Store()
+    assert store.upsert("pods", *_pod("a", "default", "10.1.0.1", ips=["10.1.0.1", "fd00::1"]))
+    assert store.upsert("pods", *_pod("b", "default", "10.1.0.7"))
+    assert store.upsert("pods", *_pod("hostnet", "default", "10.1.0.7"))
+    gen = store.generation
+    assert store.upsert("pods", *_pod("a", "default", "10.1.0.1", ips=["10.1.0.1", "fd00::1"], deletion_timestamp="now"))
+    assert store.generation > gen
+    assert not store.pod_in_namespace("10.1.0.1", "default") and not store.pod_in_namespace("fd00::1", "default")
+    assert store.upsert("pods", *_pod("b", "default", "10.1.0.7", deletion_timestamp="now"))
+    assert store.pod_in_namespace("10.1.0.7", "default")  # hostnet still holds it
+    assert store.count("pods") == 1
+    # the DELETED event at the end of the grace period finds nothing left to do
+    assert not store.delete("pods", "default/a")
+    assert not store.upsert("pods", *_pod("c", "default", "10.1.0.9", deletion_timestamp="now"))
+    assert not store.pod_in_namespace("10.1.0.9", "default")
 
 
 def test_same_pod_ip_in_two_namespaces_and_twice_in_one() -> None:

@@ -8,7 +8,7 @@ slotted so that ``old == new`` is a cheap way to ignore watch events that change
 
 Each ``*_from_raw`` returns ``(key, record)`` with ``key = "namespace/name"`` (or ``"name"`` for
 cluster-scoped objects).  Records may be ``None`` when the object has nothing DNS could serve
-(e.g. a Pod without an IP yet); the store treats that as a delete.
+(e.g. a Pod without an IP yet, or one being deleted); the store treats that as a delete.
 """
 
 from __future__ import annotations
@@ -192,7 +192,15 @@ def endpointslice_from_raw(raw: dict[str, Any]) -> tuple[str, EndpointSlice | No
 
 
 def pod_from_raw(raw: dict[str, Any]) -> tuple[str, Pod | None]:
+    """A Pod DNS may name (``pods verified``), or None: no IP yet, finished, or terminating.
+
+    A Pod with ``metadata.deletionTimestamp`` set is being deleted; CoreDNS ignores it from that
+    moment (its IP may soon belong to another Pod), so the MODIFIED event that sets the timestamp
+    removes the IP here, long before the DELETED event at the end of the grace period.
+    """
     ns, name = _meta(raw)
+    if (raw.get("metadata") or {}).get("deletionTimestamp"):
+        return f"{ns}/{name}", None
     status = raw.get("status") or {}
     ips = tuple(p.get("ip") for p in status.get("podIPs") or () if p.get("ip"))
     if not ips and status.get("podIP"):
