@@ -3,6 +3,11 @@
 UDP answers from :class:`~kubedns.fastcache.FastCache` before decoding anything and replies
 with the socket's own ``sendto``; TCP frames length-prefixed messages with flow control so one
 client can neither fill our memory with unread answers nor keep the reactor to itself.
+
+A TCP connection is closed gracefully only when nothing is left to send: ``loseConnection``
+waits for the write buffer to drain, which never happens if the client does not read, so a
+connection with unsent answers is aborted instead (:func:`close_connection`).  The same holds
+for the HTTP endpoints (``kubedns/health.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,41 @@ from twisted.protocols.policies import TimeoutMixin
 if TYPE_CHECKING:
     from kubedns.server import Dispatcher
 
-__all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "DNSStreamProtocol"]
+__all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "DNSStreamProtocol", "close_connection", "unsent"]
 
 log = Logger()
+
+#: Seconds a graceful close may take before the connection is aborted anyway.
+CLOSE_GRACE = 2.0
+
+
+def unsent(transport: Any) -> bool:
+    """True when ``transport`` still holds bytes the peer has not taken.
+
+    Reads twisted's ``FileDescriptor`` write buffers (``dataBuffer`` and ``_tempDataLen``); a
+    transport without them counts as drained, which :func:`close_connection`'s grace covers.
+    """
+    return bool(getattr(transport, "dataBuffer", b"")) or bool(getattr(transport, "_tempDataLen", 0))
+
+
+def close_connection(transport: Any, reactor: Any, stalled: bool = False) -> Any:
+    """Close ``transport`` now: abort it (RST, buffers dropped) when it has unsent data or
+    ``stalled`` says its peer stopped reading, else close it gracefully (FIN).
+
+    A graceful close that has not completed after :data:`CLOSE_GRACE` seconds is aborted; the
+    delayed call doing that is returned (or None) so the caller can cancel it once the
+    connection is lost.
+    """
+    if stalled or unsent(transport):
+        transport.abortConnection()
+        return None
+    transport.loseConnection()
+
+    def abort() -> None:
+        if transport.connected:
+            transport.abortConnection()
+
+    return reactor.callLater(CLOSE_GRACE, abort)
 
 
 class DNSDatagramProtocol(protocol.DatagramProtocol):
@@ -72,7 +109,10 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
     stops while the client's unread answers fill the write buffer and resumes when it drains,
     and at most :attr:`batch` messages are answered per turn before other clients get theirs.
     Only a complete message (or an answer sent) counts as activity for the idle timer, so a
-    client trickling bytes is closed like an idle one.
+    client trickling bytes is closed like an idle one.  At the idle timeout a connection whose
+    client left answers unread is aborted, not closed gracefully (that would wait forever for
+    the client to read them), and at the factory's connection cap such a stalled connection
+    makes room for a new one.
     """
 
     max_pending = 64  # forwarded answers awaited at once on one connection
@@ -81,10 +121,13 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
     def __init__(self, dispatcher: Dispatcher, idle_timeout: float):
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
+        self.callLater = dispatcher.reactor.callLater  # noqa: N815 (TimeoutMixin's clock: the injected reactor)
         self._buf = b""
         self._pending = 0
         self._blocked = False  # the transport's write buffer is full: the client is not reading
         self._later: Any = None  # the next batch, scheduled
+        self._closing: Any = None  # the abort that backs a graceful close
+        self.evicted = False  # aborted by the factory to make room: no longer counted as open
 
     def connectionMade(self) -> None:  # noqa: N802
         self.setTimeout(self.idle_timeout)
@@ -97,9 +140,16 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
     def pauseProducing(self) -> None:  # noqa: N802
         self._blocked = True
         self.transport.pauseProducing()
+        factory = getattr(self, "factory", None)
+        if factory is not None and not self.evicted:
+            factory.stalled.pop(self, None)
+            factory.stalled[self] = None  # the most recently stalled last
 
     def resumeProducing(self) -> None:  # noqa: N802
         self._blocked = False
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.stalled.pop(self, None)
         self._process()
 
     def stopProducing(self) -> None:  # noqa: N802
@@ -157,19 +207,31 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
         if self._later is not None and self._later.active():
             self._later.cancel()
         self._later = None
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        self._closing = None
         self._buf = b""
         factory = getattr(self, "factory", None)
         if factory is not None:
-            factory.open -= 1
+            factory.stalled.pop(self, None)
+            if not self.evicted:
+                factory.open -= 1
 
     def timeoutConnection(self) -> None:  # noqa: N802
-        self.transport.loseConnection()
+        self._closing = close_connection(self.transport, self.dispatcher.reactor, self._blocked)
+
+    def evict(self) -> None:
+        """Abort this connection to make room for another (the client stopped reading)."""
+        self.evicted = True
+        self.transport.abortConnection()
 
 
 class DNSStreamFactory(protocol.ServerFactory):
     """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once (10000, or
-    half the open-files limit if lower), a new connection is closed at once (UDP keeps
-    answering), so no client can use up the file descriptors forwarding and the watches need."""
+    half the open-files limit if lower), a new connection takes the place of the one that
+    stopped reading longest ago (aborted), or when every client reads, is closed at once (UDP
+    keeps answering), so no client can use up the file descriptors forwarding and the watches
+    need, and clients that never read cannot lock the others out."""
 
     max_connections = 10000
 
@@ -177,12 +239,19 @@ class DNSStreamFactory(protocol.ServerFactory):
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
         self.open = 0
+        #: connections whose client stopped reading (write buffer full), longest stalled first
+        self.stalled: dict[DNSStreamProtocol, None] = {}
         if fd_limit is not None:  # leave half the descriptors to UDP, upstreams, watches and HTTP
             self.max_connections = max(16, min(self.max_connections, fd_limit // 2))
 
     def buildProtocol(self, addr: Any) -> DNSStreamProtocol | None:  # noqa: N802
         if self.open >= self.max_connections:
-            return None
+            if not self.stalled:
+                return None
+            victim = next(iter(self.stalled))
+            del self.stalled[victim]
+            self.open -= 1  # its connectionLost comes a turn later and does not count it again
+            victim.evict()
         p = DNSStreamProtocol(self.dispatcher, self.idle_timeout)
         p.factory = self
         return p

@@ -2,7 +2,9 @@
 
 The process-level attacks are in tests/test_adversarial.py; here the mechanics are pinned down:
 answers per turn are bounded and the rest wait for the next reactor turn, a full write buffer
-stops reading until it drains, and the factory refuses connections past its cap.
+stops reading until it drains, the factory refuses connections past its cap unless a client
+that stopped reading can make room, and the idle timeout aborts a connection whose answers
+were never read instead of waiting for them to drain.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
-from kubedns.protocols import DNSStreamFactory, DNSStreamProtocol
+from kubedns.protocols import CLOSE_GRACE, DNSStreamFactory, DNSStreamProtocol
 from tests.test_fastpath import _setup
 
 
@@ -50,7 +52,7 @@ def test_pipelined_queries_are_answered_a_batch_per_turn() -> None:
     proto, tr = _connect(DNSStreamFactory(disp, idle_timeout=10))
     proto.dataReceived(b"".join(_framed(i) for i in range(100)))
     assert _answers(tr) == list(range(32)) and tr.producerState == "paused"  # reading stops meanwhile
-    assert len(clock.getDelayedCalls()) == 1  # the rest: a later turn (task.Clock runs them all at once)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [0, 10]  # the rest: the next turn; the idle timer
     clock.advance(0)
     assert _answers(tr) == list(range(100)) and tr.producerState == "producing"
 
@@ -77,6 +79,73 @@ def test_connections_past_the_cap_are_refused() -> None:
     assert factory.buildProtocol(None) is None
     a.connectionLost(None)
     assert factory.open == 1 and factory.buildProtocol(None) is not None
+
+
+class _Buffered(StringTransport):
+    """A transport holding ``dataBuffer`` bytes it could not send, as twisted's TCP transport
+    does while the peer's window is closed."""
+
+    dataBuffer = b"\x00" * 100
+
+
+def _aborted(tr: StringTransport) -> bool:
+    return getattr(tr, "disconnected", False)  # what StringTransport.abortConnection sets
+
+
+def _clocked() -> tuple[DNSStreamFactory, task.Clock]:
+    disp = _setup()[0]
+    clock = task.Clock()
+    disp.reactor = clock
+    return DNSStreamFactory(disp, idle_timeout=10), clock
+
+
+def test_idle_timeout_aborts_a_connection_whose_answers_are_unread() -> None:
+    """loseConnection would wait for the unsent answers forever: the timeout aborts instead."""
+    factory, clock = _clocked()
+    for stalled in (True, False):  # the client's window closed (producer paused), or bytes left
+        proto = factory.buildProtocol(None)
+        tr = StringTransport() if stalled else _Buffered()
+        proto.makeConnection(tr)
+        proto.dataReceived(_framed(1))
+        if stalled:
+            proto.pauseProducing()
+        clock.advance(9.9)
+        assert not tr.disconnecting and not _aborted(tr)
+        clock.advance(0.2)
+        assert _aborted(tr), "a connection with unread answers was only asked to close gracefully"
+
+
+def test_idle_timeout_closes_a_drained_connection_gracefully_then_aborts_if_stuck() -> None:
+    factory, clock = _clocked()
+    proto, tr = _connect(factory)
+    proto.dataReceived(_framed(1))
+    clock.advance(10.1)
+    assert tr.disconnecting and not _aborted(tr)  # FIN: the answers are out
+    clock.advance(CLOSE_GRACE)
+    assert _aborted(tr)  # the close did not complete (here it never does): aborted after the grace
+    proto, tr = _connect(factory)
+    clock.advance(10.1)
+    proto.connectionLost(None)  # a close that completes cancels the abort
+    assert not clock.getDelayedCalls()
+
+
+def test_at_the_cap_a_client_that_stopped_reading_makes_room() -> None:
+    factory, _ = _clocked()
+    factory.max_connections = 3
+    conns = [_connect(factory) for _ in range(3)]
+    conns[1][0].pauseProducing()  # stalled first
+    conns[0][0].pauseProducing()
+    conns[0][0].resumeProducing()  # it read again: not a victim any more
+    conns[2][0].pauseProducing()
+    new = factory.buildProtocol(None)
+    assert new is not None and _aborted(conns[1][1]) and not _aborted(conns[2][1])
+    assert factory.open == 2  # the victim no longer counts; its connectionLost does not count it again
+    new.makeConnection(StringTransport())
+    conns[1][0].connectionLost(None)
+    assert factory.open == 3
+    _connect(factory)
+    assert _aborted(conns[2][1])
+    assert factory.buildProtocol(None) is None  # every client left reads: the new one is refused
 
 
 def test_fd_limit_is_raised_and_bounds_tcp_connections() -> None:
