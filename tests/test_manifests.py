@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from twisted.internet import task
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from kubedns.configbase import ConfigError
@@ -107,6 +107,21 @@ class ManifestTests(unittest.TestCase):
         self.assertIsNotNone(self.store.service("default", "plain"))
         self.assertTrue(self.store.pod_in_namespace("10.1.0.5", "apps"))
         self.assertEqual(self.store.synced_kinds, set(BASE_KINDS + ["pods"]))
+
+    def test_load_and_reload_log_how_many_objects_of_each_kind(self) -> None:
+        """The operator sees what the file gave (issue: the sync line said "synced ()")."""
+        _write(self.path, yaml.safe_dump(_as_list(_objects())))
+        src = self.source(BASE_KINDS + ["pods"])
+        src.startService()
+        lines = [formatEvent(e) for e in self.logged if e.get("log_namespace") == "kubedns.k8s.manifests"]
+        self.assertIn(f"loaded {self.path}: 2 namespaces, 2 services, 1 endpointslices, 1 pods (6 objects)", lines)
+        self.assertEqual(src.counts, {"namespaces": 2, "services": 2, "endpointslices": 1, "pods": 1})
+
+        objs = [o for o in _objects() if o.get("kind") != "Pod"]
+        _write(self.path, yaml.safe_dump(_as_list(objs)), atomic=True)
+        self.clock.advance(1.0)
+        lines = [formatEvent(e) for e in self.logged if e.get("log_namespace") == "kubedns.k8s.manifests"]
+        self.assertIn(f"reloaded {self.path}: 2 namespaces, 2 services, 1 endpointslices, 0 pods (5 objects)", lines)
 
     def test_raw_api_list_json_with_kindless_items(self) -> None:
         """``kubectl get --raw /api/v1/services`` output: JSON, a ServiceList whose items have no kind."""
