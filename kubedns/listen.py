@@ -9,12 +9,56 @@ are used, so a second copy started by mistake still fails loudly with "address i
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 
-__all__ = ["TCPListener", "UDPListener"]
+__all__ = ["ListenError", "TCPListener", "UDPListener", "bind_failure"]
+
+
+class ListenError(Exception):
+    """An address from the config that cannot be listened on.
+
+    ``str()`` is the whole message an operator needs, on one line: the config file, the key that
+    names the address, the address and why (``conf/x.yaml: servers[0].listen: 127.0.0.1:53:
+    address already in use``).  twistd would print a 40-line traceback for the same thing.
+    """
+
+
+def _unprivileged_port_start() -> int:
+    """Lowest port an unprivileged process may bind (``net.ipv4.ip_unprivileged_port_start``)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def bind_failure(err: BaseException, port: int) -> str:
+    """Why binding ``port`` failed, in words an operator can act on.
+
+    ``err`` is the ``OSError`` from ``bind`` or Twisted's ``CannotListenError`` wrapping it.
+    """
+    if isinstance(err, CannotListenError) and isinstance(err.socketError, BaseException):
+        err = err.socketError
+    code = getattr(err, "errno", None)
+    if code == errno.EADDRINUSE:
+        return "address already in use"
+    if code == errno.EADDRNOTAVAIL:
+        return "not an address of this host (cannot assign requested address)"
+    if code == errno.EACCES and port < _unprivileged_port_start():
+        return (
+            f"permission denied: port {port} is privileged and this process lacks the capability "
+            "CAP_NET_BIND_SERVICE (run as root, or grant it: systemd AmbientCapabilities=CAP_NET_BIND_SERVICE, "
+            "Kubernetes securityContext.capabilities.add: [NET_BIND_SERVICE])"
+        )
+    if isinstance(code, int):
+        return os.strerror(code).lower() if code else str(err)
+    return " ".join(str(err).split())
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -37,22 +81,31 @@ def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socke
 
 
 class _Listener(service.Service):
-    def __init__(self, host: str, port: int, target: Any, reactor: Any, reuse_port: bool):
+    """``where`` names the address in errors: ``"<file>: <key>: <address>"`` (see :class:`ListenError`)."""
+
+    def __init__(self, host: str, port: int, target: Any, reactor: Any, reuse_port: bool, where: str = ""):
         self.host = host
         self.port = port
         self.target = target
         self.reactor = reactor
         self.reuse_port = reuse_port
+        self.where = where or f"{host}:{port}"
         self._port: Any = None
 
     def privilegedStartService(self) -> None:  # noqa: N802 - bind before dropping privileges
         service.Service.privilegedStartService(self)
-        self._port = self._listen()
+        self._port = self._bind()
 
     def startService(self) -> None:  # noqa: N802
         service.Service.startService(self)
         if self._port is None:
-            self._port = self._listen()
+            self._port = self._bind()
+
+    def _bind(self) -> Any:
+        try:
+            return self._listen()
+        except (CannotListenError, OSError) as e:
+            raise ListenError(f"{self.where}: {bind_failure(e, self.port)}") from None
 
     def stopService(self) -> Any:  # noqa: N802
         service.Service.stopService(self)

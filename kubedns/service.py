@@ -20,23 +20,26 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 import time
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from kubedns import __version__
 from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
-from kubedns.listen import TCPListener, UDPListener, fd_limit
+from kubedns.listen import ListenError, TCPListener, UDPListener, bind_failure, fd_limit
 from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
 from kubedns.workers import WorkerPool, announce_ready, worker_index
 
-__all__ = ["KubeDNS", "build"]
+__all__ = ["KubeDNS", "banner", "build"]
 
 log = Logger()
 
@@ -46,6 +49,46 @@ _PENDING_PROGRAMMING_MAX = 10_000
 
 def _interface(host: str) -> str:
     return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
+
+
+_HTTP_KEYS = (("health", "/health"), ("ready", "/ready"), ("prometheus", "/metrics"))
+
+
+def _http_addresses(config: Config, worker: int = 0) -> list[tuple[str, str, Address]]:
+    """(config key, path, address) of every HTTP endpoint this process serves, in config order.
+
+    As :mod:`kubedns.health` does: /health and /ready only in worker 0, /metrics of worker N on
+    the prometheus port plus N.
+    """
+    out = []
+    for b in config.servers:
+        for key, path in _HTTP_KEYS:
+            v = getattr(b, key)
+            if v is None or (worker and key != "prometheus"):
+                continue
+            addr = Address(v.listen.host, v.listen.port + worker) if key == "prometheus" else v.listen
+            out.append((f"servers[{b.index}].{key}", path, addr))
+    return out
+
+
+def _http_listen_error(config: Config, err: CannotListenError, worker: int = 0) -> ListenError:
+    """The one-line :class:`ListenError` for an HTTP endpoint Twisted could not listen on."""
+    for key, _, addr in _http_addresses(config, worker):
+        if addr.port == err.port and _interface(addr.host) == err.interface:
+            return ListenError(f"{config.path}: {key}: {addr}: {bind_failure(err, addr.port)}")
+    return ListenError(f"{config.path}: {err.interface or '*'}:{err.port}: {bind_failure(err, err.port)}")
+
+
+def banner(config: Config) -> str:
+    """The first log line: version, config file and every listener (DNS and HTTP)."""
+    dns_part = ", ".join(f"{a} (UDP, TCP)" for a in config.listeners())
+    http: dict[Address, list[str]] = {}
+    for _, path, addr in _http_addresses(config):
+        if path not in http.setdefault(addr, []):
+            http[addr].append(path)
+    http_part = ", ".join(f"{' '.join(paths)} on {addr}" for addr, paths in http.items()) or "none"
+    workers = f"; {config.workers} workers" if config.workers > 1 else ""
+    return f"kubedns {__version__} starting with {config.path}: DNS on {dns_part}; HTTP {http_part}{workers}"
 
 
 class _Listener:
@@ -162,6 +205,7 @@ class KubeDNS(service.MultiService):
         committed at once (see :meth:`_build_blocks` and :meth:`_commit_blocks`)."""
         blocks, commit = self._build_blocks(config)
         commit(started)
+        self._maybe_announce()
         return blocks
 
     def _build_blocks(self, config: Config) -> tuple[dict[int, Block], Any]:
@@ -228,23 +272,36 @@ class KubeDNS(service.MultiService):
 
         return blocks, commit
 
-    def _add_listener(self, addr: Address, blocks: list[Block]) -> _Listener:
+    def _add_listener(self, addr: Address, blocks: list[Block], config: Config | None = None) -> _Listener:
+        """Sockets for ``addr`` (bound now if running); a bind failure raises :class:`ListenError`
+        naming the config key, with nothing left open."""
+        config = config or self.config
         # CoreDNS's server label: "dns://:53" for the wildcard address
         label = f"dns://:{addr.port}" if addr.host in ("", "0.0.0.0") else f"dns://{addr}"
         disp = Dispatcher(label, blocks, reactor=self.reactor, fast_path=self.fast_path)
         iface = _interface(addr.host)
         reuse = self.config.workers > 1
-        udp = UDPListener(iface, addr.port, DNSDatagramProtocol(disp), self.reactor, reuse)
+        first = next(b for b in config.servers if b.listen == addr)
+        where = f"{config.path}: servers[{first.index}].listen: {addr}"
+        udp = UDPListener(iface, addr.port, DNSDatagramProtocol(disp), self.reactor, reuse, where)
         factory = DNSStreamFactory(disp, idle_timeout=self.config.tcp_idle_timeout, fd_limit=self._fd_limit)
-        tcp = TCPListener(iface, addr.port, factory, self.reactor, reuse)
+        tcp = TCPListener(iface, addr.port, factory, self.reactor, reuse, where)
         lst = _Listener(addr, disp, udp, tcp)
-        for s in lst.services:
-            s.setServiceParent(self)
+        try:
+            for s in lst.services:
+                s.setServiceParent(self)
+        except Exception:
+            for s in lst.services:
+                if s.parent is not None:
+                    s.disownServiceParent()
+            raise
         self._listeners[addr] = lst
         return lst
 
     def _maybe_announce(self) -> None:
-        if not self._announced and all(s.synced for s in self.stores):
+        # stores are registered only when the blocks commit (a manifests file syncs while it is
+        # built): until then there is nothing to announce; _make_blocks calls this again
+        if not self._announced and self.stores and all(s.synced for s in self.stores):
             self._announced = True
             log.info("kubedns: cluster data synced ({kinds})",
                      kinds=", ".join(sorted({k for st in self.stores for k in st.required})))
@@ -294,7 +351,8 @@ class KubeDNS(service.MultiService):
 
     def _reload_failed(self, err: Exception) -> bool:
         self.reload_failures += 1
-        log.error("kubedns: reload rejected, still serving the previous config: {err}", err=err)
+        why = f"cannot listen: {err}" if isinstance(err, ListenError) else str(err)
+        log.error("kubedns: reload rejected, still serving the previous config: {why}", why=why)
         if self.ops is not None and hasattr(self.ops, "record_reload_failure"):
             self.ops.record_reload_failure()
         return False
@@ -306,9 +364,15 @@ class KubeDNS(service.MultiService):
         try:
             for addr, bs in wanted.items():
                 if addr not in self._listeners:
-                    added.append(self._add_listener(addr, [blocks[b.index] for b in bs]))
+                    added.append(self._add_listener(addr, [blocks[b.index] for b in bs], new))
             if self.ops is not None:
-                self.ops.prepare(new)  # new HTTP listeners (health, ready, metrics), bound or raise
+                try:
+                    self.ops.prepare(new)  # new HTTP listeners (health, ready, metrics), bound or raise
+                except Exception as e:
+                    cause = e.__cause__
+                    if isinstance(cause, CannotListenError):
+                        raise _http_listen_error(new, cause, self.worker) from None
+                    raise
         except Exception:
             for lst in added:
                 self._drop_listener(lst.addr)
@@ -363,6 +427,16 @@ class KubeDNS(service.MultiService):
         self.reload(force=True)
 
     # -- lifecycle --------------------------------------------------------------------------
+    def privilegedStartService(self) -> None:  # noqa: N802
+        """Bind every listener (twistd calls this first); an address that cannot be bound ends
+        the process with one line on stderr naming the config key and the address, and exit 1."""
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            _exit_cannot_listen(e)
+        except CannotListenError as e:  # an HTTP endpoint (health, ready, prometheus)
+            _exit_cannot_listen(_http_listen_error(self.config, e, self.worker))
+
     def startService(self) -> None:  # noqa: N802
         super().startService()
         for chain, loop in self._fwd.values():
@@ -437,6 +511,15 @@ def _programming_hook(store: Store, now: Any = time.time) -> Any:
         pending.setdefault(key, now() - lag)
 
     return hook
+
+
+def _exit_cannot_listen(err: ListenError) -> None:
+    """Start-up cannot go on: say why on one line (the real stderr, not twistd's log wrapper,
+    which would print it with a prefix as ``stderr#error``) and exit 1 without a traceback."""
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"kubedns: cannot listen: {err}\n")
+    stream.flush()
+    raise SystemExit(1)
 
 
 def build(config: Config, reactor: Any = None) -> KubeDNS:

@@ -2,8 +2,11 @@
 
 The config is read and validated in ``postOptions`` so that a missing or invalid file makes
 twistd exit 1 with our one-line message (file, key, expectation) on stderr, before anything is
-started and without twistd's usage text.
-Heavy imports wait for ``makeService``.
+started and without twistd's usage text.  ``twistd kubedns --version`` prints kubedns's version
+(``usage.Options`` would print Twisted's).  ``makeService`` logs the first line an operator
+reads: the version, the config file and every listener; the listen addresses themselves are
+bound by :meth:`kubedns.service.KubeDNS.privilegedStartService`, which turns a failure into one
+line and exit 1.  Heavy imports wait for ``makeService``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from kubedns import __version__
 from kubedns.config import ConfigError, load
 
 DEFAULT_CONFIG = "/etc/kubedns/corefile.yaml"
@@ -24,6 +28,15 @@ class Options(usage.Options):
     optParameters = [  # noqa: N815 (Twisted API)
         ["config", "c", DEFAULT_CONFIG, "Path to the YAML config (a Corefile mirror)."],
     ]
+
+    def opt_version(self) -> None:
+        """Print kubedns's version (with Twisted's and Python's) and exit."""
+        import platform
+
+        from twisted import version as twisted_version
+
+        print(f"kubedns {__version__} (Twisted {twisted_version.short()}, Python {platform.python_version()})")
+        sys.exit(0)
 
     def postOptions(self) -> None:  # noqa: N802 (Twisted API)
         try:
@@ -37,8 +50,15 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:  # noqa: N802
-    from kubedns.listen import raise_fd_limit
-    from kubedns.service import build
+    from twisted.logger import Logger
 
+    from kubedns.listen import raise_fd_limit
+    from kubedns.service import banner, build
+    from kubedns.workers import worker_index
+
+    config = options["parsed"]
+    if worker_index() == 0:
+        # logged before twistd's logging starts: it is buffered and comes out as the first line
+        Logger(namespace="kubedns").info("{banner}", banner=banner(config))
     raise_fd_limit()  # process start-up: as Go does for CoreDNS, before any socket is opened
-    return build(options["parsed"])
+    return build(config)
