@@ -25,6 +25,14 @@ Semantics (CoreDNS's *health* and *ready* plugins, with one deliberate differenc
 Blocks naming the same address share one listener (health, ready and metrics may all sit on one
 ``host:port``, one twisted.web ``Site`` serving each configured path).  HTTP access is not
 logged: kubelet probes and Prometheus scrapes would drown the query log.
+
+Connections are bounded in time and number (twisted.web keeps an idle connection 12 hours, and
+resets its timer on every byte, so a client trickling a request keeps it forever): a connection
+must deliver a whole request within :data:`HTTP_TIMEOUT` seconds of opening or of its previous
+response, and at most :data:`HTTP_MAX_CONNECTIONS` are open per listener.  Past that, a new
+connection takes the place of the oldest one still waiting for its request, so idle and
+half-sent connections cannot keep the kubelet's probes out; when every connection is in the
+middle of a request, the new one is closed at once.
 """
 
 from __future__ import annotations
@@ -33,9 +41,10 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.logger import Logger
-from twisted.web import pages, resource, server
+from twisted.web import http, pages, resource, server
 
 from kubedns.configbase import Address
+from kubedns.protocols import close_connection
 
 __all__ = ["HTTPBindError", "Ops", "Readiness", "build_ops"]
 
@@ -124,10 +133,91 @@ class _Root(resource.Resource):
         return pages.notFound()
 
 
+#: Seconds an HTTP connection may take to send a whole request (from opening, or from its previous
+#: response), and may stay idle.
+HTTP_TIMEOUT = 10.0
+#: HTTP connections open at once per listener.
+HTTP_MAX_CONNECTIONS = 100
+
+
+class _OpsChannel(http.HTTPChannel):
+    """An HTTPChannel with a deadline for each request and a quiet, prompt close.
+
+    twisted.web's idle timer restarts on every byte received; the deadline here does not, so a
+    request trickled a byte at a time is cut off like an idle connection.  A close aborts the
+    connection when its response is still unread (see :func:`kubedns.protocols.close_connection`).
+    """
+
+    site: _QuietSite
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        self._deadline: Any = None
+        self._closing: Any = None
+        super().connectionMade()
+        self._await_request()
+
+    def _await_request(self) -> None:
+        self._stop_waiting()
+        self.site.waiting[self] = None
+        self._deadline = self.callLater(self.site.request_timeout, self.timeoutConnection)
+
+    def _stop_waiting(self) -> None:
+        self.site.waiting.pop(self, None)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def allContentReceived(self) -> None:  # noqa: N802 (Twisted API)
+        self._stop_waiting()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:  # noqa: N802 (Twisted API)
+        if self.persistent:  # before super(): it may go on at once with a pipelined request
+            self._await_request()
+        super().requestDone(request)
+
+    def timeoutConnection(self) -> None:  # noqa: N802 (Twisted API; no "Timing out client" line)
+        self._stop_waiting()
+        if self._closing is None and self.transport is not None and self.transport.connected:
+            self._closing = close_connection(self.transport, self.site.reactor) or True
+
+    def evict(self) -> None:
+        """Abort: the listener needs the slot of this connection, which has no request yet."""
+        self._stop_waiting()
+        self.site.channels.discard(self)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted API)
+        self._stop_waiting()
+        if self._closing not in (None, True) and self._closing.active():
+            self._closing.cancel()
+        self.site.channels.discard(self)
+        super().connectionLost(reason)
+
+
 class _QuietSite(server.Site):
-    """A Site that writes no access log and no 'Starting factory' lines."""
+    """A Site that writes no access log and no 'Starting factory' lines, and bounds its
+    connections in time and number (see the module docstring)."""
 
     noisy = False
+    protocol = _OpsChannel  # type: ignore[assignment]  # plain HTTP/1.1, no HTTP/2 negotiation
+    max_connections = HTTP_MAX_CONNECTIONS
+
+    def __init__(self, root: resource.Resource, reactor: Any = None, timeout: float = HTTP_TIMEOUT):
+        super().__init__(root, timeout=timeout, reactor=reactor)
+        self.request_timeout = timeout
+        self.channels: set[_OpsChannel] = set()
+        #: connections waiting for their next request, oldest first
+        self.waiting: dict[_OpsChannel, None] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 (Twisted API)
+        if len(self.channels) >= self.max_connections:
+            if not self.waiting:
+                return None
+            next(iter(self.waiting)).evict()
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        return channel
 
     def log(self, request: Any) -> None:
         pass
@@ -223,7 +313,7 @@ class Ops(service.MultiService):
                 if addr in self._ports:
                     continue
                 root = _Root()
-                port = internet.TCPServer(addr.port, _QuietSite(root), interface=_interface(addr.host))
+                port = internet.TCPServer(addr.port, _QuietSite(root, self.reactor), interface=_interface(addr.host))
                 pending[addr] = (root, port)
                 try:
                     port.setServiceParent(self)  # listens now if we are running
@@ -254,7 +344,7 @@ class Ops(service.MultiService):
             elif root is None:
                 # not prepared (first build, before anything listens): bound by startService
                 root = _Root()
-                port = internet.TCPServer(addr.port, _QuietSite(root), interface=_interface(addr.host))
+                port = internet.TCPServer(addr.port, _QuietSite(root, self.reactor), interface=_interface(addr.host))
                 try:
                     port.setServiceParent(self)  # listens now if we are running
                 except Exception as e:
