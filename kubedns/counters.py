@@ -22,7 +22,9 @@ __all__ = [
     "QueryStats",
     "SIZE_BUCKETS",
     "TIME_BUCKETS",
+    "FoldedHits",
     "install_panic_counter",
+    "known_type",
     "observe_programming",
     "rcode_name",
     "record_panic",
@@ -53,6 +55,12 @@ _RCODE_NAMES = {
 def type_label(qtype: int) -> str:
     """CoreDNS's ``type`` label: the common types by name, everything else ``other``."""
     return _TYPE_NAMES.get(qtype, "other")
+
+
+def known_type(qtype: int) -> int:
+    """``qtype`` if it has a label of its own, else 0 (``other``): what counters key on, so that
+    a client cycling through the 65,536 types cannot make 65,536 keys."""
+    return qtype if qtype in _TYPE_NAMES else 0
 
 
 def rcode_name(rcode: int) -> str:
@@ -125,15 +133,62 @@ def install_panic_counter() -> None:
 # -- per-query counters ---------------------------------------------------------------------------
 
 _N_TIME = len(TIME_BUCKETS) + 1
+_N_SIZE = len(SIZE_BUCKETS) + 1
+
+
+class FoldedHits:
+    """Fast-path hit counts of entries that are gone, by ``fast_key``, in bounded memory.
+
+    A ``fast_key`` holds the exact request and response sizes (the size histograms' ``_sum``
+    needs them), which clients vary at will.  So the counts are kept per size *bucket*, with the
+    exact byte sums beside, and :meth:`items` gives back ``(fast_key, hits)`` pairs whose sizes
+    are the mean of the bucket's: in the same bucket, and ``size * hits`` is the exact sum.  The
+    keys are then bounded by the configured zones, the labelled types, the rcodes and the 15 size
+    buckets, like :class:`QueryStats`.
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        #: (server, zone, type, rcode, request bucket, response bucket, do) → [hits, rq sum, rs sum]
+        self.counts: dict[tuple[Any, ...], list[Any]] = {}
+
+    def add(self, key: tuple[Any, ...], n: int) -> None:
+        server, zone, qtype, rcode, rq, rs, do = key
+        k = (server, zone, known_type(qtype), rcode, bisect_left(SIZE_BUCKETS, rq), bisect_left(SIZE_BUCKETS, rs), do)
+        c = self.counts.get(k)
+        if c is None:
+            self.counts[k] = [n, rq * n, rs * n]
+        else:
+            c[0] += n
+            c[1] += rq * n
+            c[2] += rs * n
+
+    def items(self) -> list[tuple[tuple[Any, ...], int]]:
+        out = []
+        for (server, zone, qtype, rcode, _, _, do), (n, rq_sum, rs_sum) in self.counts.items():
+            if n:
+                rq = rq_sum // n if rq_sum % n == 0 else rq_sum / n
+                rs = rs_sum // n if rs_sum % n == 0 else rs_sum / n
+                out.append(((server, zone, qtype, rcode, rq, rs, do), n))
+        return out
+
+    def values(self) -> list[int]:
+        return [c[0] for c in self.counts.values()]
+
+    def __len__(self) -> int:
+        return len(self.counts)
 
 
 class QueryStats:
     """The slow-path observer: plain counters keyed by raw label values, turned into metrics on scrape.
 
-    Key: (server, zone, proto, family, qtype, rcode, do, request size bucket, response size
-    bucket, plugin or None); value: [count, duration sum, request bytes, response bytes, duration
-    bucket counts].  The key space is bounded by the configured zones, the types, the rcodes and
-    the 15 size buckets, not by names or clients.
+    Key: (server, zone, proto, family, type (:func:`known_type`), rcode, do, plugin or None);
+    value: [count, duration sum, request bytes, response bytes, duration bucket counts, request
+    size bucket counts, response size bucket counts].  The key space is bounded by the configured
+    zones, the 19 labelled types, the rcodes and the plugins, not by names, sizes or clients (the
+    sizes are histograms inside a key, not part of it: CoreDNS's size histograms have no type or
+    rcode label either).
     """
 
     __slots__ = ("slots", "fast_folded")
@@ -141,7 +196,7 @@ class QueryStats:
     def __init__(self) -> None:
         self.slots: dict[tuple[Any, ...], list[Any]] = {}
         #: fast-path hits of dispatchers that are gone (dropped by a reload), by fast_key
-        self.fast_folded: dict[tuple[Any, ...], int] = {}
+        self.fast_folded = FoldedHits()
 
     def observe(self, info: QueryInfo) -> None:
         """Dispatcher observer: O(1), no allocation beyond the key tuple once a label set exists."""
@@ -149,29 +204,30 @@ class QueryStats:
         peer = info.peer
         rq = info.request_size
         rs = info.response_size
+        qtype = info.qtype
         key = (
             info.server,
             info.zone,
             info.proto,
             "2" if peer and ":" in peer[0] else "1",
-            info.qtype,
+            qtype if qtype in _TYPE_NAMES else 0,
             info.rcode,
             info.do,
-            bisect_left(SIZE_BUCKETS, rq),
-            bisect_left(SIZE_BUCKETS, rs),
             info.plugin,
         )
         s = self.slots.get(key)
         if s is None:
-            s = self.slots[key] = [0, 0.0, 0, 0, [0] * _N_TIME]
+            s = self.slots[key] = [0, 0.0, 0, 0, [0] * _N_TIME, [0] * _N_SIZE, [0] * _N_SIZE]
         s[0] += 1
         s[1] += d
         s[2] += rq
         s[3] += rs
         s[4][bisect_left(TIME_BUCKETS, d)] += 1
+        s[5][bisect_left(SIZE_BUCKETS, rq)] += 1
+        s[6][bisect_left(SIZE_BUCKETS, rs)] += 1
 
     def fold_fast(self, counts: Iterable[tuple[tuple[Any, ...], int]]) -> None:
         """Keep the fast-path hits of a dispatcher that is going away."""
         folded = self.fast_folded
         for k, n in counts:
-            folded[k] = folded.get(k, 0) + n
+            folded.add(k, n)

@@ -5,7 +5,12 @@ query's bytes after the ID, so a repeat is a dict lookup, an ID patch and one ``
 (:class:`kubedns.protocols.DNSDatagramProtocol` does the lookup before anything is decoded).
 Everything in it is derived from the stores and dropped whenever one changes; forwarded answers
 age in place (:class:`Aging`) and leave when their cache lifetime ends.  It also keeps the
-cluster answers the normal path computed, under the same invalidation.
+cluster answers the normal path computed (once per lower-cased name), under the same
+invalidation.
+
+Clients choose what goes in (names, their case, EDNS sizes, types), so both halves are bounded
+in bytes, counted with what Python really spends per entry (measured by ``bench/memory.py``),
+not only in entries: these budgets are part of the memory table in the README.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from kubedns.counters import FoldedHits, known_type
 
 if TYPE_CHECKING:
     from kubedns.server import QueryInfo
@@ -46,14 +53,20 @@ class FastCache:
     are folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
     """
 
-    #: Bounds on what clients can make us keep: entries, and bytes of answers.  Case variants and
-    #: EDNS sizes of one name each get an entry, so the byte budget matters more than the count.
+    #: Bounds on what clients can make us keep: entries, and bytes.  Case variants and EDNS sizes
+    #: of one name each get an entry, so the byte budget matters more than the count.  An entry
+    #: costs its answer and key bytes plus :attr:`entry_overhead` (dict slot, key and answer
+    #: objects, the entry list, its QueryInfo), all counted in :attr:`bytes`.
     max_entries = 50000
-    max_bytes = 64 << 20
+    max_bytes = 24 << 20
+    entry_overhead = 400
     #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
     max_forwarded_answer = 4096
-    #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation.
+    #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation,
+    #: one per lower-cased name and type; bounded in entries and in (estimated) bytes, oldest
+    #: first out.  See :func:`computed_cost`.
     max_computed = 20000
+    max_computed_bytes = 16 << 20
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -61,11 +74,29 @@ class FastCache:
         #: keys of forwarded (aging) entries, oldest first; bounded by the block cache's ``size``
         self.forwarded: dict[bytes, None] = {}
         self.bytes = 0
-        #: ``(ClusterZones, qname, qtype) → (zone, Answer) | None``: what the store answered, kept
-        #: for the normal path until the store changes; filled even when the fast path is off
+        #: ``(ClusterZones, lower-cased qname, qtype) → (zone, Answer) | None``: what the store
+        #: answered, kept for the normal path until the store changes; filled even when the fast
+        #: path is off.  Records owned by the name are owned by its lower-cased spelling (the
+        #: server puts the query's case back when encoding).
         self.computed: dict[tuple[Any, bytes, int], Any] = {}
-        #: hits of dropped entries, by the QueryInfo fields metrics label on
-        self.retired: dict[tuple[Any, ...], int] = {}
+        self.computed_bytes = 0
+        #: hits of dropped entries, by the QueryInfo fields metrics label on (bounded)
+        self.retired = FoldedHits()
+
+    def keep_computed(self, key: tuple[Any, bytes, int], res: Any) -> None:
+        """Keep a computed cluster answer, the oldest ones leaving first past either bound."""
+        cost = computed_cost(key, res)
+        if cost > self.max_computed_bytes:
+            return
+        memo = self.computed
+        old = memo.pop(key, None)
+        if old is not None:
+            self.computed_bytes -= computed_cost(key, old)
+        while memo and (len(memo) >= self.max_computed or self.computed_bytes + cost > self.max_computed_bytes):
+            k = next(iter(memo))
+            self.computed_bytes -= computed_cost(k, memo.pop(k))
+        memo[key] = res
+        self.computed_bytes += cost
 
     def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
                  limit: int = 0) -> None:
@@ -82,12 +113,15 @@ class FastCache:
                 return
             while len(self.forwarded) >= limit:
                 self._drop(next(iter(self.forwarded)))
-        if len(self.entries) >= self.max_entries or self.bytes + len(answer) > self.max_bytes:
-            self.clear()
+        cost = len(answer) + len(key) + self.entry_overhead
+        if cost > self.max_bytes:
+            return
         if key in self.entries:
             self._drop(key)
+        if len(self.entries) >= self.max_entries or self.bytes + cost > self.max_bytes:
+            self._clear_entries()
         self.entries[key] = [answer[2:], 0, info, aging]
-        self.bytes += len(answer)
+        self.bytes += cost
         if aging is not None:
             self.forwarded[key] = None
 
@@ -96,7 +130,7 @@ class FastCache:
         self.forwarded.pop(key, None)
         if entry is not None:
             self._retire(entry)
-            self.bytes -= len(entry[0]) + 2
+            self.bytes -= len(entry[0]) + 2 + len(key) + self.entry_overhead
 
     def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
         """The body of a forwarded entry with TTLs counted down to ``now``; None once expired."""
@@ -117,12 +151,15 @@ class FastCache:
 
     def _retire(self, entry: list[Any]) -> None:
         if entry[1]:
-            k = fast_key(entry[2])
-            self.retired[k] = self.retired.get(k, 0) + entry[1]
+            self.retired.add(fast_key(entry[2]), entry[1])
 
     def clear(self) -> None:
-        """Drop every entry (in place: protocols hold a reference to the dict)."""
+        """Drop every entry and computed answer (in place: protocols hold a reference to the dict)."""
         self.computed.clear()
+        self.computed_bytes = 0
+        self._clear_entries()
+
+    def _clear_entries(self) -> None:
         if not self.entries:
             return
         for e in self.entries.values():
@@ -140,5 +177,22 @@ class FastCache:
 
 
 def fast_key(info: QueryInfo) -> tuple[Any, ...]:
-    """The QueryInfo fields that metrics and summaries group fast-path hits by."""
-    return (info.server, info.zone, info.qtype, info.rcode, info.request_size, info.response_size, info.do)
+    """The QueryInfo fields that metrics and summaries group fast-path hits by (types metrics
+    call ``other`` all count as 0, so clients cannot multiply the keys with made-up types)."""
+    return (info.server, info.zone, known_type(info.qtype), info.rcode, info.request_size, info.response_size, info.do)
+
+
+#: Estimated bytes of a kept computed answer: what tracemalloc shows for twisted records built by
+#: :class:`kubedns.records.ClusterZones` (about 380 bytes per SRV record with its glue, 220 per
+#: address record, 610 for a lone record with its Answer), rounded up; ``bench/memory.py`` checks it.
+COMPUTED_BASE = 512
+COMPUTED_PER_RECORD = 400
+
+
+def computed_cost(key: tuple[Any, bytes, int], res: Any) -> int:
+    """Upper estimate of the bytes a ``FastCache.computed`` entry holds."""
+    if res is None:
+        return COMPUTED_BASE + len(key[1])
+    ans = res[1]
+    n = len(ans.answers) + len(ans.authority) + len(ans.additional)
+    return COMPUTED_BASE + len(key[1]) + COMPUTED_PER_RECORD * n

@@ -204,8 +204,8 @@ class KubeDNSCollector(Collector):
         requests, responses, do = _Acc(), _Acc(), _Acc()
         duration = _HistAcc(TIME_BUCKETS)
         req_size, resp_size = _HistAcc(SIZE_BUCKETS), _HistAcc(SIZE_BUCKETS)
-        for key, (n, dsum, rq_sum, rs_sum, dbuckets) in m.stats.slots.items():
-            server, zone, proto, fam, qtype, rcode, do_bit, rq_b, rs_b, plugin = key
+        for key, (n, dsum, rq_sum, rs_sum, dbuckets, rq_buckets, rs_buckets) in m.stats.slots.items():
+            server, zone, proto, fam, qtype, rcode, do_bit, plugin = key
             z = servers.zone_label(server, zone)
             t = type_label(qtype)
             requests.add((server, z, "", proto, fam, t), n)
@@ -217,10 +217,12 @@ class KubeDNSCollector(Collector):
                 h[0][i] += c
             h[1] += dsum
             h = req_size.slot((server, z, "", proto))
-            h[0][rq_b] += n
+            for i, c in enumerate(rq_buckets):
+                h[0][i] += c
             h[1] += rq_sum
             h = resp_size.slot((server, z, "", proto))
-            h[0][rs_b] += n
+            for i, c in enumerate(rs_buckets):
+                h[0][i] += c
             h[1] += rs_sum
         fast: list[tuple[tuple[Any, ...], int]] = list(m.stats.fast_folded.items())
         for disp in m.kubedns.dispatchers.values():

@@ -177,16 +177,15 @@ class Dispatcher:
         if block.clusters is not None:
             res = None
             if q.qclass in (dns.IN, dns.ANY):
-                # computed answers are kept until the store changes (cleared with the fast cache)
-                memo = self.fast.computed
-                mkey = (block.clusters, qname, q.qtype)
-                res = memo.get(mkey, _UNSEEN)
+                # Computed once per lower-cased name and kept until the store changes (cleared
+                # with the fast cache, bounded in bytes); the query's case goes back in when the
+                # answer is encoded (_finish), so case spellings of one name share one answer.
+                mkey = (block.clusters, qname.lower(), q.qtype)
+                res = self.fast.computed.get(mkey, _UNSEEN)
                 if res is _UNSEEN:
-                    res = block.clusters.answer(qname, q.qtype, lname)
+                    res = block.clusters.answer(mkey[1], q.qtype, lname)
                     if res is None or res[1].rcode != SERVFAIL:  # SERVFAIL: not synced, ask again
-                        if len(memo) >= FastCache.max_computed:
-                            memo.clear()
-                        memo[mkey] = res
+                        self.fast.keep_computed(mkey, res)
             if res is not None:
                 zone, ans = res
                 if not block.clusters.falls_through(zone, ans):
@@ -275,6 +274,9 @@ class Dispatcher:
         block = req.block
         if ra is None:
             ra = block is not None and block.chain is not None
+        answers = ans.answers
+        if plugin == "kubernetes" and answers:
+            answers = _echo_case(answers, q.qname)
         flags = q.flags
         out = encode_response(
             qid=q.id,
@@ -287,7 +289,7 @@ class Dispatcher:
             rcode=ans.rcode,
             question=req.question,
             qname=q.qname,
-            answers=ans.answers,
+            answers=answers,
             authority=ans.authority,
             additional=ans.additional,
             edns=req.edns,
@@ -397,6 +399,37 @@ def _forward_query(req: Request) -> dns.Message:
     q = req.q
     msg = dns.Message(id=q.id, recDes=bool(q.flags & 0x0100), checkingDisabled=bool(q.flags & 0x0010))
     msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
+class _Owned:
+    """A kept cluster record as owned by the query's spelling of its name (only ``encode`` and
+    what it reads differ from the record itself: nothing is copied)."""
+
+    __slots__ = ("name", "rr")
+
+    def __init__(self, rr: dns.RRHeader, name: dns.Name):
+        self.rr = rr
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.rr, attr)
+
+    def encode(self, strio: Any, comp: dict[bytes, int] | None = None) -> None:
+        dns.RRHeader.encode(self, strio, comp)  # type: ignore[arg-type]
+
+
+def _echo_case(answers: list[dns.RRHeader], qname: bytes) -> list[Any]:
+    """``answers`` with the records owned by the lower-cased ``qname`` owned by ``qname`` as asked.
+
+    Cluster answers are computed and kept once per lower-cased name; owner names echo the
+    query's case (as CoreDNS does), so the spelling is put back here, per query, the way the
+    answer would have been encoded had it been computed for this spelling.
+    """
+    lower = qname.lower()
+    if lower == qname:
+        return answers
+    name = dns.Name(qname)
+    return [_Owned(rr, name) if rr.name.name == lower else rr for rr in answers]
+
+
     if req.edns is not None:
         msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0)]
     return msg

@@ -261,8 +261,55 @@ def test_fast_cache_byte_budget_holds_against_case_variants() -> None:
         variant = "".join(c.upper() if (i >> (k % 6)) & 1 else c for k, c in enumerate(name))
         proto.datagramReceived(_wire(variant, 1, i), ("127.0.0.1", 5000))
         assert disp.fast.bytes <= 2000
-        assert disp.fast.bytes == sum(len(e[0]) + 2 for e in disp.fast.entries.values())
+        over = disp.fast.entry_overhead
+        assert disp.fast.bytes == sum(len(e[0]) + 2 + len(k) + over for k, e in disp.fast.entries.items())
     assert disp.fast.entries  # still serving from the fast path after clearing
+    assert len(disp.fast.computed) == 1  # one computed answer for all 64 spellings
+
+
+def test_case_spellings_share_one_computed_answer_and_echo_their_case() -> None:
+    """The normal path computes a name once whatever its case; each answer carries the query's
+    spelling in its owner names and is byte for byte what an answer computed for that very
+    spelling encodes to (compression included)."""
+    from kubedns.wire import encode_response, parse_question
+
+    disp, proto, tr, store = _setup()
+    disp.fast.enabled = False
+    clusters = disp.blocks[0].clusters
+    name = "_pg._tcp.db.testns.svc.cluster.local"
+    spellings = [name, "_PG._tcp.DB.testns.svc.cluster.LOCAL", "_pG._TCP.db.TestNS.SVC.Cluster.local",
+                 "db.TESTNS.svc.cluster.local", "DB.testns.svc.cluster.local"]
+    for spelling in spellings:
+        packet = _wire(spelling, 33, 7)
+        proto.datagramReceived(packet, ("127.0.0.1", 5000))
+        got = tr.socket.sent[-1][0]
+        msg = dns.message.from_wire(got)
+        assert msg.answer and all(rr.name.to_text(omit_final_dot=True) == spelling for rr in msg.answer)
+        q = parse_question(packet)
+        assert q is not None
+        _, ans = clusters.answer(spelling.encode(), 33)
+        want = encode_response(qid=7, opcode=0, rd=True, cd=False, ra=False, aa=True, rcode=ans.rcode,
+                               question=packet[12:q.end], qname=q.qname, answers=ans.answers,
+                               authority=ans.authority, additional=ans.additional, limit=512)
+        assert got == want
+    assert sorted(k[1] for k in disp.fast.computed) == [b"_pg._tcp.db.testns.svc.cluster.local",
+                                                       b"db.testns.svc.cluster.local"]
+
+
+def test_computed_answers_are_bounded_in_bytes() -> None:
+    """Distinct names past the byte budget push the oldest computed answers out; the count of
+    bytes is what the kept answers cost."""
+    from kubedns.fastcache import computed_cost
+
+    disp, proto, tr, store = _setup()
+    disp.fast.enabled = False
+    disp.fast.max_computed_bytes = 5000
+    for i in range(200):
+        proto.datagramReceived(_wire(f"n{i}.default.svc.cluster.local", 1, i), ("127.0.0.1", 5000))
+        assert disp.fast.computed_bytes <= 5000
+        assert disp.fast.computed_bytes == sum(computed_cost(k, v) for k, v in disp.fast.computed.items())
+    kept = [k[1] for k in disp.fast.computed]
+    assert 1 < len(kept) < 200 and kept[-1] == b"n199.default.svc.cluster.local"
 
 
 def test_forward_failure_reason_reaches_observers() -> None:
