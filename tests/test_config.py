@@ -23,12 +23,13 @@ def test_shipped_configs_parse(name: str) -> None:
     assert block.forward is not None
 
 
-def test_kubeadm_default_shape() -> None:
+def test_project_default_shape() -> None:
+    """conf/corefile.yaml: kubeadm's Corefile forwarding to 8.8.8.8 (see tests/test_conf_files.py)."""
     cfg = load(str(REPO / "conf" / "corefile.yaml"))
     b = cfg.servers[0]
     assert b.listen == Address("0.0.0.0", 53)
     assert b.kubernetes.pods == "insecure" and b.kubernetes.ttl == 30
-    assert [str(u.host) for u in b.forward.to] == ["8.8.8.8"]
+    assert [str(u.host) for u in b.forward.to] == ["8.8.8.8"] and b.forward.max_concurrent == 1000
     assert b.cache.ttl == 30
     assert b.health.lameduck == 5.0 and b.prometheus.listen.port == 9153 and b.ready.listen.port == 8181
 
