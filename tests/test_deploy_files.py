@@ -10,7 +10,10 @@ Covers:
   ports, and a corefile.yaml that parses and matches the probes and ports.
 * ``conf/kubedns.service``: parsed with :mod:`configparser`; the hardening
   keys are asserted, and ``systemd-analyze verify`` / ``security --offline``
-  are run on it when ``systemd-analyze`` is installed.
+  are run on it when ``systemd-analyze`` is installed. Its install comment and the README's
+  systemd steps are the same commands: a venv at /opt/kubedns whose twistd is ExecStart, the
+  plugin cache built after pip, files that exist, and a kubeconfig readable by root and the
+  service's group only.
 * ``Containerfile`` and its ignore files: non-root USER, twistd ENTRYPOINT,
   pip install and a prebuilt Twisted plugin dropin cache.
 
@@ -24,6 +27,7 @@ import configparser
 import copy
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Hashable
@@ -37,6 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO / "conf" / "kubernetes"
 UNIT_FILE = REPO / "conf" / "kubedns.service"
+README = REPO / "README.md"
 CONTAINERFILE = REPO / "Containerfile"
 IGNORE_FILES = (REPO / ".containerignore", REPO / ".dockerignore")
 
@@ -566,7 +571,7 @@ def test_unit_ordering_and_install(unit: configparser.RawConfigParser) -> None:
 
 def test_unit_exec_lines(unit: configparser.RawConfigParser) -> None:
     argv = _unit_value(unit, "Service", "ExecStart").split()
-    assert argv[0] == "/usr/local/bin/twistd", "ExecStart must use the absolute twistd path pip installs"
+    assert argv[0] == f"{UNIT_VENV}/bin/twistd", "ExecStart must use the twistd of the venv the install steps make"
     assert argv[1:] == EXPECTED_UNIT_EXECSTART_ARGS
     config = Path(argv[-1])
     assert config.parent == Path("/etc") / _unit_value(unit, "Service", "ConfigurationDirectory")
@@ -657,6 +662,118 @@ def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
     level = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert level, result.stdout + result.stderr
     assert result.returncode == 0, f"exposure {level.group(1)} is above 2.0:\n{result.stdout}"
+
+
+def _commands(lines: list[str]) -> list[str]:
+    """Shell command lines with their trailing ``# comments`` and comment-only lines dropped."""
+    out = []
+    for line in lines:
+        command = re.split(r"(?:^|\s)#", line.strip(), maxsplit=1)[0].strip()
+        if command:
+            out.append(command)
+    return out
+
+
+def _unit_install_steps() -> list[str]:
+    """The commands of the "Install" paragraph of the unit's header comment."""
+    header = UNIT_FILE.read_text().split("\n[Unit]", 1)[0].splitlines()
+    start = next(i for i, line in enumerate(header) if line.startswith("# Install"))
+    block = []
+    for line in header[start + 1 :]:
+        if line.strip() == "#":
+            break
+        block.append(line.removeprefix("#"))
+    return _commands(block)
+
+
+def _readme_systemd_section() -> str:
+    text = README.read_text()
+    start = text.index("### As a systemd unit on a node")
+    end = text.index("\n#", start + 1)
+    return text[start:end]
+
+
+def _readme_systemd_steps() -> list[str]:
+    match = re.search(r"```sh\n(.*?)```", _readme_systemd_section(), re.S)
+    assert match, "no sh block in the README's systemd section"
+    return _commands(match.group(1).splitlines())
+
+
+def _placeholder(arg: str) -> bool:
+    """``KUBECONFIG-FILE``: a file the operator supplies."""
+    return re.fullmatch(r"[A-Z][A-Z-]*", arg) is not None
+
+
+def _install_step(steps: list[str], destination: str) -> list[str]:
+    found = [shlex.split(step) for step in steps if step.startswith("install ") and step.endswith(" " + destination)]
+    assert len(found) == 1, f"expected one install step to {destination} in {steps}"
+    return found[0]
+
+
+def _mode(argv: list[str]) -> int:
+    return int(argv[argv.index("-m") + 1], 8)
+
+
+UNIT_VENV = "/opt/kubedns"
+PREBUILD_PLUGIN_CACHE = "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+
+def test_unit_install_steps_are_the_readmes() -> None:
+    """The unit's comment and the README tell the operator the same commands, in the same order."""
+    unit_steps = _unit_install_steps()
+    readme_steps = _readme_systemd_steps()
+    assert len(unit_steps) >= 8, unit_steps
+    assert readme_steps[: len(unit_steps)] == unit_steps
+
+
+def test_unit_install_steps_use_a_venv_and_prebuild_the_plugin_cache(unit: configparser.RawConfigParser) -> None:
+    """pip goes into a venv (a stock Debian python3 is externally managed), its twistd is the
+    unit's ExecStart, and the plugin cache is built by that venv's python after pip."""
+    steps = _unit_install_steps()
+    venv = f"python3 -m venv {UNIT_VENV}"
+    pip = f"{UNIT_VENV}/bin/pip install ."
+    cache = f"{UNIT_VENV}/bin/python -c {shlex.quote(PREBUILD_PLUGIN_CACHE)}"
+    for step in (venv, pip, cache):
+        assert step in steps, f"{step!r} missing from {steps}"
+    assert steps.index(venv) < steps.index(pip) < steps.index(cache)
+    assert not any(s.startswith(("pip ", "python -c", "python3 -m pip")) for s in steps), "pip outside the venv"
+    assert _unit_value(unit, "Service", "ExecStart").split()[0] == f"{UNIT_VENV}/bin/twistd"
+
+
+def test_unit_install_steps_name_files_that_exist(unit: configparser.RawConfigParser) -> None:
+    steps = _unit_install_steps()
+    for step in (s for s in steps if s.startswith("install ")):
+        argv = shlex.split(step)
+        sources = [a for i, a in enumerate(argv[1:-1], 1) if not a.startswith("-") and argv[i - 1] not in ("-m", "-o", "-g")]
+        assert sources, step
+        for source in sources:
+            assert _placeholder(source) or (REPO / source).is_file(), f"{step}: no {source} in the repository"
+    config = _unit_value(unit, "Service", "ExecStart").split()[-1]
+    assert _install_step(steps, config)[-2] == "conf/corefile.yaml"
+    assert _install_step(steps, f"/etc/systemd/system/{UNIT_FILE.name}")[-2] == "conf/kubedns.service"
+
+
+def test_unit_kubeconfig_is_readable_by_the_service_group_only(unit: configparser.RawConfigParser) -> None:
+    """The kubeconfig holds credentials: root:kubedns 0640, and the unit's dynamic user gets
+    the kubedns group (the group is made before the unit starts)."""
+    group = _unit_value(unit, "Service", "SupplementaryGroups")
+    assert group == "kubedns"
+    assert _unit_value(unit, "Service", "DynamicUser") == "yes"
+    steps = _unit_install_steps()
+    argv = _install_step(steps, "/etc/kubedns/kubeconfig")
+    assert _mode(argv) == 0o640
+    assert _mode(argv) & 0o007 == 0, "the kubeconfig must not be world-readable"
+    assert argv[argv.index("-o") + 1] == "root"
+    assert argv[argv.index("-g") + 1] == group
+    groupadd = f"groupadd --system {group}"
+    assert groupadd in steps
+    enable = next(i for i, s in enumerate(steps) if "systemctl" in s and "enable" in s)
+    assert steps.index(groupadd) < steps.index(shlex.join(argv)) < enable
+    for where, text in (("README", _readme_systemd_section()), (UNIT_FILE.name, UNIT_FILE.read_text())):
+        for line in text.splitlines():
+            if "kubedns/kubeconfig" in line:
+                assert set(re.findall(r"\b0[0-7]{3}\b", line)) <= {"0640"}, f"{where}: {line}"
+        assert "0640" in text and "SupplementaryGroups=kubedns" in text, where
 
 
 # ------------------------------------------------------------------ Containerfile
