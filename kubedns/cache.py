@@ -9,7 +9,19 @@ scheduled per entry and expiry is checked lazily on lookup.
 Eviction is LRU (``OrderedDict.move_to_end`` / ``popitem``) rather than CoreDNS's random eviction
 per shard: both are O(1) here, and LRU keeps the names that are actually being asked for, which
 is what makes a small cache useful in front of a slow upstream.  Expired entries are not swept;
-they leave on their next lookup or when LRU pushes them out, so the size bound holds regardless.
+they leave on their next lookup or when LRU pushes them out, so the bounds hold regardless.
+
+Two bounds, both enforced on every insert: ``size`` entries and ``max_bytes`` bytes.  An entry
+is charged what it costs in memory: the answer's size on the wire plus a fixed cost per entry
+and per record for the decoded Python objects (measured with tracemalloc; see the constants),
+so a cache of large answers (long TXT, big SRV sets) is bounded by what it holds, not by its
+entry count.  An answer larger than the whole budget is not cached.
+
+The key is everything in the query that changes the answer: the name (lower-cased), type,
+class, the DO, CD and AD bits, and the client subnet (ECS) option as sent (family, source
+prefix, address), so a client never gets an answer the upstream tailored to another subnet.
+The entry keeps the upstream's ECS and Extended DNS Error options with the answer; per-request
+options (NSID, padding...) are relayed on the live answer only.
 
 What is cached (as CoreDNS): NOERROR answers (TTL = smallest RR TTL, capped at ``ttl``, floored at
 ``min_ttl``); NXDOMAIN and NODATA only when the authority section carries an SOA (RFC 2308: TTL =
@@ -32,22 +44,57 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.forward.config import CacheConfig
-from kubedns.forward.message import client_bits
+from kubedns.forward.message import ECS, answer_options, client_edns, option_data, options_record
 
-__all__ = ["Cache", "CacheKey", "cache_key", "response_ttl"]
+__all__ = ["Cache", "CacheKey", "cache_key", "entry_cost", "response_ttl"]
 
-CacheKey = tuple[bytes, int, int, bool, bool]
+#: (qname lower-cased, qtype, qclass, DO, CD, AD, ECS option data or b"")
+CacheKey = tuple[bytes, int, int, bool, bool, bool, bytes]
+
+EDE = 15  # Extended DNS Errors (RFC 8914): describes the answer, so it is kept with it
+_KEPT_OPTIONS = (ECS, EDE)
+#: Memory an entry costs beyond the answer's wire size: the entry, its key and the LRU slot
+#: (ENTRY_COST), and each decoded record (RRHeader, Name, payload objects: RECORD_COST).
+#: Measured with tracemalloc on A, AAAA, TXT and SRV answers (bench: tests/test_cache.py).
+ENTRY_COST = 600
+RECORD_COST = 500
 
 SUCCESS, DENIAL, SERVFAIL = "success", "denial", "servfail"
 
 
 def cache_key(query: dns.Message) -> CacheKey | None:
-    """(qname lower-cased, qtype, qclass, DO, CD) of the query's question, or None without one."""
+    """(qname lower-cased, qtype, qclass, DO, CD, AD, ECS) of the query, or None without a question."""
     if not query.queries:
         return None
     q = query.queries[0]
-    _rd, cd, do = client_bits(query)
-    return (q.name.name.lower(), q.type, q.cls, do, cd)
+    _rd, cd, do, ad, options = client_edns(query)
+    ecs = (option_data(options, ECS) or b"") if options else b""
+    return (q.name.name.lower(), q.type, q.cls, do, cd, ad, ecs)
+
+
+def entry_cost(response: dns.Message) -> int:
+    """Bytes an entry for ``response`` is charged: wire size plus object overheads (see above)."""
+    wire = getattr(response, "wire_size", None)
+    if wire is None:  # not from decode_response (tests, refreshes built by hand): encode it once
+        try:
+            wire = len(response.toStr())
+        except Exception:
+            wire = 512
+    records = len(response.answers) + len(response.authority) + len(response.additional)
+    return ENTRY_COST + RECORD_COST * records + wire
+
+
+def _kept_options(response: dns.Message) -> bytes:
+    """The upstream's options worth keeping with the answer (ECS scope, EDE), as OPT rdata."""
+    opts = answer_options(response)
+    if not opts:
+        return b""
+    out = []
+    for code in _KEPT_OPTIONS:
+        data = option_data(opts, code)
+        if data is not None:
+            out.append(code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data)
+    return b"".join(out)
 
 
 def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] | None:
@@ -86,6 +133,8 @@ class _Entry:
     additional: list
     stored: float
     ttl: int
+    cost: int = 0  # bytes charged against max_bytes
+    options: bytes = b""  # EDNS options kept with the answer (ECS, EDE)
     hits: int = 0
     last_hit: float = 0.0
 
@@ -117,6 +166,7 @@ class Cache:
         self.config = config
         self._reactor = reactor
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self.bytes = 0  # sum of the entries' cost, bounded by config.max_bytes
         # Counters for the metrics endpoint (plain ints, CoreDNS's cache metric names in spirit).
         self.hits = 0
         self.misses = 0
@@ -136,7 +186,7 @@ class Cache:
         age = now - e.stored
         if age >= e.ttl or age < -1.0:  # expired (or the clock jumped back: don't trust the entry)
             if not self._stale_usable(e, age):
-                del self._entries[key]
+                self._pop(key)
             self.misses += 1
             return None
         self._entries.move_to_end(key)
@@ -155,7 +205,7 @@ class Cache:
         age = self._reactor.seconds() - e.stored
         if not self._stale_usable(e, age):
             if age >= e.ttl or age < -1.0:
-                del self._entries[key]
+                self._pop(key)
             return None
         self.stale_served += 1
         return self._message(e, 0)
@@ -182,6 +232,8 @@ class Cache:
         m.answers = _copy_rrs(e.answers, ttl)
         m.authority = _copy_rrs(e.authority, ttl)
         m.additional = _copy_rrs(e.additional, ttl)
+        if e.options:
+            m.additional.append(options_record(e.options))
         return m
 
     # -- writing -------------------------------------------------------------------------------
@@ -191,6 +243,10 @@ class Cache:
         if decision is None:
             return False
         kind, ttl = decision
+        cost = entry_cost(response)
+        limit = self.config.max_bytes
+        if cost > limit:
+            return False
         entries = self._entries
         if kind == SERVFAIL:
             old = entries.get(key)
@@ -209,16 +265,27 @@ class Cache:
             additional=_copy_rrs(response.additional),
             stored=self._reactor.seconds(),
             ttl=ttl,
+            cost=cost,
+            options=_kept_options(response),
         )
-        old = entries.pop(key, None)
+        old = self._pop(key)
         if old is not None:  # a refresh keeps the popularity it earned
             entry.hits, entry.last_hit = old.hits, old.last_hit
         entries[key] = entry
+        self.bytes += cost
         self.inserts += 1
-        while len(entries) > self.config.size:
-            entries.popitem(last=False)
+        size = self.config.size
+        while len(entries) > size or self.bytes > limit:
+            _, gone = entries.popitem(last=False)
+            self.bytes -= gone.cost
             self.evictions += 1
         return True
+
+    def _pop(self, key: CacheKey) -> _Entry | None:
+        e = self._entries.pop(key, None)
+        if e is not None:
+            self.bytes -= e.cost
+        return e
 
     def peek(self, key: CacheKey) -> dns.Message | None:
         """The entry as a hit would return it now, without counting a hit (None if absent/expired)."""
@@ -231,10 +298,11 @@ class Cache:
         return self._message(e, e.ttl - int(max(age, 0.0)))  # the same countdown as get()
 
     def remove(self, key: CacheKey) -> None:
-        self._entries.pop(key, None)
+        self._pop(key)
 
     def clear(self) -> None:
         self._entries.clear()
+        self.bytes = 0
 
     # -- metrics -------------------------------------------------------------------------------
     @property
@@ -255,6 +323,7 @@ class Cache:
             "hits": self.hits,
             "misses": self.misses,
             "entries": len(self._entries),
+            "bytes": self.bytes,
             "stale_served": self.stale_served,
             "prefetches": self.prefetches,
             "evictions": self.evictions,

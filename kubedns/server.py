@@ -39,6 +39,7 @@ from kubedns.wire import (
     encode_response,
     error_response,
     parse_question,
+    query_edns_options,
     read_edns_raw,
     scan_query_records,
     ttl_fields,
@@ -263,6 +264,7 @@ class Dispatcher:
         lifetime: float = 0.0,
         plugin: str = "",
         error: str = "",
+        edns_options: bytes = b"",
     ) -> bytes:
         """Encode, report to observers, and keep the bytes for the fast path when allowed.
 
@@ -294,6 +296,7 @@ class Dispatcher:
             additional=ans.additional,
             edns=req.edns,
             limit=req.limit,
+            edns_options=edns_options,
         )
         proto = req.proto
         keep = (cacheable or lifetime > 0) and proto == "udp" and self.fast.enabled
@@ -355,8 +358,11 @@ class Dispatcher:
             authoritative=bool(upstream.auth),
         )
         block = req.block
+        # the upstream's EDNS options (kubedns.forward.message decoded them into an OPT record)
+        options = next((rr.payload.data for rr in upstream.additional if rr.type == dns.OPT), b"")
         return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData),
-                            lifetime=self._forward_lifetime(block, upstream), plugin="forward")
+                            lifetime=self._forward_lifetime(block, upstream), plugin="forward",
+                            edns_options=options)
 
     @staticmethod
     def _forward_limit(block: Block | None) -> int:
@@ -393,12 +399,6 @@ class Dispatcher:
                             plugin="forward", error=error)
 
 
-def _forward_query(req: Request) -> dns.Message:
-    """What the forward chain needs of a query (question, RD, CD, DO), built from what was
-    already parsed: the client's own records (a TSIG, a NOTIFY's SOA...) are never forwarded."""
-    q = req.q
-    msg = dns.Message(id=q.id, recDes=bool(q.flags & 0x0100), checkingDisabled=bool(q.flags & 0x0010))
-    msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
 class _Owned:
     """A kept cluster record as owned by the query's spelling of its name (only ``encode`` and
     what it reads differ from the record itself: nothing is copied)."""
@@ -430,6 +430,16 @@ def _echo_case(answers: list[dns.RRHeader], qname: bytes) -> list[Any]:
     return [_Owned(rr, name) if rr.name.name == lower else rr for rr in answers]
 
 
+def _forward_query(req: Request) -> dns.Message:
+    """What the forward chain needs of a query (question, RD, CD, AD, DO, EDNS options), built from
+    what was already parsed: the client's own records (a TSIG, a NOTIFY's SOA...) are never
+    forwarded.  The OPT's options travel as raw rdata, as twisted.names decodes an OPT."""
+    q = req.q
+    flags = q.flags
+    msg = dns.Message(id=q.id, recDes=bool(flags & 0x0100), checkingDisabled=bool(flags & 0x0010),
+                      authenticData=bool(flags & 0x0020))
+    msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
     if req.edns is not None:
-        msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0)]
+        msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0,
+                                       payload=dns.UnknownRecord(query_edns_options(req.packet, q)))]
     return msg

@@ -32,6 +32,7 @@ __all__ = [
     "encode_response",
     "error_response",
     "parse_question",
+    "query_edns_options",
     "question_compression",
     "read_edns_raw",
     "ttl_fields",
@@ -233,9 +234,35 @@ def question_compression(qname: bytes) -> dict[bytes, int]:
     return comp
 
 
-def _opt_bytes(ext_rcode: int, do: bool) -> bytes:
+def _opt_bytes(ext_rcode: int, do: bool, options: bytes = b"") -> bytes:
     ttl = ((ext_rcode >> 4) & 0xFF) << 24 | (0x8000 if do else 0)
-    return _OPT_FIXED.pack(0, dns.OPT, EDNS_UDP_SIZE, ttl, 0)
+    return _OPT_FIXED.pack(0, dns.OPT, EDNS_UDP_SIZE, ttl, len(options)) + options
+
+
+def query_edns_options(data: bytes, q: Question) -> bytes:
+    """The rdata (EDNS options) of a query's OPT record, b"" without one or when malformed.
+
+    For relaying the client's options upstream; the query was already checked by
+    :func:`read_edns_raw` or :func:`scan_query_records`.  The usual shape (the OPT is the only
+    and last record) is one slice; other shapes are walked as those functions walk them.
+    """
+    if not q.arcount:
+        return b""
+    pos = q.end
+    if not q.ancount and not q.nscount and q.arcount == 1:
+        is_opt = len(data) >= pos + 11 and data[pos] == 0 and data[pos + 1 : pos + 3] == b"\x00\x29"
+        return data[pos + 11 :] if is_opt else b""
+    n = len(data)
+    for _ in range(q.ancount + q.nscount + q.arcount):
+        owner = pos
+        after = scan_name(data, pos)
+        if after is None or after + 10 > n:
+            return b""
+        rtype, _, _, rdlen = _RR_FIXED.unpack_from(data, after)
+        pos = after + 10 + rdlen
+        if rtype == dns.OPT and data[owner] == 0:
+            return data[after + 10 : pos]
+    return b""
 
 
 def udp_limit(edns: Edns | None) -> int:
@@ -262,11 +289,13 @@ def encode_response(
     additional: Sequence[dns.RRHeader] = (),
     edns: Edns | None = None,
     limit: int = 65535,
+    edns_options: bytes = b"",
 ) -> bytes:
     """Encode a response that fits in ``limit`` bytes, cut at whole records, TC when needed.
 
     ``question`` is the question section exactly as the client sent it (name case included) and
-    ``qname`` its dotted name, so answer owners compress against it.
+    ``qname`` its dotted name, so answer owners compress against it.  ``edns_options`` (OPT
+    rdata, e.g. an upstream's relayed options) go in our OPT record, only if the client sent one.
     """
     strio = BytesIO()  # the body: twisted's Name.encode adds the 12-byte header to offsets itself
     strio.write(question)
@@ -276,7 +305,7 @@ def encode_response(
         rr.encode(strio, comp)
         ends.append(strio.tell())
     body = strio.getvalue()
-    opt = _opt_bytes(rcode, edns.do) if edns is not None else b""
+    opt = _opt_bytes(rcode, edns.do, edns_options) if edns is not None else b""
     counts = [len(answers), len(authority), len(additional)]
     tc = False
     if 12 + len(body) + len(opt) > limit:

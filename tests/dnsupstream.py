@@ -32,6 +32,12 @@ Modes (``up.mode``):
 - ``"forward"``: relay each query over UDP to ``up.forward_to = (host, port)`` and return what
   comes back (SERVFAIL after ``up.forward_timeout``); used to build forwarding loops.
 
+EDNS: every :class:`Received` records the query's AD bit and its EDNS options as
+``(code, wire data)`` pairs.  ``up.shape = fn`` lets a test shape each answer: ``fn(query,
+response)`` gets both dnspython messages before the response is encoded, and may add EDNS
+options (``response.use_edns(0, options=[...])``), set flags (AD) or an extended rcode, or
+answer per client subnet.
+
 DNS-over-TLS: ``DNSUpstream(tls=make_tls_files(tmpdir, dns_names=["dns.test"]))`` serves TLS on
 the TCP port (UDP stays plain).  :func:`make_tls_files` writes a throw-away CA and a leaf
 certificate for the given names/IPs with ``cryptography``.
@@ -78,6 +84,12 @@ class Received:
     source: tuple[str, int]
     id: int
     at: float = field(default_factory=time.monotonic)
+    ad: bool = False
+    options: tuple[tuple[int, bytes], ...] = ()  # EDNS options as (code, wire data)
+
+    def option(self, code: int) -> bytes | None:
+        """The data of the first EDNS option ``code`` the query carried, or None."""
+        return next((data for c, data in self.options if c == code), None)
 
 
 def _norm(name: str) -> str:
@@ -133,6 +145,7 @@ class DNSUpstream:
         self.forward_timeout = 2.0
         self.negative_soa = True
         self.close_tcp_after_answer = False  # act like a server that closes connections at once
+        self.shape: Any = None  # fn(query, response) -> None, see the module docstring
         self.queries: list[Received] = []
         self.tcp_connections = 0
         self._records: dict[tuple[str, str], tuple[int, list[str]]] = {}
@@ -415,6 +428,8 @@ class DNSUpstream:
             edns_payload=int(q.payload) if q.edns >= 0 else 0,
             source=(addr[0], addr[1]),
             id=q.id,
+            ad=bool(q.flags & dns.flags.AD),
+            options=tuple((int(o.otype), o.to_wire()) for o in q.options),
         )
         with self._lock:
             self.queries.append(rec)
@@ -457,6 +472,8 @@ class DNSUpstream:
         else:
             ttl, rdatas = found
             r.answer.append(dns.rrset.from_text(qq.name, ttl, "IN", rdtype, *rdatas))
+        if self.shape is not None:
+            self.shape(q, r)
         if transport == "udp":
             limit = max(512, q.payload) if q.edns >= 0 else 512
             if mode == "truncate":

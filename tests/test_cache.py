@@ -24,11 +24,21 @@ pytestmark = pytest.mark.timeout(10)
 # -- builders ------------------------------------------------------------------------------------
 
 
-def query(name: bytes = b"example.com", qtype: int = dns.A, *, do: bool = False, cd: bool = False) -> dns.Message:
-    q = dns.Message(recDes=1, checkingDisabled=int(cd))
+def query(
+    name: bytes = b"example.com",
+    qtype: int = dns.A,
+    *,
+    do: bool = False,
+    cd: bool = False,
+    ad: bool = False,
+    options: list[tuple[int, bytes]] | None = None,
+) -> dns.Message:
+    """A query as the server hands it to the chain (decoded from bytes: OPT options as raw rdata)."""
+    q = dns.Message(recDes=1, checkingDisabled=int(cd), authenticData=int(ad))
     q.addQuery(name, qtype)
-    if do:
-        q.additional.append(dns._OPTHeader(dnssecOK=True))
+    if do or options:
+        opts = [dns._OPTVariableOption(code, data) for code, data in options or []]
+        q.additional.append(dns._OPTHeader(dnssecOK=do, options=opts))
     m = dns.Message()
     m.fromStr(q.toStr())
     return m
@@ -62,7 +72,8 @@ def make(cfg: CacheConfig | None = None) -> tuple[Cache, task.Clock]:
     return Cache(cfg or CacheConfig(), reactor=clock), clock
 
 
-KEY = (b"example.com", dns.A, dns.IN, False, False)
+KEY = (b"example.com", dns.A, dns.IN, False, False, False, b"")
+ECS_V4_24 = b"\x00\x01\x18\x00\xc0\x00\x02"  # family 1, source /24, scope 0, 192.0.2
 
 
 # -- what is cached, and for how long ----------------------------------------------------------
@@ -102,9 +113,24 @@ def test_zero_ttls_and_disabled_servfail() -> None:
 
 def test_cache_key_lowercases_and_separates_do_cd() -> None:
     assert cache_key(query(b"ExAmple.COM")) == KEY
-    assert cache_key(query(do=True)) == (b"example.com", dns.A, dns.IN, True, False)
-    assert cache_key(query(cd=True)) == (b"example.com", dns.A, dns.IN, False, True)
+    assert cache_key(query(do=True)) == (b"example.com", dns.A, dns.IN, True, False, False, b"")
+    assert cache_key(query(cd=True)) == (b"example.com", dns.A, dns.IN, False, True, False, b"")
     assert cache_key(dns.Message()) is None
+
+
+def test_cache_key_separates_ad_and_client_subnet_not_other_options() -> None:
+    """AD and the ECS option change the answer; NSID, a cookie or padding do not."""
+    assert cache_key(query(ad=True)) == (b"example.com", dns.A, dns.IN, False, False, True, b"")
+    with_ecs = cache_key(query(options=[(8, ECS_V4_24)]))
+    assert with_ecs == (b"example.com", dns.A, dns.IN, False, False, False, ECS_V4_24)
+    other_net = cache_key(query(options=[(8, b"\x00\x01\x18\x00\xc6\x33\x64")]))  # 198.51.100/24
+    assert other_net not in (with_ecs, KEY)
+    other_prefix = cache_key(query(options=[(8, b"\x00\x01\x10\x00\xc0\x00")]))  # 192.0/16
+    assert other_prefix not in (with_ecs, KEY)
+    # NSID request, a cookie, padding: relayed, but the answer is the same
+    noise = [(3, b""), (10, b"\x01" * 8), (12, b"\x00" * 20)]
+    assert cache_key(query(options=noise)) == KEY
+    assert cache_key(query(options=[*noise, (8, ECS_V4_24)])) == with_ecs
 
 
 # -- TTL countdown and expiry --------------------------------------------------------------------
@@ -397,6 +423,7 @@ def test_chain_stats_shape() -> None:
         "hits": 0,
         "misses": 0,
         "entries": 0,
+        "bytes": 0,
         "stale_served": 0,
         "prefetches": 0,
         "evictions": 0,

@@ -91,9 +91,12 @@ class ForwardChain:
             if stale is not None:
                 return stale
         if self.cache.put(key, response):
-            # answer as later hits will (TTLs capped by the cache config), as CoreDNS does
+            # answer as later hits will (TTLs capped by the cache config), as CoreDNS does, but
+            # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE)
             served = self.cache.peek(key)
             if served is not None:
+                served.additional = [rr for rr in served.additional if rr.type != dns.OPT]
+                served.additional.extend(rr for rr in response.additional if rr.type == dns.OPT)
                 return served
         return response
 

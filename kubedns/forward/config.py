@@ -59,6 +59,7 @@ class CacheConfig:
     denial_ttl: int = 1800  # cap for NXDOMAIN/NODATA (RFC 2308 TTL)
     servfail_ttl: float = 5.0  # upstream SERVFAIL cached this long; 0: never
     size: int = 9984  # entries
+    max_bytes: int = 32 << 20  # memory the entries may take (wire size + object overhead), LRU evicted
     prefetch_amount: int = 0  # 0: prefetch off
     prefetch_duration: float = 60.0  # "popular" = amount hits with no gap this long
     prefetch_percentage: int = 10  # prefetch when the TTL left drops below this % (or 1 s)
@@ -204,7 +205,26 @@ def parse_forward(node: Node) -> ForwardConfig:
 
 # -- cache -------------------------------------------------------------------------------------
 
-_CACHE_KEYS = {"ttl", "min_ttl", "denial_ttl", "servfail", "size", "prefetch", "serve_stale"}
+_CACHE_KEYS = {"ttl", "min_ttl", "denial_ttl", "servfail", "size", "max_bytes", "prefetch", "serve_stale"}
+_BYTE_UNITS = {"": 1, "k": 1000, "ki": 1 << 10, "m": 1000**2, "mi": 1 << 20, "g": 1000**3, "gi": 1 << 30}
+_BYTES_RE = re.compile(r"(\d+)\s*([kmg]i?)?b?", re.IGNORECASE)
+
+
+def _bytes(node: Node, lo: int, hi: int) -> int:
+    """A size in bytes: a number, or a string with a unit as Kubernetes writes them (``"32Mi"``)."""
+    expect = f'a size from {lo >> 10}Ki to {hi >> 30}Gi: bytes as a number, or a string like "32Mi" or "64M"'
+    v = node.value
+    if isinstance(v, bool):
+        raise node.error(expect)
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, str) and (m := _BYTES_RE.fullmatch(v.strip())):
+        n = int(m.group(1)) * _BYTE_UNITS[(m.group(2) or "").lower()]
+    else:
+        raise node.error(expect)
+    if not lo <= n <= hi:
+        raise node.error(expect)
+    return n
 _STALE_DEFAULT = 3600.0
 
 
@@ -312,6 +332,7 @@ def parse_cache(node: Node) -> CacheConfig:
         denial_ttl=denial_ttl,
         servfail_ttl=_parse_servfail(node.get("servfail", d.servfail_ttl)),
         size=node.get("size", d.size).integer(1, 10_000_000),
+        max_bytes=_bytes(node.get("max_bytes", d.max_bytes), 64 << 10, 64 << 30),
         prefetch_amount=amount,
         prefetch_duration=duration,
         prefetch_percentage=pct,

@@ -3,8 +3,10 @@
 Owns the per-upstream state (consecutive failures, down/up, health probes, counters) and the
 request-level logic CoreDNS's *forward* plugin has: pick upstreams by ``policy``, skip the ones
 marked down (or try them all when every one is down), fail over on timeouts and network errors
-within one request budget, and relay the first answer *unchanged* (rcode and every section), since
-SERVFAIL or NXDOMAIN from an upstream is an answer, not a failure.  Identical questions in flight
+within one request budget, and relay the first answer *unchanged* (rcode and every section, the
+AD bit, EDNS options and extended rcode; see :mod:`kubedns.forward.message` for the per-hop
+options that are not relayed), since SERVFAIL or NXDOMAIN from an upstream is an answer, not a
+failure.  Identical questions in flight
 share one upstream exchange.  An upstream the loop detector found sending queries back to us is
 isolated: never asked (not even when every other one is down) until the detector restores it.
 The wire work lives in :mod:`kubedns.forward.transport`.
@@ -25,7 +27,7 @@ from twisted.python.failure import Failure
 
 from kubedns.counters import TIME_BUCKETS
 from kubedns.forward.config import ForwardConfig
-from kubedns.forward.message import Expect, build_query, client_bits, decode_response, is_truncated
+from kubedns.forward.message import Expect, build_query, client_edns, decode_response, is_truncated
 from kubedns.forward.transport import StreamClient, TransportError, describe, udp_exchange
 from kubedns.forward.upstream import UpstreamSpec
 
@@ -240,9 +242,9 @@ class Forwarder:
             return defer.fail(Refused(f"more than {limit} concurrent forwarded queries"))
         q = query.queries[0]
         name = q.name.name
-        rd, cd, do = client_bits(query)
+        rd, cd, do, ad, options = client_edns(query)
         lname = name.lower()
-        key = (lname, q.type, q.cls, do, cd, rd)
+        key = (lname, q.type, q.cls, do, cd, rd, ad, options)
         only = self._pinned.get(lname) if self._pinned else None
         flight = self._flights.get(key)
         waiter = self._join(key, flight)
@@ -251,7 +253,7 @@ class Forwarder:
             return waiter
         flight = self._flights[key]
         try:
-            template = build_query(name, q.type, q.cls, rd=rd, cd=cd, do=do)
+            template = build_query(name, q.type, q.cls, rd=rd, cd=cd, do=do, ad=ad, options=options)
             expect = Expect.for_question(name, q.type, q.cls)
         except ValueError as e:
             inner: defer.Deferred = defer.fail(UpstreamsFailed(f"cannot forward {name!r}: {e}"))
