@@ -13,8 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import dns.flags
+import dns.message
+import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from tests import fakeapi
@@ -70,6 +73,12 @@ def test_zone_transfers_of_cluster_zones_are_refused(kubedns_process, tmp_path: 
             assert dns.rcode.to_text(r.rcode()) == "REFUSED", (name, rdtype)
             assert (r.answer, r.authority) == ([], [])
             assert not r.flags & dns.flags.AA
+    # an IXFR as resolvers send it, with the serial they hold as an SOA in the authority section
+    q = dns.message.make_query("cluster.local", "IXFR")
+    q.authority.append(dns.rrset.from_text(
+        "cluster.local.", 0, "IN", "SOA", "ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"))
+    r = dns.query.tcp(q, "127.0.0.1", port=port, timeout=3) if tcp else dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
+    assert dns.rcode.to_text(r.rcode()) == "REFUSED" and r.answer == []
     assert upstream.count() == 0  # refused here, never forwarded
     # the server still answers normally afterwards, on the same transport
     assert rrset_text(query(port, "nginx.default.svc.cluster.local", tcp=tcp)) == ["nginx.default.svc.cluster.local A 10.96.0.100"]
