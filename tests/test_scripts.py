@@ -233,3 +233,17 @@ def test_demo_second_start_answers_without_network_or_pip() -> None:
     assert answer.stdout.strip() == "10.96.0.100", answer.stderr + out
     assert "up to date (pip not run" in out, out
     assert took < 60, f"first answer after {took:.1f}s"
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    """The README's two commands are scripts/demo and scripts/test, and CI runs the second."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The two commands"):]
+    section = section[: section.index("\n## ", 1)]
+    blocks = [b.strip().splitlines()[0] for b in section.split("```sh\n")[1:]]
+    assert blocks == ["scripts/demo", "scripts/test"]
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == "exec scripts/test"
+    for script in ("demo", "test"):
+        text = (REPO / "scripts" / script).read_text()
+        assert "source scripts/venv.sh" in text and "kubedns_venv" in text, f"scripts/{script} skips the venv"
