@@ -12,8 +12,10 @@ traffic stays on 127.0.0.1 and no config forwards anywhere.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ import dns.update
 import pytest
 
 from tests import fakeapi
-from tests.conftest import KubeDNSProcess, free_port, query, rrset_text
+from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text, wait_for
 from tests.test_server_e2e import cluster_config, cluster_objects, write_manifests
 
 pytestmark = pytest.mark.timeout(120)
@@ -358,6 +360,20 @@ class NeverReader:
             self.progress = time.monotonic()
             view = view[k:]
 
+    def silence(self) -> None:
+        """Send nothing more, keep the connection open, still never read."""
+        self._stop.set()
+        self.thread.join(5)
+
+    def stalled(self, quiet: float = 0.5) -> bool:
+        """The server has taken none of our bytes for ``quiet`` seconds (or we stopped)."""
+        return not self.thread.is_alive() or time.monotonic() - self.progress > quiet
+
+    def closed_by_server(self) -> bool:
+        """The server reset (or closed) the connection, seen without reading a byte of it."""
+        state = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        return state != 1  # TCP_ESTABLISHED; an abort leaves TCP_CLOSE, a FIN TCP_CLOSE_WAIT
+
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(5)
@@ -402,6 +418,169 @@ def test_pipelining_client_does_not_starve_other_clients(own_srv: Srv) -> None:
         assert not slow, f"queries from another client took {slow} s while one TCP client pipelined"
     finally:
         attacker.stop()
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _synced(port: int) -> None:
+    wait_for(lambda: rrset_text(query(port, NGINX, timeout=0.5)) == NGINX_A)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _stall(attackers: list[NeverReader], pid: int, timeout: float = 30.0) -> float:
+    """Wait until the server stopped taking bytes from every attacker, silence them all, wait
+    until the server has answered the backlog its kernel buffered (it uses no CPU for 0.3 s),
+    and return when it went quiet (monotonic): from then on nothing happens on those
+    connections."""
+    deadline = time.monotonic() + timeout
+    while not all(a.stalled() for a in attackers):
+        assert time.monotonic() < deadline, "the server kept reading from clients that never read"
+        time.sleep(0.05)
+    for a in attackers:
+        a.silence()
+    ticks = _cpu_ticks(pid)
+    while True:
+        time.sleep(0.3)
+        now = _cpu_ticks(pid)
+        if now - ticks <= 2:
+            return time.monotonic() - 0.3
+        assert time.monotonic() < deadline, "the server kept working for clients that never read"
+        ticks = now
+
+
+def test_silent_clients_that_never_read_are_aborted_at_the_idle_timeout(own_srv: Srv) -> None:
+    """20 clients pipeline queries for a 16 KB answer without reading until every buffer on the
+    way is full, then go silent.  A graceful close would wait forever for them to read what is
+    queued; the idle timeout (1 s here) must abort them, and others are served meanwhile.
+
+    Seen from the server: its descriptors go back to where they were.  (The client may learn
+    of the reset only later: the server's RST carries a sequence number past the client's full
+    receive window and is ignored until the client's next window probe draws another.)"""
+    srv = own_srv
+    _synced(srv.port)
+    fds0 = _open_fds(srv.pid)
+    msg = framed(dns.message.make_query("huge.default.svc.cluster.local", "A").to_wire())
+    attackers = [NeverReader(srv.port, msg, seconds=60) for _ in range(20)]
+    try:
+        quiet = _stall(attackers, srv.pid)
+        assert_healthy(srv, timeout=2)  # new TCP clients are served while they are held
+        deadline = quiet + 1 + 4  # the idle timeout + a margin
+        while _open_fds(srv.pid) > fds0 + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - quiet
+        assert _open_fds(srv.pid) <= fds0 + 2, \
+            f"{_open_fds(srv.pid) - fds0} descriptors still held {took:.1f} s after the connections went silent"
+        print(f"silent non-reading clients closed by the server {took:.2f} s after going silent (idle 1 s)")
+    finally:
+        for a in attackers:
+            a.stop()
+    assert_healthy(srv)
+
+
+class _LimitedProcess(KubeDNSProcess):
+    """``twistd kubedns`` started with a hard open-files limit of ``nofile``."""
+
+    def __init__(self, config: dict, workdir: Path, nofile: int):
+        super().__init__(config, workdir)
+        self.nofile = nofile
+
+    def command(self) -> list[str]:
+        setlimit = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({self.nofile}, {self.nofile})); "
+                    "os.execv(sys.argv[1], sys.argv[1:])")
+        return [sys.executable, "-c", setlimit, *super().command()]
+
+
+def test_at_the_connection_cap_clients_that_never_read_make_room(tmp_path: Path) -> None:
+    """With 64 open files the TCP cap is 32 connections; 32 clients that never read fill it and
+    go silent (idle timeout 60 s, so it is not what frees them).  A new client must still be
+    answered at once: the connection stalled longest is aborted to make room."""
+    manifests = tmp_path / "cluster.yaml"
+    write_manifests(manifests, _objects())
+    port = free_port()
+    proc = _LimitedProcess({**cluster_config(port, manifests), "tcp_idle_timeout": "60s"}, tmp_path, 64).start()
+    attackers: list[NeverReader] = []
+    try:
+        proc.wait_listening(port)
+        srv = Srv(port, proc)
+        _synced(port)
+        msg = framed(dns.message.make_query("huge.default.svc.cluster.local", "A").to_wire())
+        attackers = [NeverReader(port, msg, seconds=60) for _ in range(32)]
+        _stall(attackers, proc.proc.pid)
+        held = _open_fds(proc.proc.pid)
+        for _ in range(5):
+            t0 = time.monotonic()
+            r = query(port, NGINX, tcp=True, timeout=2)
+            assert rrset_text(r) == NGINX_A and time.monotonic() - t0 < 2
+        assert _open_fds(proc.proc.pid) <= held  # each new client took the place of one that never read
+        assert_healthy(srv)
+    finally:
+        for a in attackers:
+            a.stop()
+        proc.stop()
+
+
+# -- HTTP endpoints: idle, half-sent and trickled connections -----------------------------
+
+def test_http_idle_and_half_sent_connections_are_capped_and_closed(kubedns_process, tmp_path: Path) -> None:
+    """200 idle connections, 20 that send half a request and one that trickles a header byte
+    every 0.4 s, against /health: at most 100 are held (the oldest waiting one makes room for a
+    new one), /health keeps answering meanwhile, and every one is closed within the 10 s request
+    timeout plus a margin, the trickled one included (twisted.web alone keeps them 12 hours)."""
+    from kubedns.health import HTTP_MAX_CONNECTIONS, HTTP_TIMEOUT
+
+    manifests = tmp_path / "cluster.yaml"
+    write_manifests(manifests, _objects())
+    port, hp = free_port(), free_port()
+    cfg = cluster_config(port, manifests)
+    cfg["servers"][0]["health"] = {"listen": f"127.0.0.1:{hp}", "lameduck": 0}
+    proc = kubedns_process(cfg)
+    proc.wait_listening(port)
+    wait_for(lambda: http_get(hp, "/health") == (200, "OK"))
+    pid = proc.proc.pid
+    fds0 = _open_fds(pid)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        t0 = time.monotonic()
+        for i in range(220):
+            c = socket.create_connection(("127.0.0.1", hp), timeout=3)
+            if i >= 200:
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            conns.append(c)
+        trickler = socket.create_connection(("127.0.0.1", hp), timeout=3)
+        trickler.sendall(b"GET /health HTTP/1.1\r\n")
+        started = time.monotonic()
+
+        def trickle() -> None:
+            while not stop.wait(0.4):
+                try:
+                    trickler.sendall(b"X")
+                except OSError:
+                    return
+
+        threading.Thread(target=trickle, daemon=True).start()
+        for _ in range(5):  # while they are held, /health answers, and at most the cap is open
+            t1 = time.monotonic()
+            assert http_get(hp, "/health", timeout=2) == (200, "OK")
+            assert time.monotonic() - t1 < 2
+            assert _open_fds(pid) <= fds0 + HTTP_MAX_CONNECTIONS + 2, f"{_open_fds(pid)} fds, {fds0} before"
+            time.sleep(0.5)
+        deadline = started + HTTP_TIMEOUT + 3
+        kept = [c for c in conns if not closed_by_peer(c, max(0.01, deadline - time.monotonic()))]
+        assert not kept, f"{len(kept)} of 220 idle or half-sent HTTP connections open after {time.monotonic() - t0:.1f} s"
+        assert closed_by_peer(trickler, max(0.01, deadline - time.monotonic())), "a trickled request was kept open"
+        assert time.monotonic() - started < HTTP_TIMEOUT + 3
+    finally:
+        stop.set()
+        for c in conns:
+            c.close()
+    assert http_get(hp, "/health") == (200, "OK")
 
 
 # -- UDP: hostile but well-formed, and malformed in ways the fuzz test does not reach ------
