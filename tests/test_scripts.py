@@ -13,6 +13,7 @@ a network namespace with nothing but loopback.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -247,3 +248,45 @@ def test_ci_runs_the_readmes_test_command() -> None:
     for script in ("demo", "test"):
         text = (REPO / "scripts" / script).read_text()
         assert "source scripts/venv.sh" in text and "kubedns_venv" in text, f"scripts/{script} skips the venv"
+
+
+def _fake_debian(tmp_path: Path, uid: int) -> tuple[dict[str, str], Path]:
+    """A PATH on which python3 lacks ensurepip until "apt-get install" ran, apt-get only records
+    its arguments, and id says ``uid``: the decisions of venv.sh, not Debian's packages."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "apt.log"
+    installed = tmp_path / "installed"
+    real = shutil.which("python3", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                         if not p.startswith(str(REPO))))
+    assert real
+    scripts = {
+        "python3": f'#!/bin/bash\nif [[ "$*" == *ensurepip* && ! -e {installed} ]]; then exit 1; fi\nexec {real} "$@"\n',
+        "apt-get": f'#!/bin/bash\necho "$*" >> {log}\n[[ "$1" != install ]] || touch {installed}\n',
+        "id": f"#!/bin/bash\necho {uid}\n",
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    return env, log
+
+
+def test_venv_support_installs_python3_venv_as_root_on_debian(tmp_path: Path) -> None:
+    env, log = _fake_debian(tmp_path, 0)
+    script = f"set -euo pipefail; source {VENV_SH}; kubedns_venv_support; kubedns_apt_install dnsutils"
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "update -qq"  # once, before the first install, not again for the second
+    assert re.fullmatch(r"install -y -qq python3-venv python3\.\d+-venv", calls[1]), calls
+    assert calls[2:] == ["install -y -qq dnsutils"]
+
+
+def test_venv_support_says_what_to_install_when_not_root(tmp_path: Path) -> None:
+    env, log = _fake_debian(tmp_path, 1000)
+    r = subprocess.run(["bash", "-c", f"source {VENV_SH}; kubedns_venv_support"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert not log.exists(), "apt-get must not run without root"
+    assert r.stderr.count("\n") == 1 and "apt-get install python3-venv" in r.stderr, r.stderr
