@@ -47,6 +47,12 @@ class KubernetesConfig:
         base = ("namespaces", "services", "endpointslices")
         return base + ("pods",) if self.pods == "verified" else base
 
+    def watch_key(self) -> tuple[str | None, str | None, tuple[str, ...]]:
+        """What a store for this config watches.  Blocks and reloads with the same key share one
+        store and watch: ``ttl``, ``zones``, ``fallthrough`` and ``pods`` between ``insecure``
+        and ``disabled`` only change how answers are made from it (see :mod:`kubedns.stores`)."""
+        return (self.kubeconfig, self.manifests, self.resources())
+
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:

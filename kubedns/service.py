@@ -8,11 +8,12 @@ listener sharing one :class:`~kubedns.server.Dispatcher`.  Tests and twistd both
 Reload (SIGHUP, or the ``reload`` key's periodic check) parses the file again; an invalid file is
 logged and counted and the running config keeps serving.  So is a valid one that cannot be
 applied: every new listening address (DNS, and HTTP for health/ready/prometheus) is bound before
-anything is committed, and a bind failure rejects the whole reload.  A valid one is applied piece by piece:
-parts whose config is unchanged (a store and its watch, a forward chain, a listening socket) are
-kept as they are, so a reload neither relists the cluster nor closes a socket it does not have
-to, and queries keep being answered throughout: dispatchers get their new blocks in one
-assignment on the reactor thread.
+anything is committed, and a bind failure rejects the whole reload.  A valid one is applied piece
+by piece: parts whose config is unchanged (a forward chain, a listening socket) are kept as they
+are, and a store and its watch are kept whenever what they watch is unchanged, so a reload
+neither relists the cluster nor closes a socket it does not have to; a store that must be new
+answers only once it has synced (:mod:`kubedns.stores`).  Queries keep being answered
+throughout: dispatchers get their new blocks in one assignment on the reactor thread.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from kubedns.configbase import Address
 from kubedns.k8s.store import Store
 from kubedns.listen import ListenError, TCPListener, UDPListener, bind_failure, fd_limit
 from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
-from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
+from kubedns.stores import ClusterSources
 from kubedns.workers import WorkerPool, announce_ready, worker_index
 
 __all__ = ["KubeDNS", "banner", "build"]
@@ -120,7 +121,8 @@ class KubeDNS(service.MultiService):
             self.pool = WorkerPool(config.workers, reactor=reactor)
             self.pool.setServiceParent(self)
         self._announced = False
-        self._k8s: dict[KubernetesConfig, tuple[Store, service.Service]] = {}
+        #: stores and sources keyed by what they watch; swaps them without a gap on reload
+        self.clusters = ClusterSources(self, self._source, self._store_changed, reactor)
         self._fwd: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._listeners: dict[Address, _Listener] = {}
         self.reload_failures = 0
@@ -137,11 +139,11 @@ class KubeDNS(service.MultiService):
     # -- views used by ops (health, metrics) ------------------------------------------------------
     @property
     def stores(self) -> list[Store]:
-        return [s for s, _ in self._k8s.values()]
+        return self.clusters.stores
 
     @property
     def sources(self) -> list[service.Service]:
-        return [src for _, src in self._k8s.values()]
+        return self.clusters.sources
 
     @property
     def chains(self) -> list[tuple[Any, Any]]:
@@ -217,23 +219,12 @@ class KubeDNS(service.MultiService):
         build, ``startService`` starts everything.
         """
         blocks: dict[int, Block] = {}
-        k8s_keep: dict[KubernetesConfig, tuple[Store, service.Service]] = {}
         fwd_keep: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        new_sources: list[service.Service] = []
         new_chains: list[tuple[Any, Any]] = []
+        plan = self.clusters.plan(config)  # stores: kept, shared or new (not started)
         try:
             for b in config.servers:
-                clusters = None
-                if b.kubernetes is not None:
-                    entry = k8s_keep.get(b.kubernetes) or self._k8s.get(b.kubernetes)
-                    if entry is None:
-                        store = Store(required=b.kubernetes.resources())
-                        store.add_listener(self._invalidate)
-                        store.add_listener(self._maybe_announce)
-                        entry = (store, self._source(store, b.kubernetes))
-                        new_sources.append(entry[1])
-                    k8s_keep[b.kubernetes] = entry
-                    clusters = ClusterZones(entry[0], b.kubernetes)
+                clusters = plan.clusters.get(b.index)
                 chain = loop = None
                 if b.forward is not None:
                     key = (b.forward, b.cache, b.loop, b.zones)
@@ -245,25 +236,19 @@ class KubeDNS(service.MultiService):
                     chain, loop = fentry
                 blocks[b.index] = Block(b, clusters, chain, loop)
         except Exception:
-            for src in new_sources:
-                if src.running:
-                    src.stopService()
+            self.clusters.abandon(plan)
             raise
 
         def commit(started: bool) -> None:
-            old_k8s, old_fwd = self._k8s, self._fwd
-            self._k8s, self._fwd = k8s_keep, fwd_keep
-            for src in new_sources:
-                src.setServiceParent(self)  # starts it if we are running
+            old_fwd = self._fwd
+            self._fwd = fwd_keep
+            self.clusters.commit(plan, blocks)  # new sources start if we are running
             if started:
                 for chain, loop in new_chains:
                     chain.start()
                     if loop is not None:
                         loop.start()
-            # retire what the new config no longer uses
-            for k, (_, src) in old_k8s.items():
-                if k not in k8s_keep:
-                    src.disownServiceParent()
+            # retire what the new config no longer uses (stores: see ClusterSources.commit)
             for k, (chain, loop) in old_fwd.items():
                 if k not in fwd_keep:
                     if loop is not None:
@@ -306,6 +291,11 @@ class KubeDNS(service.MultiService):
             log.info("kubedns: cluster data synced ({kinds})",
                      kinds=", ".join(sorted({k for st in self.stores for k in st.required})))
             announce_ready()
+
+    def _store_changed(self) -> None:
+        """A store that answers changed (or a block switched to a new one)."""
+        self._invalidate()
+        self._maybe_announce()
 
     def _invalidate(self) -> None:
         """A store changed: no pre-encoded answer may outlive the data it was built from."""
@@ -470,6 +460,7 @@ class KubeDNS(service.MultiService):
         return self._stop_all()
 
     def _stop_all(self) -> defer.Deferred | None:
+        self.clusters.stop()
         for chain, loop in self._fwd.values():
             if loop is not None:
                 loop.stop()
