@@ -21,7 +21,10 @@ apiserver's JSON wire format closely enough for list/watch based code:
   401/403/429/5xx with ``Retry-After``, a stalled or truncated LIST body, a
   watch answered with one ``ERROR`` event), raw lines written into open watch
   streams (:meth:`FakeKubeAPI.inject_watch_lines`) or recorded in the history
-  so that every re-watch replays them (:meth:`FakeKubeAPI.poison_history`).
+  so that every re-watch replays them (:meth:`FakeKubeAPI.poison_history`);
+  bearer-token authentication (:attr:`FakeKubeAPI.token`, 401 without it), a restart on the same
+  port after :meth:`FakeKubeAPI.stop` (an API outage), and a restore from a backup
+  (:meth:`FakeKubeAPI.restore`: older objects at an older resourceVersion).
 
 It runs in its own threads (``http.server.ThreadingHTTPServer``), independent
 of the Twisted reactor, so it can be used from synchronous tests, trial tests
@@ -30,7 +33,10 @@ and reactor threads alike.  All mutation helpers are thread-safe.
 Fidelity notes: items of a LIST response carry no ``kind``/``apiVersion``
 (like the real apiserver's JSON), watch event objects do; a DELETED event
 carries the last state of the object with the resourceVersion of the
-deletion; objects are returned sorted by (namespace, name), as etcd does.
+deletion; objects are returned sorted by (namespace, name), as etcd does;
+a BOOKMARK never carries a resourceVersion older than the one its watch
+started from, so a watch from a resourceVersion the server has not reached
+(after a restore) sees nothing at all, events or bookmarks, until it gets there.
 """
 
 from __future__ import annotations
@@ -497,6 +503,10 @@ class _Handler(BaseHTTPRequestHandler):
                 verb = "list"
         fake._record(verb, resource, ns, url.path, params)
 
+        if fake.token is not None and self.headers.get("Authorization") != f"Bearer {fake.token}":
+            self._send_status(401, "Unauthorized", "Unauthorized")
+            return
+
         fault = fake._take_fault(verb, resource, params)
         if fault is not None:
             self._serve_fault(fault, resource, params)
@@ -771,7 +781,7 @@ class _Handler(BaseHTTPRequestHandler):
             if hang:
                 continue
             if isinstance(item, _Bookmark):
-                if w.allow_bookmarks:
+                if w.allow_bookmarks and item.rv >= w.min_rv:
                     self._write_event("BOOKMARK", self._bookmark(info, item.rv))
                 continue
             translated = _translate(w, item)
@@ -851,6 +861,12 @@ class FakeKubeAPI:
     ``expired_watch_as_http_status``
         answer a watch from a compacted resourceVersion with an HTTP 410
         instead of the default HTTP 200 + ``ERROR`` event stream.
+    ``token``
+        a bearer token every request must carry (None: no authentication).
+
+    :meth:`stop` then :meth:`start` (with ``port=api.port``) is an outage: the
+    objects, history and resourceVersion survive it, and changes made while it
+    is stopped are replayed to watches that resume from before them.
     """
 
     def __init__(
@@ -869,6 +885,8 @@ class FakeKubeAPI:
         self.hang_watches = False
         self.withhold_lists_status: int | None = None
         self.expired_watch_as_http_status = False
+        #: If set, every request must carry ``Authorization: Bearer <token>`` (else 401).
+        self.token: str | None = None
         self.version_info: Obj = {
             "major": "1",
             "minor": "31",
@@ -906,11 +924,15 @@ class FakeKubeAPI:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> Self:
-        """Bind 127.0.0.1:0 and serve in a background thread."""
+    def start(self, port: int = 0) -> Self:
+        """Bind 127.0.0.1:``port`` (0: an ephemeral one) and serve in a background thread.
+
+        After :meth:`stop` it may be started again, with ``port=api.port`` at the same URL.
+        """
         if self._server is not None:
             raise RuntimeError("already started")
-        server = _Server(("127.0.0.1", 0), _Handler)
+        self._stopping.clear()
+        server = _Server(("127.0.0.1", port), _Handler)
         server.fake = self
         self._server = server
         host, port = server.server_address[:2]
@@ -945,6 +967,7 @@ class FakeKubeAPI:
         for thread in conns.values():
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self._server = None  # may be started again (an outage)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -1111,6 +1134,29 @@ class FakeKubeAPI:
             self._history.clear()
             self._snapshots = {k: v for k, v in self._snapshots.items() if v[0] >= self._compacted_rv}
             return self._compacted_rv
+
+    def restore(self, objs: Iterable[Mapping[str, Any]], resource_version: int) -> None:
+        """Come back from a backup: exactly ``objs``, at the older ``resource_version``.
+
+        As an apiserver whose etcd was restored from a snapshot: the history is gone, the
+        resourceVersion counter goes back (clients may hold newer ones), and the open watches are
+        dropped (the apiserver restarted).  A watch from a resourceVersion newer than the
+        restored one then delivers nothing, not even a BOOKMARK, until the server gets there.
+        """
+        with self._lock:
+            self._store.clear()
+            self._history.clear()
+            self._snapshots.clear()
+            self._rv = self._compacted_rv = resource_version
+            for obj in objs:
+                kind = obj.get("kind")
+                if kind not in _KIND_TO_RESOURCE:
+                    raise ValueError(f"unsupported kind {kind!r}")
+                _, key, new = self._prepare(_KIND_TO_RESOURCE[kind], obj)
+                new["metadata"].setdefault("uid", str(uuid.uuid4()))
+                new["metadata"]["resourceVersion"] = str(resource_version)
+                self._store[key] = new
+        self.drop_watches()
 
     # -- observation ---------------------------------------------------------
 
@@ -1375,17 +1421,20 @@ class FakeKubeAPI:
             self._cond.notify_all()
 
     def _bookmark_rv(self, w: _Watcher) -> int | None:
-        """The rv for a periodic bookmark, or None if events are still queued."""
+        """The rv for a periodic bookmark, or None if events are still queued or the server is
+        behind the rv the watch started from (a bookmark never goes backwards)."""
         with self._lock:
-            return self._rv if w.queue.empty() else None
+            return self._rv if w.queue.empty() and self._rv >= w.min_rv else None
 
 
 # --------------------------------------------------------------------------
 # kubeconfig
 
 
-def kubeconfig(path: str | os.PathLike[str], url: str, *, namespace: str = "default") -> str:
-    """Write a kubeconfig for ``url`` (plain http, no auth) and return its path.
+def kubeconfig(
+    path: str | os.PathLike[str], url: str, *, namespace: str = "default", token: str | None = None
+) -> str:
+    """Write a kubeconfig for ``url`` (plain http; a bearer ``token`` if given) and return its path.
 
     Load it with ``kubernetes.config.load_kube_config(config_file=path)`` or
     ``kubernetes.config.new_client_from_config(config_file=path)``.
@@ -1395,7 +1444,7 @@ def kubeconfig(path: str | os.PathLike[str], url: str, *, namespace: str = "defa
         "kind": "Config",
         "preferences": {},
         "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "users": [{"name": "fake", "user": {}}],
+        "users": [{"name": "fake", "user": {"token": token} if token else {}}],
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
         "current-context": "fake",
     }

@@ -596,3 +596,61 @@ def test_constructor_shapes() -> None:
     assert dying["metadata"]["deletionTimestamp"] == "2024-01-01T00:00:00Z"
     assert dying["status"]["podIPs"] == [{"ip": "10.1.0.1"}]
     assert namespace("kube-system")["status"] == {"phase": "Active"}
+
+
+# --------------------------------------------------------------------------
+# Outages, credentials, restores
+
+
+@pytest.mark.timeout(30)
+def test_restart_on_the_same_port_keeps_objects_and_replays_changes_made_while_down(tmp_path: Path) -> None:
+    api = FakeKubeAPI().start()
+    try:
+        api.load([service("web", "default", cluster_ip="10.96.0.10")])
+        v1 = client.CoreV1Api(api.api_client())
+        rv = v1.list_service_for_all_namespaces(_preload_content=False).json()["metadata"]["resourceVersion"]
+        url, port = api.url, api.port
+        api.stop()
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            v1.list_service_for_all_namespaces(_request_timeout=(1, 1), _preload_content=False)
+        api.create("services", service("late", "default", cluster_ip="10.96.0.11"))  # while it is down
+        api.start(port=port)
+        assert api.url == url
+        with _watch_services(v1, resource_version=rv, timeout_seconds=1) as resp:
+            events = list(_events(resp))
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "late")]
+    finally:
+        api.stop()
+    assert api.errors == []
+
+
+@pytest.mark.timeout(30)
+def test_bearer_token_is_required_when_set(fake: FakeKubeAPI, tmp_path: Path) -> None:
+    fake.token = "s3cret"
+    bad = config.new_client_from_config(config_file=kubeconfig(tmp_path / "bad", fake.url, token="wrong"))
+    with pytest.raises(ApiException) as info:
+        client.CoreV1Api(bad).list_namespace(_preload_content=False)
+    assert info.value.status == 401
+    good = config.new_client_from_config(config_file=kubeconfig(tmp_path / "good", fake.url, token="s3cret"))
+    assert client.CoreV1Api(good).list_namespace(_preload_content=False).status == 200
+
+
+@pytest.mark.timeout(30)
+def test_restore_goes_back_in_time_and_a_watch_from_the_future_sees_nothing(
+    fake: FakeKubeAPI, core: client.CoreV1Api
+) -> None:
+    fake.bookmark_interval = 0.2
+    fake.load([service("old", "default", cluster_ip="10.96.0.10")])
+    fake.create("services", service("new", "default", cluster_ip="10.96.0.11"))
+    ahead = str(fake.resource_version)
+    fake.restore([service("old", "default", cluster_ip="10.96.0.10")], resource_version=500)
+    body = core.list_service_for_all_namespaces(_preload_content=False).json()
+    assert body["metadata"]["resourceVersion"] == "500"
+    assert _names(body["items"]) == ["default/old"]
+    fake.create("services", service("after", "default", cluster_ip="10.96.0.12"))  # rv 501 < ahead
+    with _watch_services(core, resource_version=ahead, allow_watch_bookmarks=True, timeout_seconds=1) as resp:
+        assert list(_events(resp)) == []  # no event, and no BOOKMARK going backwards
+    with _watch_services(core, resource_version="500", allow_watch_bookmarks=True, timeout_seconds=1) as resp:
+        events = list(_events(resp))
+    assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "after"
+    assert {e["type"] for e in events[1:]} <= {"BOOKMARK"}
