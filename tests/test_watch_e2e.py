@@ -8,6 +8,7 @@ what vanished during a watch gap, and answers from the last known state while th
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -132,3 +133,40 @@ def test_pods_verified_follows_pods(kubedns_process, tmp_path: Path) -> None:
         assert _rcode(port, "10-244-0-10.default.pod.cluster.local") == "NXDOMAIN"
         api.delete("pods", "default", "a")
         wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NXDOMAIN")
+
+
+def test_a_change_made_during_an_outage_is_answered_soon_after_the_api_returns(kubedns_process, tmp_path: Path) -> None:
+    """Default tuning: the API is away until the backoff exceeds 10 s, then returns with a change.
+
+    The answer changes within about a second of the API's return (the issue: 15 s late), and the
+    outage logged one line per backoff step, from kubedns only (no urllib3 or client lines).
+    """
+    with fakeapi.FakeKubeAPI() as api:
+        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        port, p = _start(kubedns_process, api, tmp_path, pods="verified")
+        wait_for(lambda: _rcode(port, NAME) == "NOERROR")
+        api_port = api.port
+        api.stop()
+        step = re.compile(r"\[kubedns\.k8s\.watch#warn\] (\w+): .*Kubernetes API is unreachable.* retry in ([\d.]+)s")
+
+        def long_step() -> bool:
+            return any(float(m[2]) > 10 for m in step.finditer(p.log()))
+
+        wait_for(long_step, timeout=60)
+        assert _rcode(port, NAME) == "NOERROR"  # the last known state answers meanwhile
+        api.update("services", fakeapi.service("web", "default", cluster_ip="10.96.1.2"))
+        api.start(port=api_port)
+        returned = time.monotonic()
+        wait_for(lambda: rrset_text(query(port, NAME, timeout=1)) == [f"{NAME} A 10.96.1.2"], timeout=20)
+        seconds = time.monotonic() - returned
+        print(f"\nAPI return to the change answered over DNS: {seconds:.2f}s")
+        assert seconds < 3.0  # the issue's bound is 2 s; room for a loaded machine
+        log = p.log()
+        outage = log[log.index("unreachable") - 300:]
+        steps = step.findall(outage)
+        # four watches (pods verified) lost the API at once: one line per step, not four
+        per_step = [ln for ln in outage.splitlines() if "kubedns.k8s.watch#warn" in ln and "Connection refused" in ln]
+        assert len(per_step) <= len(steps) + 1, per_step
+        assert "retrying in" not in outage  # no per-resource line for a connection error
+        assert "urllib3" not in outage and "Retrying (Retry(" not in outage
+        assert "Kubernetes API is back" in log

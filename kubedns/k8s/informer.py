@@ -9,7 +9,12 @@ Where the client config comes from is decided once per attempt: an explicit kube
 (with ``None``) the in-cluster service account, then ``$KUBECONFIG``, then ``~/.kube/config``.  If
 nothing works the error names everything tried, and the attempt is repeated in the background
 with backoff: the store stays unsynced (readiness false) until the API is reachable, instead of
-the process dying in a crash loop that takes cached answers down with it.
+the process dying in a crash loop that takes cached answers down with it.  Once the client is
+built, the files are re-read before every retry after an error
+(:class:`~kubedns.k8s.apiclient.ClientSource`), and on reload, so a fixed kubeconfig is picked up
+without a restart.  The watchers of one informer share one view of an API outage
+(:class:`~kubedns.k8s.outage.ApiOutage`): one log line per backoff step, and a cheap probe that
+resumes every watch as soon as the API answers again.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from kubedns.k8s.watch import Backoff, EventHook, ResourceWatcher, list_function, load_api_client
+from kubedns.k8s.watch import (
+    ApiOutage,
+    Backoff,
+    ClientSource,
+    EventHook,
+    ResourceWatcher,
+    list_function,
+    load_api_client,
+)
 
 __all__ = ["Informer"]
 
@@ -31,8 +44,19 @@ _log = Logger(namespace="kubedns.k8s.informer")
 
 #: ResourceWatcher keyword arguments an Informer passes through.
 _WATCHER_TUNING = frozenset(
-    {"page_size", "page_bytes", "watch_timeout", "connect_timeout", "read_timeout", "backoff_base", "backoff_cap"}
+    {
+        "page_size",
+        "page_bytes",
+        "watch_timeout",
+        "connect_timeout",
+        "read_timeout",
+        "backoff_base",
+        "backoff_cap",
+        "max_watch_silence",
+    }
 )
+#: Informer knobs that are not the watchers'.
+_INFORMER_TUNING = frozenset({"config_retry_base", "config_retry_cap", "stop_timeout", "freeze_gc", "probe_interval"})
 
 
 #: glibc's M_MMAP_THRESHOLD (malloc.h)
@@ -71,9 +95,10 @@ class Informer(Service):
 
     ``tuning`` takes the :class:`~kubedns.k8s.watch.ResourceWatcher` knobs (``page_size``,
     ``page_bytes``, ``watch_timeout``, ``connect_timeout``, ``read_timeout``, ``backoff_base``,
-    ``backoff_cap``) plus ``config_retry_base``/``config_retry_cap`` (seconds between attempts to
-    load the client config), ``stop_timeout`` (how long ``stopService`` waits for the threads) and
-    ``freeze_gc`` (default True, see :meth:`_listed`).
+    ``backoff_cap``, ``max_watch_silence``) plus ``config_retry_base``/``config_retry_cap``
+    (seconds between attempts to load the client config), ``probe_interval`` (seconds between
+    probes while the API is away, default 0.5), ``stop_timeout`` (how long ``stopService`` waits
+    for the threads) and ``freeze_gc`` (default True, see :meth:`_listed`).
     """
 
     def __init__(
@@ -87,7 +112,7 @@ class Informer(Service):
         client_factory: Callable[[str | None], tuple[Any, str]] = load_api_client,
         **tuning: Any,
     ):
-        unknown = set(tuning) - _WATCHER_TUNING - {"config_retry_base", "config_retry_cap", "stop_timeout", "freeze_gc"}
+        unknown = set(tuning) - _WATCHER_TUNING - _INFORMER_TUNING
         if unknown:
             raise TypeError(f"unknown Informer tuning: {sorted(unknown)}")
         if reactor is None:
@@ -108,6 +133,9 @@ class Informer(Service):
         self._config_backoff = Backoff(tuning.get("config_retry_base", 1.0), tuning.get("config_retry_cap", 30.0))
         self._stop_timeout: float = tuning.get("stop_timeout", 5.0)
         self._freeze_gc: bool = tuning.get("freeze_gc", True)
+        self._probe_interval: float = tuning.get("probe_interval", 0.5)
+        self._source: ClientSource | None = None
+        self.outage: ApiOutage | None = None
         self._list_started = 0.0
         self._all_synced_once = False
         self._watchers: dict[str, ResourceWatcher] = {}
@@ -133,8 +161,9 @@ class Informer(Service):
         self._retry_call = None
         if not self.running:
             return
+        source = ClientSource(self.kubeconfig, self._client_factory, self._probe_timeouts())
         try:
-            self.api_client, self.config_source = self._client_factory(self.kubeconfig)
+            self.api_client, self.config_source = source.load()
         except Exception as e:
             self.config_error = str(e)
             self._config_errors += 1
@@ -144,6 +173,13 @@ class Informer(Service):
             return
         self.config_error = ""
         self._config_backoff.reset()
+        self._source = source
+        tuning = self._watcher_tuning
+        self.outage = ApiOutage(
+            source.probe,
+            Backoff(tuning.get("backoff_base", 0.2), tuning.get("backoff_cap", 30.0)),
+            self._probe_interval,
+        )
         _log.info(
             "watching {resources} via {source} ({host})",
             resources=", ".join(self.resources),
@@ -158,6 +194,8 @@ class Informer(Service):
                 self._reactor,
                 on_event=self.on_event,
                 on_listed=self._listed,
+                client_source=source,
+                outage=self.outage,
                 **self._watcher_tuning,
             )
         if self._freeze_gc:
@@ -165,6 +203,27 @@ class Informer(Service):
         self._list_started = self._reactor.seconds()
         for w in self._watchers.values():
             w.start()
+
+    def _probe_timeouts(self) -> tuple[float, float]:
+        """(connect, read) of a probe: short, so the API's return is seen within about a second."""
+        t = self._watcher_tuning
+        return (min(1.0, t.get("connect_timeout", 10.0)), min(2.0, t.get("read_timeout", 90.0)))
+
+    def reload_credentials(self) -> None:
+        """On reload (SIGHUP): retry at once whatever waits, re-reading the kubeconfig first.
+
+        Watches that work are left alone; a loop backing off after an error (a rejected token,
+        an unreachable address) retries now, with the client rebuilt if the files changed.
+        """
+        if not self.running:
+            return
+        if not self._watchers:  # the client config never loaded: try again now
+            if self._retry_call is not None and self._retry_call.active():
+                self._retry_call.cancel()
+            self._connect()
+            return
+        for w in self._watchers.values():
+            w.retry_now()
 
     def _listed(self, resource: str, relist: bool) -> None:
         """A watcher finished a (re)list (reactor thread): log the first full sync, freeze the heap.
@@ -207,12 +266,10 @@ class Informer(Service):
 
     def _closed(self) -> None:
         self._watchers = {}
-        client, self.api_client = self.api_client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        self.api_client = None
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()  # every client it built
 
     # -- state ------------------------------------------------------------------------------
     def status(self) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-import os
 import random
 import socket
 import threading
@@ -50,11 +49,15 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from kubedns.k8s.apiclient import ClientSource, list_function, load_api_client
 from kubedns.k8s.listparse import list_items
 from kubedns.k8s.objects import KINDS
+from kubedns.k8s.outage import ApiOutage, Backoff
 
 __all__ = [
+    "ApiOutage",
     "Backoff",
+    "ClientSource",
     "ResourceWatcher",
     "WatcherStatus",
     "list_function",
@@ -82,6 +85,9 @@ _MIN_CLEAN_WATCH = 1.0
 #: Longest watch event line accepted (the apiserver's own request limit is ~1.5 MiB per object);
 #: past it the stream is treated as broken rather than buffered without end.
 MAX_WATCH_LINE = 64 << 20
+#: Seconds a watch may deliver nothing, not even a BOOKMARK, before we relist (see
+#: ResourceWatcher._silent_too_long); the apiserver bookmarks an idle watch about every minute.
+DEFAULT_MAX_WATCH_SILENCE = 300.0
 #: Objects asked for in the first page of a list, before their size is known.
 _FIRST_PAGE = 50
 #: API group of each resource, for RBAC hints (the others are in the core group, "").
@@ -98,97 +104,6 @@ class _WatchError(Exception):
 
 class _StoppedError(Exception):
     """stop() was called while a request was in flight."""
-
-
-def load_api_client(kubeconfig: str | None = None) -> tuple[Any, str]:
-    """A ``kubernetes.client.ApiClient`` and a description of where its config came from.
-
-    A path loads that kubeconfig.  ``None`` tries, in order, the in-cluster service account,
-    ``$KUBECONFIG`` and ``~/.kube/config``.  Raises :class:`RuntimeError` naming everything tried
-    when nothing works.  urllib3's own retries are disabled: the watch loop retries with backoff,
-    and urllib3's would multiply every read timeout by four.
-    """
-    from kubedns import __version__
-
-    api_client, source = _load_api_client(kubeconfig)
-    api_client.user_agent = f"kubedns/{__version__}"  # names us in the apiserver's audit log
-    return api_client, source
-
-
-def _load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
-    from kubernetes import client, config
-
-    def fresh() -> Any:
-        cfg = client.Configuration()
-        cfg.retries = False
-        return cfg
-
-    if kubeconfig is not None:
-        try:
-            cfg = fresh()
-            return config.new_client_from_config(config_file=kubeconfig, client_configuration=cfg), kubeconfig
-        except Exception as e:  # ConfigException, OSError, yaml errors...
-            raise RuntimeError(f"cannot load kubeconfig {kubeconfig!r}: {e}") from e
-
-    tried: list[str] = []
-    try:
-        cfg = fresh()
-        config.load_incluster_config(client_configuration=cfg)
-        return client.ApiClient(configuration=cfg), "in-cluster service account"
-    except Exception as e:
-        tried.append(f"in-cluster service account ({e})")
-    candidates: list[str] = []
-    env = os.environ.get("KUBECONFIG", "")
-    if env:
-        candidates.append(env)
-    else:
-        tried.append("$KUBECONFIG (unset)")
-    candidates.append(os.path.expanduser("~/.kube/config"))
-    for path in candidates:
-        label = f"$KUBECONFIG={path}" if path == env else path
-        # $KUBECONFIG may be a list of files; the client merges them.
-        if not any(os.path.exists(p) for p in path.split(os.pathsep) if p):
-            tried.append(f"{label} (no such file)")
-            continue
-        try:
-            cfg = fresh()
-            return config.new_client_from_config(config_file=path, client_configuration=cfg), label
-        except Exception as e:
-            tried.append(f"{label} ({e})")
-    raise RuntimeError("no Kubernetes API configuration found; tried: " + "; ".join(tried))
-
-
-def list_function(api_client: Any, resource: str) -> Callable[..., Any]:
-    """The cluster-wide ``list_*`` method of the official client for ``resource``."""
-    from kubernetes import client
-
-    if resource == "namespaces":
-        return client.CoreV1Api(api_client).list_namespace
-    if resource == "services":
-        return client.CoreV1Api(api_client).list_service_for_all_namespaces
-    if resource == "pods":
-        return client.CoreV1Api(api_client).list_pod_for_all_namespaces
-    if resource == "endpointslices":
-        return client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces
-    raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``base * 2**n`` capped at ``cap``, drawn from [d/2, d]."""
-
-    def __init__(self, base: float = 0.2, cap: float = 30.0, rng: random.Random | None = None):
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        d = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self._rng.uniform(d / 2, d)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass
@@ -228,8 +143,11 @@ class ResourceWatcher:
         read_timeout: float = 90.0,
         backoff_base: float = 0.2,
         backoff_cap: float = 30.0,
+        max_watch_silence: float = DEFAULT_MAX_WATCH_SILENCE,
         on_event: EventHook | None = None,
         on_listed: Callable[[str, bool], None] | None = None,
+        client_source: ClientSource | None = None,
+        outage: ApiOutage | None = None,
     ):
         if resource not in KINDS:
             raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
@@ -253,8 +171,14 @@ class ResourceWatcher:
         self._unproductive_lists = 0
         self._on_event = on_event
         self._on_listed = on_listed
+        self._max_silence = max_watch_silence
+        self._last_delivery = time.monotonic()  # of a list's end or a watch event, BOOKMARK included
+        self._source = client_source
+        self._client: Any = None if client_source is None else client_source.current()
+        self._outage = outage
         self._unseen: set[str] = set()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # cuts a backoff sleep short: stop() or retry_now()
         self._lock = threading.Lock()
         self._response: Any = None
         self._thread: threading.Thread | None = None
@@ -269,10 +193,17 @@ class ResourceWatcher:
     def stop(self) -> None:
         """Ask the loop to end and wake it from a blocking read; does not wait (see join)."""
         self._stopping.set()
+        self._wake.set()
         with self._lock:
             resp = self._response
         if resp is not None:
             _shutdown(resp)
+
+    def retry_now(self) -> None:
+        """Cut a backoff wait short (a reload: the credentials may have been fixed)."""
+        self._wake.set()
+        if self._outage is not None:
+            self._outage.wake()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True if it has ended."""
@@ -290,15 +221,17 @@ class ResourceWatcher:
         watch_errors = 0
         while not self._stopping.is_set():
             try:
+                if not need_list and self._silent_too_long():
+                    need_list = True
                 if need_list:
                     if self._unproductive_lists:
                         self._sleep(self._relist_backoff.next())
                     self._list()
                     need_list = False
                     self._unproductive_lists += 1  # until a watch makes progress
-                    self._backoff.reset()
+                    self._progressed()
                 if self._watch():
-                    self._backoff.reset()
+                    self._progressed()
                     watch_errors = 0
                     continue
                 # ended cleanly but suspiciously fast: pause without calling it an error
@@ -319,15 +252,59 @@ class ResourceWatcher:
                     if watch_errors >= _RELIST_AFTER_WATCH_ERRORS:
                         need_list = True  # a fresh list is always a safe way back
                         watch_errors = 0
-                # an overloaded apiserver (429, 503) says how long to stay away: honour it, but
-                # never wait longer than our own backoff would at its worst
-                delay = max(self._backoff.next(), min(_retry_after(e), self._backoff.cap))
-                self._record_error(e, delay)
-                self._sleep(delay)
+                if self._outage is not None and _unanswered(e) and self._outage.unreachable():
+                    # the API is away, not just this resource's request: one schedule (and one
+                    # log line per step) for every resource, cut short by the API's return
+                    self._record_error(e, None)
+                    self._outage.wait(self.resource, _describe(e), self._stopping)
+                else:
+                    # an overloaded apiserver (429, 503) says how long to stay away: honour it,
+                    # but never wait longer than our own backoff would at its worst
+                    delay = max(self._backoff.next(), min(_retry_after(e), self._backoff.cap))
+                    self._record_error(e, delay)
+                    self._sleep(delay)
+                self._refresh_client()
         with self._lock:
             self._response = None
 
-    def _record_error(self, exc: Exception, delay: float) -> None:
+    def _progressed(self) -> None:
+        self._backoff.reset()
+        if self._outage is not None:
+            self._outage.progressed()
+
+    def _silent_too_long(self) -> bool:
+        """True if the watch has delivered nothing, not even a BOOKMARK, for over the bound.
+
+        kubedns asks for bookmarks, which the apiserver sends about once a minute on an idle
+        watch.  Silence far beyond that means a watch that cannot catch up, typically an API
+        server restored from a backup: it holds older data than the resourceVersion we resume
+        from, and until it gets there the watch shows nothing and the stale state is served.
+        Only a list gets us onto the server's own timeline again (client-go resyncs likewise).
+        """
+        silence = time.monotonic() - self._last_delivery
+        if not self._max_silence or silence <= self._max_silence:
+            return False
+        _log.warn(
+            "{resource}: the watch delivered nothing, not even a BOOKMARK, for {seconds:.0f}s"
+            " (bound {bound:g}s): the API server may be behind our resourceVersion"
+            " {rv} (restored from a backup?); relisting",
+            resource=self.resource,
+            seconds=silence,
+            bound=self._max_silence,
+            rv=self.status.resource_version,
+        )
+        return True
+
+    def _refresh_client(self) -> None:
+        """Before the next attempt, pick up a changed kubeconfig (re-read on every retry)."""
+        if self._source is None:
+            return
+        client = self._source.current()
+        if client is not None and client is not self._client:
+            self._client = client
+            self._list_fn = list_function(client, self.resource)
+
+    def _record_error(self, exc: Exception, delay: float | None) -> None:
         msg = _describe(exc)
         status = getattr(exc, "status", None)
         # 401/403 need an operator: say what is missing, in words a ClusterRole is written in
@@ -341,11 +318,14 @@ class ResourceWatcher:
             msg += f"; the API server rejected kubedns's credentials for '{self._verb}' {self.resource} (expired or revoked token?)"
         self.status.errors += 1
         self.status.last_error = msg
+        if delay is None:
+            return  # logged by the outage, once per step for every resource
         log = _log.error if status in (401, 403) else _log.warn
         log("{resource}: {error}; retrying in {delay:.1f}s", resource=self.resource, error=msg, delay=delay)
 
     def _sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def _call(self, **kwargs: Any) -> Any:
         """One request with ``_preload_content=False``; the response is kept for stop()."""
@@ -430,6 +410,7 @@ class ResourceWatcher:
             if n_items:
                 limit = max(1, min(self._page_size, int(self._page_bytes * n_items / max(1, size))))
         self.status.resource_version = rv
+        self._last_delivery = time.monotonic()
         relist = self._listed_once
         self._listed_once = True
         self._reactor.callFromThread(self._finish_list, relist, started, pages, count)
@@ -563,6 +544,7 @@ class ResourceWatcher:
                 if rv:
                     self.status.resource_version = rv
                 progressed = True
+                self._last_delivery = time.monotonic()
                 if etype == "BOOKMARK":
                     continue
                 if etype not in ("ADDED", "MODIFIED", "DELETED"):
@@ -686,6 +668,11 @@ def _retry_after(exc: BaseException) -> float:
         except (TypeError, ValueError, IndexError, OverflowError):
             return 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """True for a failure with no answer from the server: refused, reset, timed out, cut off."""
+    return getattr(exc, "status", None) is None and not isinstance(exc, (_WatchError, ValueError))
 
 
 def _describe(exc: BaseException) -> str:

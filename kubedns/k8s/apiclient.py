@@ -1,0 +1,235 @@
+"""Where the official client's configuration comes from, and picking up a fixed kubeconfig.
+
+Why a module of its own: credentials are not read once.  A kubeconfig fixed on disk (a rotated
+token, a corrected server address, a file that was missing) must be picked up without a restart,
+so :class:`ClientSource` re-reads what the client was built from before every connection attempt
+that follows an error and on every reachability probe (a few KB: cheap, and only then), and
+builds a new client when the bytes changed.  A missing file is said as such ("file not found:
+PATH"); the client's own message for it is "Invalid kube-config file".
+
+Like :mod:`kubedns.k8s.watch`, this imports :mod:`kubernetes` lazily (it takes most of a second).
+It starts no thread: ``current()`` and ``probe()`` run on the watch threads that call them, and
+``load()`` on the reactor at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from kubedns.k8s.objects import KINDS
+
+__all__ = ["ClientSource", "list_function", "load_api_client"]
+
+_log = Logger(namespace="kubedns.k8s.watch")
+
+#: The service account files ``load_incluster_config`` reads.
+_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def load_api_client(kubeconfig: str | None = None) -> tuple[Any, str]:
+    """A ``kubernetes.client.ApiClient`` and a description of where its config came from.
+
+    A path loads that kubeconfig.  ``None`` tries, in order, the in-cluster service account,
+    ``$KUBECONFIG`` and ``~/.kube/config``.  Raises :class:`RuntimeError` naming everything tried
+    when nothing works.  urllib3's own retries are disabled: the watch loop retries with backoff,
+    and urllib3's would multiply every read timeout by four.
+    """
+    from kubedns import __version__
+
+    api_client, source = _load_api_client(kubeconfig)
+    api_client.user_agent = f"kubedns/{__version__}"  # names us in the apiserver's audit log
+    return api_client, source
+
+
+def _load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
+    from kubernetes import client, config
+
+    def fresh() -> Any:
+        cfg = client.Configuration()
+        cfg.retries = False
+        return cfg
+
+    if kubeconfig is not None:
+        if not os.path.exists(kubeconfig):
+            raise RuntimeError(f"cannot load kubeconfig: file not found: {kubeconfig}")
+        try:
+            cfg = fresh()
+            return config.new_client_from_config(config_file=kubeconfig, client_configuration=cfg), kubeconfig
+        except Exception as e:  # ConfigException, OSError, yaml errors...
+            raise RuntimeError(f"cannot load kubeconfig {kubeconfig!r}: {e}") from e
+
+    tried: list[str] = []
+    try:
+        cfg = fresh()
+        config.load_incluster_config(client_configuration=cfg)
+        return client.ApiClient(configuration=cfg), "in-cluster service account"
+    except Exception as e:
+        tried.append(f"in-cluster service account ({e})")
+    env = os.environ.get("KUBECONFIG", "")
+    if not env:
+        tried.append("$KUBECONFIG (unset)")
+    for path, label in _kubeconfig_candidates():
+        # $KUBECONFIG may be a list of files; the client merges them.
+        if not any(os.path.exists(p) for p in path.split(os.pathsep) if p):
+            tried.append(f"{label} (file not found: {path})")
+            continue
+        try:
+            cfg = fresh()
+            return config.new_client_from_config(config_file=path, client_configuration=cfg), label
+        except Exception as e:
+            tried.append(f"{label} ({e})")
+    raise RuntimeError("no Kubernetes API configuration found; tried: " + "; ".join(tried))
+
+
+def _kubeconfig_candidates() -> list[tuple[str, str]]:
+    """``(path, label)`` of the kubeconfig files tried without an explicit path, in order."""
+    out: list[tuple[str, str]] = []
+    env = os.environ.get("KUBECONFIG", "")
+    if env:
+        out.append((env, f"$KUBECONFIG={env}"))
+    home = os.path.expanduser("~/.kube/config")
+    out.append((home, home))
+    return out
+
+
+def list_function(api_client: Any, resource: str) -> Callable[..., Any]:
+    """The cluster-wide ``list_*`` method of the official client for ``resource``."""
+    from kubernetes import client
+
+    if resource == "namespaces":
+        return client.CoreV1Api(api_client).list_namespace
+    if resource == "services":
+        return client.CoreV1Api(api_client).list_service_for_all_namespaces
+    if resource == "pods":
+        return client.CoreV1Api(api_client).list_pod_for_all_namespaces
+    if resource == "endpointslices":
+        return client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces
+    raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        return f"unreadable: {e.errno}".encode()
+
+
+class ClientSource:
+    """The API client for one ``kubeconfig`` setting, rebuilt when what it was built from changed.
+
+    ``factory(kubeconfig)`` returns ``(api_client, description)`` (:func:`load_api_client`).
+    Replaced clients are kept open until :meth:`close`: a request on another thread may be using
+    one.  Thread-safe.
+    """
+
+    def __init__(
+        self,
+        kubeconfig: str | None,
+        factory: Callable[[str | None], tuple[Any, str]] = load_api_client,
+        probe_timeouts: tuple[float, float] = (1.0, 2.0),
+    ):
+        self.kubeconfig = kubeconfig
+        self.description = ""
+        self.reloads = 0  # clients built after the first, from changed files
+        self._factory = factory
+        self._probe_timeouts = probe_timeouts
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._fingerprint = b""
+        self._failed = b""  # fingerprint of files that did not load (reported once)
+        self._replaced: list[Any] = []
+
+    def fingerprint(self) -> bytes:
+        """A digest of everything the client is built from (re-read each call)."""
+        h = hashlib.sha256()
+        if self.kubeconfig is not None:
+            h.update(_read(self.kubeconfig))
+        else:
+            for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG"):
+                h.update(f"{var}={os.environ.get(var, '')}\0".encode())
+            h.update(_read(os.path.join(_SA_DIR, "ca.crt")))
+            for path, _ in _kubeconfig_candidates():
+                for p in path.split(os.pathsep):
+                    if p:
+                        h.update(b"\0" + _read(p))
+        return h.digest()
+
+    def load(self) -> tuple[Any, str]:
+        """Build the client now; raises (RuntimeError, naming the problem) if it cannot be built."""
+        with self._lock:
+            fp = self.fingerprint()
+            client, self.description = self._factory(self.kubeconfig)
+            self._keep(client, fp)
+            return client, self.description
+
+    def current(self) -> Any:
+        """The client, rebuilt first if the files changed since it was built.
+
+        Never raises: a changed file that does not load is logged once (until it changes again)
+        and the previous client is kept.
+        """
+        with self._lock:
+            fp = self.fingerprint()
+            if fp == self._fingerprint or fp == self._failed or self._client is None:
+                return self._client
+            try:
+                client, description = self._factory(self.kubeconfig)
+            except Exception as e:
+                self._failed = fp
+                _log.error("Kubernetes API client: {error}; keeping the previous credentials", error=str(e))
+                return self._client
+            self.description = description
+            self.reloads += 1
+            self._keep(client, fp)
+            _log.info(
+                "Kubernetes API credentials changed: now {source} ({host})",
+                source=description,
+                host=getattr(client.configuration, "host", "?"),
+            )
+            return client
+
+    def _keep(self, client: Any, fp: bytes) -> None:
+        # caller holds the lock
+        if self._client is not None:
+            self._replaced.append(self._client)
+        self._client = client
+        self._fingerprint = fp
+        self._failed = b""
+
+    def probe(self) -> bool:
+        """One cheap request (GET /version): True if the API server answered it (status < 500)."""
+        from kubernetes import client as k8s
+
+        api = self.current()
+        if api is None:
+            return False
+        try:
+            resp = k8s.VersionApi(api).get_code(_preload_content=False, _request_timeout=self._probe_timeouts)
+        except Exception as e:  # an ApiException carries the status the server answered with
+            status = getattr(e, "status", None)
+            return isinstance(status, int) and 0 < status < 500
+        try:
+            status = int(getattr(resp, "status", 200))
+            resp.read()
+            resp.release_conn()
+        except Exception:
+            pass
+        return status < 500
+
+    def close(self) -> None:
+        with self._lock:
+            clients = [*self._replaced, self._client]
+            self._replaced, self._client = [], None
+        for c in clients:
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:
+                    pass
