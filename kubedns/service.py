@@ -414,6 +414,8 @@ class KubeDNS(service.MultiService):
     def _sighup(self) -> None:
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
+        for src in self.clusters.sources:  # a kubeconfig fixed on disk: retry with it now
+            getattr(src, "reload_credentials", lambda: None)()
         self.reload(force=True)
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ what vanished during a watch gap, and answers from the last known state while th
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -170,3 +171,26 @@ def test_a_change_made_during_an_outage_is_answered_soon_after_the_api_returns(k
         assert "retrying in" not in outage  # no per-resource line for a connection error
         assert "urllib3" not in outage and "Retrying (Retry(" not in outage
         assert "Kubernetes API is back" in log
+
+
+def test_sighup_retries_at_once_with_a_fixed_kubeconfig(kubedns_process, tmp_path: Path) -> None:
+    """A rejected token, the backoff past 6 s for every resource, the file fixed, SIGHUP: synced at once."""
+    with fakeapi.FakeKubeAPI() as api:
+        api.token = "right"
+        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        port, p = _start(kubedns_process, api, tmp_path)
+        kc = tmp_path / "kubeconfig"
+        fakeapi.kubeconfig(kc, api.url, token="wrong")  # _start wrote one without a token
+        retry = re.compile(r"\[kubedns\.k8s\.watch#error\] (\w+): HTTP 401 .* retrying in ([\d.]+)s")
+
+        def all_waiting_long() -> bool:
+            last = {m[1]: float(m[2]) for m in retry.finditer(p.log())}
+            return len(last) == 3 and min(last.values()) > 6
+
+        wait_for(all_waiting_long, timeout=60)
+        assert _rcode(port, NAME) == "SERVFAIL"
+        fakeapi.kubeconfig(kc, api.url, token="right")
+        p.signal(signal.SIGHUP)
+        sent = time.monotonic()
+        wait_for(lambda: _rcode(port, NAME) == "NOERROR", timeout=10)
+        assert time.monotonic() - sent < 4.0  # at least one resource had over 6 s left to wait
