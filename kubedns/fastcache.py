@@ -58,7 +58,7 @@ class FastCache:
     #: costs its answer and key bytes plus :attr:`entry_overhead` (dict slot, key and answer
     #: objects, the entry list, its QueryInfo), all counted in :attr:`bytes`.
     max_entries = 50000
-    max_bytes = 24 << 20
+    max_bytes = 8 << 20
     entry_overhead = 400
     #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
     max_forwarded_answer = 4096
@@ -66,7 +66,7 @@ class FastCache:
     #: one per lower-cased name and type; bounded in entries and in (estimated) bytes, oldest
     #: first out.  See :func:`computed_cost`.
     max_computed = 20000
-    max_computed_bytes = 16 << 20
+    max_computed_bytes = 8 << 20
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled

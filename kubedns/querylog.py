@@ -204,6 +204,10 @@ class ErrorLog:
         #: pattern → [repeats in this window, window seconds, example "name type", DelayedCall]
         self._windows: dict[tuple[Any, ...], list[Any]] = {}
 
+    #: open consolidation windows at most (error texts name upstreams and failures, not clients'
+    #: names, so a few exist; this is the bound should an error text ever vary per query)
+    max_windows = 256
+
     def __call__(self, info: QueryInfo) -> None:
         error = getattr(info, "error", None)
         if info.rcode != SERVFAIL and not error:
@@ -224,6 +228,8 @@ class ErrorLog:
             w[2] = example
             return
         self._emit(info.rcode, example, text)
+        if len(self._windows) >= self.max_windows:
+            return  # bounded memory: an unusual pattern past the cap is logged, not consolidated
         self._windows[key] = [0, window, example, self.reactor.callLater(window, self._close, key)]
 
     def _emit(self, rcode: int, example: str, text: str) -> None:

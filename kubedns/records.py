@@ -132,7 +132,8 @@ class ClusterZones:
     def _addr_payload(self, ip: str) -> dns.Record_A | dns.Record_AAAA:
         p = self._addr_payloads.get(ip)
         if p is None:
-            if len(self._addr_payloads) > 200_000:
+            # bounded (~300 B an IP): with ``pods: insecure`` clients choose the IPs (a-b-c-d names)
+            if len(self._addr_payloads) >= 16_384:
                 self._addr_payloads.clear()
             p = dns.Record_AAAA(ip, self.ttl) if ":" in ip else dns.Record_A(ip, self.ttl)
             self._addr_payloads[ip] = p

@@ -304,6 +304,8 @@ def encode_response(
     for rr in (*answers, *authority, *additional):
         rr.encode(strio, comp)
         ends.append(strio.tell())
+        if ends[-1] > limit:  # the cut comes at or before this record: encode no more
+            break
     body = strio.getvalue()
     opt = _opt_bytes(rcode, edns.do, edns_options) if edns is not None else b""
     counts = [len(answers), len(authority), len(additional)]
