@@ -43,7 +43,7 @@ class ForwardConfig:
     max_fails: int = 2  # consecutive failures before an upstream is marked down; 0: never
     health_check: float = 0.5  # probe interval while an upstream is down
     expire: float = 10.0  # idle TCP/TLS connections are closed after this
-    max_concurrent: int = 0  # 0: unlimited
+    max_concurrent: int = 1000  # requests in flight (kubeadm's value; CoreDNS's own default is unlimited); 0: unlimited
     force_tcp: bool = False
     prefer_udp: bool = False
     except_zones: tuple[str, ...] = ()  # lower-case, no trailing dot; "" is the root

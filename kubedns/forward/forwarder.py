@@ -10,6 +10,16 @@ failure.  Identical questions in flight
 share one upstream exchange.  An upstream the loop detector found sending queries back to us is
 isolated: never asked (not even when every other one is down) until the detector restores it.
 The wire work lives in :mod:`kubedns.forward.transport`.
+
+Bounded by default, so that a silent upstream cannot take every descriptor (a UDP query holds a
+socket until it is answered or times out): ``max_concurrent`` (default 1000, kubeadm's value)
+requests in flight in total, beyond which clients get REFUSED at once as with CoreDNS; at most
+its share ``ceil(max_concurrent / len(to))`` tries in flight to any one upstream, so a silent one
+cannot hold the capacity the others need (a full upstream is skipped for the next one, which is
+not a health failure); and no UDP socket is opened past the open-files soft limit minus a reserve
+(a quarter of the limit, 64 to 4096) kept for the DNS listeners' TCP clients and the HTTP
+endpoints.  A request refused by any of the three is answered REFUSED and counted in
+``stats.max_concurrent_rejects`` (``coredns_forward_max_concurrent_rejects_total``).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from twisted.python.failure import Failure
 from kubedns.counters import TIME_BUCKETS
 from kubedns.forward.config import ForwardConfig
 from kubedns.forward.message import Expect, build_query, client_edns, decode_response, is_truncated
-from kubedns.forward.transport import StreamClient, TransportError, describe, udp_exchange
+from kubedns.forward.transport import NoDescriptorError, StreamClient, TransportError, describe, udp_exchange
 from kubedns.forward.upstream import UpstreamSpec
 
 __all__ = ["Forwarder", "ForwarderStats", "Refused", "UpstreamStats", "UpstreamsFailed"]
@@ -37,6 +47,11 @@ _log = Logger()
 
 REQUEST_BUDGET = 5.0  # CoreDNS's per-request deadline across all tries (raised to one timeout if larger)
 PROBE_TIMEOUT = 1.0  # a health probe waits at most this long (or the per-try timeout if shorter)
+
+
+def fd_reserve(soft_limit: int) -> int:
+    """Descriptors forwarding leaves free below the open-files soft limit: a quarter, 64 to 4096."""
+    return max(64, min(4096, soft_limit // 4))
 
 
 class UpstreamsFailed(Exception):  # noqa: N818 (name fixed by the server interface)
@@ -50,7 +65,8 @@ class UpstreamsFailed(Exception):  # noqa: N818 (name fixed by the server interf
 
 
 class Refused(Exception):  # noqa: N818 (name fixed by the server interface)
-    """More than ``max_concurrent`` queries in flight: answer REFUSED (not a health failure)."""
+    """More than ``max_concurrent`` queries in flight, every upstream to ask at its share of them, or
+    no descriptor to spare: answer REFUSED (not a health failure)."""
 
 
 @dataclass(slots=True)
@@ -81,7 +97,7 @@ class ForwarderStats:
 
 
 class _Upstream:
-    __slots__ = ("spec", "name", "fails", "down", "looping", "stats", "stream", "probe_call", "probe_d")
+    __slots__ = ("spec", "name", "fails", "down", "looping", "stats", "stream", "probe_call", "probe_d", "inflight")
 
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
@@ -93,6 +109,7 @@ class _Upstream:
         self.stream: StreamClient | None = None
         self.probe_call: Any = None
         self.probe_d: defer.Deferred | None = None
+        self.inflight = 0  # tries waiting for this upstream's answer
 
 
 class _Flight:
@@ -130,6 +147,12 @@ class Forwarder:
         self._budget = max(REQUEST_BUDGET, config.timeout)
         self._tls_cache: dict[str, Any] = {}
         self._bounds = TIME_BUCKETS
+        limit = config.max_concurrent
+        self._per_upstream = -(-limit // len(self.upstreams)) if limit and self.upstreams else 0
+        from kubedns.listen import fd_limit
+
+        soft = fd_limit()
+        self.max_fd = soft - fd_reserve(soft)  # UDP sockets are never numbered this high
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -353,26 +376,42 @@ class Forwarder:
         order = self._order(only)
         if not order:
             raise UpstreamsFailed(self.disabled_reason or "every upstream to ask is isolated: it forwards back to us")
+        cap = self._per_upstream
+        local = 0  # tries not made for a local limit (upstream at its share, no descriptor)
         for up in order:
             remaining = deadline - now()
             if remaining <= 0.001:
                 errors.append((up.name, "request budget exhausted"))
                 break
+            if cap and up.inflight >= cap:
+                local += 1
+                errors.append((up.name, f"{up.inflight} queries in flight to it, its share of max_concurrent"))
+                continue
             up.stats.requests += 1
+            up.inflight += 1
             t0 = time.perf_counter()
             try:
                 data = await self._try(up, template, expect, tcp, min(self.config.timeout, remaining), deadline)
                 msg = decode_response(data)
+            except NoDescriptorError as e:
+                local += 1
+                errors.append((up.name, describe(e)))
+                continue
             except (TransportError, ValueError) as e:
                 up.stats.failures += 1
                 errors.append((up.name, describe(e)))
                 self._failed(up)
                 continue
+            finally:
+                up.inflight -= 1
             rcode = msg.rCode
             up.stats.responses[rcode] = up.stats.responses.get(rcode, 0) + 1
             up.stats.observe(rcode, time.perf_counter() - t0, self._bounds)
             self._succeeded(up)
             return data, msg
+        if local and local == len(errors):
+            self.stats.max_concurrent_rejects += 1
+            raise Refused("; ".join(f"{u}: {e}" for u, e in errors))
         raise UpstreamsFailed("no upstream answered", tuple(errors))
 
     def _stream(self, up: _Upstream) -> StreamClient:
@@ -400,7 +439,7 @@ class Forwarder:
         cfg = self.config
         if up.spec.tls or cfg.force_tcp or (tcp and not cfg.prefer_udp):
             return self._stream(up).query(template, expect, timeout)
-        d = udp_exchange(self._reactor, up.spec.host, up.spec.port, template, expect, timeout)
+        d = udp_exchange(self._reactor, up.spec.host, up.spec.port, template, expect, timeout, self.max_fd)
 
         def maybe_tcp(data: bytes) -> Any:
             if not is_truncated(data):

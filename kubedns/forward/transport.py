@@ -5,6 +5,13 @@ the socket is ``connect()``-ed to the upstream so the kernel drops datagrams fro
 and reports ICMP port-unreachable (a dead upstream fails at once instead of after the timeout).
 Answers are still checked for source, ID and question; mismatches are ignored, not fatal.
 
+A socket per query means a silent upstream holds one descriptor per pending query, so a UDP
+try never takes the last descriptors of the process: a socket whose number reaches ``max_fd``
+(the forwarder keeps a reserve below the open-files limit for the DNS listeners' TCP clients and
+the HTTP endpoints) is closed at once and the try fails with :class:`NoDescriptorError`, as does
+EMFILE/ENFILE.  Linux hands out the lowest free number, so a number at ``max_fd`` means at least
+that many descriptors are open: the check is one comparison, no counting.
+
 TCP and DNS-over-TLS: one connection per upstream is kept and reused, queries are pipelined and
 matched by ID (RFC 7766), idle connections close after ``expire``.  A query written on an already
 open connection that the server then closes unanswered is retried once on a fresh connection
@@ -14,6 +21,7 @@ has gone silent closes that connection so the next query starts clean.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
@@ -30,6 +38,7 @@ from kubedns.forward.message import Expect, with_id
 
 __all__ = [
     "ConnectionFailedError",
+    "NoDescriptorError",
     "StreamClient",
     "TransportError",
     "UpstreamTimeoutError",
@@ -48,6 +57,10 @@ class UpstreamTimeoutError(TransportError):
 
 class ConnectionFailedError(TransportError):
     pass
+
+
+class NoDescriptorError(TransportError):
+    """No descriptor to spare for a query socket: a local limit, not the upstream's failure."""
 
 
 # -- UDP ---------------------------------------------------------------------------------------
@@ -72,10 +85,14 @@ class _UDPExchange:
         self._timer: Any = None
         self.ignored = 0  # datagrams that did not match (wrong ID / question / source)
 
-    def start(self, data: bytes, timeout: float) -> None:
+    def start(self, data: bytes, timeout: float, max_fd: int = 0) -> None:
         host, port = self._addr
         v6 = ":" in host
         sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        if max_fd and sock.fileno() >= max_fd:
+            sock.close()
+            raise NoDescriptorError(f"{self._label()}: no descriptor to spare ({max_fd} open, the rest is kept "
+                                    "for DNS clients and the HTTP endpoints)")
         self._sock = sock
         sock.setblocking(False)
         sock.bind(("::" if v6 else "0.0.0.0", 0))  # an ephemeral port the kernel picks at random
@@ -143,11 +160,13 @@ class _UDPExchange:
             sock.close()
 
 
-def udp_exchange(reactor: Any, host: str, port: int, template: bytes, expect: Expect, timeout: float) -> defer.Deferred:
+def udp_exchange(
+    reactor: Any, host: str, port: int, template: bytes, expect: Expect, timeout: float, max_fd: int = 0
+) -> defer.Deferred:
     """Send ``template`` (with a fresh random ID) over UDP; fire with the answer's bytes.
 
-    Fails with :class:`UpstreamTimeoutError` or :class:`ConnectionFailedError`; cancelling closes
-    the socket.
+    Fails with :class:`UpstreamTimeoutError`, :class:`ConnectionFailedError` or (no socket to
+    spare below ``max_fd``, or none at all) :class:`NoDescriptorError`; cancelling closes the socket.
     """
     qid = secrets.randbits(16)
     ex: _UDPExchange
@@ -158,9 +177,12 @@ def udp_exchange(reactor: Any, host: str, port: int, template: bytes, expect: Ex
     d: defer.Deferred = defer.Deferred(canceller=cancel)
     ex = _UDPExchange(reactor, host, port, expect, qid, d)
     try:
-        ex.start(with_id(template, qid), timeout)
+        ex.start(with_id(template, qid), timeout, max_fd)
+    except NoDescriptorError as e:
+        ex._fail(e)
     except OSError as e:  # EMFILE, ENETUNREACH, ECONNREFUSED from an earlier ICMP...
-        ex._fail(ConnectionFailedError(f"{ex._label()}: {e.strerror or e}"))
+        cls = NoDescriptorError if e.errno in (errno.EMFILE, errno.ENFILE) else ConnectionFailedError
+        ex._fail(cls(f"{ex._label()}: {e.strerror or e}"))
     return d
 
 
