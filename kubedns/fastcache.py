@@ -59,7 +59,7 @@ class FastCache:
     #: objects, the entry list, its QueryInfo), all counted in :attr:`bytes`.
     max_entries = 50000
     max_bytes = 8 << 20
-    entry_overhead = 400
+    entry_overhead = 600
     #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
     max_forwarded_answer = 4096
     #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation,
