@@ -5,6 +5,11 @@ connections across them only if every socket sets SO_REUSEPORT before ``bind``. 
 ``listenUDP``/``listenTCP`` cannot set it, so we make the socket ourselves and hand it to the
 reactor with ``adoptDatagramPort``/``adoptStreamPort``.  With one worker the plain reactor calls
 are used, so a second copy started by mistake still fails loudly with "address in use".
+
+Failing loudly means one line, not Twisted's traceback: a listener that cannot bind raises
+:class:`ListenError` naming the config file, the key, the address and why (busy, not an address
+of this host, a privileged port without CAP_NET_BIND_SERVICE); :func:`http_listen_error` says the
+same for the health, ready and prometheus addresses.
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
 
-__all__ = ["ListenError", "TCPListener", "UDPListener", "bind_failure"]
+from kubedns.configbase import Address
+
+if TYPE_CHECKING:
+    from kubedns.config import Config
+
+__all__ = ["ListenError", "TCPListener", "UDPListener", "bind_failure", "http_addresses", "http_listen_error", "interface"]
 
 
 class ListenError(Exception):
@@ -78,6 +88,39 @@ def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socke
         s.close()
         raise
     return s
+
+
+def interface(host: str) -> str:
+    """The interface to bind for a configured host (``""`` is every IPv4 address)."""
+    return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
+
+
+_HTTP_KEYS = (("health", "/health"), ("ready", "/ready"), ("prometheus", "/metrics"))
+
+
+def http_addresses(config: Config, worker: int = 0) -> list[tuple[str, str, Address]]:
+    """(config key, path, address) of every HTTP endpoint this process serves, in config order.
+
+    As :mod:`kubedns.health` does: /health and /ready only in worker 0, /metrics of worker N on
+    the prometheus port plus N.
+    """
+    out = []
+    for b in config.servers:
+        for key, path in _HTTP_KEYS:
+            v = getattr(b, key)
+            if v is None or (worker and key != "prometheus"):
+                continue
+            addr = Address(v.listen.host, v.listen.port + worker) if key == "prometheus" else v.listen
+            out.append((f"servers[{b.index}].{key}", path, addr))
+    return out
+
+
+def http_listen_error(config: Config, err: CannotListenError, worker: int = 0) -> ListenError:
+    """The one-line :class:`ListenError` for an HTTP endpoint Twisted could not listen on."""
+    for key, _, addr in http_addresses(config, worker):
+        if addr.port == err.port and interface(addr.host) == err.interface:
+            return ListenError(f"{config.path}: {key}: {addr}: {bind_failure(err, addr.port)}")
+    return ListenError(f"{config.path}: {err.interface or '*'}:{err.port}: {bind_failure(err, err.port)}")
 
 
 class _Listener(service.Service):

@@ -34,7 +34,7 @@ from kubedns import __version__
 from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
-from kubedns.listen import ListenError, TCPListener, UDPListener, bind_failure, fd_limit
+from kubedns.listen import ListenError, TCPListener, UDPListener, fd_limit, http_addresses, http_listen_error, interface
 from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.server import Block, Dispatcher
 from kubedns.stores import ClusterSources
@@ -48,43 +48,11 @@ log = Logger()
 _PENDING_PROGRAMMING_MAX = 10_000
 
 
-def _interface(host: str) -> str:
-    return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
-
-
-_HTTP_KEYS = (("health", "/health"), ("ready", "/ready"), ("prometheus", "/metrics"))
-
-
-def _http_addresses(config: Config, worker: int = 0) -> list[tuple[str, str, Address]]:
-    """(config key, path, address) of every HTTP endpoint this process serves, in config order.
-
-    As :mod:`kubedns.health` does: /health and /ready only in worker 0, /metrics of worker N on
-    the prometheus port plus N.
-    """
-    out = []
-    for b in config.servers:
-        for key, path in _HTTP_KEYS:
-            v = getattr(b, key)
-            if v is None or (worker and key != "prometheus"):
-                continue
-            addr = Address(v.listen.host, v.listen.port + worker) if key == "prometheus" else v.listen
-            out.append((f"servers[{b.index}].{key}", path, addr))
-    return out
-
-
-def _http_listen_error(config: Config, err: CannotListenError, worker: int = 0) -> ListenError:
-    """The one-line :class:`ListenError` for an HTTP endpoint Twisted could not listen on."""
-    for key, _, addr in _http_addresses(config, worker):
-        if addr.port == err.port and _interface(addr.host) == err.interface:
-            return ListenError(f"{config.path}: {key}: {addr}: {bind_failure(err, addr.port)}")
-    return ListenError(f"{config.path}: {err.interface or '*'}:{err.port}: {bind_failure(err, err.port)}")
-
-
 def banner(config: Config) -> str:
     """The first log line: version, config file and every listener (DNS and HTTP)."""
     dns_part = ", ".join(f"{a} (UDP, TCP)" for a in config.listeners())
     http: dict[Address, list[str]] = {}
-    for _, path, addr in _http_addresses(config):
+    for _, path, addr in http_addresses(config):
         if path not in http.setdefault(addr, []):
             http[addr].append(path)
     http_part = ", ".join(f"{' '.join(paths)} on {addr}" for addr, paths in http.items()) or "none"
@@ -264,7 +232,7 @@ class KubeDNS(service.MultiService):
         # CoreDNS's server label: "dns://:53" for the wildcard address
         label = f"dns://:{addr.port}" if addr.host in ("", "0.0.0.0") else f"dns://{addr}"
         disp = Dispatcher(label, blocks, reactor=self.reactor, fast_path=self.fast_path)
-        iface = _interface(addr.host)
+        iface = interface(addr.host)
         reuse = self.config.workers > 1
         first = next(b for b in config.servers if b.listen == addr)
         where = f"{config.path}: servers[{first.index}].listen: {addr}"
@@ -361,7 +329,7 @@ class KubeDNS(service.MultiService):
                 except Exception as e:
                     cause = e.__cause__
                     if isinstance(cause, CannotListenError):
-                        raise _http_listen_error(new, cause, self.worker) from None
+                        raise http_listen_error(new, cause, self.worker) from None
                     raise
         except Exception:
             for lst in added:
@@ -427,7 +395,7 @@ class KubeDNS(service.MultiService):
         except ListenError as e:
             _exit_cannot_listen(e)
         except CannotListenError as e:  # an HTTP endpoint (health, ready, prometheus)
-            _exit_cannot_listen(_http_listen_error(self.config, e, self.worker))
+            _exit_cannot_listen(http_listen_error(self.config, e, self.worker))
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
