@@ -62,7 +62,7 @@ class Poller(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set():
             try:
-                r = query(self.port, NAME, timeout=1.0)
+                r = query(self.port, NAME, timeout=3.0)
                 code = dns.rcode.to_text(r.rcode())
                 if code == "NOERROR" and not r.answer:
                     code = "NODATA"
@@ -80,12 +80,12 @@ def _block(port: int, **k8s: Any) -> dict[str, Any]:
 
 
 def _ttl(port: int, name: str = NAME) -> int | None:
-    r = query(port, name, timeout=1.0)
+    r = query(port, name, timeout=3.0)
     return r.answer[0].ttl if r.answer else None
 
 
 def _rcode(port: int, name: str) -> str:
-    return dns.rcode.to_text(query(port, name, timeout=1.0).rcode())
+    return dns.rcode.to_text(query(port, name, timeout=3.0).rcode())
 
 
 def test_reloads_of_every_kind_answer_without_a_gap(kubedns_process: Any, tmp_path: Path) -> None:
