@@ -172,8 +172,10 @@ class _OpsChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:  # noqa: N802 (Twisted API)
-        if self.persistent:  # before super(): it may go on at once with a pipelined request
-            self._await_request()
+        # Before super(), which may go on at once with a pipelined request.  Also when the
+        # connection is not persistent: super() closes it gracefully, which waits for the
+        # client to read the response; the deadline aborts it if the client never does.
+        self._await_request()
         super().requestDone(request)
 
     def timeoutConnection(self) -> None:  # noqa: N802 (Twisted API; no "Timing out client" line)

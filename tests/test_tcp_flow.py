@@ -4,7 +4,10 @@ The process-level attacks are in tests/test_adversarial.py; here the mechanics a
 answers per turn are bounded and the rest wait for the next reactor turn, a full write buffer
 stops reading until it drains, the factory refuses connections past its cap unless a client
 that stopped reading can make room, and the idle timeout aborts a connection whose answers
-were never read instead of waiting for them to drain.
+were never read instead of waiting for them to drain.  The HTTP endpoints' connections
+(kubedns/health.py) follow the same rules: a deadline per request that trickled bytes do not
+push back, an abort for an unread response, and a cap where the oldest waiting connection
+makes room.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class _Buffered(StringTransport):
     """A transport holding ``dataBuffer`` bytes it could not send, as twisted's TCP transport
     does while the peer's window is closed."""
 
-    dataBuffer = b"\x00" * 100
+    dataBuffer = b"\x00" * 100  # noqa: N815 (twisted attribute)
 
 
 def _aborted(tr: StringTransport) -> bool:
@@ -183,3 +186,72 @@ def test_the_process_raises_its_open_files_limit_at_start(kubedns_process: Any) 
     limits = Path(f"/proc/{p.proc.pid}/limits").read_text()
     line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
     assert int(line.split()[3]) > 1024, line
+
+
+# -- the HTTP endpoints' connections (kubedns/health.py), same mechanics ----------------------
+
+def _http_site(clock: task.Clock, cap: int = 100) -> Any:
+    from twisted.web import resource
+
+    from kubedns.health import _QuietSite, _Text
+
+    root = resource.Resource()
+    root.putChild(b"health", _Text(lambda: (200, "OK")))
+    site = _QuietSite(root, clock)
+    site.max_connections = cap
+    return site
+
+
+def _http_connect(site: Any, transport: StringTransport | None = None) -> tuple[Any, StringTransport]:
+    ch = site.buildProtocol(None)
+    tr = transport or StringTransport()
+    ch.makeConnection(tr)
+    return ch, tr
+
+
+def test_http_request_trickled_a_byte_at_a_time_is_cut_off_at_the_deadline() -> None:
+    """twisted.web's idle timer restarts on every byte; the request deadline does not."""
+    clock = task.Clock()
+    ch, tr = _http_connect(_http_site(clock))
+    ch.dataReceived(b"GET /health HTTP/1.1\r\n")
+    for _ in range(9):
+        clock.advance(1)
+        ch.dataReceived(b"X")
+    assert not tr.disconnecting
+    clock.advance(1.01)
+    assert tr.disconnecting  # no response was sent: a graceful close
+
+
+def test_http_unread_response_is_aborted_not_waited_for() -> None:
+    """HTTP/1.0: the response is written, then a graceful close, which waits for the client
+    to read it; a client that never does is aborted at the deadline."""
+    clock = task.Clock()
+    ch, tr = _http_connect(_http_site(clock), _Buffered())
+    ch.dataReceived(b"GET /health HTTP/1.0\r\n\r\n")
+    assert b"200 OK" in tr.value() and tr.disconnecting and not _aborted(tr)
+    clock.advance(10.1)
+    assert _aborted(tr)
+
+
+def test_http_keepalive_connection_gets_a_new_deadline_per_request() -> None:
+    clock = task.Clock()
+    ch, tr = _http_connect(_http_site(clock))
+    for _ in range(3):
+        clock.advance(9)
+        ch.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert tr.value().count(b"200 OK") == 3 and not tr.disconnecting
+    clock.advance(10.1)
+    assert tr.disconnecting
+
+
+def test_http_past_the_cap_the_oldest_waiting_connection_makes_room() -> None:
+    clock = task.Clock()
+    site = _http_site(clock, cap=2)
+    a, tra = _http_connect(site)
+    b, trb = _http_connect(site)
+    c, trc = _http_connect(site)  # a was waiting longest for its request: it goes
+    assert _aborted(tra) and not _aborted(trb) and len(site.channels) == 2
+    a.connectionLost(None)
+    b.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # half a request: still waiting, evictable
+    _http_connect(site)
+    assert _aborted(trb) and not _aborted(trc)
