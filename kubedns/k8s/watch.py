@@ -324,8 +324,10 @@ class ResourceWatcher:
         log("{resource}: {error}; retrying in {delay:.1f}s", resource=self.resource, error=msg, delay=delay)
 
     def _sleep(self, seconds: float) -> None:
-        self._wake.wait(seconds)
+        # a retry_now() that came while we were not waiting is not carried over to this wait
         self._wake.clear()
+        if not self._stopping.is_set():  # stop() sets _stopping before _wake
+            self._wake.wait(seconds)
 
     def _call(self, **kwargs: Any) -> Any:
         """One request with ``_preload_content=False``; the response is kept for stop()."""
