@@ -122,7 +122,7 @@ def _parse(value) -> CacheConfig:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, 16 << 20), (1 << 20, 1 << 20), ("32Mi", 32 << 20), ("64M", 64_000_000), ("512Ki", 512 << 10),
+    [(None, 6 << 20), (1 << 20, 1 << 20), ("32Mi", 32 << 20), ("64M", 64_000_000), ("512Ki", 512 << 10),
      ("1Gi", 1 << 30)],
 )
 def test_max_bytes_config(value, expected: int) -> None:

@@ -59,7 +59,7 @@ class CacheConfig:
     denial_ttl: int = 1800  # cap for NXDOMAIN/NODATA (RFC 2308 TTL)
     servfail_ttl: float = 5.0  # upstream SERVFAIL cached this long; 0: never
     size: int = 9984  # entries
-    max_bytes: int = 16 << 20  # memory the entries may take (wire size + object overhead), LRU evicted
+    max_bytes: int = 6 << 20  # memory the entries may take (wire size + object overhead), LRU evicted
     prefetch_amount: int = 0  # 0: prefetch off
     prefetch_duration: float = 60.0  # "popular" = amount hits with no gap this long
     prefetch_percentage: int = 10  # prefetch when the TTL left drops below this % (or 1 s)
