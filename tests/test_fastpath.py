@@ -263,7 +263,8 @@ def test_fast_cache_byte_budget_holds_against_case_variants() -> None:
         assert disp.fast.bytes <= 2000
         over = disp.fast.entry_overhead
         assert disp.fast.bytes == sum(len(e[0]) + 2 + len(k) + over for k, e in disp.fast.entries.items())
-    assert disp.fast.entries  # still serving from the fast path after clearing
+    assert disp.fast.entries  # still serving from the fast path after evicting
+    assert _wire(variant, 1, 0)[2:] in disp.fast.entries  # the oldest go first, the newest stays
     assert len(disp.fast.computed) == 1  # one computed answer for all 64 spellings
 
 
