@@ -69,11 +69,15 @@ def test_first_log_line_names_version_config_and_every_listener(kubedns_process,
         assert addr in first, first
 
 
-def test_busy_dns_port_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_busy_dns_port_at_start_is_one_line_and_exit_1(tmp_path: Path, workers: int) -> None:
+    """With ``workers: 2`` the sockets are made by hand with SO_REUSEPORT: the same line."""
     busy = _busy(socket.SOCK_DGRAM)
     port = busy.getsockname()[1]
     try:
-        rc, out, path = _run(_config(port, _manifests(tmp_path / "c.yaml", OBJS)), tmp_path)
+        cfg = _config(port, _manifests(tmp_path / "c.yaml", OBJS))
+        cfg["workers"] = workers
+        rc, out, path = _run(cfg, tmp_path)
     finally:
         busy.close()
     assert rc == 1, out
