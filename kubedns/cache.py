@@ -56,7 +56,7 @@ _KEPT_OPTIONS = (ECS, EDE)
 #: Memory an entry costs beyond the answer's wire size: the entry, its key and the LRU slot
 #: (ENTRY_COST), and each decoded record (RRHeader, Name, payload objects: RECORD_COST).
 #: Measured with tracemalloc on decoded upstream answers (1 and 4 A records, CNAME + 2 A, 10 SRV:
-#: 1.1, 2.6, 2.2 and 6.7 KB an entry, charged within 10%); tests/test_cache.py checks a cache
+#: 1.1, 2.6, 2.2 and 6.7 KB an entry, charged within 10%); tests/test_cache_bytes.py checks a cache
 #: full of large answers stays near its budget.
 ENTRY_COST = 600
 RECORD_COST = 550

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import random
 import time
-from bisect import bisect_left
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -38,20 +36,23 @@ from twisted.python.failure import Failure
 from kubedns.counters import TIME_BUCKETS
 from kubedns.forward.config import ForwardConfig
 from kubedns.forward.message import Expect, build_query, client_edns, decode_response, is_truncated
-from kubedns.forward.transport import NoDescriptorError, StreamClient, TransportError, describe, udp_exchange
+from kubedns.forward.stats import ForwarderStats, UpstreamStats
+from kubedns.forward.transport import (
+    NoDescriptorError,
+    StreamClient,
+    TransportError,
+    describe,
+    fd_reserve,
+    udp_exchange,
+)
 from kubedns.forward.upstream import UpstreamSpec
 
-__all__ = ["Forwarder", "ForwarderStats", "Refused", "UpstreamStats", "UpstreamsFailed"]
+__all__ = ["Forwarder", "ForwarderStats", "Refused", "UpstreamStats", "UpstreamsFailed", "fd_reserve"]
 
 _log = Logger()
 
 REQUEST_BUDGET = 5.0  # CoreDNS's per-request deadline across all tries (raised to one timeout if larger)
 PROBE_TIMEOUT = 1.0  # a health probe waits at most this long (or the per-try timeout if shorter)
-
-
-def fd_reserve(soft_limit: int) -> int:
-    """Descriptors forwarding leaves free below the open-files soft limit: a quarter, 64 to 4096."""
-    return max(64, min(4096, soft_limit // 4))
 
 
 class UpstreamsFailed(Exception):  # noqa: N818 (name fixed by the server interface)
@@ -67,33 +68,6 @@ class UpstreamsFailed(Exception):  # noqa: N818 (name fixed by the server interf
 class Refused(Exception):  # noqa: N818 (name fixed by the server interface)
     """More than ``max_concurrent`` queries in flight, every upstream to ask at its share of them, or
     no descriptor to spare: answer REFUSED (not a health failure)."""
-
-
-@dataclass(slots=True)
-class UpstreamStats:
-    """Counters for one upstream, plain ints for the metrics endpoint."""
-
-    requests: int = 0  # tries sent (queries, not health probes)
-    responses: dict[int, int] = field(default_factory=dict)  # rcode -> count
-    failures: int = 0  # tries without an answer
-    healthcheck_failures: int = 0
-    #: rcode -> [per-bucket counts (TIME_BUCKETS, then +Inf), sum of seconds]: how long answered
-    #: tries took, for coredns_proxy_request_duration_seconds{to, rcode}
-    durations: dict[int, list[Any]] = field(default_factory=dict)
-
-    def observe(self, rcode: int, seconds: float, bounds: tuple[float, ...]) -> None:
-        h = self.durations.get(rcode)
-        if h is None:
-            h = self.durations[rcode] = [[0] * (len(bounds) + 1), 0.0]
-        h[0][bisect_left(bounds, seconds)] += 1
-        h[1] += seconds
-
-
-@dataclass(slots=True)
-class ForwarderStats:
-    max_concurrent_rejects: int = 0
-    healthcheck_broken: int = 0  # requests that found every upstream down
-    deduplicated: int = 0  # queries that joined an identical one in flight
 
 
 class _Upstream:

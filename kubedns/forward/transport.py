@@ -43,6 +43,7 @@ __all__ = [
     "TransportError",
     "UpstreamTimeoutError",
     "describe",
+    "fd_reserve",
     "udp_exchange",
 ]
 
@@ -61,6 +62,11 @@ class ConnectionFailedError(TransportError):
 
 class NoDescriptorError(TransportError):
     """No descriptor to spare for a query socket: a local limit, not the upstream's failure."""
+
+
+def fd_reserve(soft_limit: int) -> int:
+    """Descriptors forwarding leaves free below the open-files soft limit: a quarter, 64 to 4096."""
+    return max(64, min(4096, soft_limit // 4))
 
 
 # -- UDP ---------------------------------------------------------------------------------------
