@@ -218,7 +218,8 @@ def test_silent_upstream_burst_leaves_tcp_dns_and_health_working(tmp_path: Path)
             drain()
             time.sleep(0.05)
         assert rcodes.get(dns.rcode.REFUSED, 0) > 0, rcodes  # the excess was refused at once...
-        assert _metric(mport, "coredns_forward_max_concurrent_rejects_total") == rcodes[dns.rcode.REFUSED]
+        # every REFUSED is counted (a few answers may be lost on the way back under load: >=)
+        assert _metric(mport, "coredns_forward_max_concurrent_rejects_total") >= rcodes[dns.rcode.REFUSED]
         assert silent.count() <= 1000  # ...and never reached the upstream
         # once the held queries time out, the descriptors are given back
         deadline = time.monotonic() + 5
