@@ -229,7 +229,7 @@ class ResourceWatcher:
                     self._list()
                     need_list = False
                     self._unproductive_lists += 1  # until a watch makes progress
-                    self._progressed()
+                    self._progressed(delivered=True)
                 if self._watch():
                     self._progressed()
                     watch_errors = 0
@@ -267,9 +267,14 @@ class ResourceWatcher:
         with self._lock:
             self._response = None
 
-    def _progressed(self) -> None:
+    def _progressed(self, delivered: bool = False) -> None:
+        """Reset the backoff; ``delivered``: the server sent data just now (so it is not away).
+
+        A watch that merely lived long is progress for the backoff, but when it ends it says
+        nothing about whether the server is still there.
+        """
         self._backoff.reset()
-        if self._outage is not None:
+        if delivered and self._outage is not None:
             self._outage.progressed()
 
     def _silent_too_long(self) -> bool:
@@ -506,7 +511,7 @@ class ResourceWatcher:
                 parts, size = ([rest], len(rest)) if rest else ([], 0)
                 if self._handle_lines(lines):
                     progressed = True
-                    self._backoff.reset()
+                    self._progressed(delivered=True)
             if self._stopping.is_set():
                 raise _StoppedError()
             buf = b"".join(parts)
