@@ -27,10 +27,17 @@ The loop (one :class:`ResourceWatcher` per resource, one thread each):
   ``Retry-After``, up to the backoff cap); 410 Gone relists, at once the first time, but a relist
   that got no watch going (the watch answers 410 again, the list's own pages expire, the watch
   keeps sending ERROR events) is followed by the next only after a growing delay of its own.
+  A failure with no answer at all is checked against the whole API
+  (:class:`~kubedns.k8s.outage.ApiOutage`): if the API is away, every resource waits on one
+  shared schedule, cut short by the API's return.  Before each retry after an error the
+  kubeconfig is re-read (:class:`~kubedns.k8s.apiclient.ClientSource`).
+* A watch that delivers nothing, not even a BOOKMARK, for ``max_watch_silence`` seconds is
+  replaced by a relist: the server is behind our resourceVersion (restored from a backup).
 * Errors never delete anything: while the API is unreachable the store keeps its last state.
 
-This is the only module that imports :mod:`kubernetes`, and it does so lazily (the package takes
-most of a second to import).  ``callFromThread`` is the only way anything here reaches the store.
+This module and :mod:`kubedns.k8s.apiclient` are the only ones that import :mod:`kubernetes`, and
+lazily (the package takes most of a second to import).  ``callFromThread`` is the only way
+anything here reaches the store.
 """
 
 from __future__ import annotations
