@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kubedns.server import QueryInfo
+    from kubedns.query import QueryInfo
 
 __all__ = [
     "PROCESS",

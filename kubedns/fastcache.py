@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from kubedns.counters import FoldedHits, known_type
 
 if TYPE_CHECKING:
-    from kubedns.server import QueryInfo
+    from kubedns.query import QueryInfo
 
 __all__ = ["Aging", "FastCache", "fast_key"]
 

@@ -1,7 +1,7 @@
 """Query logging (``log:``) and error logging (``errors:``), as CoreDNS's *log* and *errors* plugins.
 
 Both are :class:`~kubedns.server.Dispatcher` observers: they receive a
-:class:`~kubedns.server.QueryInfo` per query answered on the slow path.  Which block a query
+:class:`~kubedns.query.QueryInfo` per query answered on the slow path.  Which block a query
 belongs to is decided again here from the dispatcher's *current* blocks, so a reload that adds or
 removes ``log``/``errors`` in a block takes effect at once, and a dispatcher shared by several
 blocks logs only the queries of the blocks that ask for it.
@@ -40,7 +40,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from kubedns.counters import rcode_name
-from kubedns.server import QueryInfo
+from kubedns.query import QueryInfo
 
 __all__ = ["ErrorLog", "QueryLog", "common_line", "format_duration", "json_line", "query_fields"]
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -30,12 +28,11 @@ from twisted.python.failure import Failure
 
 from kubedns.config import ServerBlock
 from kubedns.fastcache import Aging, FastCache
+from kubedns.query import Observer, QueryInfo, Request
 from kubedns.records import Answer, ClusterZones
 from kubedns.wire import (
     BADVERS,
     DOTTED_LABEL,
-    Edns,
-    Question,
     encode_response,
     error_response,
     parse_question,
@@ -46,53 +43,12 @@ from kubedns.wire import (
     udp_limit,
 )
 
-__all__ = ["Block", "Dispatcher", "QueryInfo"]
+__all__ = ["Block", "Dispatcher"]
 
 log = Logger()
 
 FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = dns.EFORMAT, dns.ESERVER, dns.ENAME, dns.ENOTIMP, dns.EREFUSED
 _UNSEEN = object()  # not yet in FastCache.computed (None there means "not our name")
-
-
-@dataclass(slots=True)
-class QueryInfo:
-    """What observers (metrics, query log) learn about each answered query."""
-
-    server: str  # "dns://host:port" as CoreDNS labels it
-    zone: str
-    proto: str  # "udp" | "tcp"
-    peer: Any
-    qname: bytes
-    qtype: int
-    qclass: int
-    qid: int
-    request_size: int
-    response_size: int
-    rcode: int
-    flags: int
-    duration: float
-    do: bool
-    bufsize: int = 512  # the client's EDNS UDP size (512 without EDNS), 65535 over TCP
-    plugin: str = ""  # which part answered: kubernetes, forward, or "" (refused, errors)
-    error: str = ""  # why the answer is a failure, when we know more than the rcode (errors:)
-
-
-Observer = Callable[[QueryInfo], None]
-
-
-@dataclass(slots=True)
-class Request:
-    """One query being answered: what encoding the answer and reporting on it need."""
-
-    q: Question
-    question: bytes  # the question section as sent (case preserved)
-    edns: Edns | None
-    limit: int  # largest answer allowed on this transport
-    proto: str
-    peer: Any
-    start: float
-    packet: bytes
-    block: Block | None
 
 
 class Block:
@@ -162,7 +118,7 @@ class Dispatcher:
         if not ok:
             return error_response(data, FORMERR)
         limit = udp_limit(edns) if proto == "udp" else 65535
-        req = Request(q, data[12 : q.end], edns, limit, proto, peer, start, data, None)
+        req = Request(q, data[12 : q.end], edns, limit, proto, peer, start, data, None, memo=self.fast)
         if edns is not None and edns.version != 0:
             return self._finish(req, Answer(rcode=BADVERS, authoritative=False), "", ra=False)
         qname = q.qname

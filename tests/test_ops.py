@@ -30,8 +30,8 @@ from twisted.trial import unittest
 from kubedns.config import parse
 from kubedns.health import Readiness, build_ops
 from kubedns.metrics import TIME_BUCKETS, observe_programming, record_reload_failure
+from kubedns.query import QueryInfo
 from kubedns.querylog import ErrorLog, common_line, format_duration, json_line
-from kubedns.server import QueryInfo
 from kubedns.service import build
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, wait_until
