@@ -74,7 +74,7 @@ class FastCache:
         self.enabled = enabled
         self.entries: dict[bytes, list[Any]] = {}
         #: keys of forwarded (aging) entries, oldest first; bounded by the block cache's ``size``
-        self.forwarded: dict[bytes, None] = {}
+        self.forwarded: OrderedDict[bytes, None] = OrderedDict()
         self.bytes = 0
         #: ``(ClusterZones, lower-cased qname, qtype) → (zone, Answer) | None``: what the store
         #: answered, kept for the normal path until the store changes; filled even when the fast
