@@ -161,3 +161,30 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
         assert chunk, "connection closed"
         buf += chunk
     return buf
+
+
+def test_counters_do_not_grow_with_types_and_sizes() -> None:
+    """Query counters and retired fast-path hits are keyed by what metrics label, not by the raw
+    type and sizes a client picks; the size histograms and their sums stay exact."""
+    from kubedns.counters import SIZE_BUCKETS, FoldedHits, QueryStats
+    from kubedns.server import QueryInfo
+
+    rng = random.Random(3)
+    stats, folded = QueryStats(), FoldedHits()
+    rq_total = rs_total = 0
+    for i in range(20_000):
+        qtype, rq, rs = rng.randrange(65536), rng.randrange(17, 65535), rng.randrange(12, 65535)
+        rq_total += rq
+        rs_total += rs
+        stats.observe(QueryInfo(server="dns://127.0.0.1:53", zone="cluster.local", proto="udp", peer=("127.0.0.1", i),
+                                qname=b"x", qtype=qtype, qclass=1, qid=i, request_size=rq, response_size=rs, rcode=0,
+                                flags=0, duration=0.0001, do=False))
+        folded.add(("dns://127.0.0.1:53", "cluster.local", qtype, 0, rq, rs, False), 1)
+    assert len(stats.slots) <= 20  # the labelled types and "other", not 20,000 keys
+    assert len(folded) <= 20 * (len(SIZE_BUCKETS) + 1) ** 2
+    assert sum(s[0] for s in stats.slots.values()) == 20_000
+    assert sum(s[2] for s in stats.slots.values()) == rq_total
+    assert sum(sum(s[5]) for s in stats.slots.values()) == 20_000
+    items = folded.items()
+    assert sum(n for _, n in items) == 20_000
+    assert round(sum(k[4] * n for k, n in items)) == rq_total and round(sum(k[5] * n for k, n in items)) == rs_total
