@@ -21,7 +21,7 @@ import dns.message
 import dns.rcode
 import pytest
 import yaml
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.names import dns as tdns
 from twisted.trial import unittest
 
@@ -130,6 +130,31 @@ class ForwarderLimits(unittest.TestCase):
         self.assertEqual(f.stats.max_concurrent_rejects, 1)
         f.max_fd = fd_limit()
         r = await f.resolve(make_query(b"example.org"))
+        self.assertEqual(len(r.answers), 1)
+
+    async def test_after_running_out_of_descriptors_new_requests_are_refused_without_a_socket(self) -> None:
+        silent = self.upstream()
+        silent.mode = "drop"
+        f = self.forwarder(config(silent.address, timeout=3.0, max_fails=0))
+        held = [f.resolve(make_query(f"h{i}.example.org".encode())) for i in range(2)]
+        for d in held:
+            d.addErrback(lambda _: None)
+        self.assertTrue(silent.wait_for(2, timeout=2))
+        f.max_fd = 3  # descriptors run out with 2 queries in flight
+        with self.assertRaises(Refused) as e1:
+            await f.resolve(make_query(b"third.example.org"))
+        self.assertIn("no descriptor to spare", str(e1.exception))
+        sockets_tried = f.upstreams[0].stats.requests
+        with self.assertRaises(Refused) as e2:  # still 2 in flight: refused before any socket
+            await f.resolve(make_query(b"fourth.example.org"))
+        self.assertIn("2 forwarded queries in flight", str(e2.exception))
+        self.assertEqual(f.upstreams[0].stats.requests, sockets_tried)
+        self.assertEqual(f.stats.max_concurrent_rejects, 2)
+        f.max_fd = fd_limit()
+        await task.deferLater(reactor, 1.05, lambda: None)  # a second later a socket is tried again
+        silent.mode = "answer"
+        silent.add("fifth.example.org", "A", "192.0.2.5")
+        r = await f.resolve(make_query(b"fifth.example.org"))
         self.assertEqual(len(r.answers), 1)
 
 

@@ -116,6 +116,12 @@ class Forwarder:
         self._except = tuple(z.encode("ascii") for z in config.except_zones)
         self._flights: dict[tuple, _Flight] = {}
         self._inflight = 0
+        self._tries = 0  # tries waiting for an answer, all upstreams
+        #: tries in flight when a UDP socket last found no descriptor to spare: while at least as
+        #: many are in flight, a new request is refused without trying (and failing) a socket,
+        #: for a second after that failure; then a socket is tried again
+        self._fd_tries = 0
+        self._fd_full_at = 0.0
         self._rr = 0
         self._running = False
         self._budget = max(REQUEST_BUDGET, config.timeout)
@@ -237,6 +243,11 @@ class Forwarder:
         if limit and self._inflight >= limit:
             self.stats.max_concurrent_rejects += 1
             return defer.fail(Refused(f"more than {limit} concurrent forwarded queries"))
+        if self._fd_tries and self._tries >= self._fd_tries:
+            if self._reactor.seconds() - self._fd_full_at < 1.0:
+                self.stats.max_concurrent_rejects += 1
+                return defer.fail(Refused(f"no descriptor to spare: {self._tries} forwarded queries in flight"))
+            self._fd_tries = 0
         q = query.queries[0]
         name = q.name.name
         rd, cd, do, ad, options = client_edns(query)
@@ -363,11 +374,15 @@ class Forwarder:
                 continue
             up.stats.requests += 1
             up.inflight += 1
+            self._tries += 1
             t0 = time.perf_counter()
             try:
                 data = await self._try(up, template, expect, tcp, min(self.config.timeout, remaining), deadline)
                 msg = decode_response(data)
             except NoDescriptorError as e:
+                up.stats.requests -= 1  # nothing was sent
+                self._fd_tries = self._tries - 1
+                self._fd_full_at = now()
                 local += 1
                 errors.append((up.name, describe(e)))
                 continue
@@ -378,6 +393,7 @@ class Forwarder:
                 continue
             finally:
                 up.inflight -= 1
+                self._tries -= 1
             rcode = msg.rCode
             up.stats.responses[rcode] = up.stats.responses.get(rcode, 0) + 1
             up.stats.observe(rcode, time.perf_counter() - t0, self._bounds)
