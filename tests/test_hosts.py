@@ -1,0 +1,258 @@
+"""The ``hosts`` plugin: the table (hosts(5) parsing, reverse names, reload) as pure logic, its
+config, and a running server answering A, AAAA and PTR from a hosts file over real UDP, falling
+through to the cluster and to forward, and picking up an edit of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from twisted.internet import task
+
+from kubedns.configbase import ConfigError, Node
+from kubedns.plugins.hoststable import (
+    HostsConfig,
+    HostsTable,
+    address_from_reverse,
+    parse_address,
+    parse_hosts,
+    parse_hosts_config,
+)
+
+HOSTS = """\
+# The following lines are desirable for IPv4 capable hosts
+127.0.0.1       localhost
+192.168.1.10    Example.COM.           example   # a comment after the names
+192.168.1.11    example.com
+::1                     localhost ip6-localhost ip6-loopback
+fdfc:a744:27b5:3b0e::1  example.com example
+fe80::1%eth0    link.local
+::ffff:10.1.2.3 mapped.test
+10.0.0.300      bad.address
+10.0.0.5
+not-an-ip       name
+10.0.0.6        ok.test a..b {long}.test
+192.168.1.10    example.com
+10.0.0.7        *.wild.test
+""".replace("{long}", "x" * 64)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def test_parse_names_addresses_comments_and_skipped_lines():
+    problems: list[tuple[int, str]] = []
+    m = parse_hosts(HOSTS, problems=problems)
+    assert m.name4["localhost"] == ["127.0.0.1"]
+    # several names per line, names lower-cased, one final dot dropped, a repeated line not repeated
+    assert m.name4["example.com"] == ["192.168.1.10", "192.168.1.11"]
+    assert m.name4["example"] == ["192.168.1.10"]
+    assert m.name6["localhost"] == ["::1"]
+    assert m.name6["ip6-loopback"] == ["::1"]
+    assert m.name6["example.com"] == ["fdfc:a744:27b5:3b0e::1"]
+    assert m.name6["link.local"] == ["fe80::1"]  # the %zone is dropped
+    assert m.name4["mapped.test"] == ["10.1.2.3"]  # an IPv4-mapped address is IPv4, as Go reads it
+    assert "mapped.test" not in m.name6
+    assert m.name4["ok.test"] == ["10.0.0.6"]
+    # reverse: every name of an address, in file order
+    assert m.addr["192.168.1.10"] == ["example.com", "example"]
+    assert m.addr["::1"] == ["localhost", "ip6-localhost", "ip6-loopback"]
+    # skipped with a reason and the line number
+    lines: dict[int, list[str]] = {}
+    for n, why in problems:
+        lines.setdefault(n, []).append(why)
+    assert lines[9] == ["'10.0.0.300' is not an IP address"]
+    assert lines[10] == ["an address without a name"]
+    assert lines[11] == ["'not-an-ip' is not an IP address"]
+    assert lines[12][0].startswith("name 'a..b' has an empty label")
+    assert lines[12][1].startswith("name 'xxxxxxxx")  # a 64-character label
+    assert len(problems) == 5
+    assert not any("bad.address" in k for k in m.name4)
+
+
+def test_parse_keeps_only_names_in_the_zones_and_no_reverse():
+    m = parse_hosts(HOSTS, zones=("com", "test"), reverse=False)
+    assert set(m.name4) == {"example.com", "mapped.test", "ok.test"}
+    assert m.addr == {}
+    assert m.wild4 == {"*.wild.test": ["10.0.0.7"]}
+
+
+def test_wildcard_matches_one_label_and_gets_no_ptr():
+    t = HostsTable(None, ["10.0.0.7 *.wild.test", "10.0.0.8 a.wild.test"], reactor=task.Clock())
+    assert t.addresses("apps.wild.test", False) == ["10.0.0.7"]
+    assert t.addresses("a.wild.test", False) == ["10.0.0.8"]  # an exact name wins
+    assert t.addresses("wild.test", False) == []  # not the apex
+    assert t.addresses("deep.apps.wild.test", False) == []  # only one label
+    assert t.names("10.0.0.7") == []
+    assert t.names("10.0.0.8") == ["a.wild.test"]
+
+
+@pytest.mark.parametrize(
+    ("name", "address"),
+    [
+        ("4.3.2.1.in-addr.arpa", "1.2.3.4"),
+        ("10.1.168.192.in-addr.arpa", "192.168.1.10"),
+        ("1." + "0." * 31 + "ip6.arpa", "::1"),
+        ("3.2.1.in-addr.arpa", None),  # a partial name is not an address
+        ("01.2.3.4.in-addr.arpa", None),  # leading zeros are not read (Go refuses them too)
+        ("x.2.3.4.in-addr.arpa", None),
+        ("example.com", None),
+        ("1." + "0." * 30 + "ip6.arpa", None),
+        ("10." + "0." * 30 + "ip6.arpa", None),
+    ],
+)
+def test_address_from_reverse(name, address):
+    assert address_from_reverse(name) == address
+
+
+def test_address_from_reverse_ipv6_full():
+    ip = "fdfc:a744:27b5:3b0e::1"
+    import ipaddress
+
+    assert address_from_reverse(ipaddress.ip_address(ip).reverse_pointer) == ip
+
+
+def test_parse_address():
+    assert parse_address("fe80::1%eth0") == ("fe80::1", 6)
+    assert parse_address("::FFFF:1.2.3.4") == ("1.2.3.4", 4)
+    assert parse_address("1.2.3") is None
+    assert parse_address("2001:DB8::1") == ("2001:db8::1", 6)
+
+
+# -- the table: file, inline entries, reload -----------------------------------------------------
+def _write(path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def test_file_then_inline_and_a_deleted_file_leaves_inline(tmp_path):
+    hosts = tmp_path / "hosts"
+    _write(hosts, "10.0.0.1 a.test both.test\n")
+    clock = task.Clock()
+    t = HostsTable(str(hosts), ["10.0.0.2 b.test both.test", "10.0.0.1 both.test"], reload=5, reactor=clock)
+    t.start()
+    assert t.addresses("a.test", False) == ["10.0.0.1"]
+    assert t.addresses("b.test", False) == ["10.0.0.2"]
+    assert t.addresses("both.test", False) == ["10.0.0.1", "10.0.0.2"]  # the file's, then inline
+    assert t.names("10.0.0.1") == ["a.test", "both.test"]
+    assert t.has_name("a.test") and not t.has_name("c.test")
+    os.unlink(hosts)
+    clock.advance(5)
+    assert t.addresses("a.test", False) == []
+    assert t.addresses("both.test", False) == ["10.0.0.2", "10.0.0.1"]  # the inline lines only
+    _write(hosts, "10.0.0.9 a.test\n")  # restored: read again
+    clock.advance(5)
+    assert t.addresses("a.test", False) == ["10.0.0.9"]
+    t.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_reload_picks_up_an_edit_and_calls_back(tmp_path):
+    hosts = tmp_path / "hosts"
+    _write(hosts, "10.0.0.1 a.test\n")
+    clock = task.Clock()
+    t = HostsTable(str(hosts), reload=15, reactor=clock)
+    changes: list[int] = []
+    t.on_change.append(lambda: changes.append(t.generation))
+    t.start()
+    assert changes == [1]
+    _write(hosts, "10.0.0.2 a.test\n")  # same size, maybe the same mtime: the content decides
+    clock.advance(14)
+    assert t.addresses("a.test", False) == ["10.0.0.1"]  # not before the period
+    clock.advance(1)
+    assert t.addresses("a.test", False) == ["10.0.0.2"]
+    assert changes == [1, 2]
+    clock.advance(15)  # nothing new: no callback
+    clock.advance(15)
+    assert changes == [1, 2]
+
+
+def test_same_stat_different_content_is_read_when_racy(tmp_path):
+    """A second write within the file system's timestamp granularity keeps mtime and size."""
+    hosts = tmp_path / "hosts"
+    _write(hosts, "10.0.0.1 a.test\n")
+    st = os.stat(hosts)
+    t = HostsTable(str(hosts), reload=5, reactor=task.Clock())
+    t.check()
+    _write(hosts, "10.0.0.2 a.test\n")
+    os.utime(hosts, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime, same size, same inode
+    assert t.check()
+    assert t.addresses("a.test", False) == ["10.0.0.2"]
+
+
+def test_unchanged_stat_is_not_read_again(tmp_path, monkeypatch):
+    hosts = tmp_path / "hosts"
+    _write(hosts, "10.0.0.1 a.test\n")
+    old = time.time() - 60
+    os.utime(hosts, (old, old))
+    t = HostsTable(str(hosts), reload=5, reactor=task.Clock())
+    t.check()
+    opened: list[str] = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    assert not t.check()
+    assert opened == []
+
+
+def test_missing_file_at_start_then_created(tmp_path):
+    hosts = tmp_path / "hosts"
+    clock = task.Clock()
+    t = HostsTable(str(hosts), ["10.0.0.2 b.test"], reload=1, reactor=clock)
+    t.start()
+    assert t.addresses("b.test", False) == ["10.0.0.2"]
+    _write(hosts, "10.0.0.1 a.test\n")
+    clock.advance(1)
+    assert t.addresses("a.test", False) == ["10.0.0.1"]
+
+
+def test_reload_zero_reads_once(tmp_path):
+    hosts = tmp_path / "hosts"
+    _write(hosts, "10.0.0.1 a.test\n")
+    clock = task.Clock()
+    t = HostsTable(str(hosts), reload=0, reactor=clock)
+    t.start()
+    assert t.addresses("a.test", False) == ["10.0.0.1"]
+    assert not clock.getDelayedCalls()
+
+
+# -- config --------------------------------------------------------------------------------------
+def _cfg(value, tmp_path=None):
+    return parse_hosts_config(Node(value, "c.yaml", "servers[0].hosts"), lambda p: os.path.join(str(tmp_path or "/"), p))
+
+
+def test_config_defaults_are_coredns_defaults():
+    assert _cfg(None) == HostsConfig(file="/etc/hosts", ttl=3600, reload=5.0)
+    assert _cfg(True) == _cfg({})
+    c = _cfg({"file": None, "entries": ["10.0.0.1 a.test b.test", "# c", ""], "ttl": 60, "reload": "15s",
+              "fallthrough": True, "no_reverse": True, "zones": ["Test."]})
+    assert c == HostsConfig(file=None, entries=("10.0.0.1 a.test b.test",), zones=("test",), ttl=60,
+                            reload=15.0, no_reverse=True, fallthrough=("",))
+    assert _cfg({"fallthrough": ["in-addr.arpa"]}).fallthrough == ("in-addr.arpa",)
+    assert _cfg({"fallthrough": False}).fallthrough == ()
+
+
+def test_config_relative_file(tmp_path):
+    assert _cfg("NodeHosts", tmp_path).file == str(tmp_path / "NodeHosts")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"ttl": 0}, "servers[0].hosts.ttl: expected a whole number from 1 to 65535, got 0"),
+        ({"ttl": 70000}, "servers[0].hosts.ttl: expected a whole number from 1 to 65535"),
+        ({"reload": "1ms"}, "servers[0].hosts.reload: expected a duration of 0 (no reload) or at least 100ms"),
+        ({"reload": "soon"}, "servers[0].hosts.reload: expected a duration"),
+        ({"entries": ["ttl 60"]}, "servers[0].hosts.entries[0]: expected a hosts line \"IP name [name...]\""),
+        ({"entries": ["10.0.0.1"]}, "an address without a name"),
+        ({"entries": ["10.0.0.1 a..b"]}, "name 'a..b' has an empty label"),
+        ({"fallthrough_unsupported": True}, "fallthrough_unsupported only with fallthrough"),
+        ({"tll": 5}, "servers[0].hosts.tll: expected one of the keys entries, fallthrough"),
+        ({"zones": ["a b"]}, "servers[0].hosts.zones[0]: expected a DNS zone name"),
+        (5, "servers[0].hosts: expected a mapping"),
+    ],
+)
+def test_config_errors(value, message):
+    with pytest.raises(ConfigError) as e:
+        _cfg(value)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
