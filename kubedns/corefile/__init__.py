@@ -1,0 +1,1 @@
+"""Reading a Corefile (CoreDNS's configuration file) into kubedns's config objects."""
