@@ -26,11 +26,13 @@ without the ``transfer`` plugin.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from twisted.names import dns
 
 from kubedns.config import KubernetesConfig
+from kubedns.k8s.objects import Endpoint, EndpointSlice
 from kubedns.k8s.store import Store, endpoint_host, endpoint_published
 
 __all__ = ["Answer", "ClusterZones", "SCHEMA_VERSION"]
@@ -73,6 +75,11 @@ class ClusterZones:
         self.forward_zones = [z for z in config.zones if not z.endswith("arpa")]
         self.primary = self.forward_zones[0] if self.forward_zones else config.zones[0]
         self.fallthrough = frozenset(config.fallthrough)
+        #: ``namespaces``: the only ones answered for (empty: all)
+        self.namespaces = frozenset(config.namespaces)
+        self.pod_names = config.endpoint_pod_names
+        self.ignore_empty_service = config.ignore_empty_service
+        self.noendpoints = config.noendpoints
         self._soa_cache: dict[str, tuple[tuple[str, int], dns.RRHeader]] = {}
         #: address payloads by IP: immutable, shared by every answer that carries that IP
         self._addr_payloads: dict[str, dns.Record_A | dns.Record_AAAA] = {}
@@ -204,6 +211,16 @@ class ClusterZones:
             return self._pod_names(zone, labels[:-1], qname, qtype)
         return self._negative(zone, NXDOMAIN)
 
+    def _exposed(self, namespace: str) -> bool:
+        """``namespaces``: a namespace not listed does not exist for DNS (NXDOMAIN, as CoreDNS)."""
+        return not self.namespaces or namespace in self.namespaces
+
+    def _endpoints(self, svc) -> Iterator[tuple[Endpoint, EndpointSlice]]:
+        """The Service's endpoints; none with ``noendpoints`` (whatever the store holds)."""
+        if self.noendpoints:
+            return iter(())
+        return self.store.endpoints(svc.namespace, svc.name)
+
     def _dns_ips(self) -> tuple[str, ...]:
         svc = self.store.service("kube-system", "kube-dns")
         return svc.cluster_ips if svc is not None else ()
@@ -215,10 +232,16 @@ class ClusterZones:
         if n == 0:
             return self._negative(zone, NOERROR)
         ns = labels[-1]
+        if not self._exposed(ns):
+            return self._negative(zone, NXDOMAIN)
         if n == 1:
             return self._negative(zone, NOERROR if store.namespace_exists(ns) else NXDOMAIN)
         svc = store.service(ns, labels[-2])
         if svc is None:
+            return self._negative(zone, NXDOMAIN)
+        if self.ignore_empty_service and not svc.headless and not svc.external_name and not self._ready_endpoints(svc):
+            # ``ignore empty_service``: a ClusterIP Service nothing serves does not exist, here and
+            # below it, so a client's search path goes on to its next domain (CoreDNS)
             return self._negative(zone, NXDOMAIN)
         svc_name = f"{svc.name}.{ns}.svc.{zone}"
         if n == 2:
@@ -244,11 +267,11 @@ class ClusterZones:
         """``(hostname label, ip, slice)`` of each endpoint address DNS should publish."""
         out = []
         seen = set()
-        for ep, sl in self.store.endpoints(svc.namespace, svc.name):
+        for ep, sl in self._endpoints(svc):
             if not endpoint_published(ep, svc):  # the rule Store.reverse applies to PTRs
                 continue
             for ip in ep.addresses:
-                host = endpoint_host(ep, ip)
+                host = endpoint_host(ep, ip, self.pod_names)
                 if (host, ip) in seen:
                     continue
                 seen.add((host, ip))
@@ -282,7 +305,7 @@ class ClusterZones:
             return [(p, None) for p in svc.ports]
         out = []
         seen = set()
-        for _, sl in self.store.endpoints(svc.namespace, svc.name):
+        for _, sl in self._endpoints(svc):
             if id(sl) in seen:
                 continue
             seen.add(id(sl))
@@ -317,14 +340,14 @@ class ClusterZones:
         fallback = by_slice.get(None, [])
         pairs: dict[tuple[int, str], None] = {}  # (port, target), identical records once
         targets: dict[str, dict[str, None]] = {}  # target → its IPs, for the additional section
-        for ep, sl in self.store.endpoints(svc.namespace, svc.name):
+        for ep, sl in self._endpoints(svc):
             if not endpoint_published(ep, svc):
                 continue
             pnums = by_slice.get(id(sl), fallback)
             if not pnums:
                 continue
             for ip in ep.addresses:
-                target = f"{endpoint_host(ep, ip)}.{svc_name}"
+                target = f"{endpoint_host(ep, ip, self.pod_names)}.{svc_name}"
                 for pnum in pnums:
                     pairs[(pnum, target)] = None
                 targets.setdefault(target, {})[ip] = None
@@ -347,6 +370,8 @@ class ClusterZones:
         if mode == "disabled":
             return self._negative(zone, NXDOMAIN)
         ns = labels[-1]
+        if not self._exposed(ns):
+            return self._negative(zone, NXDOMAIN)
         if n == 1:
             return self._negative(zone, NOERROR if self.store.namespace_exists(ns) else NXDOMAIN)
         if n != 2:
@@ -368,7 +393,9 @@ class ClusterZones:
         if ip is None:
             return self._negative(zone, NXDOMAIN if lname != zone else NOERROR)
         names = []
-        for entry in self.store.reverse(ip):
+        for entry in self.store.reverse(ip, self.pod_names):
+            if not self._exposed(entry[1]):
+                continue  # a PTR would name what ``namespaces`` hides
             if entry[0] == "svc":
                 names.append(f"{entry[2]}.{entry[1]}.svc.{self.primary}")
             else:

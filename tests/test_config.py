@@ -110,3 +110,86 @@ def test_cache_ttls_accept_durations(value: str, ttl: int, min_ttl: int, denial_
 def test_cache_ttl_errors_name_file_key_and_expectation(value: str, key: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=rf"x\.yaml: {key}: expected .*{expected}"):
         _cache(value)
+
+
+# -- kubernetes options (CoreDNS's names; a Corefile maps onto these keys) ------------------------
+
+
+def _k8s(tmp_path: Path, body: str):
+    text = "servers:\n- zones: [cluster.local]\n  listen: 127.0.0.1:1053\n  kubernetes:\n" + "".join(
+        f"    {line}\n" for line in body.strip().splitlines()
+    )
+    return parse(text, str(tmp_path / "c.yaml")).servers[0].kubernetes
+
+
+def test_kubernetes_options_parse(tmp_path: Path) -> None:
+    for name in ("crt.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    k = _k8s(tmp_path, """
+namespaces: [default, kube-system, default]
+labels: "environment in (staging,  qa), application=nginx,!legacy"
+endpoint_pod_names: true
+ignore_empty_service: true
+noendpoints: true
+endpoint: ["https://10.0.0.1:6443/", "https://10.0.0.2:6443"]
+tls: {cert: crt.pem, key: key.pem, cacert: ca.pem}
+""")
+    assert k.namespaces == ("default", "kube-system")
+    assert k.labels == "environment in (staging,qa),application=nginx,!legacy"
+    assert (k.endpoint_pod_names, k.ignore_empty_service, k.noendpoints) == (True, True, True)
+    assert k.endpoint == ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
+    assert k.tls.cert == str(tmp_path / "crt.pem") and k.tls.cacert == str(tmp_path / "ca.pem")
+    # only the first endpoint is used, with the tls files (CoreDNS)
+    assert k.api().endpoint == "https://10.0.0.1:6443" and k.api().tls == k.tls
+    # a kubeconfig wins over endpoint (CoreDNS: "The cluster address in the kubeconfig is given preference")
+    k = _k8s(tmp_path, "kubeconfig: /etc/kc\ncontext: prod\nendpoint: http://127.0.0.1:8080")
+    assert (k.api().kubeconfig, k.api().context, k.api().endpoint) == ("/etc/kc", "prod", None)
+    k = _k8s(tmp_path, "namespaces: default testns")  # a Corefile's word list
+    assert k.namespaces == ("default", "testns")
+
+
+def test_kubernetes_options_defaults(tmp_path: Path) -> None:
+    k = _k8s(tmp_path, "ttl: 5")
+    assert (k.namespaces, k.labels, k.endpoint_pod_names, k.ignore_empty_service, k.noendpoints) == ((), "", False, False, False)
+    assert (k.endpoint, k.tls, k.context) == ((), None, None)
+
+
+@pytest.mark.parametrize("body,key,expected", [
+    ("namespaces: []", "namespaces", "a non-empty list of namespace names"),
+    ("namespaces: [Default]", "namespaces[0]", "a namespace name"),
+    ("namespaces: [a.b]", "namespaces[0]", "a namespace name"),
+    ("namespaces: 5", "namespaces", "a list"),
+    ('labels: ""', "labels", "a non-empty string"),
+    ('labels: "a in ()"', "labels", "need at least one value"),
+    ('labels: "a=b,,c"', "labels", "an empty requirement"),
+    ('labels: "replicas > 3"', "labels", "'<', '>', 'gt' and 'lt' are not label selector operators"),
+    ('labels: "tier in (a, b"', "labels", "'(' without ')'"),
+    ('labels: "a=b=c"', "labels", "is not a requirement"),
+    ('labels: "-bad=x"', "labels", "a label key"),
+    ('labels: "app=-x"', "labels", "a label value"),
+    ('labels: "Example.COM/app=x"', "labels", "the prefix before '/'"),
+    ("endpoint_pod_names: yes please", "endpoint_pod_names", "true or false"),
+    ("ignore_empty_service: 1", "ignore_empty_service", "true or false"),
+    ("noendpoints: []", "noendpoints", "true or false"),
+    ("endpoint: ftp://10.0.0.1", "endpoint[0]", "http:// or https://"),
+    ("endpoint: https://", "endpoint[0]", "http:// or https://"),
+    ("endpoint: https://10.0.0.1:99999", "endpoint[0]", "the API server's URL"),
+    ("endpoint: []", "endpoint", "at least one"),
+    ("tls: {cert: /nonexistent/c, key: /nonexistent/k, cacert: /nonexistent/ca}", "tls.cert", "file not found"),
+    ("tls: {cert: /}", "tls.cert", "not a regular file"),
+    ("tls: {cert: x, key: y, cacert: z, extra: 1}", "tls.extra", "one of the keys cacert, cert, key"),
+    ("tls: [a, b, c]", "tls", "a mapping"),
+    ("context: prod", "context", "context only with kubeconfig"),
+])
+def test_kubernetes_option_errors(tmp_path: Path, body: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _k8s(tmp_path, body)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'c.yaml'}: servers[0].kubernetes.{key}: expected "), msg
+    assert expected in msg and "\n" not in msg, msg
+
+
+def test_kubernetes_tls_needs_all_three_files(tmp_path: Path) -> None:
+    (tmp_path / "crt.pem").write_text("x")
+    with pytest.raises(ConfigError, match=r"kubernetes\.tls\.key: expected a value \(the key is required\)"):
+        _k8s(tmp_path, "tls: {cert: crt.pem}")

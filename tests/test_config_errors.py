@@ -160,7 +160,7 @@ CASES = [
     case(block("kubernetes: 5", fwd=False), "servers[0].kubernetes", "a mapping", id="k8s-number"),
     case(block("kubernetes: cluster.local", fwd=False), "servers[0].kubernetes", "a mapping", id="k8s-string"),
     case(block("kubernetes: [cluster.local]", fwd=False), "servers[0].kubernetes", "a mapping", id="k8s-list"),
-    case(k8s("zone: [cluster.local]"), "servers[0].kubernetes.zone", "one of the keys fallthrough, kubeconfig",
+    case(k8s("zone: [cluster.local]"), "servers[0].kubernetes.zone", "one of the keys context, endpoint,",
          id="k8s-typo"),
     case(k8s("zones: []"), "servers[0].kubernetes.zones", "a non-empty list of zones", id="k8s-zones-empty"),
     case(k8s("zones: 5"), "servers[0].kubernetes.zones", "a list", id="k8s-zones-number"),

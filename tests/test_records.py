@@ -368,3 +368,137 @@ def test_deleting_service_removes_ptr() -> None:
     zones = _zones()
     zones.store.delete("services", "default/nginx")
     assert zones.answer(b"100.0.96.10.in-addr.arpa", dns.PTR)[1].rcode == NX
+
+
+# -- kubernetes options: namespaces, endpoint_pod_names, ignore_empty_service, noendpoints -----------
+
+
+def _fill_options(store: Store) -> None:
+    """Objects the option rows below ask about, on top of :func:`_fill`."""
+    store.upsert("namespaces", *objects.namespace_from_raw(fakeapi.namespace("other")))
+    for raw in (
+        fakeapi.service("web", "other", cluster_ip="10.96.5.5", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        fakeapi.service("idle", "testns", cluster_ip="10.96.0.50", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        fakeapi.service("down", "testns", cluster_ip="10.96.0.51"),
+        fakeapi.service("pods", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+    ):
+        store.upsert("services", *objects.service_from_raw(raw))
+    for raw in (
+        fakeapi.endpointslice("web-1", "other", "web", endpoints=[{"addresses": ["10.244.5.1"], "targetRef": "web-x1"}]),
+        fakeapi.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"], "ready": False}]),
+        fakeapi.endpointslice("pods-1", "testns", "pods", endpoints=[
+            {"addresses": ["10.244.4.1"], "targetRef": "web-7d4b9-x2k4p"},
+            {"addresses": ["10.244.4.2"], "hostname": "named", "targetRef": "web-7d4b9-zzzzz"},
+            {"addresses": ["10.244.4.3"]},  # no Pod behind it
+            {"addresses": ["10.244.4.4"], "targetRef": "has.a.dot"},  # not one label
+            {"addresses": ["10.244.4.5"], "targetRef": "p" * 64},  # too long for a label
+        ]),
+    ):
+        store.upsert("endpointslices", *objects.endpointslice_from_raw(raw))
+
+
+def _option_zones(**kw) -> ClusterZones:
+    zones = _zones(**kw)
+    _fill_options(zones.store)
+    return zones
+
+
+P = "pods.testns.svc.cluster.local"
+#: (option, qname, qtype, (rcode, answers) with the option, (rcode, answers) without it)
+OPTION_TABLE = [
+    # namespaces: only the listed ones exist for DNS, everything in another one is NXDOMAIN
+    ({"namespaces": ("default", "testns")}, "web.other.svc.cluster.local", dns.A,
+     (NX, []), (OK, ["web.other.svc.cluster.local A 10.96.5.5"])),
+    ({"namespaces": ("default", "testns")}, "other.svc.cluster.local", dns.A, (NX, []), (OK, [])),
+    ({"namespaces": ("default", "testns")}, "_http._tcp.web.other.svc.cluster.local", dns.SRV,
+     (NX, []), (OK, ["_http._tcp.web.other.svc.cluster.local SRV 0 100 80 web.other.svc.cluster.local"])),
+    ({"namespaces": ("default", "testns")}, "5.5.96.10.in-addr.arpa", dns.PTR,
+     (NX, []), (OK, ["5.5.96.10.in-addr.arpa PTR web.other.svc.cluster.local"])),
+    ({"namespaces": ("default", "testns")}, "1.5.244.10.in-addr.arpa", dns.PTR,
+     (NX, []), (OK, ["1.5.244.10.in-addr.arpa PTR 10-244-5-1.web.other.svc.cluster.local"])),
+    ({"namespaces": ("default", "testns")}, "10-1-1-1.other.pod.cluster.local", dns.A,
+     (NX, []), (OK, ["10-1-1-1.other.pod.cluster.local A 10.1.1.1"])),
+    ({"namespaces": ("default", "testns")}, "other.pod.cluster.local", dns.A, (NX, []), (OK, [])),
+    # ... and the listed ones answer as before
+    ({"namespaces": ("default", "testns")}, "nginx.default.svc.cluster.local", dns.A,
+     (OK, ["nginx.default.svc.cluster.local A 10.96.0.100"]), (OK, ["nginx.default.svc.cluster.local A 10.96.0.100"])),
+    ({"namespaces": ("other",)}, "ns.dns.cluster.local", dns.A,  # the NS target is not a Service name
+     (OK, ["ns.dns.cluster.local A 10.96.0.10"]), (OK, ["ns.dns.cluster.local A 10.96.0.10"])),
+    # endpoint_pod_names: an endpoint without a hostname is named by its Pod
+    ({"endpoint_pod_names": True}, f"web-7d4b9-x2k4p.{P}", dns.A, (OK, [f"web-7d4b9-x2k4p.{P} A 10.244.4.1"]), (NX, [])),
+    ({"endpoint_pod_names": True}, f"10-244-4-1.{P}", dns.A, (NX, []), (OK, [f"10-244-4-1.{P} A 10.244.4.1"])),
+    ({"endpoint_pod_names": True}, f"named.{P}", dns.A,  # a hostname still wins
+     (OK, [f"named.{P} A 10.244.4.2"]), (OK, [f"named.{P} A 10.244.4.2"])),
+    ({"endpoint_pod_names": True}, f"web-7d4b9-zzzzz.{P}", dns.A, (NX, []), (NX, [])),
+    ({"endpoint_pod_names": True}, f"10-244-4-3.{P}", dns.A,  # no Pod: the dashed IP
+     (OK, [f"10-244-4-3.{P} A 10.244.4.3"]), (OK, [f"10-244-4-3.{P} A 10.244.4.3"])),
+    ({"endpoint_pod_names": True}, f"10-244-4-4.{P}", dns.A,
+     (OK, [f"10-244-4-4.{P} A 10.244.4.4"]), (OK, [f"10-244-4-4.{P} A 10.244.4.4"])),
+    ({"endpoint_pod_names": True}, f"10-244-4-5.{P}", dns.A,
+     (OK, [f"10-244-4-5.{P} A 10.244.4.5"]), (OK, [f"10-244-4-5.{P} A 10.244.4.5"])),
+    ({"endpoint_pod_names": True}, f"_http._tcp.{P}", dns.SRV, (OK, [
+        f"_http._tcp.{P} SRV 0 20 80 web-7d4b9-x2k4p.{P}", f"_http._tcp.{P} SRV 0 20 80 named.{P}",
+        f"_http._tcp.{P} SRV 0 20 80 10-244-4-3.{P}", f"_http._tcp.{P} SRV 0 20 80 10-244-4-4.{P}",
+        f"_http._tcp.{P} SRV 0 20 80 10-244-4-5.{P}",
+    ]), (OK, [
+        f"_http._tcp.{P} SRV 0 20 80 10-244-4-1.{P}", f"_http._tcp.{P} SRV 0 20 80 named.{P}",
+        f"_http._tcp.{P} SRV 0 20 80 10-244-4-3.{P}", f"_http._tcp.{P} SRV 0 20 80 10-244-4-4.{P}",
+        f"_http._tcp.{P} SRV 0 20 80 10-244-4-5.{P}",
+    ])),
+    ({"endpoint_pod_names": True}, "1.4.244.10.in-addr.arpa", dns.PTR,
+     (OK, [f"1.4.244.10.in-addr.arpa PTR web-7d4b9-x2k4p.{P}"]), (OK, [f"1.4.244.10.in-addr.arpa PTR 10-244-4-1.{P}"])),
+    # ignore_empty_service: a ClusterIP Service without a ready endpoint address is NXDOMAIN
+    ({"ignore_empty_service": True}, "idle.testns.svc.cluster.local", dns.A,
+     (NX, []), (OK, ["idle.testns.svc.cluster.local A 10.96.0.50"])),
+    ({"ignore_empty_service": True}, "down.testns.svc.cluster.local", dns.A,  # only a not-ready one
+     (NX, []), (OK, ["down.testns.svc.cluster.local A 10.96.0.51"])),
+    ({"ignore_empty_service": True}, "_http._tcp.idle.testns.svc.cluster.local", dns.SRV,
+     (NX, []), (OK, ["_http._tcp.idle.testns.svc.cluster.local SRV 0 100 80 idle.testns.svc.cluster.local"])),
+    ({"ignore_empty_service": True}, "nginx.default.svc.cluster.local", dns.A,  # it has one
+     (OK, ["nginx.default.svc.cluster.local A 10.96.0.100"]), (OK, ["nginx.default.svc.cluster.local A 10.96.0.100"])),
+    ({"ignore_empty_service": True}, "ext.testns.svc.cluster.local", dns.A,  # ExternalName: as before
+     (OK, ["ext.testns.svc.cluster.local CNAME www.example.com"]), (OK, ["ext.testns.svc.cluster.local CNAME www.example.com"])),
+    ({"ignore_empty_service": True}, "50.0.96.10.in-addr.arpa", dns.PTR,  # the ClusterIP's PTR stays (CoreDNS)
+     (OK, ["50.0.96.10.in-addr.arpa PTR idle.testns.svc.cluster.local"]), (OK, ["50.0.96.10.in-addr.arpa PTR idle.testns.svc.cluster.local"])),
+    # noendpoints: endpoint and headless names are NXDOMAIN, ClusterIP Services answer as before
+    ({"noendpoints": True}, "db.testns.svc.cluster.local", dns.A,
+     (NX, []), (OK, ["db.testns.svc.cluster.local A 10.244.1.1", "db.testns.svc.cluster.local A 10.244.1.2"])),
+    ({"noendpoints": True}, "db-0.db.testns.svc.cluster.local", dns.A, (NX, []), (OK, ["db-0.db.testns.svc.cluster.local A 10.244.1.1"])),
+    ({"noendpoints": True}, "_pg._tcp.db.testns.svc.cluster.local", dns.SRV, (NX, []), (OK, [
+        "_pg._tcp.db.testns.svc.cluster.local SRV 0 50 5432 db-0.db.testns.svc.cluster.local",
+        "_pg._tcp.db.testns.svc.cluster.local SRV 0 50 5432 10-244-1-2.db.testns.svc.cluster.local",
+    ])),
+    ({"noendpoints": True}, "nginx.default.svc.cluster.local", dns.A,
+     (OK, ["nginx.default.svc.cluster.local A 10.96.0.100"]), (OK, ["nginx.default.svc.cluster.local A 10.96.0.100"])),
+]
+
+
+@pytest.mark.parametrize("option,qname,qtype,with_it,without_it", OPTION_TABLE)
+def test_kubernetes_option_answers(option: dict, qname: str, qtype: int, with_it: tuple, without_it: tuple) -> None:
+    """Each option as CoreDNS's kubernetes plugin applies it; the same store without the option
+    answers the other way, so every row that differs fails if the option is not applied."""
+    for kw, (rcode, answers) in ((option, with_it), ({}, without_it)):
+        zones = _option_zones(**kw)
+        _, ans = zones.answer(qname.encode(), qtype)
+        assert (ans.rcode, [_text(rr) for rr in ans.answers]) == (rcode, answers), kw
+        if not answers:
+            assert [rr.type for rr in ans.authority] == [dns.SOA]
+
+
+def test_ignore_empty_service_follows_the_endpoints() -> None:
+    """The Service comes back as soon as one of its endpoints is ready, and goes again."""
+    zones = _option_zones(ignore_empty_service=True)
+    name = b"down.testns.svc.cluster.local"
+    assert zones.answer(name, dns.A)[1].rcode == NX
+    ready = fakeapi.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"]}])
+    zones.store.upsert("endpointslices", *objects.endpointslice_from_raw(ready))
+    assert [_text(rr) for rr in zones.answer(name, dns.A)[1].answers] == ["down.testns.svc.cluster.local A 10.96.0.51"]
+    zones.store.delete("endpointslices", "testns/down-1")
+    assert zones.answer(name, dns.A)[1].rcode == NX
+
+
+def test_noendpoints_watches_no_endpointslices() -> None:
+    """``noendpoints`` turns the EndpointSlice watch off (CoreDNS: "by disabling the watch")."""
+    assert "endpointslices" not in KubernetesConfig(noendpoints=True).resources()
+    assert "endpointslices" in KubernetesConfig().resources()
+    assert KubernetesConfig(noendpoints=True, pods="verified").resources() == ("namespaces", "services", "pods")

@@ -59,6 +59,9 @@ class Endpoint:
     addresses: tuple[str, ...]
     hostname: str  # "" when unset
     ready: bool
+    #: the targetRef Pod's name when it can be a DNS label, else "" (the ``endpoint_pod_names``
+    #: name; kept whatever the option, so turning it on or off reuses the store)
+    pod_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,19 @@ def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:
     return f"{ns}/{name}", rec
 
 
+def _pod_name(ref: Any) -> str:
+    """The name ``endpoint_pod_names`` gives an endpoint: its targetRef's (a Pod's), if that is
+    one DNS label.  CoreDNS takes any targetRef name under 64 characters; a Pod name is a DNS
+    subdomain, so one with a dot would be several labels that no query could reach: such an
+    endpoint keeps its dashed IP."""
+    if not isinstance(ref, dict):
+        return ""
+    name = ref.get("name")
+    if type(name) is not str or not 0 < len(name) < 64 or "." in name:
+        return ""
+    return name.lower()
+
+
 def endpointslice_from_raw(raw: dict[str, Any]) -> tuple[str, EndpointSlice | None]:
     ns, name = _meta(raw)
     labels = (raw.get("metadata") or {}).get("labels") or {}
@@ -179,6 +195,7 @@ def endpointslice_from_raw(raw: dict[str, Any]) -> tuple[str, EndpointSlice | No
                     addresses=_addresses(ep.get("addresses")),
                     hostname=(ep.get("hostname") or "").lower(),
                     ready=ready is None or bool(ready),  # nil means ready (API contract)
+                    pod_name=_pod_name(ep.get("targetRef")),
                 )
             )
     rec = EndpointSlice(

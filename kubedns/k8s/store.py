@@ -215,12 +215,13 @@ class Store:
             for ep in sl.endpoints:
                 yield ep, sl
 
-    def reverse(self, ip: str) -> list[tuple[str, ...]]:
+    def reverse(self, ip: str, pod_names: bool = False) -> list[tuple[str, ...]]:
         """``("svc", ns, name)`` and ``("ep", ns, service, host)`` entries for ``ip``: what its PTR names.
 
         An endpoint is named only when the forward lookup of that name answers ``ip``: its
         Service exists and publishes it (:func:`endpoint_published`, spec 2.4.3: PTR only for
-        ready endpoints, unless the Service has publishNotReadyAddresses).
+        ready endpoints, unless the Service has publishNotReadyAddresses).  ``pod_names``: the
+        host is named as ``endpoint_pod_names`` names it (:func:`endpoint_host`).
         """
         out: list[tuple[str, ...]] = []
         for owner in _multi_values(self._reverse.get(ip)):
@@ -232,7 +233,7 @@ class Store:
                 continue
             for ep in owner.endpoints:
                 if ip in ep.addresses and endpoint_published(ep, svc):
-                    out.append(("ep", owner.namespace, owner.service, endpoint_host(ep, ip)))
+                    out.append(("ep", owner.namespace, owner.service, endpoint_host(ep, ip, pod_names)))
         return out
 
     def pod_in_namespace(self, ip: str, namespace: str) -> bool:
@@ -250,10 +251,13 @@ def endpoint_published(ep: Endpoint, svc: Service) -> bool:
     return ep.ready or svc.publish_not_ready
 
 
-def endpoint_host(ep: Endpoint, ip: str) -> str:
-    """The DNS label of an endpoint: its hostname, else its IP with dashes (CoreDNS's default)."""
+def endpoint_host(ep: Endpoint, ip: str, pod_names: bool = False) -> str:
+    """The DNS label of an endpoint: its hostname, else (``endpoint_pod_names``) its Pod's name,
+    else its IP with dashes (CoreDNS's default)."""
     if ep.hostname:
         return ep.hostname
+    if pod_names and ep.pod_name:
+        return ep.pod_name
     return ip.replace(".", "-").replace(":", "-")
 
 
