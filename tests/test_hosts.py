@@ -256,3 +256,98 @@ def test_config_errors(value, message):
         _cfg(value)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# -- the plugin's answers, in process (a table like CoreDNS's hosts_test.go) ----------------------
+def _request(name: str, rdtype: str):
+    import dns.message
+
+    from kubedns.query import Request
+    from kubedns.wire import parse_question
+
+    data = dns.message.make_query(name, rdtype, use_edns=False).to_wire()
+    q = parse_question(data)
+    return Request(q, data[12 : q.end], None, 512, "udp", None, 0.0, data, None,
+                   lname=q.qname.decode("ascii", "replace").lower())
+
+
+def _serve(plugin, name: str, rdtype: str):
+    """(rcode, [owner TYPE data...], authoritative) or "next" when the query went on."""
+    from kubedns.plugins.base import Reply
+
+    went: list[object] = []
+    reply = plugin.serve(_request(name, rdtype), lambda req: went.append(req) or Reply(None, "", "next"))
+    if went:
+        return "next"
+    assert isinstance(reply, Reply) and reply.plugin == "hosts"
+    import dns.message
+    from twisted.names import dns as tdns
+
+    wire = tdns.Message(answer=1, auth=reply.answer.authoritative, rCode=reply.answer.rcode)
+    wire.answers = reply.answer.answers
+    msg = dns.message.from_wire(wire.toStr())
+    rrs = [f"{line} {rrset.ttl}" for rrset in msg.answer for line in rrset_text_of(rrset)]
+    return reply.answer.rcode, sorted(rrs), reply.answer.authoritative, reply.cacheable
+
+
+def rrset_text_of(rrset) -> list[str]:
+    import dns.rdatatype
+
+    name = rrset.name.to_text(omit_final_dot=True)
+    return [f"{name} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}" for rd in rrset]
+
+
+def _plugin(tmp_path, **kw):
+    from kubedns.plugins.hosts import HostsPlugin
+
+    hosts = tmp_path / "hosts"
+    _write(hosts, HOSTS)
+    cfg = HostsConfig(file=str(hosts), **kw)
+    p = HostsPlugin(cfg, kw.get("zones") or ("",), reactor=task.Clock())
+    p.start()
+    return p
+
+
+def test_plugin_answers_like_coredns(tmp_path):
+    p = _plugin(tmp_path, entries=("10.9.9.9 inline.test",), ttl=60)
+    # owner names are the query name lower-cased, as CoreDNS's state.Name()
+    assert _serve(p, "EXAMPLE.com", "A") == (
+        0, ["example.com A 192.168.1.10 60", "example.com A 192.168.1.11 60"], True, True)
+    assert _serve(p, "example.com", "AAAA") == (0, ["example.com AAAA fdfc:a744:27b5:3b0e::1 60"], True, True)
+    assert _serve(p, "inline.test", "A")[1] == ["inline.test A 10.9.9.9 60"]
+    # a known name asked another type, or the family it lacks: NODATA, authoritative
+    assert _serve(p, "example.com", "MX") == (0, [], True, True)
+    assert _serve(p, "mapped.test", "AAAA") == (0, [], True, True)
+    # PTR, every name of the address; none here: the next plugin, whatever fallthrough says
+    assert _serve(p, "10.1.168.192.in-addr.arpa", "PTR")[1] == [
+        "10.1.168.192.in-addr.arpa PTR example. 60",
+        "10.1.168.192.in-addr.arpa PTR example.com. 60",
+    ]
+    v6 = "1." + "0." * 31 + "ip6.arpa"
+    assert _serve(p, v6, "PTR")[1] == [f"{v6} PTR {n}. 60" for n in ("ip6-localhost", "ip6-loopback", "localhost")]
+    assert _serve(p, "9.9.9.10.in-addr.arpa", "PTR")[1] == ["9.9.9.10.in-addr.arpa PTR inline.test. 60"]
+    assert _serve(p, "1.1.1.10.in-addr.arpa", "PTR") == "next"
+    # not here, no fallthrough: SERVFAIL (CoreDNS has no SOA to say NXDOMAIN with)
+    assert _serve(p, "missing.test", "A") == (2, [], False, False)
+
+
+def test_plugin_fallthrough_zones_and_unsupported(tmp_path):
+    p = _plugin(tmp_path, fallthrough=("",))
+    assert _serve(p, "missing.test", "A") == "next"
+    assert _serve(p, "example.com", "TXT")[0] == 0  # known name: NODATA, no fallthrough
+    p = _plugin(tmp_path, fallthrough=("in-addr.arpa",))
+    assert _serve(p, "missing.test", "A")[0] == 2
+    p = _plugin(tmp_path, fallthrough=("",), fallthrough_unsupported=True)
+    assert _serve(p, "example.com", "TXT") == "next"
+    assert _serve(p, "example.com", "A")[0] == 0
+    # names outside the plugin's zones always go on, and are not even read from the file
+    p = _plugin(tmp_path, zones=("test",))
+    assert _serve(p, "example.com", "A") == "next"
+    assert _serve(p, "ok.test", "A")[1] == ["ok.test A 10.0.0.6 3600"]
+    assert _serve(p, "6.0.0.10.in-addr.arpa", "PTR")[1] == ["6.0.0.10.in-addr.arpa PTR ok.test. 3600"]
+
+
+def test_plugin_no_reverse(tmp_path):
+    p = _plugin(tmp_path, no_reverse=True)
+    assert _serve(p, "10.1.168.192.in-addr.arpa", "PTR") == "next"
+    assert _serve(p, "example.com", "A")[0] == 0
