@@ -139,6 +139,7 @@ class ServerBlock:
     forward: Any = None  # kubedns.forward.config.ForwardConfig
     cache: Any = None  # kubedns.forward.config.CacheConfig
     loop: Any = None  # kubedns.forward.config.LoopConfig
+    hosts: Any = None  # kubedns.plugins.hoststable.HostsConfig
     health: HealthConfig | None = None
     ready: ListenConfig | None = None
     prometheus: ListenConfig | None = None
@@ -173,7 +174,7 @@ class Config:
 
 
 _BLOCK_KEYS = {
-    "zones", "listen", "kubernetes", "forward", "cache", "loop",
+    "zones", "listen", "kubernetes", "forward", "cache", "loop", "hosts",
     "health", "ready", "prometheus", "reload", "log", "errors",
 }
 _K8S_KEYS = {
@@ -315,8 +316,14 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
     listen = node.get("listen", "0.0.0.0:53").address(53)
     kube = _parse_kubernetes(node.get("kubernetes"), config_path) if node.has("kubernetes") else None
     fwd = parse_forward(node.get("forward")) if node.has("forward") else None
-    if kube is None and fwd is None:
-        raise ConfigError(config_path, node.key, "a server block with at least one of kubernetes or forward", has_found=False)
+    hosts = None
+    if node.has("hosts"):
+        from kubedns.plugins.hoststable import parse_hosts_config
+
+        hosts = parse_hosts_config(node.get("hosts"), lambda p: _resolve_path(config_path, p))
+    if kube is None and fwd is None and hosts is None:
+        raise ConfigError(config_path, node.key, "a server block with at least one of kubernetes or forward or hosts",
+                          has_found=False)
     health = ready = prom = None
     if node.has("health"):
         addr, sub = _http_address(node.get("health"), 8080)
@@ -363,6 +370,7 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         forward=fwd,
         cache=parse_cache(node.get("cache")) if node.has("cache") else None,
         loop=parse_loop(node.get("loop")) if node.has("loop") else None,
+        hosts=hosts,
         health=health,
         ready=ready,
         prometheus=prom,
