@@ -132,6 +132,13 @@ class ErrorsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadbalanceConfig:
+    """``loadbalance [round_robin]``: A, AAAA and MX records in a new order per answer."""
+
+    policy: str = "round_robin"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerBlock:
     zones: tuple[str, ...]
     listen: Address
@@ -146,6 +153,7 @@ class ServerBlock:
     reload: ReloadConfig | None = None
     log: LogConfig | None = None
     errors: ErrorsConfig | None = None
+    loadbalance: LoadbalanceConfig | None = None
     index: int = 0
 
 
@@ -175,7 +183,7 @@ class Config:
 
 _BLOCK_KEYS = {
     "zones", "listen", "kubernetes", "forward", "cache", "loop", "hosts",
-    "health", "ready", "prometheus", "reload", "log", "errors",
+    "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance",
 }
 _K8S_KEYS = {
     "zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough", "namespaces", "labels",
@@ -363,6 +371,7 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         else:
             en.mapping({"consolidate"})
             errors = ErrorsConfig(en.get("consolidate", 10.0).duration(0.0))
+    loadbalance = _parse_loadbalance(node.get("loadbalance")) if node.has("loadbalance") else None
     return ServerBlock(
         zones=zones,
         listen=listen,
@@ -377,8 +386,26 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         reload=reload,
         log=log,
         errors=errors,
+        loadbalance=loadbalance,
         index=index,
     )
+
+
+def _parse_loadbalance(node: Node) -> LoadbalanceConfig | None:
+    """``loadbalance: round_robin``, ``{policy: round_robin}``, ``{}`` or empty (the default,
+    as CoreDNS's bare ``loadbalance``); ``false`` leaves it off."""
+    from kubedns.plugins.loadbalance import POLICIES
+
+    if node.value is False:
+        return None
+    if node.value is None or node.value is True:
+        return LoadbalanceConfig()
+    if isinstance(node.value, str):
+        return LoadbalanceConfig(node.choice(POLICIES))
+    if not isinstance(node.value, dict):
+        raise node.error(f"{' | '.join(POLICIES)}, or a mapping with policy")
+    node.mapping({"policy"})
+    return LoadbalanceConfig(node.get("policy", "round_robin").choice(POLICIES))
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -26,7 +26,7 @@ from kubedns.counters import FoldedHits, known_type
 if TYPE_CHECKING:
     from kubedns.query import QueryInfo
 
-__all__ = ["Aging", "FastCache", "fast_key"]
+__all__ = ["Aging", "FastCache", "Rotation", "fast_key"]
 
 
 @dataclass(slots=True)
@@ -39,6 +39,15 @@ class Aging:
     expires: float  # reactor time it stops being served from here
     age: int = 0  # whole seconds the current bytes are aged by
     cache: Any = None  # the block's Cache: a fast-path hit is one of its hits (coredns_cache_hits_total)
+
+
+@dataclass(slots=True)
+class Rotation:
+    """Several orders of one answer (``loadbalance``), served in turn, one per hit."""
+
+    bodies: list[bytes]  # the answers after the ID; ``bodies[0]`` is also the entry's own
+    extra: int  # bytes of ``bodies[1:]``, counted in FastCache.bytes
+    turn: int = 0
 
 
 class FastCache:
@@ -101,28 +110,34 @@ class FastCache:
         self.computed_bytes += cost
 
     def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
-                 limit: int = 0) -> None:
+                 limit: int = 0, orders: list[bytes] | None = None) -> None:
         """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
 
         ``limit`` caps the forwarded entries, like the block cache's ``size`` caps its own: the
         fast path must not keep more forwarded names than the operator allowed the cache to.
+        ``orders`` (``answer`` first, never with ``aging``) are served in turn, one per hit.
         """
         if not self.enabled:
             return
         key = packet[2:]
+        extra: Any = aging
+        extra_bytes = 0
         if aging is not None:
             if len(answer) > self.max_forwarded_answer or limit <= 0:
                 return
             while len(self.forwarded) >= limit:
                 self._drop(next(iter(self.forwarded)))
-        cost = len(answer) + len(key) + self.entry_overhead
+        elif orders is not None and len(orders) > 1:
+            extra_bytes = sum(len(o) - 2 for o in orders[1:])
+            extra = Rotation([o[2:] for o in orders], extra_bytes)
+        cost = len(answer) + len(key) + self.entry_overhead + extra_bytes
         if cost > self.max_bytes:
             return
         if key in self.entries:
             self._drop(key)
         while self.entries and (len(self.entries) >= self.max_entries or self.bytes + cost > self.max_bytes):
             self._evict_oldest()
-        self.entries[key] = [answer[2:], 0, info, aging]
+        self.entries[key] = [answer[2:], 0, info, extra]
         self.bytes += cost
         if aging is not None:
             self.forwarded[key] = None
@@ -133,10 +148,19 @@ class FastCache:
         if entry is not None:
             self._retire(entry)
             self.bytes -= len(entry[0]) + 2 + len(key) + self.entry_overhead
+            if type(entry[3]) is Rotation:
+                self.bytes -= entry[3].extra
 
     def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
-        """The body of a forwarded entry with TTLs counted down to ``now``; None once expired."""
-        aging: Aging = entry[3]
+        """The body of an entry that changes per hit: a forwarded one with TTLs counted down to
+        ``now`` (None once expired), or the next order of a rotating one."""
+        aging = entry[3]
+        if type(aging) is Rotation:
+            turn = aging.turn + 1
+            if turn == len(aging.bodies):
+                turn = 0
+            aging.turn = turn
+            return aging.bodies[turn]
         if now >= aging.expires or now < aging.stored:
             self._drop(key)
             return None

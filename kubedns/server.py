@@ -1,9 +1,13 @@
 """The DNS server's dispatch: one query in as bytes, one answer out as bytes (or a Deferred).
 
-One :class:`Dispatcher` per listen address holds the server blocks that share it; a query goes
-to the block with the longest zone containing its name, then inside that block to the cluster
-zones (answered synchronously from the store), else to the forward chain (a Deferred), else
-REFUSED, as CoreDNS does for a name no plugin serves.
+One :class:`Dispatcher` per listen address holds the server blocks that share it.  What is the
+server's own work stays here, as in CoreDNS's ``dnsserver``: the header and EDNS checks, and
+routing a query to the block with the longest zone containing its name.  Everything after that
+is the block's plugin chain (:mod:`kubedns.plugins`): in CoreDNS's order, ``loadbalance``, then
+the cluster zones (``kubernetes``, answered synchronously from the store), the ``loop`` check,
+``forward`` (a Deferred), and REFUSED for a name no plugin serves.  The chain is the only place
+where the order of that work is decided; the server encodes the :class:`~kubedns.plugins.base.
+Reply` it ends with.
 
 We do not use twisted.names' ``DNSServerFactory``: it answers NXDOMAIN without SOA or AA, turns
 upstream SERVFAIL into NXDOMAIN, ignores EDNS and truncates mid-record.  Here the response is
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -28,6 +32,10 @@ from twisted.python.failure import Failure
 
 from kubedns.config import ServerBlock
 from kubedns.fastcache import Aging, FastCache
+from kubedns.plugins.base import Next, Reply, build_chain
+from kubedns.plugins.kubernetes import KubernetesPlugin
+from kubedns.plugins.loadbalance import rotations
+from kubedns.plugins.setup import block_plugins
 from kubedns.query import Observer, QueryInfo, Request
 from kubedns.records import Answer, ClusterZones
 from kubedns.wire import (
@@ -36,30 +44,54 @@ from kubedns.wire import (
     encode_response,
     error_response,
     parse_question,
-    query_edns_options,
     read_edns_raw,
     scan_query_records,
     ttl_fields,
     udp_limit,
 )
 
+if TYPE_CHECKING:
+    from kubedns.cache import Cache
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.loop import LoopDetector
+
 __all__ = ["Block", "Dispatcher"]
 
 log = Logger()
 
 FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = dns.EFORMAT, dns.ESERVER, dns.ENAME, dns.ENOTIMP, dns.EREFUSED
-_UNSEEN = object()  # not yet in FastCache.computed (None there means "not our name")
 
 
 class Block:
-    """One configured server block at run time: its zones and what answers them."""
+    """One configured server block at run time: its zones, the running parts it answers from,
+    and its plugin chain (:meth:`serve`), built once here from its config."""
 
-    def __init__(self, config: ServerBlock, clusters: ClusterZones | None, chain: Any = None, loop: Any = None):
+    def __init__(self, config: ServerBlock, clusters: ClusterZones | None = None, chain: ForwardChain | None = None,
+                 loop: LoopDetector | None = None):
         self.config = config
         self.zones = config.zones
-        self.clusters = clusters
-        self.chain = chain
+        self.chain = chain  # the forward chain (and its cache), for metrics and the fast path
         self.loop = loop
+        self.kubernetes = KubernetesPlugin(clusters, chain) if clusters is not None else None
+        self.plugins = block_plugins(config, self.kubernetes, chain, loop)
+        #: the block's plugins in CoreDNS's order, ending in REFUSED
+        self.serve: Next = build_chain(self.plugins)
+
+    @property
+    def clusters(self) -> ClusterZones | None:
+        return self.kubernetes.clusters if self.kubernetes is not None else None
+
+    @clusters.setter
+    def clusters(self, clusters: ClusterZones) -> None:
+        """A new store answers the block's cluster zones (swapped in after a reload)."""
+        if self.kubernetes is not None:
+            self.kubernetes.clusters = clusters
+        else:
+            self.__init__(self.config, clusters, self.chain, self.loop)  # type: ignore[misc]
+
+    @property
+    def forward_cache(self) -> Cache | None:
+        return self.chain.cache if self.chain is not None else None
 
     def covers(self, lname: str) -> int:
         """Length of the longest zone of ours holding ``lname``, or -1."""
@@ -120,83 +152,27 @@ class Dispatcher:
         limit = udp_limit(edns) if proto == "udp" else 65535
         req = Request(q, data[12 : q.end], edns, limit, proto, peer, start, data, None, memo=self.fast)
         if edns is not None and edns.version != 0:
-            return self._finish(req, Answer(rcode=BADVERS, authoritative=False), "", ra=False)
+            return self._finish(req, Reply(Answer(rcode=BADVERS, authoritative=False), "", "", ra=False))
         qname = q.qname
         if qname == DOTTED_LABEL:
-            return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
-        lname = qname.decode("ascii", "replace").lower()
+            return self._finish(req, Reply(Answer(rcode=REFUSED, authoritative=False), "", ""))
+        lname = req.lname = qname.decode("ascii", "replace").lower()
         block = req.block = self._route(lname)
         if block is None:
-            return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
-        if block.loop is not None and block.loop.observe(qname):
-            return self._finish(req, Answer(rcode=SERVFAIL, authoritative=False), "")
-        fell: tuple[str, Answer] | None = None
-        if block.clusters is not None:
-            res = None
-            if q.qclass in (dns.IN, dns.ANY):
-                # Computed once per lower-cased name and kept until the store changes (cleared
-                # with the fast cache, bounded in bytes); the query's case goes back in when the
-                # answer is encoded (_finish), so case spellings of one name share one answer.
-                mkey = (block.clusters, qname.lower(), q.qtype)
-                res = self.fast.computed.get(mkey, _UNSEEN)
-                if res is _UNSEEN:
-                    res = block.clusters.answer(mkey[1], q.qtype, lname)
-                    if res is None or res[1].rcode != SERVFAIL:  # SERVFAIL: not synced, ask again
-                        self.fast.keep_computed(mkey, res)
-            if res is not None:
-                zone, ans = res
-                if not block.clusters.falls_through(zone, ans):
-                    if ans.answers and ans.answers[-1].type == dns.CNAME and q.qtype not in (dns.CNAME, dns.ANY):
-                        return self._chase(req, block, zone, ans)
-                    return self._finish(req, ans, zone, cacheable=ans.rcode != SERVFAIL, plugin="kubernetes")
-                fell = res
-        if block.chain is not None and block.chain.handles(qname):
-            d = block.chain.resolve(_forward_query(req), tcp=proto == "tcp")
-            d.addCallbacks(self._relay, self._relay_error, callbackArgs=(req,), errbackArgs=(req,))
-            return d
-        if fell is not None:
-            return self._finish(req, fell[1], fell[0], plugin="kubernetes")
-        return self._finish(req, Answer(rcode=REFUSED, authoritative=False), "")
+            return self._finish(req, Reply(Answer(rcode=REFUSED, authoritative=False), "", ""))
+        # everything after routing (loop check, cluster answers, forwarding, REFUSED) is the
+        # block's plugin chain
+        result = block.serve(req)
+        if type(result) is Reply:
+            return self._finish(req, result)
+        return result.addCallbacks(self._finish_later, self._failed, callbackArgs=(req,), errbackArgs=(req,))
 
-    def _chase(self, req: Request, block: Block, zone: str, ans: Answer, depth: int = 0) -> bytes | defer.Deferred:
-        """Follow an ExternalName CNAME as CoreDNS does, so stub resolvers get the address too.
+    def _finish_later(self, reply: Reply, req: Request) -> bytes:
+        return self._finish(req, reply)
 
-        A target inside the cluster zones is answered from the store (and stays fast-path
-        cacheable); a target outside goes through the block's forward chain and its records are
-        appended after the CNAME, with the upstream's rcode.  Without forward the CNAME alone is
-        returned.
-        """
-        if depth == 0:  # ``ans`` may be a kept computed answer: extend a copy
-            ans = Answer(rcode=ans.rcode, answers=list(ans.answers), authority=list(ans.authority),
-                         additional=list(ans.additional), authoritative=ans.authoritative)
-        target = ans.answers[-1].payload.name.name
-        clusters = block.clusters
-        q = req.q
-        if clusters is not None and clusters.zone_of(target.decode("ascii", "replace").lower()) is not None:
-            sub = clusters.answer(target, q.qtype)
-            if sub is not None and depth < 8:
-                ans.answers.extend(sub[1].answers)
-                if sub[1].answers and sub[1].answers[-1].type == dns.CNAME:
-                    return self._chase(req, block, zone, ans, depth + 1)
-                if not sub[1].answers:
-                    ans.rcode = sub[1].rcode
-                    ans.authority = sub[1].authority
-            return self._finish(req, ans, zone, cacheable=True, plugin="kubernetes")
-        if block.chain is None or not block.chain.handles(target) or depth >= 8:
-            return self._finish(req, ans, zone, cacheable=True, plugin="kubernetes")
-        sub_q = dns.Message(recDes=1)
-        sub_q.queries = [dns.Query(target, q.qtype, dns.IN)]
-
-        def merged(up: dns.Message) -> bytes:
-            ans.answers.extend(up.answers)
-            if not up.answers:
-                ans.rcode = up.rCode
-                ans.authority = list(up.authority)
-            return self._finish(req, ans, zone, ra=True, plugin="kubernetes")
-
-        d = block.chain.resolve(sub_q, tcp=req.proto == "tcp")
-        d.addCallbacks(merged, lambda f: self._finish(req, ans, zone, ra=True, plugin="kubernetes"))
-        return d
+    def _failed(self, failure: Failure, req: Request) -> bytes:
+        log.failure("unexpected error answering a query from {peer}", failure, peer=req.peer)
+        return error_response(req.packet, SERVFAIL)
 
     def _route(self, lname: str) -> Block | None:
         best: Block | None = None
@@ -208,58 +184,28 @@ class Dispatcher:
         return best
 
     # -- encoding ---------------------------------------------------------------------------
-    def _finish(
-        self,
-        req: Request,
-        ans: Answer,
-        zone: str,
-        *,
-        ra: bool | None = None,
-        ad: bool = False,
-        cacheable: bool = False,
-        lifetime: float = 0.0,
-        plugin: str = "",
-        error: str = "",
-        edns_options: bytes = b"",
-    ) -> bytes:
+    def _finish(self, req: Request, reply: Reply) -> bytes:
         """Encode, report to observers, and keep the bytes for the fast path when allowed.
 
-        ``cacheable`` marks answers computed from the store (valid until it changes);
-        ``lifetime`` > 0 marks a forwarded answer that may be served from the fast path, its TTLs
-        counting down, for that many seconds.
+        ``reply.cacheable`` marks answers computed from a store (valid until it changes);
+        ``reply.lifetime`` > 0 a forwarded answer that may be served from the fast path, its TTLs
+        counting down, for that many seconds; ``reply.rotate`` one whose A/AAAA/MX order must
+        change per answer (the fast path then serves several orders in turn).
         """
-        q = req.q
         block = req.block
+        ra = reply.ra
         if ra is None:
             ra = block is not None and block.chain is not None
-        answers = ans.answers
-        if plugin == "kubernetes" and answers:
-            answers = _echo_case(answers, q.qname)
-        flags = q.flags
-        out = encode_response(
-            qid=q.id,
-            opcode=q.opcode,
-            rd=bool(flags & 0x0100),
-            cd=bool(flags & 0x0010),
-            ra=ra,
-            aa=ans.authoritative,
-            ad=ad,
-            rcode=ans.rcode,
-            question=req.question,
-            qname=q.qname,
-            answers=answers,
-            authority=ans.authority,
-            additional=ans.additional,
-            edns=req.edns,
-            limit=req.limit,
-            edns_options=edns_options,
-        )
+        ans = reply.answer
+        out = self._encode(req, ans, ra, reply)
         proto = req.proto
-        keep = (cacheable or lifetime > 0) and proto == "udp" and self.fast.enabled
+        lifetime = reply.lifetime
+        keep = (reply.cacheable or lifetime > 0) and proto == "udp" and self.fast.enabled
         if self.observers or keep:
+            q = req.q
             info = QueryInfo(
                 server=self.server_label,
-                zone=zone or (block.zones[0] if block is not None else ""),
+                zone=reply.zone or (block.zones[0] if block is not None else ""),
                 proto=proto,
                 peer=req.peer,
                 qname=q.qname,
@@ -273,8 +219,8 @@ class Dispatcher:
                 duration=time.perf_counter() - req.start,
                 do=bool(req.edns is not None and req.edns.do),
                 bufsize=65535 if proto == "tcp" else (req.edns.udp_size if req.edns is not None else 512),
-                plugin=plugin,
-                error=error,
+                plugin=reply.plugin,
+                error=reply.error,
             )
             for obs in self.observers:
                 try:
@@ -282,14 +228,44 @@ class Dispatcher:
                 except Exception:
                     log.failure("query observer failed")
             if keep:
+                orders: list[bytes] | None = None
+                if reply.rotate:
+                    variants = rotations(ans)
+                    if len(variants) > 1:
+                        if lifetime > 0:  # TTL offsets differ per order: left to the block's cache
+                            return out
+                        orders = [out] + [self._encode(req, v, ra, reply) for v in variants[1:]]
                 aging = None
                 if lifetime > 0:
                     aging = self._aging(out, lifetime)
                     if aging is None:
                         return out
-                    aging.cache = getattr(block.chain, "cache", None) if block is not None else None
-                self.fast.remember(req.packet, out, info, aging, limit=self._forward_limit(block))
+                    aging.cache = block.forward_cache if block is not None else None
+                self.fast.remember(req.packet, out, info, aging, limit=self._forward_limit(block), orders=orders)
         return out
+
+    @staticmethod
+    def _encode(req: Request, ans: Answer, ra: bool, reply: Reply) -> bytes:
+        q = req.q
+        flags = q.flags
+        return encode_response(
+            qid=q.id,
+            opcode=q.opcode,
+            rd=bool(flags & 0x0100),
+            cd=bool(flags & 0x0010),
+            ra=ra,
+            aa=ans.authoritative,
+            ad=reply.ad,
+            rcode=ans.rcode,
+            question=req.question,
+            qname=q.qname,
+            answers=ans.answers,
+            authority=ans.authority,
+            additional=ans.additional,
+            edns=req.edns,
+            limit=req.limit,
+            edns_options=reply.edns_options,
+        )
 
     def _aging(self, out: bytes, lifetime: float) -> Aging | None:
         if out[2] & 0x02:  # truncated: let the client retry over TCP, do not keep
@@ -305,97 +281,8 @@ class Dispatcher:
         now = self.reactor.seconds()
         return Aging(out[2:], ttls, now, now + lifetime)
 
-    def _relay(self, upstream: dns.Message, req: Request) -> bytes:
-        ans = Answer(
-            rcode=upstream.rCode,
-            answers=list(upstream.answers),
-            authority=list(upstream.authority),
-            additional=[rr for rr in upstream.additional if rr.type != dns.OPT],
-            authoritative=bool(upstream.auth),
-        )
-        block = req.block
-        # the upstream's EDNS options (kubedns.forward.message decoded them into an OPT record)
-        options = next((rr.payload.data for rr in upstream.additional if rr.type == dns.OPT), b"")
-        return self._finish(req, ans, block.zones[0] if block else "", ra=True, ad=bool(upstream.authenticData),
-                            lifetime=self._forward_lifetime(block, upstream), plugin="forward",
-                            edns_options=options)
-
     @staticmethod
     def _forward_limit(block: Block | None) -> int:
         """How many forwarded answers the fast path may keep for ``block``: its cache's size."""
-        cache = getattr(block.chain, "cache", None) if block is not None else None
+        cache = block.forward_cache if block is not None else None
         return cache.config.size if cache is not None else 0
-
-    @staticmethod
-    def _forward_lifetime(block: Block | None, upstream: dns.Message) -> float:
-        """How long a relayed answer may be served from the fast path: as long as the block's
-        cache would keep it.  Not at all without a cache, or with prefetch (whose popularity
-        counts must see every hit), or for anything but NOERROR/NXDOMAIN."""
-        cache = getattr(block.chain, "cache", None) if block is not None else None
-        if cache is None or cache.config.prefetch_amount or upstream.rCode not in (dns.OK, dns.ENAME):
-            return 0.0
-        from kubedns.cache import response_ttl
-
-        got = response_ttl(upstream, cache.config)
-        return float(got[1]) if got is not None else 0.0
-
-    def _relay_error(self, failure: Failure, req: Request) -> bytes:
-        rcode = SERVFAIL
-        try:
-            from kubedns.forward.forwarder import Refused
-
-            if failure.check(Refused):
-                rcode = REFUSED
-        except ImportError:  # pragma: no cover - forwarder not installed
-            pass
-        block = req.block
-        # e.g. "no upstream answered (127.0.0.1:53: timeout after 2s; ...)": which upstream, and why
-        error = f"forward: {failure.getErrorMessage()}"
-        return self._finish(req, Answer(rcode=rcode, authoritative=False), block.zones[0] if block else "", ra=True,
-                            plugin="forward", error=error)
-
-
-class _Owned:
-    """A kept cluster record as owned by the query's spelling of its name (only ``encode`` and
-    what it reads differ from the record itself: nothing is copied)."""
-
-    __slots__ = ("name", "rr")
-
-    def __init__(self, rr: dns.RRHeader, name: dns.Name):
-        self.rr = rr
-        self.name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.rr, attr)
-
-    def encode(self, strio: Any, comp: dict[bytes, int] | None = None) -> None:
-        dns.RRHeader.encode(self, strio, comp)  # type: ignore[arg-type]
-
-
-def _echo_case(answers: list[dns.RRHeader], qname: bytes) -> list[Any]:
-    """``answers`` with the records owned by the lower-cased ``qname`` owned by ``qname`` as asked.
-
-    Cluster answers are computed and kept once per lower-cased name; owner names echo the
-    query's case (as CoreDNS does), so the spelling is put back here, per query, the way the
-    answer would have been encoded had it been computed for this spelling.
-    """
-    lower = qname.lower()
-    if lower == qname:
-        return answers
-    name = dns.Name(qname)
-    return [_Owned(rr, name) if rr.name.name == lower else rr for rr in answers]
-
-
-def _forward_query(req: Request) -> dns.Message:
-    """What the forward chain needs of a query (question, RD, CD, AD, DO, EDNS options), built from
-    what was already parsed: the client's own records (a TSIG, a NOTIFY's SOA...) are never
-    forwarded.  The OPT's options travel as raw rdata, as twisted.names decodes an OPT."""
-    q = req.q
-    flags = q.flags
-    msg = dns.Message(id=q.id, recDes=bool(flags & 0x0100), checkingDisabled=bool(flags & 0x0010),
-                      authenticData=bool(flags & 0x0020))
-    msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
-    if req.edns is not None:
-        msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0,
-                                       payload=dns.UnknownRecord(query_edns_options(req.packet, q)))]
-    return msg

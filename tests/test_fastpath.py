@@ -355,6 +355,7 @@ def test_cname_chase_does_not_change_the_kept_answer() -> None:
 
     class _Chain:
         asked = 0
+        cache = None
 
         def handles(self, name: bytes) -> bool:
             return True
@@ -366,7 +367,8 @@ def test_cname_chase_does_not_change_the_kept_answer() -> None:
                                        payload=tdns.Record_A(f"192.0.2.{self.asked}", 60))]
             return defer.succeed(m)
 
-    disp.blocks[0].chain = _Chain()
+    old = disp.blocks[0]
+    disp.blocks = [Block(old.config, old.clusters, _Chain())]  # type: ignore[arg-type]
     name = "ext.testns.svc.cluster.local"
     proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
     proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))

@@ -1,0 +1,39 @@
+"""A server block's per-query plugins, from its config and the running parts it answers from.
+
+The one place that decides which plugins a block runs; :func:`kubedns.plugins.base.build_chain`
+then puts them in CoreDNS's order.  The running parts (the cluster answers over a shared store,
+the forward chain with its cache, the loop detector) are made and kept across reloads by
+:mod:`kubedns.service`; the plugins here are thin and rebuilt with the block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubedns.config import ServerBlock
+from kubedns.plugins.base import Plugin
+from kubedns.plugins.kubernetes import KubernetesPlugin
+
+__all__ = ["block_plugins"]
+
+
+def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forward: Any = None,
+                  loop: Any = None) -> list[Plugin]:
+    """The plugins of one block (in any order: the chain sorts them)."""
+    out: list[Plugin] = []
+    if kubernetes is not None:
+        out.append(kubernetes)
+    if forward is not None:
+        from kubedns.plugins.forward import ForwardPlugin
+
+        out.append(ForwardPlugin(forward))
+    if loop is not None:
+        from kubedns.plugins.loop import LoopPlugin
+
+        out.append(LoopPlugin(loop))
+    lb = config.loadbalance
+    if lb is not None:
+        from kubedns.plugins.loadbalance import LoadbalancePlugin
+
+        out.append(LoadbalancePlugin(lb.policy))
+    return out
