@@ -351,3 +351,38 @@ def test_plugin_no_reverse(tmp_path):
     p = _plugin(tmp_path, no_reverse=True)
     assert _serve(p, "10.1.168.192.in-addr.arpa", "PTR") == "next"
     assert _serve(p, "example.com", "A")[0] == 0
+
+
+def test_plugins_kept_across_reloads_while_unchanged(tmp_path):
+    from kubedns.config import parse
+    from kubedns.plugins.hosts import HostsPlugins
+
+    hosts = tmp_path / "hosts"
+    _write(hosts, "10.0.0.1 a.test\n")
+
+    def config(ttl: int):
+        return parse(f"servers:\n  - zones: [test]\n    listen: 127.0.0.1:5353\n"
+                     f"    hosts: {{file: {hosts}, ttl: {ttl}}}\n", str(tmp_path / "c.yaml"))
+
+    clock = task.Clock()
+    changed: list[int] = []
+    plugins = HostsPlugins(lambda: changed.append(1), reactor=clock)
+    first = plugins.plan(config(60))
+    assert first[0].table.addresses("a.test", False) == ["10.0.0.1"]  # read when planned
+    plugins.commit(first)
+    assert not clock.getDelayedCalls()  # not running yet
+    plugins.start()
+    assert len(clock.getDelayedCalls()) == 1
+    again = plugins.plan(config(60))
+    assert again[0] is first[0]  # same config: the same plugin, the file not read again
+    plugins.commit(again)
+    other = plugins.plan(config(30))
+    assert other[0] is not first[0]
+    plugins.commit(other)  # the old one's checks end, the new one's start
+    assert len(clock.getDelayedCalls()) == 1
+    _write(hosts, "10.0.0.2 a.test\n")
+    clock.advance(5)
+    assert other[0].table.addresses("a.test", False) == ["10.0.0.2"]
+    assert changed  # the wiring is told
+    plugins.stop()
+    assert not clock.getDelayedCalls()

@@ -21,7 +21,7 @@ plugin comes before ``kubernetes`` and ``forward``, whose kept answers it may no
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.names import dns
 
@@ -30,7 +30,10 @@ from kubedns.plugins.hoststable import HostsConfig, HostsTable, address_from_rev
 from kubedns.query import Request
 from kubedns.records import Answer
 
-__all__ = ["HostsPlugin"]
+if TYPE_CHECKING:
+    from kubedns.config import Config
+
+__all__ = ["HostsPlugin", "HostsPlugins"]
 
 _A, _AAAA, _PTR = dns.A, dns.AAAA, dns.PTR
 NOT_FOUND = "hosts: name not in the hosts data and no fallthrough"
@@ -46,17 +49,20 @@ def _zone_of(zones: tuple[str, ...], lname: str) -> str | None:
 
 
 class HostsPlugin:
-    """See the module docstring.  ``start()``/``stop()`` run the file's reload checks."""
+    """See the module docstring.  The file is read when the plugin is made; ``start()`` and
+    ``stop()`` run and end its checks every ``reload`` period."""
 
     name = "hosts"
 
     def __init__(self, config: HostsConfig, block_zones: tuple[str, ...], reactor: Any = None):
         self.config = config
+        self.block_zones = block_zones
         self.zones = config.zones or block_zones
         self.fallthrough = config.fallthrough
         self.ttl = config.ttl
         self.table = HostsTable(config.file, config.entries, self.zones, not config.no_reverse,
                                 config.reload, reactor)
+        self.table.check()  # read now: a block (a reload's too) answers from its first query
 
     @property
     def on_change(self) -> list[Callable[[], None]]:
@@ -103,3 +109,55 @@ class HostsPlugin:
                 return next(req)
             return Reply(Answer(rcode=dns.ESERVER, authoritative=False), zone, self.name, error=NOT_FOUND)
         return Reply(Answer(answers=answers), zone, self.name, cacheable=True)
+
+
+class HostsPlugins:
+    """The ``hosts`` plugins of the running config, for the wiring (:mod:`kubedns.service`).
+
+    A reload keeps a block's plugin (its table, its reload checks) while the block's ``hosts``
+    config and zones are unchanged, so an unchanged file is not read again; a changed one gets a
+    new plugin, read in :meth:`plan` (before anything is committed: a block answers from its
+    first query) and started in :meth:`commit`.  Every plugin calls ``on_change`` when its file
+    changes (the wiring drops its pre-encoded answers there).
+    """
+
+    def __init__(self, on_change: Callable[[], None], reactor: Any = None):
+        self.on_change = on_change
+        self.reactor = reactor
+        self.running = False
+        self._kept: dict[tuple[Any, ...], HostsPlugin] = {}
+
+    def plan(self, config: Config) -> dict[int, HostsPlugin]:
+        """Each block with ``hosts`` (by index) → its plugin, kept or new (read, not started)."""
+        out: dict[int, HostsPlugin] = {}
+        made: dict[tuple[Any, ...], HostsPlugin] = {}
+        for b in config.servers:
+            if b.hosts is None:
+                continue
+            key = (b.hosts, b.zones)
+            plugin = made.get(key) or self._kept.get(key)
+            if plugin is None:
+                plugin = HostsPlugin(b.hosts, b.zones, self.reactor)
+                plugin.on_change.append(self.on_change)
+            made[key] = out[b.index] = plugin
+        return out
+
+    def commit(self, plan: dict[int, HostsPlugin]) -> None:
+        """``plan``'s plugins are the running ones: new ones start, those left out stop."""
+        keep = {(p.config, p.block_zones): p for p in plan.values()}
+        for key, plugin in self._kept.items():
+            if keep.get(key) is not plugin:
+                plugin.stop()
+        self._kept = keep
+        if self.running:
+            self.start()
+
+    def start(self) -> None:
+        self.running = True
+        for plugin in self._kept.values():
+            plugin.start()
+
+    def stop(self) -> None:
+        self.running = False
+        for plugin in self._kept.values():
+            plugin.stop()

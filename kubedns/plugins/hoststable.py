@@ -338,6 +338,7 @@ class HostsTable:
 
     # -- the file -----------------------------------------------------------------------------
     def start(self) -> None:
+        """Check the file now and then every ``reload`` seconds; a second call only checks."""
         self.check()
         if self.path is not None and self.reload > 0 and self._loop is None:
             self._loop = task.LoopingCall(self.check)
