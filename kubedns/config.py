@@ -491,7 +491,11 @@ def _read_yaml(text: str, path: str) -> Any:
 
 def parse(text: str, path: str = "<config>") -> Config:
     """Parse and validate config text; raises :class:`ConfigError` naming file, key, expectation."""
-    data = _read_yaml(text, path)
+    return parse_data(_read_yaml(text, path), path, text)
+
+
+def parse_data(data: Any, path: str, raw_text: str = "") -> Config:
+    """Validate the config as YAML gives it (a Corefile is mapped to the same shape first)."""
     root = Node(data, path)
     if not isinstance(data, dict):
         raise root.error("a mapping with a 'servers' list", show=data is not None)
@@ -515,7 +519,7 @@ def parse(text: str, path: str = "<config>") -> Config:
             seen[(b.listen, z)] = b.index
     workers = root.get("workers", 1).integer(1, 64)
     idle = root.get("tcp_idle_timeout", 10.0).duration(0.1, 3600.0)
-    return Config(path=path, servers=blocks, workers=workers, tcp_idle_timeout=idle, raw_text=text)
+    return Config(path=path, servers=blocks, workers=workers, tcp_idle_timeout=idle, raw_text=raw_text)
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a Corefile mirror is a few KB; more is a wrong path, not a config
@@ -542,4 +546,28 @@ def load(path: str) -> Config:
         line = data.count(b"\n", 0, e.start) + 1
         bad = data[e.start : e.end]
         raise ConfigError(path, "", f"UTF-8 text (invalid byte at line {line}: {bad!r})", has_found=False) from None
+    from kubedns.corefile import is_corefile, parse_corefile_config
+
+    if is_corefile(text, path):
+        return parse_corefile_config(text, path)
     return parse(text, path)
+
+
+def file_digest(path: str) -> str:
+    """What reload compares: the file's SHA-256, and for a Corefile that of every file it imports
+    too (and what each glob matched), so an edit to an imported file is a change.  Equal to the
+    digest of :attr:`Config.raw_text` for the config loaded from the same files.  OSError if the
+    file itself cannot be read."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    from kubedns.corefile import is_corefile, sources_text
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return hashlib.sha256(data).hexdigest()
+    if is_corefile(text, path):
+        return hashlib.sha256(sources_text(text, path).encode()).hexdigest()
+    return hashlib.sha256(data).hexdigest()

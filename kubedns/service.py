@@ -31,7 +31,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from kubedns import __version__
-from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, load
+from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, file_digest, load
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
 from kubedns.listen import ListenError, TCPListener, UDPListener, fd_limit, http_addresses, http_listen_error, interface
@@ -284,8 +284,7 @@ class KubeDNS(service.MultiService):
         """
         path = self.config.path
         try:
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+            digest = file_digest(path)  # a Corefile's imports count too
         except OSError as e:
             digest = f"unreadable: {e.strerror}"
             seen, self._seen_digest = self._seen_digest, digest

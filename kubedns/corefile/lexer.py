@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubedns.configbase import ConfigError
+
 __all__ = ["Token", "substitute_env", "tokenize", "CorefileSyntaxError"]
 
 
@@ -38,14 +40,20 @@ class Token:
         return self.text == "}" and not self.quoted
 
 
-class CorefileSyntaxError(ValueError):
-    """A problem in the Corefile's text; ``str()`` is ``file:line: what was expected``."""
+class CorefileSyntaxError(ConfigError):
+    """A problem in a Corefile; ``str()`` is ``file:line: directive: what was expected``.
+
+    A :class:`~kubedns.configbase.ConfigError`, so start-up and reload report it like any other.
+    """
 
     def __init__(self, file: str, line: int, message: str):
         self.file = file
         self.line = line
         self.message = message
-        super().__init__(f"{file}:{line}: {message}")
+        self.path = f"{file}:{line}" if line > 0 else file
+        self.key = ""
+        self.expected = message
+        ValueError.__init__(self, f"{self.path}: {message}")
 
 
 _ENV = (re.compile(r"\{\$([^{}]+?)\}"), re.compile(r"\{%([^{}]+?)%\}"))
