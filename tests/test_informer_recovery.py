@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from kubedns.k8s.apiclient import load_api_client
+from kubedns.k8s.apiclient import ClientSource, load_api_client
 from kubedns.k8s.informer import Informer
 from kubedns.k8s.store import Store
 from tests import fakeapi
@@ -230,3 +230,30 @@ class SilentWatchTests(_Base):
         # and the watch is on the server's timeline again: a change after the restore arrives
         self.api.create("services", fakeapi.service("later", "apps", cluster_ip="10.96.1.5"))
         await wait_until(lambda: self.store.service("apps", "later") is not None, 5, what="a change after the restore")
+
+
+def test_client_source_rebuilds_only_when_the_bytes_change_and_keeps_the_old_client_on_a_bad_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kubeconfig"
+    fakeapi.kubeconfig(path, "http://127.0.0.1:1")
+    built: list[str] = []
+
+    def factory(kubeconfig: str | None) -> tuple[Any, str]:
+        text = Path(str(kubeconfig)).read_text()
+        if "server:" not in text:
+            raise RuntimeError(f"cannot load kubeconfig {kubeconfig!r}: no server")
+        built.append(text)
+        return object(), str(kubeconfig)
+
+    source = ClientSource(str(path), factory)
+    first, _ = source.load()
+    assert source.current() is first and len(built) == 1  # same bytes: nothing rebuilt
+    os.utime(path)  # a new mtime alone changes nothing either
+    assert source.current() is first
+    path.write_text("apiVersion: v1\nkind: Config\n")  # half-written / broken
+    assert source.current() is first and source.current() is first  # kept (and logged once)
+    fakeapi.kubeconfig(path, "http://127.0.0.1:2")
+    second = source.current()
+    assert second is not first and len(built) == 2 and source.reloads == 1
+    assert source.current() is second

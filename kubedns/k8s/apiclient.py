@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from kubedns.config import ApiConfig
 from kubedns.k8s.objects import KINDS
 
 __all__ = ["ClientSource", "list_function", "load_api_client"]
@@ -32,22 +33,57 @@ _log = Logger(namespace="kubedns.k8s.watch")
 _SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def load_api_client(kubeconfig: str | None = None) -> tuple[Any, str]:
+def load_api_client(kubeconfig: str | ApiConfig | None = None) -> tuple[Any, str]:
     """A ``kubernetes.client.ApiClient`` and a description of where its config came from.
 
     A path loads that kubeconfig.  ``None`` tries, in order, the in-cluster service account,
-    ``$KUBECONFIG`` and ``~/.kube/config``.  Raises :class:`RuntimeError` naming everything tried
+    ``$KUBECONFIG`` and ``~/.kube/config``.  An :class:`~kubedns.config.ApiConfig` is the
+    ``kubernetes`` block's ``kubeconfig`` (and ``context``), else its ``endpoint`` (and ``tls``),
+    else the same as ``None``.  Raises :class:`RuntimeError` naming everything tried
     when nothing works.  urllib3's own retries are disabled: the watch loop retries with backoff,
     and urllib3's would multiply every read timeout by four.
     """
     from kubedns import __version__
 
-    api_client, source = _load_api_client(kubeconfig)
+    if isinstance(kubeconfig, ApiConfig):
+        if kubeconfig.kubeconfig is not None:
+            api_client, source = _load_api_client(kubeconfig.kubeconfig, kubeconfig.context)
+        elif kubeconfig.endpoint is not None:
+            api_client, source = _endpoint_client(kubeconfig)
+        else:
+            api_client, source = _load_api_client(None)
+    else:
+        api_client, source = _load_api_client(kubeconfig)
     api_client.user_agent = f"kubedns/{__version__}"  # names us in the apiserver's audit log
     return api_client, source
 
 
-def _load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
+def _endpoint_client(api: ApiConfig) -> tuple[Any, str]:
+    """``endpoint URL`` (with ``tls CERT KEY CACERT``): the API at that address, as CoreDNS
+    reaches it from outside a cluster.  The files are loaded here once, so a wrong path or a
+    key that does not match its certificate is said now, not as a TLS error on every retry."""
+    import ssl
+
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.retries = False
+    cfg.host = api.endpoint
+    what = f"endpoint {api.endpoint}"
+    if api.tls is not None:
+        try:
+            ctx = ssl.create_default_context(cafile=api.tls.cacert)
+            ctx.load_cert_chain(api.tls.cert, api.tls.key)
+        except (OSError, ssl.SSLError) as e:
+            raise RuntimeError(
+                f"cannot load tls files (cert {api.tls.cert}, key {api.tls.key}, cacert {api.tls.cacert}): {e}"
+            ) from e
+        cfg.cert_file, cfg.key_file, cfg.ssl_ca_cert = api.tls.cert, api.tls.key, api.tls.cacert
+        what += " with a client certificate"
+    return client.ApiClient(configuration=cfg), what
+
+
+def _load_api_client(kubeconfig: str | None, context: str | None = None) -> tuple[Any, str]:
     from kubernetes import client, config
 
     def fresh() -> Any:
@@ -58,11 +94,12 @@ def _load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
     if kubeconfig is not None:
         if not os.path.exists(kubeconfig):
             raise RuntimeError(f"cannot load kubeconfig: file not found: {kubeconfig}")
+        what = kubeconfig if context is None else f"{kubeconfig} (context {context})"
         try:
             cfg = fresh()
-            return config.new_client_from_config(config_file=kubeconfig, client_configuration=cfg), kubeconfig
+            return config.new_client_from_config(config_file=kubeconfig, context=context, client_configuration=cfg), what
         except Exception as e:  # ConfigException, OSError, yaml errors...
-            raise RuntimeError(f"cannot load kubeconfig {kubeconfig!r}: {e}") from e
+            raise RuntimeError(f"cannot load kubeconfig {what}: {e}") from e
 
     tried: list[str] = []
     try:
@@ -131,8 +168,8 @@ class ClientSource:
 
     def __init__(
         self,
-        kubeconfig: str | None,
-        factory: Callable[[str | None], tuple[Any, str]] = load_api_client,
+        kubeconfig: str | ApiConfig | None,
+        factory: Callable[[Any], tuple[Any, str]] = load_api_client,
         probe_timeouts: tuple[float, float] = (1.0, 2.0),
     ):
         self.kubeconfig = kubeconfig
@@ -149,7 +186,15 @@ class ClientSource:
     def fingerprint(self) -> bytes:
         """A digest of everything the client is built from (re-read each call)."""
         h = hashlib.sha256()
-        if self.kubeconfig is not None:
+        api = self.kubeconfig
+        if isinstance(api, ApiConfig) and (api.kubeconfig is not None or api.endpoint is not None):
+            # a rotated client certificate is picked up like a changed kubeconfig
+            files = [api.kubeconfig] if api.kubeconfig is not None else []
+            if api.kubeconfig is None and api.tls is not None:
+                files = [api.tls.cert, api.tls.key, api.tls.cacert]
+            for path in files:
+                h.update(b"\0" + _read(path))
+        elif isinstance(self.kubeconfig, str):
             h.update(_read(self.kubeconfig))
         else:
             for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG"):
@@ -191,7 +236,7 @@ class ClientSource:
             _log.info(
                 "Kubernetes API credentials changed: now {source} ({host})",
                 source=description,
-                host=getattr(client.configuration, "host", "?"),
+                host=getattr(getattr(client, "configuration", None), "host", "?"),
             )
             return client
 
