@@ -223,6 +223,8 @@ def _parse_kubernetes(node: Node, config_path: str) -> KubernetesConfig:
     context = node.get("context", None).optional_string()
     if context is not None and kubeconfig is None:
         raise node.get("context").error("context only with kubeconfig (the file the context is chosen from)")
+    if manifests is not None and node.get("labels", None).value is not None:
+        raise node.get("labels").error("labels only with the API (the API server selects; a manifests file is read whole)")
     return KubernetesConfig(
         zones=zones,
         kubeconfig=kubeconfig,

@@ -149,8 +149,8 @@ class KubeDNS(service.MultiService):
             return src
         from kubedns.k8s.informer import Informer
 
-        return Informer(store, list(k8s.resources()), k8s.kubeconfig, reactor=self.reactor,
-                        on_event=_programming_hook(store))
+        return Informer(store, list(k8s.resources()), k8s.api(), reactor=self.reactor,
+                        on_event=_programming_hook(store), label_selector=k8s.labels)
 
     def _chain(self, block: ServerBlock) -> tuple[Any, Any]:
         from kubedns.forward.chain import ForwardChain

@@ -4,13 +4,15 @@ A :class:`~kubedns.k8s.store.Store` and its source (an informer, or a manifests 
 list of the cluster to build, and answer SERVFAIL until that list is in.  So a reload must not
 rebuild one it does not have to, and must not let a new one answer before it is ready:
 
-- A store is keyed by what is watched (:meth:`KubernetesConfig.watch_key`: the kubeconfig or
-  manifests file, and whether Pods are watched), not by the whole ``kubernetes`` block.  Options
-  that only change how answers are made (``ttl``, ``fallthrough``, ``zones``, ``pods`` between
-  ``insecure`` and ``disabled``) keep the running store and watch; the block gets a new
-  :class:`~kubedns.records.ClusterZones` over it at once.
-- A block that needs a new store (another kubeconfig or manifests file, ``pods: verified`` turned
-  on or off) keeps answering from the one it had, with its previous settings, until the new
+- A store is keyed by what is watched (:meth:`KubernetesConfig.watch_key`: the API and its
+  credentials (kubeconfig and context, or endpoint and tls) or the manifests file, the
+  ``labels`` selector, and whether Pods and EndpointSlices are watched), not by the whole
+  ``kubernetes`` block.  Options that only change how answers are made (``ttl``,
+  ``fallthrough``, ``zones``, ``pods`` between ``insecure`` and ``disabled``, ``namespaces``,
+  ``endpoint_pod_names``, ``ignore_empty_service``) keep the running store and watch; the block
+  gets a new :class:`~kubedns.records.ClusterZones` over it at once.
+- A block that needs a new store (another kubeconfig or manifests file, API endpoint or
+  certificate, ``labels``, ``noendpoints``, ``pods: verified`` turned on or off) keeps answering from the one it had, with its previous settings, until the new
   store has synced; then the block's answers switch in one assignment on the reactor thread and
   the old store and watch are stopped (make before break).  A new store that never syncs (an
   unreachable API, a wrong kubeconfig) is logged after :attr:`ClusterSources.sync_warning`
@@ -62,7 +64,17 @@ class Plan:
 
 def describe(k8s: KubernetesConfig) -> str:
     """What a store watches, for log lines."""
-    src = f"manifests {k8s.manifests}" if k8s.manifests else f"kubeconfig {k8s.kubeconfig or '(default)'}"
+    api = k8s.api()
+    if k8s.manifests:
+        src = f"manifests {k8s.manifests}"
+    elif api.endpoint is not None:
+        src = f"endpoint {api.endpoint}"
+    else:
+        src = f"kubeconfig {api.kubeconfig or '(default)'}" + (f" context {api.context}" if api.context else "")
+    if k8s.labels:
+        src += f", labels {k8s.labels}"
+    if k8s.noendpoints:
+        src += ", no endpoints"
     return src + (", with pods" if "pods" in k8s.resources() else "")
 
 

@@ -50,6 +50,7 @@ import queue
 import re
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -398,6 +399,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self) -> None:
+        if self.fake.tls is not None:  # the handshake on this connection's own thread
+            try:
+                self.request = self.fake.tls.wrap_socket(self.request, server_side=True)
+            except OSError as e:  # ssl.SSLError included: no (valid) client certificate...
+                self.fake.tls_failures.append(str(e))
+                raise
         super().setup()
         self.fake._register_connection(self.connection)
 
@@ -875,6 +882,7 @@ class FakeKubeAPI:
         bookmark_interval: float | None = None,
         default_watch_timeout: float | None = None,
         start_resource_version: int = 1000,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         #: Seconds between periodic BOOKMARKs on watches that allow them (None: only on demand).
         self.bookmark_interval = bookmark_interval
@@ -887,6 +895,11 @@ class FakeKubeAPI:
         self.expired_watch_as_http_status = False
         #: If set, every request must carry ``Authorization: Bearer <token>`` (else 401).
         self.token: str | None = None
+        #: If set, HTTPS with this server context (``verify_mode = CERT_REQUIRED`` checks client
+        #: certificates, as an API server does for ``tls CERT KEY CACERT``); the url is https://.
+        self.tls = tls
+        #: Handshakes that failed (the error text), e.g. a client certificate of another CA.
+        self.tls_failures: list[str] = []
         self.version_info: Obj = {
             "major": "1",
             "minor": "31",
@@ -936,7 +949,7 @@ class FakeKubeAPI:
         server.fake = self
         self._server = server
         host, port = server.server_address[:2]
-        self._url = f"http://{host}:{port}"
+        self._url = f"{'https' if self.tls is not None else 'http'}://{host}:{port}"
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakeapi-serve", daemon=True
         )

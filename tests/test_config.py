@@ -193,3 +193,9 @@ def test_kubernetes_tls_needs_all_three_files(tmp_path: Path) -> None:
     (tmp_path / "crt.pem").write_text("x")
     with pytest.raises(ConfigError, match=r"kubernetes\.tls\.key: expected a value \(the key is required\)"):
         _k8s(tmp_path, "tls: {cert: crt.pem}")
+
+
+def test_kubernetes_labels_need_the_api(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text("kind: List\nitems: []\n")
+    with pytest.raises(ConfigError, match=r"kubernetes\.labels: expected labels only with the API"):
+        _k8s(tmp_path, "manifests: m.yaml\nlabels: app=web")

@@ -9,8 +9,14 @@ API server is asked for, and how the client reaches it.
 
 from __future__ import annotations
 
+import shutil
+import signal
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import dns.rcode
 import pytest
 import yaml
 from twisted.application import service
@@ -21,6 +27,10 @@ from kubedns.config import Config, parse
 from kubedns.k8s import labels
 from kubedns.k8s.store import Store
 from kubedns.server import Block
+from tests import fakeapi
+from tests.conftest import free_port, query, rrset_text, wait_for
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("_no_proxy")]
 
 # -- which reloads keep the store -------------------------------------------------------------------
 
@@ -151,3 +161,201 @@ def test_selector_canonical(text: str, canonical: str) -> None:
 ])
 def test_selector_matches(selector: str, obj_labels: dict[str, str], expected: bool) -> None:
     assert labels.matches(labels.parse(selector), obj_labels) is expected
+
+
+# -- end to end: a real process, the fake API over real HTTP(S), queries over real UDP --------------
+
+
+
+@pytest.fixture
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+
+def _server(port: int, **k8s: Any) -> dict[str, Any]:
+    return {"servers": [{"zones": ["."], "listen": f"127.0.0.1:{port}",
+                         "kubernetes": {"zones": ["cluster.local", "in-addr.arpa"], **k8s}}]}
+
+
+def _ask(port: int, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
+    r = query(port, name, rdtype, timeout=3.0)
+    return dns.rcode.to_text(r.rcode()), rrset_text(r)
+
+
+def _synced(port: int, name: str = "kubernetes.default.svc.cluster.local") -> bool:
+    return _ask(port, name)[0] != "SERVFAIL"
+
+
+CLUSTER = [
+    fakeapi.namespace("default"),
+    fakeapi.namespace("other"),
+    fakeapi.service("kubernetes", "default", cluster_ip="10.96.0.1", labels={"app": "web"}),
+    fakeapi.service("web", "default", cluster_ip="10.96.1.1", labels={"app": "web"}),
+    fakeapi.service("db", "default", cluster_ip="10.96.1.2", labels={"app": "db"}),
+    fakeapi.service("api", "other", cluster_ip="10.96.2.1", labels={"app": "web"}),
+    fakeapi.service("hl", "default", headless=True, labels={"app": "web"}),
+    # the endpoint slice controller copies a Service's labels onto its slices
+    fakeapi.endpointslice("hl-1", "default", "hl", endpoints=[{"addresses": ["10.244.0.1"], "targetRef": "hl-pod-a"}],
+                          labels={"app": "web"}),
+    # a slice of "hl" the selector leaves out: its endpoint never reaches the store
+    fakeapi.endpointslice("hl-2", "default", "hl", endpoints=[{"addresses": ["10.244.0.2"]}], labels={"app": "other"}),
+]
+
+
+def test_labels_select_on_the_api_server_list_and_watch(kubedns_process: Any, tmp_path: Path) -> None:
+    """``labels`` goes to the API server as labelSelector on every LIST and WATCH of Services,
+    EndpointSlices and Pods (not Namespaces, as CoreDNS); objects that start or stop matching
+    come and go through the watch."""
+    with fakeapi.FakeKubeAPI() as api:
+        api.load(CLUSTER)
+        kc = fakeapi.kubeconfig(tmp_path / "kc", api.url)
+        port = free_port()
+        p = kubedns_process(_server(port, kubeconfig=kc, labels="app in (web)", pods="verified"))
+        p.wait_listening(port)
+        wait_for(lambda: _synced(port), timeout=30)
+        assert _ask(port, "web.default.svc.cluster.local") == ("NOERROR", ["web.default.svc.cluster.local A 10.96.1.1"])
+        assert _ask(port, "db.default.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(port, "hl.default.svc.cluster.local") == ("NOERROR", ["hl.default.svc.cluster.local A 10.244.0.1"])
+        for verb in ("list", "watch"):
+            wait_for(lambda verb=verb: all(api.requests[(verb, r)] for r in ("services", "endpointslices", "pods")))
+            for rec in [r for r in api.request_log if r.verb == verb]:
+                want = None if rec.resource == "namespaces" else "app in (web)"
+                assert rec.params.get("labelSelector") == want, rec
+        # db starts matching: ADDED on the watch; web stops: DELETED
+        db = api.get("services", "default", "db")
+        db["metadata"]["labels"] = {"app": "web"}
+        api.update("services", db)
+        web = api.get("services", "default", "web")
+        web["metadata"]["labels"] = {"app": "gone"}
+        api.update("services", web)
+        wait_for(lambda: _ask(port, "db.default.svc.cluster.local")[0] == "NOERROR")
+        wait_for(lambda: _ask(port, "web.default.svc.cluster.local")[0] == "NXDOMAIN")
+
+
+def test_namespaces_answer_only_for_the_listed_ones_and_a_reload_keeps_the_watch(
+    kubedns_process: Any, tmp_path: Path
+) -> None:
+    with fakeapi.FakeKubeAPI() as api:
+        api.load(CLUSTER)
+        kc = fakeapi.kubeconfig(tmp_path / "kc", api.url)
+        port = free_port()
+        p = kubedns_process(_server(port, kubeconfig=kc, namespaces=["default"], ttl=7))
+        p.wait_listening(port)
+        wait_for(lambda: _synced(port), timeout=30)
+        assert _ask(port, "web.default.svc.cluster.local")[0] == "NOERROR"
+        assert _ask(port, "api.other.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(port, "other.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(port, "1.2.96.10.in-addr.arpa", "PTR")[0] == "NXDOMAIN"
+        lists = api.requests[("list", "services")]
+        p.write_config(_server(port, kubeconfig=kc, namespaces=["default", "other"], ttl=8))
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: _ask(port, "api.other.svc.cluster.local") == ("NOERROR", ["api.other.svc.cluster.local A 10.96.2.1"]))
+        assert _ask(port, "1.2.96.10.in-addr.arpa", "PTR") == ("NOERROR", ["1.2.96.10.in-addr.arpa PTR api.other.svc.cluster.local."])
+        assert api.requests[("list", "services")] == lists, "a reload of namespaces only listed again"
+
+
+def test_endpoint_url_noendpoints_endpoint_pod_names_and_ignore_empty_service(kubedns_process: Any) -> None:
+    """``endpoint URL`` without a kubeconfig reaches that API; ``noendpoints`` never asks for an
+    EndpointSlice; a reload to endpoint_pod_names + ignore_empty_service (which needs the
+    slices: a new store) names endpoints by their Pods and hides empty ClusterIP Services."""
+    with fakeapi.FakeKubeAPI() as api:
+        api.load(CLUSTER)
+        port = free_port()
+        p = kubedns_process(_server(port, endpoint=[api.url, "http://127.0.0.1:9"], noendpoints=True))
+        p.wait_listening(port)
+        wait_for(lambda: _synced(port), timeout=30)
+        assert _ask(port, "web.default.svc.cluster.local")[0] == "NOERROR"
+        assert _ask(port, "hl.default.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(port, "hl-pod-a.hl.default.svc.cluster.local")[0] == "NXDOMAIN"
+        assert not [r for r in api.request_log if r.resource == "endpointslices"]
+        p.write_config(_server(port, endpoint=api.url, endpoint_pod_names=True, ignore_empty_service=True))
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: _ask(port, "hl-pod-a.hl.default.svc.cluster.local")
+                 == ("NOERROR", ["hl-pod-a.hl.default.svc.cluster.local A 10.244.0.1"]), timeout=30)
+        assert _ask(port, "web.default.svc.cluster.local")[0] == "NXDOMAIN"  # no endpoint at all
+        api.create("endpointslices", fakeapi.endpointslice("web-1", "default", "web", endpoints=[{"addresses": ["10.244.1.1"]}]))
+        wait_for(lambda: _ask(port, "web.default.svc.cluster.local") == ("NOERROR", ["web.default.svc.cluster.local A 10.96.1.1"]))
+
+
+def _kubeconfig_two_contexts(path: Path, good: str, bad: str) -> str:
+    config = {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": "good", "cluster": {"server": good}}, {"name": "bad", "cluster": {"server": bad}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "prod", "context": {"cluster": "good", "user": "u"}},
+                     {"name": "broken", "context": {"cluster": "bad", "user": "u"}}],
+        "current-context": "broken",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_kubeconfig_context_picks_the_cluster(kubedns_process: Any, tmp_path: Path) -> None:
+    """``kubeconfig FILE CONTEXT``: that context, not the file's current-context."""
+    with fakeapi.FakeKubeAPI() as api:
+        api.load(CLUSTER)
+        kc = _kubeconfig_two_contexts(tmp_path / "kc", api.url, f"http://127.0.0.1:{free_port()}")
+        port = free_port()
+        p = kubedns_process(_server(port, kubeconfig=kc, context="prod"))
+        p.wait_listening(port)
+        wait_for(lambda: _synced(port), timeout=30)
+        assert _ask(port, "web.default.svc.cluster.local")[0] == "NOERROR"
+        # the file's current-context points nowhere: without ``context`` nothing syncs
+        port2 = free_port()
+        p2 = kubedns_process(_server(port2, kubeconfig=kc, ttl=9))
+        p2.wait_listening(port2)
+        wait_for(lambda: "Connection refused" in p2.log() or "connection refused" in p2.log().lower(), timeout=30)
+        assert _ask(port2, "web.default.svc.cluster.local")[0] == "SERVFAIL"
+        # an unknown context is said as such
+        port3 = free_port()
+        p3 = kubedns_process(_server(port3, kubeconfig=kc, context="nope"))
+        p3.wait_listening(port3)
+        wait_for(lambda: "nope" in p3.log() and "cannot load kubeconfig" in p3.log(), timeout=30)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _pki(d: Path, name: str) -> None:
+    """A CA ``name``-ca.pem, a server certificate for 127.0.0.1 and a client certificate under it."""
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", f"/CN={name}-ca", "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.pem", cwd=d)
+    for who, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}-{who}",
+                 "-keyout", f"{name}-{who}.key", "-out", f"{name}-{who}.csr", cwd=d)
+        (d / f"{name}-{who}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{name}-{who}.csr", "-CA", f"{name}-ca.pem", "-CAkey", f"{name}-ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", f"{name}-{who}.ext", "-out", f"{name}-{who}.pem", cwd=d)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_client_certificate_against_an_https_api(kubedns_process: Any, tmp_path: Path) -> None:
+    """``endpoint https://...`` + ``tls CERT KEY CACERT``: the API server (the fake, requiring a
+    client certificate of its CA) is verified with CACERT and accepts CERT; a certificate of
+    another CA is refused in the handshake and nothing syncs."""
+    _pki(tmp_path, "cluster")
+    _pki(tmp_path, "stranger")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "cluster-ca.pem"))
+    ctx.load_cert_chain(tmp_path / "cluster-server.pem", tmp_path / "cluster-server.key")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    with fakeapi.FakeKubeAPI(tls=ctx) as api:
+        api.load(CLUSTER)
+        assert api.url.startswith("https://127.0.0.1:")
+        port = free_port()
+        tls = {"cert": str(tmp_path / "cluster-client.pem"), "key": str(tmp_path / "cluster-client.key"),
+               "cacert": str(tmp_path / "cluster-ca.pem")}
+        p = kubedns_process(_server(port, endpoint=api.url, tls=tls))
+        p.wait_listening(port)
+        wait_for(lambda: _synced(port), timeout=30)
+        assert _ask(port, "web.default.svc.cluster.local") == ("NOERROR", ["web.default.svc.cluster.local A 10.96.1.1"])
+        assert "with a client certificate" in p.log()
+        assert api.tls_failures == []
+        port2 = free_port()
+        stranger = {**tls, "cert": str(tmp_path / "stranger-client.pem"), "key": str(tmp_path / "stranger-client.key")}
+        p2 = kubedns_process(_server(port2, endpoint=api.url, tls=stranger))
+        p2.wait_listening(port2)
+        wait_for(lambda: api.tls_failures, timeout=30)
+        assert _ask(port2, "web.default.svc.cluster.local")[0] == "SERVFAIL"

@@ -28,6 +28,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from kubedns.config import ApiConfig
 from kubedns.k8s.watch import (
     ApiOutage,
     Backoff,
@@ -105,11 +106,12 @@ class Informer(Service):
         self,
         store: Any,
         resources: list[str],
-        kubeconfig: str | None,
+        kubeconfig: str | ApiConfig | None,
         reactor: Any = None,
         on_event: EventHook | None = None,
         *,
-        client_factory: Callable[[str | None], tuple[Any, str]] = load_api_client,
+        client_factory: Callable[[Any], tuple[Any, str]] = load_api_client,
+        label_selector: str = "",
         **tuning: Any,
     ):
         unknown = set(tuning) - _WATCHER_TUNING - _INFORMER_TUNING
@@ -122,6 +124,9 @@ class Informer(Service):
         self.store = store
         self.resources = list(resources)
         self.kubeconfig = kubeconfig
+        #: ``labels``: the selector of the Services, EndpointSlices and Pods watched (CoreDNS
+        #: applies it to those three, not to Namespaces)
+        self.label_selector = label_selector
         self.on_event = on_event
         self.api_client: Any = None
         self.config_source = ""
@@ -181,8 +186,9 @@ class Informer(Service):
             self._probe_interval,
         )
         _log.info(
-            "watching {resources} via {source} ({host})",
+            "watching {resources}{selector} via {source} ({host})",
             resources=", ".join(self.resources),
+            selector=f" (labels {self.label_selector})" if self.label_selector else "",
             source=self.config_source,
             host=getattr(self.api_client.configuration, "host", "?"),
         )
@@ -196,6 +202,7 @@ class Informer(Service):
                 on_listed=self._listed,
                 client_source=source,
                 outage=self.outage,
+                label_selector="" if resource == "namespaces" else self.label_selector,
                 **self._watcher_tuning,
             )
         if self._freeze_gc:

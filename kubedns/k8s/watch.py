@@ -155,6 +155,7 @@ class ResourceWatcher:
         on_listed: Callable[[str, bool], None] | None = None,
         client_source: ClientSource | None = None,
         outage: ApiOutage | None = None,
+        label_selector: str = "",
     ):
         if resource not in KINDS:
             raise ValueError(f"unknown resource {resource!r}; expected one of {sorted(KINDS)}")
@@ -166,6 +167,9 @@ class ResourceWatcher:
         self.status = WatcherStatus()
         self._convert = KINDS[resource]
         self._list_fn = list_fn
+        #: ``labels``: sent with every LIST and WATCH, so the API server leaves out what does not
+        #: match (and sends DELETED for an object that stops matching), as CoreDNS's informers
+        self._label_selector = label_selector
         self._store = store
         self._reactor = reactor
         self._page_size = max(1, page_size)
@@ -346,6 +350,8 @@ class ResourceWatcher:
         if self._stopping.is_set():
             raise _StoppedError()
         self._verb = "watch" if kwargs.get("watch") else "list"
+        if self._label_selector:
+            kwargs["label_selector"] = self._label_selector
         try:
             resp = self._list_fn(_preload_content=False, _request_timeout=self._timeouts, **kwargs)
         except Exception as e:
