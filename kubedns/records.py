@@ -239,7 +239,7 @@ class ClusterZones:
         svc = store.service(ns, labels[-2])
         if svc is None:
             return self._negative(zone, NXDOMAIN)
-        if self.ignore_empty_service and not svc.headless and not svc.external_name and not self._ready_endpoints(svc):
+        if self.ignore_empty_service and not svc.headless and not svc.external_name and not self._has_ready_endpoint(svc):
             # ``ignore empty_service``: a ClusterIP Service nothing serves does not exist, here and
             # below it, so a client's search path goes on to its next domain (CoreDNS)
             return self._negative(zone, NXDOMAIN)
@@ -277,6 +277,10 @@ class ClusterZones:
                 seen.add((host, ip))
                 out.append((host, ip, sl))
         return out
+
+    def _has_ready_endpoint(self, svc) -> bool:
+        """At least one endpoint address DNS would publish (stops at the first)."""
+        return any(ep.addresses and endpoint_published(ep, svc) for ep, _ in self._endpoints(svc))
 
     def _service(self, zone: str, svc, svc_name: str, qname: bytes, qtype: int) -> Answer:
         if svc.external_name:
