@@ -109,6 +109,8 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
         return (SERVFAIL, secs) if secs > 0 else None
     if rcode not in (dns.OK, dns.ENAME):
         return None
+    if (config.disable_success or config.disable_denial) and _disabled(response, config):
+        return None
     if rcode == dns.OK and response.answers:
         rrs = [rr for sec in (response.answers, response.authority, response.additional) for rr in sec]
         low = min((rr.ttl for rr in rrs if rr.type != dns.OPT), default=0)
@@ -121,6 +123,19 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
             ttl = min(config.denial_ttl, max(config.min_ttl, neg))
             return (DENIAL, ttl) if ttl > 0 else None
     return None
+
+
+def _in_zones(name: str, zones: tuple[str, ...]) -> bool:
+    return any(not z or name == z or name.endswith("." + z) for z in zones)
+
+
+def _disabled(response: dns.Message, config: CacheConfig) -> bool:
+    """``disable success|denial ZONES``: answers for names in those zones are not cached."""
+    if not response.queries:
+        return False
+    name = response.queries[0].name.name.decode("ascii", "replace").lower().rstrip(".")
+    positive = response.rCode == dns.OK and bool(response.answers)
+    return _in_zones(name, config.disable_success if positive else config.disable_denial)
 
 
 @dataclass(slots=True)

@@ -154,6 +154,7 @@ class ServerBlock:
     log: LogConfig | None = None
     errors: ErrorsConfig | None = None
     loadbalance: LoadbalanceConfig | None = None
+    debug: bool = False  # CoreDNS's `debug`: accepted; kubedns has no panic recovery to turn off
     index: int = 0
 
 
@@ -183,7 +184,7 @@ class Config:
 
 _BLOCK_KEYS = {
     "zones", "listen", "kubernetes", "forward", "cache", "loop", "hosts",
-    "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance",
+    "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance", "debug",
 }
 _K8S_KEYS = {
     "zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough", "namespaces", "labels",
@@ -389,8 +390,20 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         log=log,
         errors=errors,
         loadbalance=loadbalance,
+        debug=_parse_debug(node),
         index=index,
     )
+
+
+def _parse_debug(node: Node) -> bool:
+    """``debug: {}`` (or empty, or true) as CoreDNS's ``debug``; ``false`` or no key: off."""
+    if not node.has("debug"):
+        return False
+    dn = node.get("debug")
+    if dn.value is True or dn.value is False:
+        return bool(dn.value)
+    dn.mapping(set())
+    return True
 
 
 def _parse_loadbalance(node: Node) -> LoadbalanceConfig | None:

@@ -27,7 +27,7 @@ __all__ = [
     "sources_text",
 ]
 
-_YAML_START = re.compile(r"(---|%YAML|[{\[]|[A-Za-z_][\w-]*\s*:(\s|$)|-\s)")
+_YAML_START = re.compile(r"(---|%YAML|\{(?![$%])|\[|[A-Za-z_][\w-]*\s*:(\s|$)|-\s)")
 
 
 def is_corefile(text: str, path: str) -> bool:

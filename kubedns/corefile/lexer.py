@@ -102,7 +102,7 @@ def tokenize(text: str, file: str, environ: Mapping[str, str] | None = None) -> 
             val: list[str] = []
             while True:
                 if i >= n:
-                    raise CorefileSyntaxError(file, start_line, f"a closing {quote} for the quoted text started here")
+                    raise CorefileSyntaxError(file, start_line, f"expected a closing {quote} for the quoted text started here")
                 c = text[i]
                 if quote == '"' and c == "\\" and i + 1 < n:
                     if text[i + 1] == '"':
@@ -129,6 +129,7 @@ def tokenize(text: str, file: str, environ: Mapping[str, str] | None = None) -> 
             j += 1
         raw = text[i:j]
         i = j
-        tokens.append(Token(substitute_env(raw, environ), file, start_line, quoted=raw.startswith("{$")
-                            or raw.startswith("{%")))
+        value = substitute_env(raw, environ)
+        # a brace that came out of an environment variable is text, not structure
+        tokens.append(Token(value, file, start_line, quoted=value in ("{", "}") and value != raw))
     return tokens

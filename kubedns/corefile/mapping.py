@@ -35,13 +35,29 @@ SUPPORTED = (
 )
 #: YAML key → Corefile option where they differ; None: not an option line (an argument)
 _OPTION_NAMES: dict[str, dict[str, str | None]] = {
-    "forward": {"to": None},
+    "forward": {"to": None, "tls_ca": "tls"},
     "kubernetes": {"ignore_empty_service": "ignore empty_service", "context": None, "zones": None},
-    "cache": {"ttl": None},
+    "cache": {"ttl": None, "zones": "ZONES"},
     "health": {"listen": None},
     "ready": {"listen": None},
     "prometheus": {"listen": None},
     "hosts": {"file": None, "zones": None, "entries": None},
+    "log": {"classes": "class", "names": "NAMES", "format": "FORMAT"},
+    "reload": {"interval": "INTERVAL", "jitter": "JITTER"},
+}
+#: what CoreDNS accepts: an option kubedns refuses is named as CoreDNS's, not as a typo
+_COREDNS_OPTIONS = {
+    "kubernetes": "endpoint tls kubeconfig namespaces labels pods endpoint_pod_names ttl noendpoints fallthrough "
+                  "ignore namespace_labels multicluster startup_timeout apiserver_qps apiserver_burst "
+                  "apiserver_max_inflight",
+    "forward": "except force_tcp prefer_udp expire max_fails tls tls_servername policy health_check "
+               "max_concurrent max_age next failfast_all_unhealthy_upstreams failover",
+    "cache": "success denial prefetch serve_stale servfail disable keepttl ZONES",
+    "log": "class NAMES",
+    "errors": "consolidate stacktrace",
+    "health": "lameduck",
+    "hosts": "ttl reload no_reverse fallthrough",
+    "reload": "JITTER",
 }
 _SCHEMES_REFUSED = ("tls://", "grpc://", "https://", "quic://")
 _COMMON_FORMAT = '{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" {rcode} {>rflags} {rsize} {duration}'
@@ -104,7 +120,8 @@ def _zone_names(tok: Token, label: str) -> list[str]:
 
 
 def _norm(zone: str) -> str:
-    return zone.lower().rstrip(".") if zone not in (".", "") else ""
+    """Lower case, no trailing dot; the root is "." (as the YAML writes it)."""
+    return zone.lower().rstrip(".") or "."
 
 
 @dataclass(slots=True)
@@ -138,7 +155,7 @@ def _parse_key(tok: Token) -> list[_Key]:
         host, port_s = text.split(":", 1)
         port = _port(tok, port_s)
     if host in ("", "."):
-        return [_Key([""], port, tok)]
+        return [_Key(["."], port, tok)]
     return [_Key([_norm(z) for z in _zone_names(Token(host, tok.file, tok.line), label)], port, tok)]
 
 
@@ -187,7 +204,7 @@ def _options(b: _Block, d: Directive, plugin: str, out: dict[str, Any], special:
             out[name] = _duration(opt.args[0])
         else:
             out[name] = [_scalar(a) for a in opt.args]
-            for i, a in enumerate(opt.args, strict=False):
+            for i, a in enumerate(opt.args):
                 b.note(f"{key}[{i}]", a, f"{plugin}: {name}")
 
 
@@ -210,7 +227,7 @@ def _zones_arg(b: _Block, toks: list[Token], label: str) -> list[str]:
 
 def _covers_block(b: _Block, zones: list[str]) -> bool:
     """Whether ``zones`` include every zone of the block (as ``.`` does): nothing is left out."""
-    return all(any(z == "" or bz == z or bz.endswith("." + z) for z in zones) for bz in b.zones)
+    return all(any(z == "." or bz == z or bz.endswith("." + z) for z in zones) for bz in b.zones)
 
 
 # -- the plugins ---------------------------------------------------------------------------------
@@ -308,7 +325,7 @@ def _map_kubernetes(b: _Block, d: Directive) -> None:
                 raise _err(opt.name, f"kubernetes: {key}", "one or more values")
             out[key] = [a.text for a in opt.args]
             b.note(f"kubernetes.{key}", opt.name, f"kubernetes: {key}")
-            for i, a in enumerate(opt.args, strict=False):
+            for i, a in enumerate(opt.args):
                 b.note(f"kubernetes.{key}[{i}]", a, f"kubernetes: {key}")
         return fn
 
@@ -360,7 +377,7 @@ def _map_forward(b: _Block, d: Directive) -> None:
     def except_(opt: Directive) -> None:
         out["except"] = _zones_arg(b, opt.args, "forward: except")
         b.note("forward.except", opt.name, "forward: except")
-        for i, a in enumerate(opt.args, strict=False):
+        for i, a in enumerate(opt.args):
             b.note(f"forward.except[{i}]", a, "forward: except")
 
     _options(b, d, "forward", out, {"tls": tls, "health_check": health_check, "except": except_})
@@ -592,7 +609,7 @@ def map_corefile(corefile: Corefile) -> tuple[dict[str, Any], dict[str, Where]]:
             for host, host_tok in hosts:
                 i = len(servers)
                 h = f"[{host}]" if ":" in host else host
-                server: dict[str, Any] = {"zones": [z or "." for z in zones], "listen": f"{h}:{port}"}
+                server: dict[str, Any] = {"zones": list(zones), "listen": f"{h}:{port}"}
                 server.update(copy.deepcopy(blk.data))
                 servers.append(server)
                 base = f"servers[{i}]"
@@ -637,11 +654,12 @@ def translate(err: Any, table: dict[str, Where]) -> CorefileSyntaxError:
         names = _OPTION_NAMES.get(plugin, {})
         keys = expected[len("one of the keys "):].split(", ")
         allowed = sorted(str(names.get(k, k)) for k in keys if names.get(k, k) is not None)
-        opt = key.rsplit(".", 1)[-1]
+        opt = names.get(key.rsplit(".", 1)[-1]) or key.rsplit(".", 1)[-1]
+        known = opt in _COREDNS_OPTIONS.get(plugin, "").split()
+        why = f"CoreDNS's {opt!r} is not supported by kubedns" if known else f"{opt!r} is not one"
         return CorefileSyntaxError(
             where.file, where.line,
-            f"{plugin}: {opt}: expected an option kubedns supports for {plugin} "
-            f"({', '.join(allowed) or 'none'}); {opt!r} is not one",
+            f"{plugin}: {opt}: expected an option kubedns supports for {plugin} ({', '.join(allowed) or 'none'}); {why}",
         )
     if tail:
         label = f"{label}: {tail.lstrip('.')}"

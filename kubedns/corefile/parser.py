@@ -179,7 +179,7 @@ class _Parser:
         if pattern in self.snippets:
             key = f"({pattern})"
             if key in at.via:
-                raise CorefileSyntaxError(at.file, at.line, f"import: snippet {key} imports itself ({' -> '.join((*at.via, key))})")
+                raise CorefileSyntaxError(at.file, at.line, f"import: expected no import cycle, got {' -> '.join((*at.via, key))}")
             self.expansion_ids += 1
             via, n = (*at.via, key), self.expansion_ids
             return [Token(t.text, t.file, t.line, t.quoted, via, n) for t in self.snippets[pattern]]
@@ -260,7 +260,7 @@ class _Parser:
         name = name_tok.text[1:-1]
         if name in self.snippets:
             raise CorefileSyntaxError(
-                name_tok.file, name_tok.line, f"a snippet name defined once, got ({name}) again (first at {self.snippet_where[name]})"
+                name_tok.file, name_tok.line, f"expected each snippet name once, got ({name}) again (first at {self.snippet_where[name]})"
             )
         depth = 1
         body: list[Token] = []
@@ -277,7 +277,7 @@ class _Parser:
                     self.snippet_where[name] = f"{name_tok.file}:{name_tok.line}"
                     return
             body.append(tok)
-        raise CorefileSyntaxError(name_tok.file, name_tok.line, f"a '}}' closing the snippet ({name}) opened here")
+        raise CorefileSyntaxError(name_tok.file, name_tok.line, f"expected a '}}' closing the snippet ({name}) opened here")
 
     def body(self, s: _Stream, opener: Token | None) -> list[Directive]:
         out: list[Directive] = []
@@ -285,7 +285,7 @@ class _Parser:
             tok = s.peek()
             if tok is None:
                 if opener is not None:
-                    raise CorefileSyntaxError(opener.file, opener.line, "a '}' closing the block opened here")
+                    raise CorefileSyntaxError(opener.file, opener.line, "expected a '}' closing the block opened here")
                 return out
             if tok.is_close():
                 if opener is None:

@@ -65,6 +65,10 @@ class CacheConfig:
     prefetch_percentage: int = 10  # prefetch when the TTL left drops below this % (or 1 s)
     serve_stale: float = 0.0  # how long past expiry an entry may be served; 0: off
     serve_stale_mode: str = "verified"  # verified: only when upstreams fail; immediate: CoreDNS's default
+    # zones (lower case, no trailing dot; "" is the root) whose positive / negative answers are
+    # never cached (CoreDNS's `disable success|denial ZONES`; kubeadm's default for its cluster zone)
+    disable_success: tuple[str, ...] = ()
+    disable_denial: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,7 @@ def parse_forward(node: Node) -> ForwardConfig:
 
 # -- cache -------------------------------------------------------------------------------------
 
-_CACHE_KEYS = {"ttl", "min_ttl", "denial_ttl", "servfail", "size", "max_bytes", "prefetch", "serve_stale"}
+_CACHE_KEYS = {"ttl", "min_ttl", "denial_ttl", "servfail", "size", "max_bytes", "prefetch", "serve_stale", "disable"}
 _BYTE_UNITS = {"": 1, "k": 1000, "ki": 1 << 10, "m": 1000**2, "mi": 1 << 20, "g": 1000**3, "gi": 1 << 30}
 _BYTES_RE = re.compile(r"(\d+)\s*([kmg]i?)?b?", re.IGNORECASE)
 
@@ -326,6 +330,7 @@ def parse_cache(node: Node) -> CacheConfig:
     denial_ttl = _ttl(node.get("denial_ttl", min(d.denial_ttl, ttl)))
     amount, duration, pct = _parse_prefetch(node.get("prefetch", None))
     stale, mode = _parse_stale(node.get("serve_stale", None))
+    dis = node.get("disable", None).mapping({"success", "denial"})
     return CacheConfig(
         ttl=ttl,
         min_ttl=min_ttl,
@@ -338,6 +343,8 @@ def parse_cache(node: Node) -> CacheConfig:
         prefetch_percentage=pct,
         serve_stale=stale,
         serve_stale_mode=mode,
+        disable_success=dis.get("success", []).zones(allow_empty=True),
+        disable_denial=dis.get("denial", []).zones(allow_empty=True),
     )
 
 
