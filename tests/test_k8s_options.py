@@ -359,3 +359,53 @@ def test_tls_client_certificate_against_an_https_api(kubedns_process: Any, tmp_p
         p2.wait_listening(port2)
         wait_for(lambda: api.tls_failures, timeout=30)
         assert _ask(port2, "web.default.svc.cluster.local")[0] == "SERVFAIL"
+
+
+# -- the client built from endpoint and tls ----------------------------------------------------------
+
+
+def test_tls_files_that_do_not_load_are_said_at_once(tmp_path: Path) -> None:
+    """A certificate that is no PEM is a one-line error naming the files, before any request."""
+    from kubedns.config import ApiConfig, TlsConfig
+    from kubedns.k8s.apiclient import load_api_client
+
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("not a certificate\n")
+    tls = TlsConfig(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"), str(tmp_path / "ca.pem"))
+    with pytest.raises(RuntimeError, match=r"cannot load tls files \(cert .*c\.pem, key .*k\.pem, cacert .*ca\.pem\)"):
+        load_api_client(ApiConfig(endpoint="https://127.0.0.1:6443", tls=tls))
+    client, what = load_api_client(ApiConfig(endpoint="http://127.0.0.1:6443"))
+    try:
+        assert (client.configuration.host, what) == ("http://127.0.0.1:6443", "endpoint http://127.0.0.1:6443")
+    finally:
+        client.close()
+
+
+def test_a_rotated_client_certificate_is_picked_up(tmp_path: Path) -> None:
+    """The files ``tls`` names are part of what the client is built from: a new certificate on
+    disk builds a new client at the next retry, as a changed kubeconfig does."""
+    from kubedns.config import ApiConfig, TlsConfig
+    from kubedns.k8s.apiclient import ClientSource
+
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text(name)
+    api = ApiConfig(endpoint="https://127.0.0.1:6443",
+                    tls=TlsConfig(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"), str(tmp_path / "ca.pem")))
+    built: list[Any] = []
+
+    def factory(cfg: Any) -> tuple[Any, str]:
+        built.append(cfg)
+        return _Closable(), "endpoint"
+
+    source = ClientSource(api, factory)
+    first, _ = source.load()
+    assert source.current() is first
+    (tmp_path / "c.pem").write_text("rotated")
+    assert source.current() is not first and built == [api, api]
+
+
+class _Closable:
+    configuration = None
+
+    def close(self) -> None:
+        pass

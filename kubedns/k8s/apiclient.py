@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from kubedns.config import ApiConfig
+from kubedns.config import ApiConfig, TlsConfig
 from kubedns.k8s.objects import KINDS
 
 __all__ = ["ClientSource", "list_function", "load_api_client"]
@@ -49,7 +49,7 @@ def load_api_client(kubeconfig: str | ApiConfig | None = None) -> tuple[Any, str
         if kubeconfig.kubeconfig is not None:
             api_client, source = _load_api_client(kubeconfig.kubeconfig, kubeconfig.context)
         elif kubeconfig.endpoint is not None:
-            api_client, source = _endpoint_client(kubeconfig)
+            api_client, source = _endpoint_client(kubeconfig.endpoint, kubeconfig.tls)
         else:
             api_client, source = _load_api_client(None)
     else:
@@ -58,7 +58,7 @@ def load_api_client(kubeconfig: str | ApiConfig | None = None) -> tuple[Any, str
     return api_client, source
 
 
-def _endpoint_client(api: ApiConfig) -> tuple[Any, str]:
+def _endpoint_client(endpoint: str, tls: TlsConfig | None) -> tuple[Any, str]:
     """``endpoint URL`` (with ``tls CERT KEY CACERT``): the API at that address, as CoreDNS
     reaches it from outside a cluster.  The files are loaded here once, so a wrong path or a
     key that does not match its certificate is said now, not as a TLS error on every retry."""
@@ -68,17 +68,15 @@ def _endpoint_client(api: ApiConfig) -> tuple[Any, str]:
 
     cfg = client.Configuration()
     cfg.retries = False
-    cfg.host = api.endpoint
-    what = f"endpoint {api.endpoint}"
-    if api.tls is not None:
+    cfg.host = endpoint
+    what = f"endpoint {endpoint}"
+    if tls is not None:
         try:
-            ctx = ssl.create_default_context(cafile=api.tls.cacert)
-            ctx.load_cert_chain(api.tls.cert, api.tls.key)
+            ctx = ssl.create_default_context(cafile=tls.cacert)
+            ctx.load_cert_chain(tls.cert, tls.key)
         except (OSError, ssl.SSLError) as e:
-            raise RuntimeError(
-                f"cannot load tls files (cert {api.tls.cert}, key {api.tls.key}, cacert {api.tls.cacert}): {e}"
-            ) from e
-        cfg.cert_file, cfg.key_file, cfg.ssl_ca_cert = api.tls.cert, api.tls.key, api.tls.cacert
+            raise RuntimeError(f"cannot load tls files (cert {tls.cert}, key {tls.key}, cacert {tls.cacert}): {e}") from e
+        cfg.cert_file, cfg.key_file, cfg.ssl_ca_cert = tls.cert, tls.key, tls.cacert
         what += " with a client certificate"
     return client.ApiClient(configuration=cfg), what
 
