@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from kubedns.cache import Cache
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.loop import LoopDetector
+    from kubedns.plugins.hosts import HostsPlugin
 
 __all__ = ["Block", "Dispatcher"]
 
@@ -67,13 +68,14 @@ class Block:
     and its plugin chain (:meth:`serve`), built once here from its config."""
 
     def __init__(self, config: ServerBlock, clusters: ClusterZones | None = None, chain: ForwardChain | None = None,
-                 loop: LoopDetector | None = None):
+                 loop: LoopDetector | None = None, hosts: HostsPlugin | None = None):
         self.config = config
         self.zones = config.zones
         self.chain = chain  # the forward chain (and its cache), for metrics and the fast path
         self.loop = loop
+        self.hosts = hosts  # kept across reloads with its table (kubedns.plugins.hosts.HostsPlugins)
         self.kubernetes = KubernetesPlugin(clusters, chain) if clusters is not None else None
-        self.plugins = block_plugins(config, self.kubernetes, chain, loop)
+        self.plugins = block_plugins(config, self.kubernetes, chain, loop, hosts)
         #: the block's plugins in CoreDNS's order, ending in REFUSED
         self.serve: Next = build_chain(self.plugins)
 
@@ -87,7 +89,7 @@ class Block:
         if self.kubernetes is not None:
             self.kubernetes.clusters = clusters
         else:
-            self.__init__(self.config, clusters, self.chain, self.loop)  # type: ignore[misc]
+            self.__init__(self.config, clusters, self.chain, self.loop, self.hosts)  # type: ignore[misc]
 
     @property
     def forward_cache(self) -> Cache | None:

@@ -35,6 +35,7 @@ from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, f
 from kubedns.configbase import Address
 from kubedns.k8s.store import Store
 from kubedns.listen import ListenError, TCPListener, UDPListener, fd_limit, http_addresses, http_listen_error, interface
+from kubedns.plugins.hosts import HostsPlugins
 from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.server import Block, Dispatcher
 from kubedns.stores import ClusterSources
@@ -91,6 +92,9 @@ class KubeDNS(service.MultiService):
         self._announced = False
         #: stores and sources keyed by what they watch; swaps them without a gap on reload
         self.clusters = ClusterSources(self, self._source, self._store_changed, reactor)
+        #: the hosts plugins (tables, reload checks): kept across reloads; a file change drops
+        #: the fast path as a store change does
+        self.hosts = HostsPlugins(self._invalidate, reactor)
         self._fwd: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._listeners: dict[Address, _Listener] = {}
         self.reload_failures = 0
@@ -190,6 +194,7 @@ class KubeDNS(service.MultiService):
         fwd_keep: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         new_chains: list[tuple[Any, Any]] = []
         plan = self.clusters.plan(config)  # stores: kept, shared or new (not started)
+        hplan = self.hosts.plan(config)  # hosts plugins: kept, or new with their file read
         try:
             for b in config.servers:
                 clusters = plan.clusters.get(b.index)
@@ -202,7 +207,7 @@ class KubeDNS(service.MultiService):
                         new_chains.append(fentry)
                     fwd_keep[key] = fentry
                     chain, loop = fentry
-                blocks[b.index] = Block(b, clusters, chain, loop)
+                blocks[b.index] = Block(b, clusters, chain, loop, hplan.get(b.index))
         except Exception:
             self.clusters.abandon(plan)
             raise
@@ -211,6 +216,7 @@ class KubeDNS(service.MultiService):
             old_fwd = self._fwd
             self._fwd = fwd_keep
             self.clusters.commit(plan, blocks)  # new sources start if we are running
+            self.hosts.commit(hplan)  # likewise; those no block uses any more stop
             if started:
                 for chain, loop in new_chains:
                     chain.start()
@@ -398,6 +404,7 @@ class KubeDNS(service.MultiService):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
+        self.hosts.start()
         for chain, loop in self._fwd.values():
             chain.start()
             if loop is not None:
@@ -430,6 +437,7 @@ class KubeDNS(service.MultiService):
 
     def _stop_all(self) -> defer.Deferred | None:
         self.clusters.stop()
+        self.hosts.stop()
         for chain, loop in self._fwd.values():
             if loop is not None:
                 loop.stop()

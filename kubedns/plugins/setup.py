@@ -18,9 +18,12 @@ __all__ = ["block_plugins"]
 
 
 def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forward: Any = None,
-                  loop: Any = None) -> list[Plugin]:
-    """The plugins of one block (in any order: the chain sorts them)."""
+                  loop: Any = None, hosts: Any = None) -> list[Plugin]:
+    """The plugins of one block (in any order: the chain sorts them); ``hosts`` is the block's
+    running :class:`~kubedns.plugins.hosts.HostsPlugin`, kept across reloads like ``forward``."""
     out: list[Plugin] = []
+    if hosts is not None:
+        out.append(hosts)
     if kubernetes is not None:
         out.append(kubernetes)
     if forward is not None:
