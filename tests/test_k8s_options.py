@@ -409,3 +409,53 @@ class _Closable:
 
     def close(self) -> None:
         pass
+
+
+# -- the same options written as a Corefile ----------------------------------------------------------
+
+
+def test_a_corefile_gives_the_same_kubernetes_config_as_the_yaml(tmp_path: Path) -> None:
+    from kubedns.config import load
+
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "Corefile").write_text("""\
+.:1053 {
+    kubernetes cluster.local in-addr.arpa {
+        endpoint https://127.0.0.1:6443
+        tls c.pem k.pem ca.pem
+        namespaces default kube-system
+        labels environment in (staging, qa),application=nginx
+        endpoint_pod_names
+        ignore empty_service
+        noendpoints
+    }
+}
+.:1054 {
+    kubernetes cluster.local {
+        kubeconfig /etc/kc prod
+    }
+}
+""")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"servers": [
+        {"zones": ["."], "listen": "0.0.0.0:1053", "kubernetes": {
+            "zones": ["cluster.local", "in-addr.arpa"], "endpoint": ["https://127.0.0.1:6443"],
+            "tls": {"cert": "c.pem", "key": "k.pem", "cacert": "ca.pem"}, "namespaces": ["default", "kube-system"],
+            "labels": "environment in (staging,qa), application=nginx", "endpoint_pod_names": True,
+            "ignore_empty_service": True, "noendpoints": True}},
+        {"zones": ["."], "listen": "0.0.0.0:1054", "kubernetes": {
+            "zones": ["cluster.local"], "kubeconfig": "/etc/kc", "context": "prod"}},
+    ]}))
+    core, yml = load(str(tmp_path / "Corefile")), load(str(tmp_path / "c.yaml"))
+    assert [b.kubernetes for b in core.servers] == [b.kubernetes for b in yml.servers]
+    assert core.servers[1].kubernetes.api().context == "prod"
+
+
+def test_a_corefile_selector_error_names_file_and_line(tmp_path: Path) -> None:
+    from kubedns.config import ConfigError, load
+
+    (tmp_path / "Corefile").write_text(".:1053 {\n    kubernetes cluster.local {\n        labels tier in ()\n    }\n}\n")
+    with pytest.raises(ConfigError) as e:
+        load(str(tmp_path / "Corefile"))
+    assert str(e.value).startswith(f"{tmp_path / 'Corefile'}:3: kubernetes: labels: expected a Kubernetes label selector")
+    assert "need at least one value" in str(e.value)
