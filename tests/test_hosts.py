@@ -387,6 +387,89 @@ def test_plugins_kept_across_reloads_while_unchanged(tmp_path):
     assert not clock.getDelayedCalls()
 
 
+# -- the fast path: hosts answers pre-encoded, byte for byte the slow path's, dropped on a change --
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.socket = self
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append(data)
+
+    def write(self, data: bytes, addr: object) -> None:
+        self.sent.append(data)
+
+
+def _fast_setup(tmp_path, **kw):
+    from kubedns.config import ServerBlock
+    from kubedns.configbase import Address
+    from kubedns.plugins.hosts import HostsPlugin
+    from kubedns.protocols import DNSDatagramProtocol
+    from kubedns.server import Block, Dispatcher
+
+    hosts = tmp_path / "hosts"
+    _write(hosts, HOSTS)
+    clock = task.Clock()
+    cfg = HostsConfig(file=str(hosts), **kw)
+    plugin = HostsPlugin(cfg, ("",), reactor=clock)
+    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), hosts=cfg), hosts=plugin)
+    disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=clock)
+    plugin.on_change.append(disp.fast.clear)  # what the wiring does (kubedns.service)
+    plugin.start()
+    proto = DNSDatagramProtocol(disp)
+    tr = _Transport()
+    proto.transport = tr
+    proto.startProtocol()
+    return disp, proto, tr, clock, hosts
+
+
+def _wire(qname: str, rdtype: str, qid: int, edns: bool) -> bytes:
+    import dns.message
+
+    kw = {"use_edns": 0, "payload": 1232} if edns else {"use_edns": False}
+    q = dns.message.make_query(qname, rdtype, **kw)
+    q.id = qid
+    return q.to_wire()
+
+
+@pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns"])
+@pytest.mark.parametrize(
+    ("qname", "rdtype"),
+    [("example.com", "A"), ("Example.COM", "A"), ("example.com", "AAAA"), ("example.com", "MX"),
+     ("10.1.168.192.in-addr.arpa", "PTR"), (ipaddress.ip_address("::1").reverse_pointer, "PTR"),
+     ("apps.wild.test", "A")],
+)
+def test_fast_bytes_equal_slow_bytes(tmp_path, qname, rdtype, edns):
+    disp, proto, tr, _, _ = _fast_setup(tmp_path)
+    proto.datagramReceived(_wire(qname, rdtype, 0x1111, edns), ("127.0.0.1", 5000))
+    slow = tr.sent[-1]
+    assert len(disp.fast.entries) == 1
+    disp.handle = None  # type: ignore[assignment]  # the slow path must not be reached now
+    proto.datagramReceived(_wire(qname, rdtype, 0x2222, edns), ("127.0.0.1", 5001))
+    fast = tr.sent[-1]
+    assert fast[:2] == b"\x22\x22" and slow[:2] == b"\x11\x11"
+    assert fast[2:] == slow[2:]
+    assert disp.fast.hits() == 1
+
+
+def test_servfail_is_not_pre_encoded_and_a_file_change_drops_the_fast_path(tmp_path):
+    import dns.message
+
+    disp, proto, tr, clock, hosts = _fast_setup(tmp_path)
+    proto.datagramReceived(_wire("missing.test", "A", 1, False), ("127.0.0.1", 5000))
+    assert dns.message.from_wire(tr.sent[-1]).rcode() == 2 and not disp.fast.entries
+    for qid in (1, 2):
+        proto.datagramReceived(_wire("ok.test", "A", qid, False), ("127.0.0.1", 5000))
+    assert disp.fast.hits() == 1
+    clock.advance(5)  # nothing changed: kept
+    assert len(disp.fast.entries) == 1
+    _write(hosts, HOSTS.replace("10.0.0.6 ", "10.0.0.66"))
+    clock.advance(5)
+    assert not disp.fast.entries
+    proto.datagramReceived(_wire("ok.test", "A", 3, False), ("127.0.0.1", 5000))
+    assert dns.message.from_wire(tr.sent[-1]).answer[0][0].address == "10.0.0.66"
+
+
 # -- a running server: real UDP queries, a manifests cluster, a loopback upstream ------------------
 NODE_HOSTS = """\
 # k3s writes its nodes' names like this (NodeHosts)
