@@ -606,3 +606,46 @@ def test_server_picks_up_a_file_edit(kubedns_process, tmp_path, upstream):
     assert rrset_text(query(port, "nginx.default.svc.cluster.local")) == ["nginx.default.svc.cluster.local A 10.0.0.77"]
     upstream.add("agent-0", "A", "192.0.2.3")
     assert rrset_text(query(port, "agent-0")) == ["agent-0 A 192.0.2.3"]  # now upstream's
+
+
+@pytest.mark.timeout(60)
+def test_corefile_hosts_as_k3s_writes_it(tmp_path, upstream):
+    """The same through a Corefile: ``hosts NodeHosts { ... }`` (a path relative to the
+    Corefile's folder) with an inline line, ``ttl``, ``reload`` and ``fallthrough`` to forward."""
+    import dns.rcode
+
+    from tests.conftest import KubeDNSProcess, free_port, query, rrset_text, wait_for
+
+    upstream.add("example.org", "A", "192.0.2.10")
+    work = tmp_path / "coredns"
+    work.mkdir()
+    _write(work / "NodeHosts", "172.18.0.2 server-0\n172.18.0.3 agent-0\n")
+    port = free_port()
+    corefile = f""".:{port} {{
+    bind 127.0.0.1
+    hosts NodeHosts {{
+        192.0.2.77 inline.nodes.test
+        ttl 60
+        reload 1s
+        fallthrough
+    }}
+    forward . {upstream.address}
+}}
+"""
+    p = KubeDNSProcess(corefile, work)
+    p.config_path.unlink()
+    p.config_path = work / "Corefile"
+    p.write_config(corefile)
+    p.start()
+    try:
+        p.wait_listening(port)
+        r = query(port, "server-0")
+        assert rrset_text(r) == ["server-0 A 172.18.0.2"] and r.answer[0].ttl == 60
+        assert rrset_text(query(port, "inline.nodes.test")) == ["inline.nodes.test A 192.0.2.77"]
+        assert rrset_text(query(port, "3.0.18.172.in-addr.arpa", "PTR")) == ["3.0.18.172.in-addr.arpa PTR agent-0."]
+        assert query(port, "agent-0", "AAAA").rcode() == dns.rcode.NOERROR
+        assert rrset_text(query(port, "example.org")) == ["example.org A 192.0.2.10"]
+        _write(work / "NodeHosts", "172.18.0.9 server-0\n")
+        wait_for(lambda: rrset_text(query(port, "server-0")) == ["server-0 A 172.18.0.9"], timeout=10)
+    finally:
+        p.stop()
