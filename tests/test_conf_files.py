@@ -1,6 +1,6 @@
 """The shipped configs say what they are and are what they say.
 
-- ``conf/kubernetes/configmap.yaml`` mirrors kubeadm's default Corefile (forward to the node's
+- ``conf/kubernetes/yaml-config/configmap.yaml`` mirrors kubeadm's default Corefile (forward to the node's
   /etc/resolv.conf, ``max_concurrent 1000``); ``conf/corefile.yaml`` is the project's own
   default, the same but forwarding to 8.8.8.8.  Compared by parsing, nothing is started.
 - ``conf/demo.yaml`` serves /health, /ready and /metrics on loopback, as the README's curl lines
@@ -31,12 +31,12 @@ def _yaml(path: Path) -> Any:
 
 
 def _configmap_corefile() -> dict[str, Any]:
-    cm = _yaml(REPO / "conf" / "kubernetes" / "configmap.yaml")
+    cm = _yaml(REPO / "conf" / "kubernetes" / "yaml-config" / "configmap.yaml")
     return yaml.safe_load(cm["data"]["corefile.yaml"])
 
 
 def test_configmap_mirrors_kubeadm_and_corefile_yaml_is_the_project_default() -> None:
-    cm_text = (REPO / "conf" / "kubernetes" / "configmap.yaml").read_text()
+    cm_text = (REPO / "conf" / "kubernetes" / "yaml-config" / "configmap.yaml").read_text()
     own_text = (REPO / "conf" / "corefile.yaml").read_text()
     assert "mirrors kubeadm's default" in cm_text.split("apiVersion:")[0]
     assert "this project's own default" in own_text.split("servers:")[0]

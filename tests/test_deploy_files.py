@@ -7,7 +7,12 @@ Covers:
   (strict mode: unknown fields are errors), then checked for what the
   deployment needs: read-only RBAC on exactly the resources DNS answers from,
   the Deployment's probes/labels/securityContext, the Service's cluster IP and
-  ports, and a corefile.yaml that parses and matches the probes and ports.
+  ports, and the cluster's own Corefile (ConfigMap ``coredns``) mounted where
+  ``--config`` points, with CoreDNS's probe and metrics ports.
+* ``conf/kubernetes/yaml-config/``: the YAML alternative (a ConfigMap ``kubedns``
+  and a Deployment patch), rendered by hand as kustomize would and validated the
+  same way; its corefile.yaml is the same config as ``conf/Corefile``.
+* ``conf/Corefile``: kubeadm's default Corefile byte for byte after its comment.
 * ``conf/kubedns.service``: parsed with :mod:`configparser`; the hardening
   keys are asserted, and ``systemd-analyze verify`` / ``security --offline``
   are run on it when ``systemd-analyze`` is installed. Its install comment and the README's
@@ -47,6 +52,35 @@ IGNORE_FILES = (REPO / ".containerignore", REPO / ".dockerignore")
 
 KUSTOMIZATION = "kustomization.yaml"
 MANIFEST_FILES = sorted(p.name for p in K8S_DIR.glob("*.yaml") if p.name != KUSTOMIZATION)
+YAML_DIR = K8S_DIR / "yaml-config"
+CONF_COREFILE = REPO / "conf" / "Corefile"
+# kubeadm's CoreDNSConfigMap (cmd/kubeadm/app/phases/addons/dns/manifests.go) rendered with
+# DNSDomain cluster.local: the {{- if }} and {{- end }} trim the newline before them.
+KUBEADM_COREFILE = """\
+.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+"""
 
 # Oldest Kubernetes release we promise to support, and the newest that the
 # installed kubernetes-validate ships schemas for.
@@ -106,8 +140,16 @@ def _container(deployment: Obj) -> Obj:
     return container
 
 
+def _yaml_configmap() -> Obj:
+    docs = _load_yaml_docs((YAML_DIR / "configmap.yaml").read_text())
+    assert len(docs) == 1 and docs[0]["kind"] == "ConfigMap"
+    configmap: Obj = docs[0]
+    return configmap
+
+
 def _corefile() -> Obj:
-    configmap = _by_kind("ConfigMap")
+    """The YAML alternative's config (conf/kubernetes/yaml-config/configmap.yaml)."""
+    configmap = _yaml_configmap()
     assert set(configmap["data"]) == {"corefile.yaml"}, "ConfigMap must hold only corefile.yaml"
     docs = _load_yaml_docs(configmap["data"]["corefile.yaml"])
     assert len(docs) == 1, "corefile.yaml must be one YAML document"
@@ -270,10 +312,12 @@ def test_manifest_directory_is_complete() -> None:
         "serviceaccount.yaml",
         "clusterrole.yaml",
         "clusterrolebinding.yaml",
-        "configmap.yaml",
         "deployment.yaml",
         "service.yaml",
     }
+    # the cluster's ConfigMap coredns is used as it is: nothing here may create or replace it
+    assert all(_load_manifest(n)["kind"] != "ConfigMap" for n in MANIFEST_FILES)
+    assert sorted(p.name for p in YAML_DIR.iterdir()) == ["configmap.yaml", "deployment-patch.yaml", KUSTOMIZATION]
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -427,7 +471,7 @@ def test_deployment_metadata_scheduling_and_rollout() -> None:
 def test_deployment_container_image_args_ports_and_resources() -> None:
     container = _container(_by_kind("Deployment"))
     assert container["image"] == "kubedns:latest"
-    assert container["args"] == ["--config", "/etc/coredns/corefile.yaml"]
+    assert container["args"] == ["--config", "/etc/coredns/Corefile"]
     ports = {(p["name"], p["containerPort"], p["protocol"]) for p in container["ports"]}
     assert ports == {
         ("dns", 53, "UDP"),
@@ -440,9 +484,21 @@ def test_deployment_container_image_args_ports_and_resources() -> None:
     }
 
 
-def test_deployment_probes_match_corefile() -> None:
+def _cluster_corefile_server() -> Obj:
+    """conf/Corefile (kubeadm's) as the YAML-shaped block kubedns maps it to."""
+    from kubedns.corefile import parse_corefile
+    from kubedns.corefile.mapping import map_corefile
+
+    data, _ = map_corefile(parse_corefile(str(CONF_COREFILE)))
+    (server,) = data["servers"]
+    server_obj: Obj = server
+    return server_obj
+
+
+@pytest.mark.parametrize("config", ["Corefile", "yaml-config"])
+def test_deployment_probes_match_corefile(config: str) -> None:
     container = _container(_by_kind("Deployment"))
-    server = _corefile()["servers"][0]
+    server = _cluster_corefile_server() if config == "Corefile" else _corefile()["servers"][0]
     liveness = container["livenessProbe"]
     assert liveness["httpGet"]["path"] == "/health"
     assert liveness["httpGet"]["port"] == 8080 == _port_of(server["health"]["listen"])
@@ -474,17 +530,102 @@ def test_deployment_security_context() -> None:
         assert not pod.get(forbidden), f"pod must not set {forbidden}"
 
 
-def test_deployment_mounts_the_configmap_where_args_point() -> None:
-    deployment = _by_kind("Deployment")
+def _mounted_config(deployment: Obj) -> tuple[Path, Obj]:
+    """The ``--config`` path and the volume mounted at its folder."""
     container = _container(deployment)
-    configmap = _by_kind("ConfigMap")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     config_path = Path(container["args"][container["args"].index("--config") + 1])
     mounts = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == config_path.parent]
     assert len(mounts) == 1, f"nothing mounted at {config_path.parent}"
-    volume = volumes[mounts[0]["name"]]
-    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert mounts[0]["readOnly"] is True
+    return config_path, volumes[mounts[0]["name"]]
+
+
+def test_deployment_mounts_the_clusters_corefile_where_args_point() -> None:
+    """The ConfigMap coredns as kubeadm, EKS, AKS and k3s write it, every key (the Corefile,
+    k3s's NodeHosts), at CoreDNS's path; coredns-custom (AKS, k3s) at custom/ if there is one."""
+    deployment = _by_kind("Deployment")
+    config_path, volume = _mounted_config(deployment)
+    assert config_path == Path("/etc/coredns/Corefile")
+    assert volume["configMap"] == {"name": "coredns"}  # no items: NodeHosts comes along
+    container = _container(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (custom,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/coredns/custom"]
+    assert volumes[custom["name"]]["configMap"] == {"name": "coredns-custom", "optional": True}
+
+
+def _render_yaml_overlay() -> list[Obj]:
+    """conf/kubernetes/yaml-config as kustomize renders it: the parent's objects, the ConfigMap,
+    and the Deployment patched (strategic merge: containers and volumes merge by name)."""
+    kustomization = _load_yaml_docs((YAML_DIR / KUSTOMIZATION).read_text())[0]
+    assert kustomization["resources"] == ["..", "configmap.yaml"]
+    assert kustomization["patches"] == [{"path": "deployment-patch.yaml"}]
+    patch = _load_yaml_docs((YAML_DIR / "deployment-patch.yaml").read_text())[0]
+    deployment = copy.deepcopy(_by_kind("Deployment"))
+    assert patch["metadata"] == {k: deployment["metadata"][k] for k in ("name", "namespace")}
+
+    def merge(items: list[Obj], changes: list[Obj]) -> list[Obj]:
+        by_name = {i["name"]: i for i in items}
+        for ch in changes:
+            if ch.get("$patch") == "delete":
+                assert ch["name"] in by_name, f"the patch deletes {ch['name']}, which is not there"
+                del by_name[ch["name"]]
+            elif ch["name"] in by_name:
+                by_name[ch["name"]].update({k: v for k, v in ch.items() if k != "volumeMounts"})
+                if "volumeMounts" in ch:
+                    by_name[ch["name"]]["volumeMounts"] = merge(by_name[ch["name"]]["volumeMounts"], ch["volumeMounts"])
+            else:
+                by_name[ch["name"]] = ch
+        return list(by_name.values())
+
+    pod, pod_patch = deployment["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
+    assert set(pod_patch) == {"containers", "volumes"}
+    pod["containers"] = merge(pod["containers"], pod_patch["containers"])
+    pod["volumes"] = merge(pod["volumes"], pod_patch["volumes"])
+    others = [_load_manifest(n) for n in MANIFEST_FILES if _load_manifest(n)["kind"] != "Deployment"]
+    return [*others, _yaml_configmap(), deployment]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_yaml_overlay_renders_valid_objects(version: str) -> None:
+    for obj in _render_yaml_overlay():
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_yaml_overlay_mounts_its_configmap_where_args_point() -> None:
+    objs = _render_yaml_overlay()
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    (configmap,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    config_path, volume = _mounted_config(deployment)
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"] == "kubedns"
     assert volume["configMap"]["items"] == [{"key": "corefile.yaml", "path": config_path.name}]
+    # the ConfigMap coredns is not needed any more: a cluster without CoreDNS can run this
+    names = {v["configMap"]["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "coredns" not in names and names["coredns-custom"]["configMap"]["optional"] is True
+
+
+def test_conf_corefile_is_kubeadms_default_byte_for_byte() -> None:
+    text = CONF_COREFILE.read_text()
+    comment = [line for line in text.splitlines(keepends=True) if line.startswith("#")]
+    assert comment and text.startswith("".join(comment)), "the comment comes first"
+    assert text[len("".join(comment)):] == KUBEADM_COREFILE
+    assert (REPO / "tests" / "corefiles" / "real" / "kubeadm" / "Corefile").read_text() == KUBEADM_COREFILE
+
+
+def test_yaml_configmap_and_corefile_are_one_config(tmp_path: Path) -> None:
+    """The two ways to deploy give the same config objects (resolv.conf pointed at a test file,
+    since the files are read, and nothing is sent anywhere)."""
+    from kubedns.config import load
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.53\n")
+    core = tmp_path / "Corefile"
+    core.write_text(CONF_COREFILE.read_text().replace("/etc/resolv.conf", str(resolv)))
+    yml = tmp_path / "corefile.yaml"
+    yml.write_text(_yaml_configmap()["data"]["corefile.yaml"].replace("/etc/resolv.conf", str(resolv)))
+    a, b = load(str(core)), load(str(yml))
+    assert a.servers == b.servers and (a.workers, a.tcp_idle_timeout) == (b.workers, b.tcp_idle_timeout)
+    assert a.servers[0].loadbalance is not None and a.servers[0].cache.disable_success == ("cluster.local",)
 
 
 def test_service() -> None:
@@ -514,7 +655,7 @@ def test_service() -> None:
 
 
 def test_configmap_corefile() -> None:
-    configmap = _by_kind("ConfigMap")
+    configmap = _yaml_configmap()
     assert configmap["metadata"]["name"] == "kubedns"
     corefile = _corefile()
     assert set(corefile) == {"servers"}
@@ -522,7 +663,7 @@ def test_configmap_corefile() -> None:
     server = corefile["servers"][0]
     assert set(server) == {
         "zones", "listen", "errors", "health", "ready", "kubernetes",
-        "prometheus", "forward", "cache", "loop", "reload",
+        "prometheus", "forward", "cache", "loop", "reload", "loadbalance",
     }  # fmt: skip
     assert server["zones"] == ["."]
     assert server["listen"] == "0.0.0.0:53"
@@ -538,7 +679,8 @@ def test_configmap_corefile() -> None:
         "fallthrough": ["in-addr.arpa", "ip6.arpa"],
     }
     assert server["forward"] == {"to": ["/etc/resolv.conf"], "max_concurrent": 1000}
-    assert server["cache"] == {"ttl": 30}
+    assert server["cache"] == {"ttl": 30, "disable": {"success": ["cluster.local"], "denial": ["cluster.local"]}}
+    assert server["loadbalance"] == "round_robin"
     assert server["errors"] == {}
     assert server["loop"] == {}
     assert server["reload"] == {"interval": "30s"}
@@ -822,7 +964,7 @@ def test_containerfile_entrypoint_and_cmd(instructions: list[tuple[str, str]]) -
     assert entrypoint == ["twistd", "-n", "--pidfile=", "kubedns"]
     cmd = _exec_form(instructions, "CMD")
     deployment_args = _container(_by_kind("Deployment"))["args"]
-    assert cmd == deployment_args == ["--config", "/etc/coredns/corefile.yaml"]
+    assert cmd == deployment_args == ["--config", "/etc/coredns/Corefile"]
 
 
 def test_containerfile_exposes_every_port(instructions: list[tuple[str, str]]) -> None:
