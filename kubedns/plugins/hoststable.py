@@ -219,10 +219,10 @@ def parse_hosts(
             lname = name.lower()
             if lname.endswith(".") and lname != ".":
                 lname = lname[:-1]
-            why = _name_problem(lname)
-            if why is not None:
+            bad = _name_problem(lname)
+            if bad is not None:
                 if problems is not None:
-                    problems.append((lineno, f"name {name[:60]!r} {why}"))
+                    problems.append((lineno, f"name {name[:60]!r} {bad}"))
                 continue
             if not _in_zones(lname, zones):
                 continue
