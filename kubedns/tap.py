@@ -1,4 +1,4 @@
-"""twistd glue: ``twistd -n kubedns --config FILE``.
+"""twistd glue: ``twistd -n kubedns --config FILE`` (a Corefile, or the YAML config).
 
 The config is read and validated in ``postOptions`` so that a missing or invalid file makes
 twistd exit 1 with our one-line message (file, key, expectation) on stderr, before anything is
@@ -26,7 +26,9 @@ class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = "Kubernetes cluster DNS: serves cluster.local from a Kubernetes watch, forwards the rest."
     optParameters = [  # noqa: N815 (Twisted API)
-        ["config", "c", DEFAULT_CONFIG, "Path to the YAML config (a Corefile mirror)."],
+        ["config", "c", DEFAULT_CONFIG,
+         "Path to the config: a Corefile (CoreDNS's syntax, e.g. the cluster's ConfigMap coredns), "
+         "or kubedns's YAML (.yaml/.yml). Told apart by content."],
     ]
 
     def opt_version(self) -> None:
