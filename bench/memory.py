@@ -44,7 +44,7 @@ from kubedns.k8s.store import Store  # noqa: E402
 from kubedns.protocols import DNSDatagramProtocol  # noqa: E402
 from kubedns.records import ClusterZones  # noqa: E402
 from kubedns.server import Block, Dispatcher  # noqa: E402
-from tests import fakeapi  # noqa: E402
+from tests.support import kubeobj  # noqa: E402
 from tests.test_records import _fill  # noqa: E402
 
 
@@ -64,8 +64,8 @@ def _setup(endpoints: int) -> tuple[Dispatcher, DNSDatagramProtocol, ClusterZone
     _fill(store)
     eps = [{"addresses": [f"10.251.{i // 250}.{i % 250 + 1}"], "hostname": f"wide-{i}", "ready": True} for i in range(endpoints)]
     store.upsert("services", *objects.service_from_raw(
-        fakeapi.service("wide", "default", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}])))
-    store.upsert("endpointslices", *objects.endpointslice_from_raw(fakeapi.endpointslice(
+        kubeobj.service("wide", "default", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}])))
+    store.upsert("endpointslices", *objects.endpointslice_from_raw(kubeobj.endpointslice(
         "wide-1", "default", "wide", endpoints=eps, ports=[{"name": "http", "port": 80, "protocol": "TCP"}])))
     kcfg = KubernetesConfig(pods="insecure", ttl=5)
     clusters = ClusterZones(store, kcfg)
@@ -133,7 +133,7 @@ def scale(queries: int, cpu: str) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        kc = fakeapi.kubeconfig(d / "kubeconfig", api.url)
+        kc = kubeobj.kubeconfig(d / "kubeconfig", api.url)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

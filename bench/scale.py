@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 from bench.run import stop  # noqa: E402
 from kubedns.workers import TWISTD  # noqa: E402
 from tests import fakeapi  # noqa: E402
+from tests.support import kubeobj  # noqa: E402
 
 ZONE = "cluster.local"
 
@@ -312,13 +313,13 @@ def build_cluster(api: ScaleFakeAPI, n_svc: int, n_ep: int, n_pods: int, slice_s
                   ep_services: int, fat_pods: bool = False) -> dict[str, Any]:
     n_ns = max(1, n_svc // 100)
     nss = [f"ns{j}" for j in range(n_ns)] + ["kube-system"]
-    api.bulk_load("namespaces", (fakeapi.namespace(n) for n in nss))
+    api.bulk_load("namespaces", (kubeobj.namespace(n) for n in nss))
     api.bulk_load("services", (
-        fakeapi.service(f"svc{i}", f"ns{i % n_ns}", cluster_ip=svc_ip(i), headless=False,
+        kubeobj.service(f"svc{i}", f"ns{i % n_ns}", cluster_ip=svc_ip(i), headless=False,
                         ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
                         selector={"app": f"svc{i}"}, labels={"app": f"svc{i}"})
         for i in range(n_svc)))
-    api.bulk_load("services", [fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10",
+    api.bulk_load("services", [kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10",
                                                ports=[{"name": "dns", "port": 53, "protocol": "UDP"}])])
     # endpoints: spread evenly over the first ep_services services, cut into slices of <= slice_size
     ep_services = max(1, min(ep_services, n_svc)) if n_ep else 0
@@ -332,7 +333,7 @@ def build_cluster(api: ScaleFakeAPI, n_svc: int, n_ep: int, n_pods: int, slice_s
             take = min(count, slice_size)
             eps = [{"addresses": [pod_ip(e + j)], "ready": True, "targetRef": f"svc{s}-pod{e + j}",
                     "nodeName": f"node-{(e + j) % 500}", "zone": f"zone-{(e + j) % 3}"} for j in range(take)]
-            slices.append(fakeapi.endpointslice(f"svc{s}-{k:05x}", ns, f"svc{s}", eps,
+            slices.append(kubeobj.endpointslice(f"svc{s}-{k:05x}", ns, f"svc{s}", eps,
                                                 ports=[{"name": "http", "port": 8080}]))
             e += take
             count -= take
@@ -342,7 +343,7 @@ def build_cluster(api: ScaleFakeAPI, n_svc: int, n_ep: int, n_pods: int, slice_s
     del slices
     parts = _fat_parts() if fat_pods else {}
     pods = (
-        fakeapi.pod(f"pod{i}-{i * 2654435761 % 100000:05d}", f"ns{i % n_ns}", pod_ip(i),
+        kubeobj.pod(f"pod{i}-{i * 2654435761 % 100000:05d}", f"ns{i % n_ns}", pod_ip(i),
                     labels={"app": f"svc{i % max(1, n_svc)}", "pod-template-hash": f"{i * 40503 % 65536:x}"},
                     node_name=f"node-{i % 500}")
         for i in range(n_pods))
@@ -486,7 +487,7 @@ def event_phase(api: ScaleFakeAPI, port: int, cl: dict[str, Any], rate: float, s
             if rng.random() < create_share:
                 i = stats["creates"]
                 name, ns = f"new{i}", f"ns{i % n_ns}"
-                obj = fakeapi.service(name, ns, cluster_ip=ip, ports=[{"name": "http", "port": 80}])
+                obj = kubeobj.service(name, ns, cluster_ip=ip, ports=[{"name": "http", "port": 80}])
                 stats["creates"] += 1
                 t_applied = time.time()
                 api.create("services", obj)
@@ -495,7 +496,7 @@ def event_phase(api: ScaleFakeAPI, port: int, cl: dict[str, Any], rate: float, s
                 name, ns = f"svc{i}", f"ns{i % n_ns}"
                 if busy["name"] == f"{name}.{ns}":
                     continue  # never change the name being measured under the measurer's feet
-                obj = fakeapi.service(name, ns, cluster_ip=ip, ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
+                obj = kubeobj.service(name, ns, cluster_ip=ip, ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
                                       selector={"app": name}, labels={"app": name})
                 stats["updates"] += 1
                 t_applied = time.time()
@@ -595,7 +596,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        kc = fakeapi.kubeconfig(d / "kubeconfig", api.url)
+        kc = kubeobj.kubeconfig(d / "kubeconfig", api.url)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -34,8 +34,8 @@ import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
 import yaml  # noqa: E402
 
-from tests import fakeapi  # noqa: E402
 from tests.conftest import KubeDNSProcess, free_port, http_get, query  # noqa: E402
+from tests.support import kubeobj  # noqa: E402
 
 
 class Limited(KubeDNSProcess):
@@ -146,7 +146,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="kubedns-silent-"))
     manifests = work / "cluster.yaml"
     manifests.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
-        fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")]}))
+        kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")]}))
     port, hport, mport = free_port(), free_port(), free_port()
     forward: dict = {"to": [f"127.0.0.2:{hole_port}"], "timeout": args.timeout}
     if args.max_concurrent is not None:

@@ -32,8 +32,8 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from tests import fakeapi
 from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text, wait_for
+from tests.support import kubeobj
 from tests.test_server_e2e import cluster_config, cluster_objects, write_manifests
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,8 +47,8 @@ def _objects() -> list[dict]:
     eps = [{"addresses": [f"10.251.{i // 250}.{i % 250 + 1}"], "ready": True} for i in range(HUGE_ENDPOINTS)]
     return [
         *cluster_objects(),
-        fakeapi.service("huge", "default", headless=True),
-        fakeapi.endpointslice("huge-1", "default", "huge", endpoints=eps),
+        kubeobj.service("huge", "default", headless=True),
+        kubeobj.endpointslice("huge-1", "default", "huge", endpoints=eps),
     ]
 
 

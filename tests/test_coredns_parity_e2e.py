@@ -23,6 +23,7 @@ import pytest
 from tests import fakeapi
 from tests.conftest import free_port, query, rrset_text, wait_for
 from tests.dnsupstream import DNSUpstream
+from tests.support import kubeobj
 from tests.test_server_e2e import write_manifests
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,9 +44,9 @@ def upstream():
 
 def _objects() -> list[dict]:
     return [
-        fakeapi.namespace("default"),
-        fakeapi.service("nginx", "default", cluster_ip="10.96.0.100"),
-        fakeapi.service("ext", "default", type="ExternalName", external_name="db.example.org",
+        kubeobj.namespace("default"),
+        kubeobj.service("nginx", "default", cluster_ip="10.96.0.100"),
+        kubeobj.service("ext", "default", type="ExternalName", external_name="db.example.org",
                         ports=[{"name": "https", "port": 443, "protocol": "TCP"}]),
     ]
 
@@ -119,11 +120,11 @@ def test_pods_verified_ignores_terminating_pods(kubedns_process, tmp_path: Path)
     """Terminating in the LIST (the streaming page parser) or by a MODIFIED watch event: no A."""
     with fakeapi.FakeKubeAPI() as api:
         api.load([
-            fakeapi.namespace("default"),
-            fakeapi.pod("live", "default", "10.244.0.9"),
-            fakeapi.pod("going", "default", "10.244.0.8", deletion_timestamp="now"),
+            kubeobj.namespace("default"),
+            kubeobj.pod("live", "default", "10.244.0.9"),
+            kubeobj.pod("going", "default", "10.244.0.8", deletion_timestamp="now"),
         ])
-        kc = fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)
+        kc = kubeobj.kubeconfig(tmp_path / "kubeconfig", api.url)
         port = free_port()
         p = kubedns_process({"servers": [{
             "zones": ["."],
@@ -137,5 +138,5 @@ def test_pods_verified_ignores_terminating_pods(kubedns_process, tmp_path: Path)
 
         wait_for(lambda: rcode("10-244-0-9.default.pod.cluster.local") == "NOERROR", timeout=30)
         assert rcode("10-244-0-8.default.pod.cluster.local") == "NXDOMAIN"
-        api.update("pods", fakeapi.pod("live", "default", "10.244.0.9", deletion_timestamp="now"))
+        api.update("pods", kubeobj.pod("live", "default", "10.244.0.9", deletion_timestamp="now"))
         wait_for(lambda: rcode("10-244-0-9.default.pod.cluster.local") == "NXDOMAIN")

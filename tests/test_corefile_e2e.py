@@ -29,6 +29,7 @@ from kubedns.workers import TWISTD
 from tests import fakeapi
 from tests.conftest import REPO, KubeDNSProcess, free_port, http_get, query, wait_for
 from tests.dnsupstream import DNSUpstream
+from tests.support import kubeobj
 
 KUBEADM = Path(__file__).resolve().parent / "corefiles" / "real" / "kubeadm" / "Corefile"
 
@@ -121,7 +122,7 @@ def cluster(tmp_path: Path):
         with DNSUpstream(host="127.0.0.7") as up:
             up.add("www.example.com", "A", "192.0.2.1")
             up.add("outside.example", "A", "192.0.2.7")
-            yield api, up, fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)
+            yield api, up, kubeobj.kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
 def test_kubeadm_default_corefile_serves_the_cluster_and_forwards(cluster, start) -> None:

@@ -1,7 +1,7 @@
 """Tests for the fake kube-apiserver in ``tests/fakeapi.py``.
 
 Everything goes through the official ``kubernetes`` client over real HTTP on
-127.0.0.1, configured from the kubeconfig that :func:`tests.fakeapi.kubeconfig`
+127.0.0.1, configured from the kubeconfig that :func:`tests.support.kubeobj.kubeconfig`
 writes, so these tests also pin down how that client behaves on the wire
 (watch streams, 410, dropped connections, read timeouts, retries).
 """
@@ -22,7 +22,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from tests.fakeapi import FakeKubeAPI, endpointslice, kubeconfig, namespace, pod, service
+from tests.fakeapi import FakeKubeAPI
+from tests.support.kubeobj import endpointslice, kubeconfig, namespace, pod, service
 
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 

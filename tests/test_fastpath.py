@@ -23,7 +23,7 @@ from kubedns.k8s.store import Store
 from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
-from tests import fakeapi
+from tests.support import kubeobj
 from tests.test_records import TABLE, _fill
 
 
@@ -126,7 +126,7 @@ def test_store_change_drops_pre_encoded_answers() -> None:
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 1), ("127.0.0.1", 5000))
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 2), ("127.0.0.1", 5000))
     assert len(disp.fast.entries) == 1
-    store.upsert("services", *objects.service_from_raw(fakeapi.service("nginx", "default", cluster_ip="10.96.5.5")))
+    store.upsert("services", *objects.service_from_raw(kubeobj.service("nginx", "default", cluster_ip="10.96.5.5")))
     assert not disp.fast.entries
     assert sum(disp.fast.retired.values()) == 1  # the hit is kept for metrics
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 3), ("127.0.0.1", 5000))
@@ -339,7 +339,7 @@ def test_normal_path_keeps_computed_answers_only_until_the_store_changes() -> No
     first = tr.socket.sent[-1][0]
     proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
     assert tr.socket.sent[-1][0] == first
-    store.upsert("services", *objects.service_from_raw(fakeapi.service("nginx", "default", cluster_ip="10.96.5.5")))
+    store.upsert("services", *objects.service_from_raw(kubeobj.service("nginx", "default", cluster_ip="10.96.5.5")))
     assert not disp.fast.computed
     proto.datagramReceived(_wire(name, 1, 2), ("127.0.0.1", 5000))
     assert dns.message.from_wire(tr.socket.sent[-1][0]).answer[0][0].address == "10.96.5.5"

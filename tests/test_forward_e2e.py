@@ -17,9 +17,9 @@ import dns.rdatatype
 import pytest
 import yaml
 
-from tests import fakeapi
 from tests.conftest import free_port, query, rrset_text
 from tests.dnsupstream import DNSUpstream
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,10 +35,10 @@ def upstreams():
 def _manifests(tmp_path: Path) -> str:
     path = tmp_path / "cluster.yaml"
     objs = [
-        fakeapi.namespace("default"),
-        fakeapi.service("nginx", "default", cluster_ip="10.96.0.100"),
-        fakeapi.service("ext", "default", type="ExternalName", external_name="www.example.org"),
-        fakeapi.service("alias", "default", type="ExternalName", external_name="nginx.default.svc.cluster.local"),
+        kubeobj.namespace("default"),
+        kubeobj.service("nginx", "default", cluster_ip="10.96.0.100"),
+        kubeobj.service("ext", "default", type="ExternalName", external_name="www.example.org"),
+        kubeobj.service("alias", "default", type="ExternalName", external_name="nginx.default.svc.cluster.local"),
     ]
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}))
     return str(path)

@@ -29,9 +29,9 @@ from kubedns.forward.config import ForwardConfig
 from kubedns.forward.forwarder import Forwarder, Refused, fd_reserve
 from kubedns.forward.upstream import parse_upstream
 from kubedns.listen import fd_limit
-from tests import fakeapi
 from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text
 from tests.dnsupstream import DNSUpstream
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -189,7 +189,7 @@ def test_silent_upstream_burst_leaves_tcp_dns_and_health_working(tmp_path: Path)
     silent.mode = "drop"
     manifests = tmp_path / "cluster.yaml"
     manifests.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
-        fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")]}))
+        kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")]}))
     port, hport, mport = free_port(), free_port(), free_port()
     cfg = {"servers": [{
         "zones": ["."], "listen": f"127.0.0.1:{port}",

@@ -21,6 +21,7 @@ from kubedns.k8s.informer import Informer
 from kubedns.k8s.store import Store
 from tests import fakeapi
 from tests.conftest import wait_until
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,12 +48,12 @@ def sleep(seconds: float) -> defer.Deferred[None]:
 
 
 def _cluster() -> list[dict[str, Any]]:
-    objs: list[dict[str, Any]] = [fakeapi.namespace(n) for n in ("default", "kube-system", "apps")]
-    objs += [fakeapi.service(f"svc{i}", "apps", cluster_ip=f"10.96.1.{i}") for i in range(5)]
-    objs.append(fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10"))
-    objs += [fakeapi.endpointslice(f"svc{i}-x", "apps", f"svc{i}", [{"addresses": [f"10.1.1.{i}"]}]) for i in range(3)]
-    objs += [fakeapi.pod(f"p{i}", "apps", f"10.1.1.{i}") for i in range(3)]
-    objs.append(fakeapi.pod("pending", "apps", None))
+    objs: list[dict[str, Any]] = [kubeobj.namespace(n) for n in ("default", "kube-system", "apps")]
+    objs += [kubeobj.service(f"svc{i}", "apps", cluster_ip=f"10.96.1.{i}") for i in range(5)]
+    objs.append(kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10"))
+    objs += [kubeobj.endpointslice(f"svc{i}-x", "apps", f"svc{i}", [{"addresses": [f"10.1.1.{i}"]}]) for i in range(3)]
+    objs += [kubeobj.pod(f"p{i}", "apps", f"10.1.1.{i}") for i in range(3)]
+    objs.append(kubeobj.pod("pending", "apps", None))
     return objs
 
 
@@ -66,7 +67,7 @@ class InformerTests(unittest.TestCase):
         self.api = fakeapi.FakeKubeAPI().start()
         self.addCleanup(self.api.stop)
         self.api.load(_cluster())
-        self.kubeconfig = fakeapi.kubeconfig(Path(self.mktemp()), self.api.url)
+        self.kubeconfig = kubeobj.kubeconfig(Path(self.mktemp()), self.api.url)
         self.events: list[tuple[str, str, float]] = []
         self.records: list[object] = []
 
@@ -129,28 +130,28 @@ class InformerTests(unittest.TestCase):
         informer = self.start()
         await self.synced(informer)
 
-        self.api.create("services", fakeapi.service("new", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("new", "apps", cluster_ip="10.96.2.1"))
         took = await wait_until(lambda: self.svc_ip("new") == ("10.96.2.1",), timeout=1.0, what="ADDED")
         self.assertLess(took, 1.0)
 
-        self.api.update("services", fakeapi.service("new", "apps", cluster_ip="10.96.2.2"))
+        self.api.update("services", kubeobj.service("new", "apps", cluster_ip="10.96.2.2"))
         await wait_until(lambda: self.svc_ip("new") == ("10.96.2.2",), timeout=1.0, what="MODIFIED")
 
         self.api.delete("services", "apps", "new")
         await wait_until(lambda: self.svc_ip("new") is None, timeout=1.0, what="DELETED")
 
         self.api.update(
-            "endpointslices", fakeapi.endpointslice("svc0-x", "apps", "svc0", [{"addresses": ["10.1.9.9"]}])
+            "endpointslices", kubeobj.endpointslice("svc0-x", "apps", "svc0", [{"addresses": ["10.1.9.9"]}])
         )
         await wait_until(
             lambda: [ep.addresses for ep, _ in self.store.endpoints("apps", "svc0")] == [("10.1.9.9",)],
             timeout=1.0,
             what="endpointslice MODIFIED",
         )
-        self.api.update("pods", fakeapi.pod("p1", "apps", "10.1.1.1", phase="Succeeded"))
+        self.api.update("pods", kubeobj.pod("p1", "apps", "10.1.1.1", phase="Succeeded"))
         await wait_until(lambda: not self.store.pod_in_namespace("10.1.1.1", "apps"), timeout=1.0, what="pod done")
 
-        self.api.create("namespaces", fakeapi.namespace("late"))
+        self.api.create("namespaces", kubeobj.namespace("late"))
         await wait_until(lambda: self.store.namespace_exists("late"), timeout=1.0, what="namespace ADDED")
 
         kinds = [(k, t) for k, t, _ in self.events]
@@ -173,7 +174,7 @@ class InformerTests(unittest.TestCase):
         await self.synced(informer)
         before = informer.status()["services"]["resource_version"]
         for i in range(3):  # other kinds move the global resourceVersion on
-            self.api.create("namespaces", fakeapi.namespace(f"ns{i}"))
+            self.api.create("namespaces", kubeobj.namespace(f"ns{i}"))
         self.assertEqual(self.api.send_bookmark("services"), 1)
         target = str(self.api.resource_version)
         self.assertNotEqual(before, target)
@@ -184,7 +185,7 @@ class InformerTests(unittest.TestCase):
         self.api.compact()
         self.api.drop_watches("services")
         await wait_until(lambda: self.api.watcher_count("services") == 1, what="re-watch")
-        self.api.create("services", fakeapi.service("after", "apps", cluster_ip="10.96.3.1"))
+        self.api.create("services", kubeobj.service("after", "apps", cluster_ip="10.96.3.1"))
         await wait_until(lambda: self.svc_ip("after") is not None, what="event after re-watch")
         rewatch = [r for r in self.api.request_log if r.verb == "watch" and r.resource == "services"][-1]
         self.assertEqual(rewatch.params["resourceVersion"], target)
@@ -203,8 +204,8 @@ class InformerTests(unittest.TestCase):
         self.api.delete("services", "apps", "svc1")
         self.api.delete("services", "apps", "svc2")
         self.api.delete("endpointslices", "apps", "svc1-x")
-        self.api.update("services", fakeapi.service("svc3", "apps", cluster_ip="10.96.9.3"))
-        self.api.create("services", fakeapi.service("born", "apps", cluster_ip="10.96.9.9"))
+        self.api.update("services", kubeobj.service("svc3", "apps", cluster_ip="10.96.9.3"))
+        self.api.create("services", kubeobj.service("born", "apps", cluster_ip="10.96.9.9"))
         self.api.compact()
         await wait_until(lambda: informer.status()["services"]["errors"] > 0, what="a failed reconnect")
         self.assertIsNotNone(self.svc_ip("svc1"), "nothing is deleted while the API is unreachable")
@@ -223,7 +224,7 @@ class InformerTests(unittest.TestCase):
         await wait_until(lambda: informer.status()["endpointslices"]["relists"] == 1, what="slices relist")
         # and it watches on from the new list
         await wait_until(lambda: self.api.watcher_count("services") == 1, what="watch after relist")
-        self.api.create("services", fakeapi.service("later", "apps", cluster_ip="10.96.9.10"))
+        self.api.create("services", kubeobj.service("later", "apps", cluster_ip="10.96.9.10"))
         await wait_until(lambda: self.svc_ip("later") is not None, what="event after relist")
 
     async def test_410_error_event_relists_and_deletes_what_vanished_in_the_gap(self) -> None:
@@ -242,7 +243,7 @@ class InformerTests(unittest.TestCase):
             for i in range(3):  # created while the watcher is reconnecting
                 name = f"gap{round_}-{i}"
                 names.append(name)
-                self.api.create("services", fakeapi.service(name, "apps", cluster_ip=f"10.96.4.{len(names)}"))
+                self.api.create("services", kubeobj.service(name, "apps", cluster_ip=f"10.96.4.{len(names)}"))
             await wait_until(lambda: self.api.watcher_count("services") == 1, what="reconnect")
         await wait_until(lambda: all(self.svc_ip(n) is not None for n in names), what="all gap events")
         self.assertEqual(self.lists("services"), lists, "a re-watch, not a relist")
@@ -259,7 +260,7 @@ class InformerTests(unittest.TestCase):
         await wait_until(lambda: self.api.watcher_count("services") == 1, what="hung watch open")
         await sleep(0.1)  # the handler registers the watch before it reads hang_watches
         self.api.hang_watches = False  # the open watch stays silent; new ones work
-        self.api.create("services", fakeapi.service("stuck", "apps", cluster_ip="10.96.5.1"))
+        self.api.create("services", kubeobj.service("stuck", "apps", cluster_ip="10.96.5.1"))
         took = await wait_until(lambda: self.svc_ip("stuck") is not None, timeout=3.0, what="recovery")
         self.assertGreater(took, 0.2, "the event could only arrive after the read timeout")
         self.assertIn("timed out", informer.status()["services"]["last_error"].lower())
@@ -269,24 +270,24 @@ class InformerTests(unittest.TestCase):
         informer = self.start(["services"], watch_timeout=1.0, read_timeout=5.0)
         await self.synced(informer)
         await wait_until(lambda: self.api.requests[("watch", "services")] >= 3, timeout=8.0, what="re-watches")
-        self.api.create("services", fakeapi.service("x", "apps", cluster_ip="10.96.6.1"))
+        self.api.create("services", kubeobj.service("x", "apps", cluster_ip="10.96.6.1"))
         await wait_until(lambda: self.svc_ip("x") is not None, what="event")
         st = informer.status()["services"]
         self.assertEqual((st["errors"], st["relists"]), (0, 0))
         self.assertEqual(self.lists("services"), 3)  # the initial three pages only
 
     async def test_malformed_object_is_skipped_not_fatal(self) -> None:
-        bad = fakeapi.service("bad", "apps")
+        bad = kubeobj.service("bad", "apps")
         bad["spec"]["ports"] = ["not-a-port-object"]
         self.api.create("services", bad)
         informer = self.start(BASE)
         await self.synced(informer)  # the list still completes
         self.assertIsNone(self.svc_ip("bad"))
         self.assertEqual(self.store.count("services"), 6)
-        bad2 = fakeapi.service("bad2", "apps")
+        bad2 = kubeobj.service("bad2", "apps")
         bad2["spec"]["ports"] = [17]
         self.api.create("services", bad2)
-        self.api.create("services", fakeapi.service("good", "apps", cluster_ip="10.96.8.1"))
+        self.api.create("services", kubeobj.service("good", "apps", cluster_ip="10.96.8.1"))
         await wait_until(lambda: self.svc_ip("good") is not None, what="event after a bad one")
         st = informer.status()["services"]
         self.assertEqual(st["errors"], 2)
@@ -314,7 +315,7 @@ class InformerTests(unittest.TestCase):
         await wait_until(lambda: informer.status()["services"]["errors"] >= 2, what="config retries")
         self.assertIn(path, informer.status()["services"]["last_error"])
         self.assertFalse(self.store.synced)
-        fakeapi.kubeconfig(path, self.api.url)
+        kubeobj.kubeconfig(path, self.api.url)
         await self.synced(informer)
 
     async def test_default_config_search_uses_kubeconfig_env(self) -> None:
@@ -340,7 +341,7 @@ class InformerTests(unittest.TestCase):
         took = time.monotonic() - started
         self.assertLess(took, 1.0)
         self.assertFalse(any(w.is_alive() for w in watchers))
-        self.api.create("services", fakeapi.service("ghost", "apps", cluster_ip="10.96.7.1"))
+        self.api.create("services", kubeobj.service("ghost", "apps", cluster_ip="10.96.7.1"))
         await sleep(0.2)
         self.assertIsNone(self.svc_ip("ghost"), "a stopped informer applies nothing")
 

@@ -33,6 +33,7 @@ from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, rrset_text, wait_for, wait_until
+from tests.support import kubeobj
 from tests.test_informer import BASE, FAST, _cluster, sleep
 
 pytestmark = pytest.mark.timeout(30)
@@ -59,7 +60,7 @@ class _Base(unittest.TestCase):
         self.api = fakeapi.FakeKubeAPI().start()
         self.addCleanup(self.api.stop)
         self.api.load(_cluster())
-        self.kubeconfig = fakeapi.kubeconfig(Path(self.mktemp()), self.api.url)
+        self.kubeconfig = kubeobj.kubeconfig(Path(self.mktemp()), self.api.url)
         self.logs: list[str] = []
         self._log_lock = threading.Lock()
 
@@ -165,7 +166,7 @@ class AuthAndThrottlingTests(_Base):
         self.assertTrue(lines and "'watch'" in lines[-1], self.logs)
         self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]))
         lists = self.lists()
-        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("late", "apps", cluster_ip="10.96.2.1"))
         await sleep(0.5)
         self.assertEqual(self.lists(), lists, "a denied watch is retried, not answered with relists")
         self.assertTrue(self.threads_alive())
@@ -202,7 +203,7 @@ class AuthAndThrottlingTests(_Base):
         await self.synced()
         self.api.fail_next("watch", "services", 503, retry_after=1, times=1)
         self.api.drop_watches("services")
-        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("late", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.st()["errors"] >= 2, what="drop, then 503")
         self.assertEqual(self.a("svc0.apps.svc"), ("NOERROR", ["10.96.1.0"]), "last known state served")
         self.assertEqual(self.a("late.apps.svc")[0], "NXDOMAIN")
@@ -239,7 +240,7 @@ class ListFaultTests(_Base):
         self.api.drop_watches("services")
         self.api.delete("services", "apps", "svc0")
         self.api.delete("services", "apps", "svc4")
-        self.api.create("services", fakeapi.service("born", "apps", cluster_ip="10.96.9.9"))
+        self.api.create("services", kubeobj.service("born", "apps", cluster_ip="10.96.9.9"))
         self.api.compact()
         self.api.fail_next("list", "services", 410, when=_has_continue)
         await wait_until(lambda: self.st()["errors"] >= 1, what="failed reconnect")
@@ -254,7 +255,7 @@ class ListFaultTests(_Base):
         self.assertEqual(self.store.count("services"), 5)
         self.assertEqual(self.st()["relists"], 1, "the cut list did not count as a relist")
         await wait_until(lambda: self.api.watcher_count("services") == 1, what="watch again")
-        self.api.create("services", fakeapi.service("later", "apps", cluster_ip="10.96.9.10"))
+        self.api.create("services", kubeobj.service("later", "apps", cluster_ip="10.96.9.10"))
         await wait_until(lambda: self.a("later.apps.svc")[0] == "NOERROR", what="event after relist")
 
     def first_page_gaps(self) -> list[float]:
@@ -290,7 +291,7 @@ class ListFaultTests(_Base):
         self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR", "the last known state is served meanwhile")
         self.api.clear_faults()
         await wait_until(lambda: self.api.watcher_count("services") == 1, what="watch again")
-        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("late", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("late.apps.svc")[0] == "NOERROR", what="event after the trouble")
 
     async def test_repeated_410_on_watch_backs_off_between_relists(self) -> None:
@@ -347,13 +348,13 @@ class WatchStreamTests(_Base):
         self.assertIn("500", self.st()["last_error"])
         self.assertEqual(self.st()["resource_version"], rv, "an ERROR event moves no resourceVersion")
         self.assertEqual(self.lists(), lists, "two errors: re-watch, no relist")
-        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("a", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after the errors")
 
         self.api.fail_next("watch", "services", 500, action="error-event", times=3)
         self.api.drop_watches("services")
         await wait_until(lambda: self.st()["relists"] == 1, what="relist after three ERROR events")
-        self.api.create("services", fakeapi.service("b", "apps", cluster_ip="10.96.2.2"))
+        self.api.create("services", kubeobj.service("b", "apps", cluster_ip="10.96.2.2"))
         await wait_until(lambda: self.a("b.apps.svc")[0] == "NOERROR", what="event after the relist")
         self.assertEqual(self.a("a.apps.svc")[0], "NOERROR")
 
@@ -361,10 +362,10 @@ class WatchStreamTests(_Base):
         self.start()
         await self.synced()
         lists = self.lists()
-        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("a", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="a")
         self.assertEqual(self.api.inject_watch_lines("services", b'{"type":"ADDED","object":{"metadata":'), 1)
-        self.api.create("services", fakeapi.service("b", "apps", cluster_ip="10.96.2.2"))
+        self.api.create("services", kubeobj.service("b", "apps", cluster_ip="10.96.2.2"))
         await wait_until(lambda: self.a("b.apps.svc")[0] == "NOERROR", what="b after the garbage")
         self.assertGreaterEqual(self.st()["errors"], 1)
         self.assertEqual(self.lists(), lists, "a re-watch replays the gap; no relist needed")
@@ -374,7 +375,7 @@ class WatchStreamTests(_Base):
         self.start()
         await self.synced()
         self.api.poison_history("services", line)
-        self.api.create("services", fakeapi.service("after", "apps", cluster_ip="10.96.2.9"))
+        self.api.create("services", kubeobj.service("after", "apps", cluster_ip="10.96.2.9"))
         # every re-watch from the last good resourceVersion replays the bad line: only a relist
         # gets past it
         await wait_until(lambda: self.a("after.apps.svc")[0] == "NOERROR", timeout=8.0, what="event past the poison")
@@ -403,7 +404,7 @@ class WatchStreamTests(_Base):
         half = self.ev("ADDED", {"metadata": {"name": "half", "namespace": "apps", "resourceVersion": "1"},
                                  "spec": {"clusterIP": "10.96.6.6"}})[:40]
         self.assertEqual(self.api.inject_watch_lines("services", half, newline=False), 1)
-        self.api.create("services", fakeapi.service("whole", "apps", cluster_ip="10.96.6.7"))
+        self.api.create("services", kubeobj.service("whole", "apps", cluster_ip="10.96.6.7"))
         took = await wait_until(lambda: self.a("whole.apps.svc")[0] == "NOERROR", what="after the read timeout")
         self.assertGreater(took, 0.3)
         self.assertEqual(self.a("half.apps.svc")[0], "NXDOMAIN")
@@ -422,7 +423,7 @@ class WatchStreamTests(_Base):
             chunk = b'{"type":"ADDED","object":{"metadata":{"name":"' + b"x" * 100_000
             self.assertEqual(self.api.inject_watch_lines("services", chunk, chunk, chunk, newline=False), 1)
             await wait_until(lambda: "without a newline" in (self.st()["last_error"] or ""), what="the cap")
-            self.api.create("services", fakeapi.service("next", "apps", cluster_ip="10.96.6.8"))
+            self.api.create("services", kubeobj.service("next", "apps", cluster_ip="10.96.6.8"))
             await wait_until(lambda: self.a("next.apps.svc")[0] == "NOERROR", what="the re-watch")
             self.assertEqual(self.a("svc0.apps.svc")[0], "NOERROR")
             self.assertTrue(self.threads_alive())
@@ -435,7 +436,7 @@ class WatchStreamTests(_Base):
         self.api.inject_watch_lines("services", self.ev("BOOKMARK", {"kind": "Service", "metadata": {"resourceVersion": "x"}}))
         await wait_until(lambda: self.st()["resource_version"] == "x", what="the odd bookmark")
         self.api.drop_watches("services")  # every re-watch from "x" is now a 400 Bad Request
-        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("late", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("late.apps.svc")[0] == "NOERROR", timeout=6.0, what="the change")
         await wait_until(lambda: self.st()["relists"] == 1, what="the relist's end")
         self.assertIn("400", self.st()["last_error"])
@@ -450,7 +451,7 @@ class WatchStreamTests(_Base):
             self.ev("SURPRISE", {"kind": "Service", "metadata": {"name": "x", "namespace": "apps", "resourceVersion": rv}}),
             self.ev("ADDED", None),  # no object at all: nothing to apply, nothing to die of
         )
-        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("a", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after the surprise")
         self.assertEqual(self.a("x.apps.svc")[0], "NXDOMAIN")
         self.assertEqual(self.st()["relists"], 0)
@@ -458,15 +459,15 @@ class WatchStreamTests(_Base):
 
     async def test_objects_missing_optional_fields_list_and_watch(self) -> None:
         def odd_objects(tag: str, base: int) -> list[dict[str, Any]]:
-            hl = fakeapi.service(f"hl{tag}", "apps", headless=True, ports=[{"name": "http", "port": 80}])
-            good = fakeapi.endpointslice(
+            hl = kubeobj.service(f"hl{tag}", "apps", headless=True, ports=[{"name": "http", "port": 80}])
+            good = kubeobj.endpointslice(
                 f"hl{tag}-good", "apps", f"hl{tag}", [{"addresses": [f"10.1.{base}.1"], "hostname": "h1"}],
                 ports=[{"name": "http", "port": 80}],
             )
-            nulls = fakeapi.endpointslice(f"hl{tag}-nulls", "apps", f"hl{tag}", [], ports=[])
+            nulls = kubeobj.endpointslice(f"hl{tag}-nulls", "apps", f"hl{tag}", [], ports=[])
             nulls["endpoints"] = None
             nulls["ports"] = [{"name": None, "port": None, "protocol": None}, {"name": None, "port": 81}]
-            holes = fakeapi.endpointslice(f"hl{tag}-holes", "apps", f"hl{tag}", [{"addresses": ["10.9.9.9"]}])
+            holes = kubeobj.endpointslice(f"hl{tag}-holes", "apps", f"hl{tag}", [{"addresses": ["10.9.9.9"]}])
             holes["endpoints"] = [
                 {"addresses": None, "conditions": None},
                 {"addresses": [f"10.1.{base}.2"], "conditions": None, "hostname": None},
@@ -493,11 +494,11 @@ class WatchStreamTests(_Base):
 
     async def test_bad_addresses_are_dropped_not_served(self) -> None:
         def objs(tag: str, third: int) -> list[dict[str, Any]]:
-            svc = fakeapi.service(f"ips{tag}", "apps", cluster_ip="10.96.4.4")
+            svc = kubeobj.service(f"ips{tag}", "apps", cluster_ip="10.96.4.4")
             svc["spec"]["clusterIPs"] = [f"10.96.{third}.4", "not-an-ip", 7, None, "fe80::1%eth0"]
             svc["spec"]["clusterIP"] = f"10.96.{third}.4"
-            hl = fakeapi.service(f"hl{tag}", "apps", headless=True)
-            sl = fakeapi.endpointslice(f"hl{tag}-x", "apps", f"hl{tag}", [{"addresses": [f"10.1.{third}.1"]}])
+            hl = kubeobj.service(f"hl{tag}", "apps", headless=True)
+            sl = kubeobj.endpointslice(f"hl{tag}-x", "apps", f"hl{tag}", [{"addresses": [f"10.1.{third}.1"]}])
             sl["endpoints"] = [
                 {"addresses": ["999.1.1.1", f"10.1.{third}.1", None, 5]},
                 {"addresses": "10.1.1.1"},  # not a list
@@ -533,13 +534,13 @@ class WatchStreamTests(_Base):
         self.assertEqual(self.store.count("services"), 6)
         self.assertEqual(self.store.reverse("10.96.7.7"), [])
         self.assertIn("name", self.st()["last_error"])
-        self.api.create("services", fakeapi.service("a", "apps", cluster_ip="10.96.2.1"))
+        self.api.create("services", kubeobj.service("a", "apps", cluster_ip="10.96.2.1"))
         await wait_until(lambda: self.a("a.apps.svc")[0] == "NOERROR", what="event after")
 
     async def test_delete_of_an_object_that_turned_malformed_still_deletes(self) -> None:
         self.start()
         await self.synced()
-        bad = fakeapi.service("svc0", "apps", cluster_ip="10.96.1.0")
+        bad = kubeobj.service("svc0", "apps", cluster_ip="10.96.1.0")
         bad["spec"]["ports"] = ["garbage"]
         self.api.update("services", bad)
         await wait_until(lambda: self.st()["errors"] >= 1, what="skipped update")
@@ -573,27 +574,27 @@ class WatchStreamTests(_Base):
 
     async def test_very_large_objects_in_list_and_watch(self) -> None:
         def fat_service(name: str, ip: str) -> dict[str, Any]:
-            svc = fakeapi.service(name, "apps", cluster_ip=ip)
+            svc = kubeobj.service(name, "apps", cluster_ip=ip)
             svc["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "x" * 1_400_000}
             return svc
 
         def big_slice(name: str, svc: str, third: int) -> dict[str, Any]:
             eps = [{"addresses": [f"10.{third}.{i // 250}.{i % 250 + 1}"]} for i in range(1000)]
-            return fakeapi.endpointslice(name, "apps", svc, eps)
+            return kubeobj.endpointslice(name, "apps", svc, eps)
 
-        self.api.load([fat_service("fat1", "10.96.3.1"), fakeapi.service("big1", "apps", headless=True),
+        self.api.load([fat_service("fat1", "10.96.3.1"), kubeobj.service("big1", "apps", headless=True),
                        big_slice("big1-x", "big1", 201)])
         self.start()
         await self.synced()
         self.assertEqual(self.a("fat1.apps.svc"), ("NOERROR", ["10.96.3.1"]))
         self.assertEqual(len(self.a("big1.apps.svc")[1]), 1000)
         started = time.monotonic()
-        self.api.load([fat_service("fat2", "10.96.3.2"), fakeapi.service("big2", "apps", headless=True),
+        self.api.load([fat_service("fat2", "10.96.3.2"), kubeobj.service("big2", "apps", headless=True),
                        big_slice("big2-x", "big2", 202)])
         await wait_until(lambda: self.a("fat2.apps.svc")[0] == "NOERROR", what="1.4 MB watch event")
         await wait_until(lambda: len(self.a("big2.apps.svc")[1]) == 1000, what="1000-endpoint watch event")
         self.assertLess(time.monotonic() - started, 6.0)
-        self.api.create("services", fakeapi.service("small", "apps", cluster_ip="10.96.3.9"))
+        self.api.create("services", kubeobj.service("small", "apps", cluster_ip="10.96.3.9"))
         await wait_until(lambda: self.a("small.apps.svc")[0] == "NOERROR", what="a small one after")
         self.assertEqual((self.st()["errors"], self.st("endpointslices")["errors"]), (0, 0))
 
@@ -643,7 +644,7 @@ def _start(kubedns_process: Any, api: fakeapi.FakeKubeAPI, tmp_path: Path, **blo
     dns_port = free_port()
     cfg = {"servers": [{
         "zones": ["."], "listen": f"127.0.0.1:{dns_port}",
-        "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
+        "kubernetes": {"kubeconfig": kubeobj.kubeconfig(tmp_path / "kubeconfig", api.url)},
         **block,
     }]}
     p = kubedns_process(cfg, env={"NO_PROXY": "127.0.0.1"})
@@ -654,7 +655,7 @@ def _start(kubedns_process: Any, api: fakeapi.FakeKubeAPI, tmp_path: Path, **blo
 @pytest.mark.usefixtures("_no_proxy")
 def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("web", "default", cluster_ip="10.96.1.1")])
         api.fail_next("list", "endpointslices", 403, times=None)
         http = free_port()
         dns_port, p = _start(kubedns_process, api, tmp_path, ready=f"127.0.0.1:{http}")
@@ -680,7 +681,7 @@ def test_process_forbidden_then_granted(kubedns_process: Any, tmp_path: Path) ->
 @pytest.mark.usefixtures("_no_proxy")
 def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("web", "default", cluster_ip="10.96.1.1")])
         dns_port, p = _start(kubedns_process, api, tmp_path)
         wait_for(lambda: _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR")
         assert api.wait_for_watchers(3)
@@ -691,9 +692,9 @@ def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path:
         for _ in range(3):
             assert _rcode(dns_port, "web.default.svc.cluster.local") == "NOERROR"
             time.sleep(0.2)
-        api.create("services", fakeapi.service("late", "default", cluster_ip="10.96.1.2"))
-        api.create("services", fakeapi.service("db", "default", headless=True))
-        api.create("endpointslices", fakeapi.endpointslice("db-1", "default", "db", [{"addresses": ["10.244.0.7"]}]))
+        api.create("services", kubeobj.service("late", "default", cluster_ip="10.96.1.2"))
+        api.create("services", kubeobj.service("db", "default", headless=True))
+        api.create("endpointslices", kubeobj.endpointslice("db-1", "default", "db", [{"addresses": ["10.244.0.7"]}]))
         try:
             wait_for(lambda: _rcode(dns_port, "late.default.svc.cluster.local") == "NOERROR", timeout=15)
         except AssertionError:
@@ -706,13 +707,13 @@ def test_process_survives_a_hostile_watch_stream(kubedns_process: Any, tmp_path:
 @pytest.mark.usefixtures("_no_proxy")
 def test_process_namespace_deleted_before_its_services(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.namespace("shop"),
-                  fakeapi.service("cart", "shop", cluster_ip="10.96.2.1")])
+        api.load([kubeobj.namespace("default"), kubeobj.namespace("shop"),
+                  kubeobj.service("cart", "shop", cluster_ip="10.96.2.1")])
         dns_port, p = _start(kubedns_process, api, tmp_path)
         wait_for(lambda: _rcode(dns_port, "cart.shop.svc.cluster.local") == "NOERROR")
         assert api.wait_for_watchers(3)
         api.delete("namespaces", None, "shop")
-        api.create("namespaces", fakeapi.namespace("marker"))  # applied after the delete
+        api.create("namespaces", kubeobj.namespace("marker"))  # applied after the delete
         wait_for(lambda: _rcode(dns_port, "marker.svc.cluster.local") == "NOERROR")
         # the namespace controller deletes the Services afterwards: until then they answer
         assert rrset_text(query(dns_port, "cart.shop.svc.cluster.local")) == ["cart.shop.svc.cluster.local A 10.96.2.1"]

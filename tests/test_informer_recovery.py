@@ -24,6 +24,7 @@ from kubedns.k8s.informer import Informer
 from kubedns.k8s.store import Store
 from tests import fakeapi
 from tests.conftest import wait_until
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,11 +49,11 @@ _STEP = re.compile(r"^(\w+): (.*); the Kubernetes API is unreachable: list and w
 
 def _cluster() -> list[dict[str, Any]]:
     return [
-        fakeapi.namespace("default"),
-        fakeapi.namespace("apps"),
-        fakeapi.service("web", "apps", cluster_ip="10.96.1.1"),
-        fakeapi.endpointslice("web-x", "apps", "web", [{"addresses": ["10.1.1.1"]}]),
-        fakeapi.pod("p0", "apps", "10.1.1.1"),
+        kubeobj.namespace("default"),
+        kubeobj.namespace("apps"),
+        kubeobj.service("web", "apps", cluster_ip="10.96.1.1"),
+        kubeobj.endpointslice("web-x", "apps", "web", [{"addresses": ["10.1.1.1"]}]),
+        kubeobj.pod("p0", "apps", "10.1.1.1"),
     ]
 
 
@@ -73,7 +74,7 @@ class _Base(unittest.TestCase):
         self.api = fakeapi.FakeKubeAPI().start()
         self.addCleanup(self.api.stop)
         self.api.load(_cluster())
-        self.kubeconfig = fakeapi.kubeconfig(Path(self.mktemp()), self.api.url)
+        self.kubeconfig = kubeobj.kubeconfig(Path(self.mktemp()), self.api.url)
         self.logged: list[tuple[float, str, str]] = []  # (monotonic time, level, text)
 
         def observe(event: dict[str, Any]) -> None:
@@ -132,7 +133,7 @@ class OutageTests(_Base):
         self.api.stop()
         # first step 6-12 s, the second 12-24 s: wait until a step longer than 10 s has begun
         await wait_until(lambda: any(d > 10 for *_, d in self.steps()), 30, what="a backoff step over 10 s")
-        self.api.create("services", fakeapi.service("late", "apps", cluster_ip="10.96.1.9"))
+        self.api.create("services", kubeobj.service("late", "apps", cluster_ip="10.96.1.9"))
         self.api.start(port=port)
         returned = time.monotonic()
         seen = await wait_until(lambda: self.store.service("apps", "late") is not None, 10, what="the change")
@@ -153,18 +154,18 @@ class OutageTests(_Base):
         assert informer.outage is not None
         self.assertEqual(informer.outage.outages, 0)
         self.api.hang_watches = False
-        self.api.create("services", fakeapi.service("after", "apps", cluster_ip="10.96.1.8"))
+        self.api.create("services", kubeobj.service("after", "apps", cluster_ip="10.96.1.8"))
         await wait_until(lambda: self.store.service("apps", "after") is not None, 10, what="the change")
 
 
 class CredentialTests(_Base):
     async def test_a_kubeconfig_fixed_on_disk_is_picked_up_without_reload(self) -> None:
         """Wrong port first (unreachable), then the file is fixed: synced within seconds, no SIGHUP."""
-        fakeapi.kubeconfig(self.kubeconfig, f"http://127.0.0.1:{_free_port()}")
+        kubeobj.kubeconfig(self.kubeconfig, f"http://127.0.0.1:{_free_port()}")
         informer = self.start(BASE, backoff_base=12.0, backoff_cap=30.0)
         await wait_until(lambda: len(self.steps()) >= 1, 10, what="the outage")
         self.assertFalse(self.store.synced)
-        fakeapi.kubeconfig(self.kubeconfig, self.api.url)
+        kubeobj.kubeconfig(self.kubeconfig, self.api.url)
         took = await wait_until(lambda: self.store.synced, 10, what="sync after the fix")
         self.assertLess(took, 5.0)  # the backoff step was 6-12 s
         self.assertTrue(any("credentials changed" in text for _, _, text in self.logged))
@@ -172,20 +173,20 @@ class CredentialTests(_Base):
 
     async def test_a_rejected_token_fixed_on_disk_is_picked_up_on_the_next_retry(self) -> None:
         self.api.token = "right"
-        fakeapi.kubeconfig(self.kubeconfig, self.api.url, token="wrong")
+        kubeobj.kubeconfig(self.kubeconfig, self.api.url, token="wrong")
         informer = self.start(BASE, backoff_base=0.5, backoff_cap=1.0)
         await wait_until(lambda: informer.status()["services"]["errors"] >= 2, 10, what="401s")
         self.assertIn("HTTP 401", informer.status()["services"]["last_error"])
-        fakeapi.kubeconfig(self.kubeconfig, self.api.url, token="right")
+        kubeobj.kubeconfig(self.kubeconfig, self.api.url, token="right")
         await self.synced(informer, timeout=5.0)
 
     async def test_reload_retries_at_once_with_the_fixed_token(self) -> None:
         """A long backoff after a 401 is cut short by a reload (SIGHUP), which re-reads the file."""
         self.api.token = "right"
-        fakeapi.kubeconfig(self.kubeconfig, self.api.url, token="wrong")
+        kubeobj.kubeconfig(self.kubeconfig, self.api.url, token="wrong")
         informer = self.start(BASE, backoff_base=20.0, backoff_cap=30.0)
         await wait_until(lambda: all(s["errors"] >= 1 for s in informer.status().values()), 10, what="401s")
-        fakeapi.kubeconfig(self.kubeconfig, self.api.url, token="right")
+        kubeobj.kubeconfig(self.kubeconfig, self.api.url, token="right")
         informer.reload_credentials()
         took = await wait_until(lambda: self.store.synced, 5, what="sync after reload")
         self.assertLess(took, 3.0)  # the backoff was 10-20 s
@@ -200,7 +201,7 @@ class CredentialTests(_Base):
         await wait_until(lambda: informer.status()["services"]["errors"] >= 1, 10, what="config attempt")
         self.assertIn(f"file not found: {path}", informer.status()["services"]["last_error"])
         self.assertNotIn("Invalid kube-config", informer.status()["services"]["last_error"])
-        fakeapi.kubeconfig(path, self.api.url)
+        kubeobj.kubeconfig(path, self.api.url)
         await self.synced(informer)
 
 
@@ -210,14 +211,14 @@ class SilentWatchTests(_Base):
         self.api.bookmark_interval = 0.3  # a healthy apiserver bookmarks idle watches
         informer = self.start(BASE, max_watch_silence=2.0)
         await self.synced(informer)
-        self.api.create("services", fakeapi.service("gone", "apps", cluster_ip="10.96.1.7"))
+        self.api.create("services", kubeobj.service("gone", "apps", cluster_ip="10.96.1.7"))
         await wait_until(lambda: self.store.service("apps", "gone") is not None, 5, what="the new service")
         # idle but bookmarked for longer than the bound: no relist
         t0 = time.monotonic()
         await wait_until(lambda: time.monotonic() - t0 > 3.0, 5, what="an idle spell")
         self.assertEqual([s["relists"] for s in informer.status().values()], [0, 0, 0])
 
-        restored = [*_cluster(), fakeapi.service("restored", "apps", cluster_ip="10.96.1.6")]
+        restored = [*_cluster(), kubeobj.service("restored", "apps", cluster_ip="10.96.1.6")]
         self.api.restore(restored, resource_version=500)  # older than what the informer holds
         took = await wait_until(
             lambda: self.store.service("apps", "gone") is None and self.store.service("apps", "restored") is not None,
@@ -228,7 +229,7 @@ class SilentWatchTests(_Base):
         self.assertGreaterEqual(informer.status()["services"]["relists"], 1)
         self.assertTrue(any("delivered nothing, not even a BOOKMARK" in text for _, _, text in self.logged))
         # and the watch is on the server's timeline again: a change after the restore arrives
-        self.api.create("services", fakeapi.service("later", "apps", cluster_ip="10.96.1.5"))
+        self.api.create("services", kubeobj.service("later", "apps", cluster_ip="10.96.1.5"))
         await wait_until(lambda: self.store.service("apps", "later") is not None, 5, what="a change after the restore")
 
 
@@ -236,7 +237,7 @@ def test_client_source_rebuilds_only_when_the_bytes_change_and_keeps_the_old_cli
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "kubeconfig"
-    fakeapi.kubeconfig(path, "http://127.0.0.1:1")
+    kubeobj.kubeconfig(path, "http://127.0.0.1:1")
     built: list[str] = []
 
     def factory(kubeconfig: str | None) -> tuple[Any, str]:
@@ -253,7 +254,7 @@ def test_client_source_rebuilds_only_when_the_bytes_change_and_keeps_the_old_cli
     assert source.current() is first
     path.write_text("apiVersion: v1\nkind: Config\n")  # half-written / broken
     assert source.current() is first and source.current() is first  # kept (and logged once)
-    fakeapi.kubeconfig(path, "http://127.0.0.1:2")
+    kubeobj.kubeconfig(path, "http://127.0.0.1:2")
     second = source.current()
     assert second is not first and len(built) == 2 and source.reloads == 1
     assert source.current() is second

@@ -15,8 +15,8 @@ import dns.rcode
 import pytest
 import yaml
 
-from tests import fakeapi
 from tests.conftest import free_port, http_get, query
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,7 +39,7 @@ def _config(port: int, manifests: str, ttl: int = 5, extra: dict | None = None, 
     return {"servers": servers}
 
 
-OBJS = [fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")]
+OBJS = [kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")]
 
 
 def _wait(cond, timeout: float = 10.0) -> bool:
@@ -241,7 +241,7 @@ def test_reload_that_cannot_bind_changes_nothing(kubedns_process, tmp_path: Path
     r = query(port, "nginx.default.svc.cluster.local")
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5  # the old config, untouched
     # ...including its source: a change to the cluster is still picked up
-    _manifests(tmp_path / "c.yaml", [*OBJS, fakeapi.service("late", "default", cluster_ip="10.96.0.77")])
+    _manifests(tmp_path / "c.yaml", [*OBJS, kubeobj.service("late", "default", cluster_ip="10.96.0.77")])
     assert _wait(lambda: _answers_name(port, "late.default.svc.cluster.local")), p.log()
 
 

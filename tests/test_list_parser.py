@@ -35,7 +35,7 @@ from kubedns.k8s.listparse import list_items as _list_items
 from kubedns.k8s.objects import KINDS
 from kubedns.k8s.store import Store
 from kubedns.k8s.watch import ResourceWatcher
-from tests import fakeapi
+from tests.support import kubeobj
 
 Raw = dict[str, Any]
 
@@ -238,22 +238,22 @@ def k8s_objects(rng: random.Random, n: int) -> dict[str, list[Raw]]:
     out: dict[str, list[Raw]] = {k: [] for k in KINDS}
     for i in range(n):
         ns = rng.choice(("default", "kube-system", "team-a"))
-        out["namespaces"].append(fakeapi.namespace(f"ns-{i}", labels={"team": rng.choice(("a", "b"))}))
+        out["namespaces"].append(kubeobj.namespace(f"ns-{i}", labels={"team": rng.choice(("a", "b"))}))
         if i % 3 == 0:
-            svc = fakeapi.service(f"svc-{i}", ns, headless=True, publish_not_ready=True)
+            svc = kubeobj.service(f"svc-{i}", ns, headless=True, publish_not_ready=True)
         elif i % 3 == 1:
-            svc = fakeapi.service(f"svc-{i}", ns, cluster_ips=[f"10.96.0.{i % 250 + 1}", f"fd00::{i:x}"])
+            svc = kubeobj.service(f"svc-{i}", ns, cluster_ips=[f"10.96.0.{i % 250 + 1}", f"fd00::{i:x}"])
         else:
-            svc = fakeapi.service(f"svc-{i}", ns, external_name="db.example.com")
+            svc = kubeobj.service(f"svc-{i}", ns, external_name="db.example.com")
         out["services"].append(svc)
         eps = [
             {"addresses": [f"10.244.{i % 250}.{j + 1}"], "hostname": f"h{j}" if j % 2 else None, "ready": j != 2}
             for j in range(rng.randint(0, 4))
         ]
-        out["endpointslices"].append(fakeapi.endpointslice(f"svc-{i}-abcde", ns, f"svc-{i}", endpoints=eps))
+        out["endpointslices"].append(kubeobj.endpointslice(f"svc-{i}-abcde", ns, f"svc-{i}", endpoints=eps))
         phase = rng.choice(("Running", "Running", "Pending", "Succeeded"))
         ip = None if phase == "Pending" and i % 2 else f"10.244.{i % 250}.{i % 200 + 1}"
-        out["pods"].append(fakeapi.pod(f"pod-{i}", ns, ip, phase=phase))
+        out["pods"].append(kubeobj.pod(f"pod-{i}", ns, ip, phase=phase))
     return out
 
 
@@ -579,12 +579,12 @@ def _lister(pages: list[str]) -> tuple[Callable[..., _Response], list[dict[str, 
 
 
 def _services(*names: str) -> list[Raw]:
-    return [fakeapi.service(n, "default", cluster_ip=f"10.96.1.{i + 1}") for i, n in enumerate(names)]
+    return [kubeobj.service(n, "default", cluster_ip=f"10.96.1.{i + 1}") for i, n in enumerate(names)]
 
 
 def _stale_store() -> Store:
     store = Store(required=("services",))
-    store.upsert("services", *KINDS["services"](fakeapi.service("stale", "default", cluster_ip="10.96.9.9")))
+    store.upsert("services", *KINDS["services"](kubeobj.service("stale", "default", cluster_ip="10.96.9.9")))
     return store
 
 

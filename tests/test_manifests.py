@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from kubedns.configbase import ConfigError
 from kubedns.k8s.manifests import ManifestSource
 from kubedns.k8s.store import Store
-from tests import fakeapi
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,12 +29,12 @@ BASE_KINDS = ["namespaces", "services", "endpointslices"]
 
 def _objects() -> list[dict[str, Any]]:
     return [
-        fakeapi.namespace("default"),
-        fakeapi.namespace("apps"),
-        fakeapi.service("web", "apps", cluster_ip="10.96.0.20"),
-        fakeapi.service("db", "apps", headless=True),
-        fakeapi.endpointslice("web-abc", "apps", "web", [{"addresses": ["10.1.0.5"]}]),
-        fakeapi.pod("web-0", "apps", "10.1.0.5"),
+        kubeobj.namespace("default"),
+        kubeobj.namespace("apps"),
+        kubeobj.service("web", "apps", cluster_ip="10.96.0.20"),
+        kubeobj.service("db", "apps", headless=True),
+        kubeobj.endpointslice("web-abc", "apps", "web", [{"addresses": ["10.1.0.5"]}]),
+        kubeobj.pod("web-0", "apps", "10.1.0.5"),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "apps"}, "data": {}},
     ]
 
@@ -96,7 +96,7 @@ class ManifestTests(unittest.TestCase):
     def test_multi_document_form_with_pods_and_a_list(self) -> None:
         """Documents and Lists mix; pods are loaded when asked for; a missing namespace means default."""
         objs = _objects()
-        bare = fakeapi.service("plain", "x", cluster_ip="10.96.0.30")
+        bare = kubeobj.service("plain", "x", cluster_ip="10.96.0.30")
         del bare["metadata"]["namespace"]
         docs = [objs[0], objs[1], None, _as_list(objs[2:4]), *objs[4:], bare]
         _write(self.path, "---\n" + yaml.safe_dump_all(docs))
@@ -141,7 +141,7 @@ class ManifestTests(unittest.TestCase):
         self.assertEqual(self.store.generation, gen, "an unchanged file is not reloaded")
 
         objs = [o for o in _objects() if o["metadata"]["name"] not in ("web", "web-abc")]
-        objs.append(fakeapi.service("api", "apps", cluster_ip="10.96.0.21"))
+        objs.append(kubeobj.service("api", "apps", cluster_ip="10.96.0.21"))
         _write(self.path, yaml.safe_dump(_as_list(objs)), atomic=True)
         self.clock.advance(1.0)
         self.assertIsNone(self.store.service("apps", "web"))
@@ -204,15 +204,15 @@ class ManifestTests(unittest.TestCase):
         self.assertEqual(self.store.generation, 0)
 
     def test_malformed_object_names_its_position(self) -> None:
-        nameless = fakeapi.service("x", "apps")
+        nameless = kubeobj.service("x", "apps")
         del nameless["metadata"]["name"]
-        _write(self.path, yaml.safe_dump(_as_list([fakeapi.namespace("apps"), nameless])))
+        _write(self.path, yaml.safe_dump(_as_list([kubeobj.namespace("apps"), nameless])))
         with self.assertRaises(ConfigError) as cm:
             self.source().load_now()
         self.assertEqual(cm.exception.key, "items[1].metadata.name")
         self.assertIn(str(self.path), str(cm.exception))
 
-        _write(self.path, yaml.safe_dump_all([fakeapi.namespace("apps"), ["not", "an", "object"]]))
+        _write(self.path, yaml.safe_dump_all([kubeobj.namespace("apps"), ["not", "an", "object"]]))
         with self.assertRaises(ConfigError) as cm:
             self.source().load_now()
         self.assertEqual(cm.exception.key, "document[1]")

@@ -24,8 +24,8 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from tests import fakeapi
 from tests.conftest import free_port
+from tests.support import kubeobj
 from tests.test_server_e2e import cluster_config, write_manifests
 
 #: VmRSS growth allowed for the whole run: the two byte budgets of the fast path and the computed
@@ -40,12 +40,12 @@ def _objects() -> list[dict]:
     eps = [{"addresses": [f"10.251.{i // 250}.{i % 250 + 1}"], "hostname": f"wide-{i}", "ready": True}
            for i in range(N_ENDPOINTS)]
     return [
-        fakeapi.namespace("default"),
-        fakeapi.namespace("kube-system"),
-        fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
-        fakeapi.service("nginx", "default", cluster_ip="10.96.0.100", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        fakeapi.service("wide", "default", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        fakeapi.endpointslice("wide-1", "default", "wide", endpoints=eps,
+        kubeobj.namespace("default"),
+        kubeobj.namespace("kube-system"),
+        kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        kubeobj.service("nginx", "default", cluster_ip="10.96.0.100", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.service("wide", "default", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.endpointslice("wide-1", "default", "wide", endpoints=eps,
                               ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
     ]
 

@@ -36,6 +36,7 @@ from kubedns.service import build
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, wait_until
 from tests.dnsupstream import DNSUpstream, closed_port
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,9 +57,9 @@ def names(text: str) -> set[str]:
 
 def write_manifests(path: Path) -> str:
     objs = [
-        fakeapi.namespace("default"),
-        fakeapi.service("nginx", "default", cluster_ip="10.96.0.100"),
-        fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10"),
+        kubeobj.namespace("default"),
+        kubeobj.service("nginx", "default", cluster_ip="10.96.0.100"),
+        kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10"),
     ]
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}, sort_keys=False))
     return str(path)
@@ -331,10 +332,10 @@ servers:
     async def test_ready_waits_for_the_first_list_then_survives_an_outage(self) -> None:
         api = fakeapi.FakeKubeAPI().start()
         self.addCleanup(api.stop)
-        api.load([fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")])
         api.withhold_lists = True
         self.addCleanup(setattr, api, "withhold_lists", False)  # never leave a thread blocked
-        kubeconfig = fakeapi.kubeconfig(Path(self.mktemp()), api.url)
+        kubeconfig = kubeobj.kubeconfig(Path(self.mktemp()), api.url)
         p = self.http_port
         self.start(f"    ready: '127.0.0.1:{p}'\n    health: {{listen: '127.0.0.1:{p}', lameduck: 0}}",
                    kubernetes=f"{{kubeconfig: {kubeconfig}}}")
@@ -444,13 +445,13 @@ def test_process_fast_path_queries_are_counted(kubedns_process: Any, tmp_path: P
 @wired
 def test_process_ready_before_and_after_sync(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")])
         api.withhold_lists = True
         try:
             dns, http = free_port(), free_port()
             cfg = {"servers": [{
                 "zones": ["."], "listen": f"127.0.0.1:{dns}",
-                "kubernetes": {"kubeconfig": fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)},
+                "kubernetes": {"kubeconfig": kubeobj.kubeconfig(tmp_path / "kubeconfig", api.url)},
                 "health": {"listen": f"127.0.0.1:{http}", "lameduck": 0}, "ready": f"127.0.0.1:{http}",
             }]}
             p = kubedns_process(cfg)

@@ -13,36 +13,36 @@ from kubedns.config import KubernetesConfig
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones, _ip_from_dashes
-from tests import fakeapi
+from tests.support import kubeobj
 
 
 def _fill(store: Store, pods: bool = True) -> None:
     for ns in ("default", "kube-system", "testns"):
-        store.upsert("namespaces", *objects.namespace_from_raw(fakeapi.namespace(ns)))
+        store.upsert("namespaces", *objects.namespace_from_raw(kubeobj.namespace(ns)))
     svcs = [
-        fakeapi.service("kubernetes", "default", cluster_ip="10.96.0.1", ports=[{"name": "https", "port": 443, "protocol": "TCP"}]),
-        fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
-        fakeapi.service(
+        kubeobj.service("kubernetes", "default", cluster_ip="10.96.0.1", ports=[{"name": "https", "port": 443, "protocol": "TCP"}]),
+        kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        kubeobj.service(
             "nginx", "default", cluster_ip="10.96.0.100",
             ports=[{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}],
         ),
-        fakeapi.service(
+        kubeobj.service(
             "dual", "default", cluster_ip="10.96.0.200", cluster_ips=["10.96.0.200", "fd00::200"],
             ports=[{"name": "http", "port": 80, "protocol": "TCP"}], ip_families=["IPv4", "IPv6"],
         ),
-        fakeapi.service("v6only", "default", cluster_ip="fd00::300", cluster_ips=["fd00::300"], ip_families=["IPv6"]),
-        fakeapi.service("db", "testns", headless=True, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
-        fakeapi.service("empty", "testns", headless=True),
-        fakeapi.service("notready", "testns", headless=True, publish_not_ready=True),
-        fakeapi.service("ext", "testns", type="ExternalName", external_name="www.example.com"),
-        fakeapi.service("extp", "testns", type="ExternalName", external_name="api.example.com",
+        kubeobj.service("v6only", "default", cluster_ip="fd00::300", cluster_ips=["fd00::300"], ip_families=["IPv6"]),
+        kubeobj.service("db", "testns", headless=True, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
+        kubeobj.service("empty", "testns", headless=True),
+        kubeobj.service("notready", "testns", headless=True, publish_not_ready=True),
+        kubeobj.service("ext", "testns", type="ExternalName", external_name="www.example.com"),
+        kubeobj.service("extp", "testns", type="ExternalName", external_name="api.example.com",
                         ports=[{"name": "https", "port": 443, "protocol": "TCP"}]),
-        fakeapi.service("split", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.service("split", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
     ]
     for s in svcs:
         store.upsert("services", *objects.service_from_raw(s))
     slices = [
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "db-1", "testns", "db",
             endpoints=[
                 {"addresses": ["10.244.1.1"], "hostname": "db-0", "ready": True},
@@ -51,11 +51,11 @@ def _fill(store: Store, pods: bool = True) -> None:
             ],
             ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}],
         ),
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "notready-1", "testns", "notready",
             endpoints=[{"addresses": ["10.244.2.1"], "ready": False}],
         ),
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "nginx-1", "default", "nginx",
             endpoints=[{"addresses": ["10.244.0.5"], "ready": True}],
             ports=[{"name": "http", "port": 80, "protocol": "TCP"}],
@@ -64,31 +64,31 @@ def _fill(store: Store, pods: bool = True) -> None:
     # one headless Service, slices with other ports: each slice's ports go with its own endpoints
     http = {"name": "http", "protocol": "TCP"}
     slices += [
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "split-a", "testns", "split", endpoints=[{"addresses": ["10.244.3.1"]}], ports=[{**http, "port": 80}],
         ),
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "split-b", "testns", "split",
             endpoints=[{"addresses": ["10.244.3.2"]}, {"addresses": ["10.244.3.3"], "ready": False}],
             ports=[{**http, "port": 8080}],
         ),
         # split-a's endpoint and port again (as while an endpoint moves between slices): one record
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "split-c", "testns", "split", endpoints=[{"addresses": ["10.244.3.1"]}], ports=[{**http, "port": 80}],
         ),
         # no _http port here: 10.244.3.4 is no _http target, nor in its additional section
-        fakeapi.endpointslice(
+        kubeobj.endpointslice(
             "split-d", "testns", "split", endpoints=[{"addresses": ["10.244.3.4"]}],
             ports=[{"name": "metrics", "port": 9090, "protocol": "TCP"}],
         ),
     ]
     # a slice whose Service does not exist: no forward name, so no PTR either
-    slices.append(fakeapi.endpointslice(
+    slices.append(kubeobj.endpointslice(
         "ghost-1", "testns", "ghost", endpoints=[{"addresses": ["10.244.9.9"], "hostname": "ghost-0"}],
     ))
     # no kubernetes.io/service-name label: belongs to no Service, invisible to DNS; one of its
     # IPs is db-0's, whose PTR must not change
-    orphan = fakeapi.endpointslice(
+    orphan = kubeobj.endpointslice(
         "orphan-1", "testns", "db", endpoints=[{"addresses": ["10.244.8.8"]}, {"addresses": ["10.244.1.1"]}],
     )
     del orphan["metadata"]["labels"]["kubernetes.io/service-name"]
@@ -96,7 +96,7 @@ def _fill(store: Store, pods: bool = True) -> None:
     for sl in slices:
         store.upsert("endpointslices", *objects.endpointslice_from_raw(sl))
     if pods:
-        store.upsert("pods", *objects.pod_from_raw(fakeapi.pod("web", "default", "10.244.0.5")))
+        store.upsert("pods", *objects.pod_from_raw(kubeobj.pod("web", "default", "10.244.0.5")))
     for kind in ("namespaces", "services", "endpointslices", "pods"):
         store.mark_synced(kind)
 
@@ -301,7 +301,7 @@ def test_pods_verified_ignores_terminating_pod() -> None:
     zones = _zones(pods="verified")
     name = b"10-244-0-5.default.pod.cluster.local"
     assert zones.answer(name, dns.A)[1].rcode == OK
-    terminating = fakeapi.pod("web", "default", "10.244.0.5", deletion_timestamp="2026-01-01T00:00:00Z")
+    terminating = kubeobj.pod("web", "default", "10.244.0.5", deletion_timestamp="2026-01-01T00:00:00Z")
     assert zones.store.upsert("pods", *objects.pod_from_raw(terminating))
     assert zones.answer(name, dns.A)[1].rcode == NX
 
@@ -341,7 +341,7 @@ def test_negative_soa_ttl_and_serial_moves() -> None:
     soa = ans.authority[0]
     assert soa.ttl == 5 and soa.payload.minimum == 5
     before = soa.payload.serial
-    zones.store.upsert("services", *objects.service_from_raw(fakeapi.service("new", "default", cluster_ip="10.96.9.9")))
+    zones.store.upsert("services", *objects.service_from_raw(kubeobj.service("new", "default", cluster_ip="10.96.9.9")))
     _, ans = zones.answer(b"missing.default.svc.cluster.local", dns.A)
     assert ans.authority[0].payload.serial > before
 
@@ -356,7 +356,7 @@ def test_fallthrough_only_for_listed_zones() -> None:
 
 def test_unchanged_object_does_not_bump_generation() -> None:
     store = Store()
-    raw = fakeapi.service("a", "default", cluster_ip="10.0.0.1")
+    raw = kubeobj.service("a", "default", cluster_ip="10.0.0.1")
     store.upsert("services", *objects.service_from_raw(raw))
     gen = store.generation
     raw["metadata"]["annotations"] = {"x": "y"}
@@ -375,18 +375,18 @@ def test_deleting_service_removes_ptr() -> None:
 
 def _fill_options(store: Store) -> None:
     """Objects the option rows below ask about, on top of :func:`_fill`."""
-    store.upsert("namespaces", *objects.namespace_from_raw(fakeapi.namespace("other")))
+    store.upsert("namespaces", *objects.namespace_from_raw(kubeobj.namespace("other")))
     for raw in (
-        fakeapi.service("web", "other", cluster_ip="10.96.5.5", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        fakeapi.service("idle", "testns", cluster_ip="10.96.0.50", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        fakeapi.service("down", "testns", cluster_ip="10.96.0.51"),
-        fakeapi.service("pods", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.service("web", "other", cluster_ip="10.96.5.5", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.service("idle", "testns", cluster_ip="10.96.0.50", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.service("down", "testns", cluster_ip="10.96.0.51"),
+        kubeobj.service("pods", "testns", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
     ):
         store.upsert("services", *objects.service_from_raw(raw))
     for raw in (
-        fakeapi.endpointslice("web-1", "other", "web", endpoints=[{"addresses": ["10.244.5.1"], "targetRef": "web-x1"}]),
-        fakeapi.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"], "ready": False}]),
-        fakeapi.endpointslice("pods-1", "testns", "pods", endpoints=[
+        kubeobj.endpointslice("web-1", "other", "web", endpoints=[{"addresses": ["10.244.5.1"], "targetRef": "web-x1"}]),
+        kubeobj.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"], "ready": False}]),
+        kubeobj.endpointslice("pods-1", "testns", "pods", endpoints=[
             {"addresses": ["10.244.4.1"], "targetRef": "web-7d4b9-x2k4p"},
             {"addresses": ["10.244.4.2"], "hostname": "named", "targetRef": "web-7d4b9-zzzzz"},
             {"addresses": ["10.244.4.3"]},  # no Pod behind it
@@ -490,7 +490,7 @@ def test_ignore_empty_service_follows_the_endpoints() -> None:
     zones = _option_zones(ignore_empty_service=True)
     name = b"down.testns.svc.cluster.local"
     assert zones.answer(name, dns.A)[1].rcode == NX
-    ready = fakeapi.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"]}])
+    ready = kubeobj.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"]}])
     zones.store.upsert("endpointslices", *objects.endpointslice_from_raw(ready))
     assert [_text(rr) for rr in zones.answer(name, dns.A)[1].answers] == ["down.testns.svc.cluster.local A 10.96.0.51"]
     zones.store.delete("endpointslices", "testns/down-1")

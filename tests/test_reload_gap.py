@@ -29,6 +29,7 @@ import pytest
 
 from tests import fakeapi
 from tests.conftest import free_port, query, wait_for
+from tests.support import kubeobj
 from tests.test_lifecycle import _manifests
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("_no_proxy")]
@@ -36,9 +37,9 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("_no_proxy")]
 NAME = "nginx.default.svc.cluster.local"
 POD = "10-244-0-5.default.pod.cluster.local"
 OBJS = [
-    fakeapi.namespace("default"),
-    fakeapi.service("nginx", "default", cluster_ip="10.96.0.100"),
-    fakeapi.pod("web", "default", "10.244.0.5"),
+    kubeobj.namespace("default"),
+    kubeobj.service("nginx", "default", cluster_ip="10.96.0.100"),
+    kubeobj.pod("web", "default", "10.244.0.5"),
 ]
 
 
@@ -91,10 +92,10 @@ def _rcode(port: int, name: str) -> str:
 def test_reloads_of_every_kind_answer_without_a_gap(kubedns_process: Any, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
         api.load(OBJS)
-        kc1 = fakeapi.kubeconfig(tmp_path / "kc1", api.url)
-        kc2 = fakeapi.kubeconfig(tmp_path / "kc2", api.url)  # the same API, another file: a new store
+        kc1 = kubeobj.kubeconfig(tmp_path / "kc1", api.url)
+        kc2 = kubeobj.kubeconfig(tmp_path / "kc2", api.url)  # the same API, another file: a new store
         m1 = _manifests(tmp_path / "m1.yaml", OBJS)
-        m2 = _manifests(tmp_path / "m2.yaml", [*OBJS, fakeapi.service("only-m2", "default", cluster_ip="10.96.0.2")])
+        m2 = _manifests(tmp_path / "m2.yaml", [*OBJS, kubeobj.service("only-m2", "default", cluster_ip="10.96.0.2")])
         port = free_port()
         ttl = iter(range(10, 100))
         cur = {"kubeconfig": kc1, "pods": "insecure", "ttl": next(ttl)}

@@ -22,8 +22,8 @@ import dns.rdatatype
 import pytest
 import yaml
 
-from tests import fakeapi
 from tests.conftest import REPO, TWISTD, free_port, query, rrset_text
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,28 +31,28 @@ pytestmark = pytest.mark.timeout(60)
 def cluster_objects(n_big: int = 120) -> list[dict]:
     big_eps = [{"addresses": [f"10.250.{i // 250}.{i % 250 + 1}"], "ready": True} for i in range(n_big)]
     return [
-        fakeapi.namespace("default"),
-        fakeapi.namespace("kube-system"),
-        fakeapi.namespace("data"),
-        fakeapi.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
-        fakeapi.service("nginx", "default", cluster_ip="10.96.0.100", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        fakeapi.endpointslice("nginx-1", "default", "nginx", endpoints=[{"addresses": ["10.244.0.5"], "ready": True}],
+        kubeobj.namespace("default"),
+        kubeobj.namespace("kube-system"),
+        kubeobj.namespace("data"),
+        kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        kubeobj.service("nginx", "default", cluster_ip="10.96.0.100", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
+        kubeobj.endpointslice("nginx-1", "default", "nginx", endpoints=[{"addresses": ["10.244.0.5"], "ready": True}],
                               ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        fakeapi.service("dual", "default", cluster_ip="10.96.0.200", cluster_ips=["10.96.0.200", "fd00::200"],
+        kubeobj.service("dual", "default", cluster_ip="10.96.0.200", cluster_ips=["10.96.0.200", "fd00::200"],
                         ip_families=["IPv4", "IPv6"]),
-        fakeapi.service("pg", "data", headless=True, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
-        fakeapi.endpointslice("pg-1", "data", "pg", endpoints=[
+        kubeobj.service("pg", "data", headless=True, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
+        kubeobj.endpointslice("pg-1", "data", "pg", endpoints=[
             {"addresses": ["10.244.3.1"], "hostname": "pg-0", "ready": True},
             {"addresses": ["10.244.3.2"], "hostname": "pg-1", "ready": True},
             {"addresses": ["10.244.3.3"], "hostname": "pg-2", "ready": False},
         ], ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
-        fakeapi.service("v6pods", "data", headless=True),
-        fakeapi.endpointslice("v6pods-1", "data", "v6pods", address_type="IPv6",
+        kubeobj.service("v6pods", "data", headless=True),
+        kubeobj.endpointslice("v6pods-1", "data", "v6pods", address_type="IPv6",
                               endpoints=[{"addresses": ["fd00::1:5"], "ready": True}]),
-        fakeapi.service("ext", "default", type="ExternalName", external_name="db.example.org"),
-        fakeapi.service("big", "default", headless=True),
-        fakeapi.endpointslice("big-1", "default", "big", endpoints=big_eps),
-        fakeapi.pod("web", "default", "10.244.0.5"),
+        kubeobj.service("ext", "default", type="ExternalName", external_name="db.example.org"),
+        kubeobj.service("big", "default", headless=True),
+        kubeobj.endpointslice("big-1", "default", "big", endpoints=big_eps),
+        kubeobj.pod("web", "default", "10.244.0.5"),
     ]
 
 
@@ -272,7 +272,7 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 def test_manifest_change_is_served(server) -> None:
     port, manifests, _ = server
     objs = cluster_objects()
-    objs.append(fakeapi.service("added", "default", cluster_ip="10.96.7.7"))
+    objs.append(kubeobj.service("added", "default", cluster_ip="10.96.7.7"))
     objs = [o for o in objs if o["metadata"]["name"] != "ext"]
     write_manifests(manifests, objs)
     deadline = time.monotonic() + 10

@@ -27,7 +27,7 @@ import pytest
 from kubedns.k8s import objects
 from kubedns.k8s.objects import KINDS
 from kubedns.k8s.store import Store
-from tests import fakeapi
+from tests.support import kubeobj
 
 Raw = dict[str, Any]
 
@@ -58,18 +58,18 @@ def _rand_service(rng: random.Random) -> Raw:
     publish = rng.random() < 0.2
     shape = rng.choice(("v4", "v4", "v6", "dual", "headless", "external"))
     if shape == "v4":
-        return fakeapi.service(name, ns, cluster_ip=rng.choice(V4), ports=ports, publish_not_ready=publish)
+        return kubeobj.service(name, ns, cluster_ip=rng.choice(V4), ports=ports, publish_not_ready=publish)
     if shape == "v6":
         ip = rng.choice(V6)
-        return fakeapi.service(name, ns, cluster_ip=ip, cluster_ips=[ip], ports=ports, publish_not_ready=publish)
+        return kubeobj.service(name, ns, cluster_ip=ip, cluster_ips=[ip], ports=ports, publish_not_ready=publish)
     if shape == "dual":
         ips = [rng.choice(V4), rng.choice(V6)]
         rng.shuffle(ips)
-        return fakeapi.service(name, ns, cluster_ips=ips, ports=ports, publish_not_ready=publish)
+        return kubeobj.service(name, ns, cluster_ips=ips, ports=ports, publish_not_ready=publish)
     if shape == "headless":
-        return fakeapi.service(name, ns, headless=True, ports=ports, publish_not_ready=publish)
+        return kubeobj.service(name, ns, headless=True, ports=ports, publish_not_ready=publish)
     target = rng.choice(("db.example.com", "Mixed.Example.ORG."))
-    return fakeapi.service(name, ns, external_name=target, ports=ports or [])
+    return kubeobj.service(name, ns, external_name=target, ports=ports or [])
 
 
 def _rand_slice(rng: random.Random) -> Raw:
@@ -88,7 +88,7 @@ def _rand_slice(rng: random.Random) -> Raw:
             ep["conditions"] = {"serving": True}  # ready unset: nil means ready
         eps.append(ep)
     ports: Any = rng.choice((None, [], [{"name": "http", "port": 80}], [8080]))
-    raw = fakeapi.endpointslice(name, ns, rng.choice(SVC_NAMES), endpoints=eps, ports=ports, address_type=family)
+    raw = kubeobj.endpointslice(name, ns, rng.choice(SVC_NAMES), endpoints=eps, ports=ports, address_type=family)
     if rng.random() < 0.1:
         del raw["metadata"]["labels"]["kubernetes.io/service-name"]  # an orphan slice: service ""
     return raw
@@ -99,17 +99,17 @@ def _rand_pod(rng: random.Random) -> Raw:
     r = rng.random()
     phase = rng.choice(("Running", "Running", "Running", "Running", "Pending", "Succeeded", "Failed"))
     if r < 0.15:
-        return fakeapi.pod(name, ns, None, phase="Pending")
+        return kubeobj.pod(name, ns, None, phase="Pending")
     # some are being deleted (deletionTimestamp set): DNS must stop naming them at once
     deleting = "2026-01-01T00:00:00Z" if rng.random() < 0.1 else None
     if r < 0.35:
         ips = [rng.choice(V4), rng.choice(V6)]
-        return fakeapi.pod(name, ns, ips[0], ips=ips, phase=phase, deletion_timestamp=deleting)
-    return fakeapi.pod(name, ns, rng.choice(V4 + V6), phase=phase, deletion_timestamp=deleting)
+        return kubeobj.pod(name, ns, ips[0], ips=ips, phase=phase, deletion_timestamp=deleting)
+    return kubeobj.pod(name, ns, rng.choice(V4 + V6), phase=phase, deletion_timestamp=deleting)
 
 
 def _rand_namespace(rng: random.Random) -> Raw:
-    return fakeapi.namespace(rng.choice(NS_OBJECTS), phase=rng.choice(("Active", "Terminating")))
+    return kubeobj.namespace(rng.choice(NS_OBJECTS), phase=rng.choice(("Active", "Terminating")))
 
 
 RANDOM_OBJECT: dict[str, Callable[[random.Random], Raw]] = {
@@ -386,21 +386,21 @@ def test_store_matches_naive_model(seed: int) -> None:
 
 
 def _svc(name: str, ns: str = "default", **kw: Any) -> tuple[str, objects.Service | None]:
-    return objects.service_from_raw(fakeapi.service(name, ns, **kw))
+    return objects.service_from_raw(kubeobj.service(name, ns, **kw))
 
 
 def _slice(name: str, ns: str, svc: str, *ips: str, **kw: Any) -> tuple[str, objects.EndpointSlice | None]:
     return objects.endpointslice_from_raw(
-        fakeapi.endpointslice(name, ns, svc, endpoints=[{"addresses": [ip]} for ip in ips], **kw)
+        kubeobj.endpointslice(name, ns, svc, endpoints=[{"addresses": [ip]} for ip in ips], **kw)
     )
 
 
 def _pod(name: str, ns: str, ip: str | None, **kw: Any) -> tuple[str, objects.Pod | None]:
-    return objects.pod_from_raw(fakeapi.pod(name, ns, ip, **kw))
+    return objects.pod_from_raw(kubeobj.pod(name, ns, ip, **kw))
 
 
 def _ns(name: str) -> tuple[str, objects.Namespace | None]:
-    return objects.namespace_from_raw(fakeapi.namespace(name))
+    return objects.namespace_from_raw(kubeobj.namespace(name))
 
 
 def _counting(store: Store) -> list[int]:
@@ -509,10 +509,10 @@ def test_no_op_writes_call_no_listener() -> None:
     # equal records, built from objects that changed where DNS does not look
     rng = random.Random(1)
     for kind, raw in [
-        ("services", fakeapi.service("web", cluster_ip="10.0.0.1")),
-        ("pods", fakeapi.pod("p", "default", "10.1.0.1", ready=False, node_name="node-9")),
-        ("endpointslices", fakeapi.endpointslice("web-1", "default", "web", endpoints=[{"addresses": ["10.1.0.1"]}])),
-        ("namespaces", fakeapi.namespace("default", labels={"team": "x"})),
+        ("services", kubeobj.service("web", cluster_ip="10.0.0.1")),
+        ("pods", kubeobj.pod("p", "default", "10.1.0.1", ready=False, node_name="node-9")),
+        ("endpointslices", kubeobj.endpointslice("web-1", "default", "web", endpoints=[{"addresses": ["10.1.0.1"]}])),
+        ("namespaces", kubeobj.namespace("default", labels={"team": "x"})),
     ]:
         assert not store.upsert(kind, *KINDS[kind](_cosmetic(raw, rng)))
     assert store.generation == gen and calls == []
@@ -600,7 +600,7 @@ def test_slice_without_service_name_is_invisible() -> None:
     store.upsert("services", *_svc("web", headless=True))
     store.upsert("services", *_svc("x", headless=True))
     store.upsert("endpointslices", *_slice("web-1", "default", "web", "10.1.0.1"))
-    raw = fakeapi.endpointslice(
+    raw = kubeobj.endpointslice(
         "orphan", "default", "x", endpoints=[{"addresses": ["10.1.0.1"]}, {"addresses": ["10.1.0.9"]}]
     )
     del raw["metadata"]["labels"]["kubernetes.io/service-name"]
@@ -625,7 +625,7 @@ def test_reverse_with_several_owners_of_one_ip() -> None:
     store.upsert("services", *_svc("web", cluster_ips=["10.0.0.5", "fd00::5"]))
     store.upsert("services", *_svc("web", "other", cluster_ip="10.0.0.5"))
     store.upsert("services", *_svc("db", headless=True))
-    raw = fakeapi.endpointslice(
+    raw = kubeobj.endpointslice(
         "s", "default", "db", endpoints=[{"addresses": ["10.0.0.5"], "hostname": "DB-0"}, {"addresses": ["10.0.0.5"]}]
     )
     store.upsert("endpointslices", *objects.endpointslice_from_raw(raw))
@@ -645,7 +645,7 @@ def test_reverse_with_several_owners_of_one_ip() -> None:
 
 def test_reverse_names_only_published_endpoints() -> None:
     store = Store()
-    raw = fakeapi.endpointslice(
+    raw = kubeobj.endpointslice(
         "s", "default", "db",
         endpoints=[{"addresses": ["10.1.0.1"], "ready": True}, {"addresses": ["10.1.0.2"], "ready": False}],
     )
@@ -704,11 +704,11 @@ def test_serial_strictly_increases_with_every_change() -> None:
 
 def test_malformed_float_port_does_not_poison_ports_of_other_services() -> None:
     # a port shape used nowhere else, so the process-wide cache of other tests is not disturbed
-    bad = fakeapi.service("bad", "default", ports=[{"name": "poison-probe", "port": 61234}])
+    bad = kubeobj.service("bad", "default", ports=[{"name": "poison-probe", "port": 61234}])
     bad["spec"]["ports"][0]["port"] = 61234.0
     assert objects.service_from_raw(bad)[1].ports == ()  # type: ignore[union-attr]
     _, good = objects.service_from_raw(
-        fakeapi.service("good", "default", ports=[{"name": "poison-probe", "port": 61234}])
+        kubeobj.service("good", "default", ports=[{"name": "poison-probe", "port": 61234}])
     )
     assert good is not None
     assert good.ports == (objects.Port("poison-probe", 61234, "tcp"),)

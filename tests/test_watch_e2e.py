@@ -18,6 +18,7 @@ import pytest
 
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, rrset_text, wait_for
+from tests.support import kubeobj
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,7 +36,7 @@ def _rcode(port: int, name: str, rdtype: str = "A") -> str:
 
 
 def _start(kubedns_process, api: fakeapi.FakeKubeAPI, tmp_path: Path, pods: str = "disabled", metrics: int = 0):
-    kc = fakeapi.kubeconfig(tmp_path / "kubeconfig", api.url)
+    kc = kubeobj.kubeconfig(tmp_path / "kubeconfig", api.url)
     port = free_port()
     block = {
         "zones": ["."],
@@ -57,7 +58,7 @@ def _metrics(port: int) -> str:
 
 def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("web", "default", cluster_ip="10.96.1.1")])
         api.withhold_lists = True
         port, p = _start(kubedns_process, api, tmp_path)
         for name in (NAME, "missing.default.svc.cluster.local"):
@@ -69,30 +70,30 @@ def test_servfail_until_synced_then_answers(kubedns_process, tmp_path: Path) -> 
 
 def test_answers_follow_add_change_delete(kubedns_process, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI(bookmark_interval=0.5) as api:
-        api.load([fakeapi.namespace("default")])
+        api.load([kubeobj.namespace("default")])
         mport = free_port()
         port, p = _start(kubedns_process, api, tmp_path, metrics=mport)
         wait_for(lambda: _rcode(port, NAME) == "NXDOMAIN")
         # add
-        api.create("services", fakeapi.service("web", "default", cluster_ip="10.96.1.1",
+        api.create("services", kubeobj.service("web", "default", cluster_ip="10.96.1.1",
                                                ports=[{"name": "http", "port": 80, "protocol": "TCP"}]))
         wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.1"])
         assert rrset_text(query(port, "1.1.96.10.in-addr.arpa", "PTR")) == [f"1.1.96.10.in-addr.arpa PTR {NAME}."]
         # change (a new ClusterIP is a new Service in real life; here an edit must show)
-        api.update("services", fakeapi.service("web", "default", cluster_ip="10.96.1.2",
+        api.update("services", kubeobj.service("web", "default", cluster_ip="10.96.1.2",
                                                ports=[{"name": "http", "port": 80, "protocol": "TCP"}]))
         wait_for(lambda: rrset_text(query(port, NAME)) == [f"{NAME} A 10.96.1.2"])
         assert _rcode(port, "1.1.96.10.in-addr.arpa", "PTR") == "NXDOMAIN"
         # headless service whose endpoints come and go
-        api.create("services", fakeapi.service("db", "default", headless=True))
-        api.create("endpointslices", fakeapi.endpointslice(
+        api.create("services", kubeobj.service("db", "default", headless=True))
+        api.create("endpointslices", kubeobj.endpointslice(
             "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": True}]))
         wait_for(lambda: rrset_text(query(port, "db-0.db.default.svc.cluster.local"))
                   == ["db-0.db.default.svc.cluster.local A 10.244.0.7"])
         # the slice event was timed as DNS programming latency, labelled by its Service's kind
         assert ('coredns_kubernetes_dns_programming_duration_seconds_count{service_kind="headless_with_selector"} 1.0'
                 in _metrics(mport))
-        api.update("endpointslices", fakeapi.endpointslice(
+        api.update("endpointslices", kubeobj.endpointslice(
             "db-1", "default", "db", endpoints=[{"addresses": ["10.244.0.7"], "hostname": "db-0", "ready": False}]))
         wait_for(lambda: _rcode(port, "db.default.svc.cluster.local") == "NXDOMAIN")
         # delete
@@ -103,9 +104,9 @@ def test_answers_follow_add_change_delete(kubedns_process, tmp_path: Path) -> No
 def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
         api.load([
-            fakeapi.namespace("default"),
-            fakeapi.service("web", "default", cluster_ip="10.96.1.1"),
-            fakeapi.service("old", "default", cluster_ip="10.96.1.9"),
+            kubeobj.namespace("default"),
+            kubeobj.service("web", "default", cluster_ip="10.96.1.1"),
+            kubeobj.service("old", "default", cluster_ip="10.96.1.9"),
         ])
         port, p = _start(kubedns_process, api, tmp_path)
         wait_for(lambda: _rcode(port, "old.default.svc.cluster.local") == "NOERROR")
@@ -113,7 +114,7 @@ def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_
         api.fail_requests = True
         api.drop_watches()
         api.delete("services", "default", "old")
-        api.create("services", fakeapi.service("new", "default", cluster_ip="10.96.1.3"))
+        api.create("services", kubeobj.service("new", "default", cluster_ip="10.96.1.3"))
         api.compact()
         time.sleep(0.5)
         # API down: keep answering from the last known state
@@ -128,7 +129,7 @@ def test_relist_after_410_removes_what_vanished_in_the_gap(kubedns_process, tmp_
 
 def test_pods_verified_follows_pods(kubedns_process, tmp_path: Path) -> None:
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.pod("a", "default", "10.244.0.9")])
+        api.load([kubeobj.namespace("default"), kubeobj.pod("a", "default", "10.244.0.9")])
         port, p = _start(kubedns_process, api, tmp_path, pods="verified")
         wait_for(lambda: _rcode(port, "10-244-0-9.default.pod.cluster.local") == "NOERROR")
         assert _rcode(port, "10-244-0-10.default.pod.cluster.local") == "NXDOMAIN"
@@ -143,7 +144,7 @@ def test_a_change_made_during_an_outage_is_answered_soon_after_the_api_returns(k
     outage logged one line per backoff step, from kubedns only (no urllib3 or client lines).
     """
     with fakeapi.FakeKubeAPI() as api:
-        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("web", "default", cluster_ip="10.96.1.1")])
         port, p = _start(kubedns_process, api, tmp_path, pods="verified")
         wait_for(lambda: _rcode(port, NAME) == "NOERROR")
         api_port = api.port
@@ -155,7 +156,7 @@ def test_a_change_made_during_an_outage_is_answered_soon_after_the_api_returns(k
 
         wait_for(long_step, timeout=60)
         assert _rcode(port, NAME) == "NOERROR"  # the last known state answers meanwhile
-        api.update("services", fakeapi.service("web", "default", cluster_ip="10.96.1.2"))
+        api.update("services", kubeobj.service("web", "default", cluster_ip="10.96.1.2"))
         api.start(port=api_port)
         returned = time.monotonic()
         wait_for(lambda: rrset_text(query(port, NAME, timeout=1)) == [f"{NAME} A 10.96.1.2"], timeout=20)
@@ -177,10 +178,10 @@ def test_sighup_retries_at_once_with_a_fixed_kubeconfig(kubedns_process, tmp_pat
     """A rejected token, the backoff past 6 s for every resource, the file fixed, SIGHUP: synced at once."""
     with fakeapi.FakeKubeAPI() as api:
         api.token = "right"
-        api.load([fakeapi.namespace("default"), fakeapi.service("web", "default", cluster_ip="10.96.1.1")])
+        api.load([kubeobj.namespace("default"), kubeobj.service("web", "default", cluster_ip="10.96.1.1")])
         port, p = _start(kubedns_process, api, tmp_path)
         kc = tmp_path / "kubeconfig"
-        fakeapi.kubeconfig(kc, api.url, token="wrong")  # _start wrote one without a token
+        kubeobj.kubeconfig(kc, api.url, token="wrong")  # _start wrote one without a token
         retry = re.compile(r"\[kubedns\.k8s\.watch#error\] (\w+): HTTP 401 .* retrying in ([\d.]+)s")
 
         def all_waiting_long() -> bool:
@@ -189,7 +190,7 @@ def test_sighup_retries_at_once_with_a_fixed_kubeconfig(kubedns_process, tmp_pat
 
         wait_for(all_waiting_long, timeout=60)
         assert _rcode(port, NAME) == "SERVFAIL"
-        fakeapi.kubeconfig(kc, api.url, token="right")
+        kubeobj.kubeconfig(kc, api.url, token="right")
         p.signal(signal.SIGHUP)
         sent = time.monotonic()
         wait_for(lambda: _rcode(port, NAME) == "NOERROR", timeout=10)
