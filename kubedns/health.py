@@ -1,9 +1,9 @@
-"""Operations endpoints: ``/health``, ``/ready`` and ``/metrics`` over HTTP, and the query/error logs.
+"""Operations endpoints: ``/health``, ``/ready`` and ``/metrics`` over HTTP.
 
 :func:`build_ops` is the one entry point the wiring calls: it turns the ``health``, ``ready``,
-``prometheus``, ``log`` and ``errors`` keys of every server block into an :class:`Ops` service
+``prometheus`` keys of every server block into an :class:`Ops` service
 (a child of the :class:`~kubedns.service.KubeDNS` it serves), which owns the HTTP listeners and
-the Dispatcher observers, and exposes :meth:`Ops.set_lameduck` (SIGTERM),
+the metrics observer, and exposes :meth:`Ops.set_lameduck` (SIGTERM),
 :meth:`Ops.record_reload_failure`, :meth:`Ops.prepare` (a reload, before it commits: bind the
 HTTP addresses it adds, or reject it) and :meth:`Ops.refresh` (after it commits).  A reload that
 moves an endpoint to a port that cannot be bound is thus rejected as a whole, and the old
@@ -239,8 +239,6 @@ class Ops(service.MultiService):
         self._ports: dict[Address, service.Service] = {}
         #: listeners bound by prepare() for a reload not committed yet
         self._pending: dict[Address, tuple[resource.Resource, service.Service]] = {}
-        self._loggers: dict[int, tuple[Any, Any, Any]] = {}  # id(dispatcher) → (dispatcher, QueryLog, ErrorLog)
-        self._fast_off: dict[int, Any] = {}
         self.refresh()
 
     # -- API for the wiring --------------------------------------------------------------------
@@ -255,7 +253,8 @@ class Ops(service.MultiService):
         record_reload_failure()
 
     def refresh(self) -> None:
-        """Bring listeners, observers and the fast-path switch in line with the current config.
+        """Bring listeners and metrics in line with the current config (the query and error
+        logs are wired with the chains: :mod:`kubedns.plugins.observe`).
 
         Called at build time and after every reload; idempotent.
         """
@@ -266,7 +265,6 @@ class Ops(service.MultiService):
             self.metrics = Metrics(self.kubedns)
         if self.metrics is not None:
             self.metrics.attach()
-        self._refresh_loggers()
         self._refresh_http(config)
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -376,44 +374,6 @@ class Ops(service.MultiService):
             out[str(addr)] = port.getHost().port if port is not None else addr.port
         return out
 
-    # -- observers -----------------------------------------------------------------------------
-    def _refresh_loggers(self) -> None:
-        from kubedns.querylog import ErrorLog, QueryLog
-
-        dispatchers = {id(d): d for d in self.kubedns.dispatchers.values()}
-        for k in [k for k in self._loggers if k not in dispatchers]:
-            _, _, errs = self._loggers.pop(k)
-            if errs is not None:
-                errs.flush()
-        for k in [k for k in self._fast_off if k not in dispatchers]:
-            del self._fast_off[k]
-        for k, disp in dispatchers.items():
-            _, qlog, errs = self._loggers.get(k, (disp, None, None))
-            wants_log = any(b.config.log is not None for b in disp.blocks)
-            wants_errors = any(b.config.errors is not None for b in disp.blocks)
-            if wants_log and qlog is None:
-                qlog = QueryLog(disp)
-                disp.observers.append(qlog)
-            elif not wants_log and qlog is not None:
-                disp.observers.remove(qlog)
-                qlog = None
-            if wants_errors and errs is None:
-                errs = ErrorLog(disp, reactor=self.reactor)
-                disp.observers.append(errs)
-            elif not wants_errors and errs is not None:
-                disp.observers.remove(errs)
-                errs.flush()
-                errs = None
-            self._loggers[k] = (disp, qlog, errs)
-            # the fast path is not observed: query logging needs it off on this dispatcher
-            if qlog is not None and QueryLog.needs_every_query:
-                if k not in self._fast_off:
-                    self._fast_off[k] = disp.fast.enabled
-                disp.fast.enabled = False
-                disp.fast.clear()
-            elif k in self._fast_off:
-                disp.fast.enabled = self._fast_off.pop(k)
-
     # -- lifecycle -----------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
@@ -423,12 +383,6 @@ class Ops(service.MultiService):
                 h = port.getHost()
                 paths = ", ".join("/" + p.decode() for p in sorted(self._roots[addr].children))
                 log.info("kubedns {paths} on http://{host}:{port}", paths=paths, host=h.host, port=h.port)
-
-    def stopService(self) -> Any:  # noqa: N802 (Twisted API)
-        for _, _, errs in self._loggers.values():
-            if errs is not None:
-                errs.flush()
-        return super().stopService()
 
 
 def _paths(paths: set[bytes]) -> str:

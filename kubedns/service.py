@@ -36,6 +36,7 @@ from kubedns.configbase import Address
 from kubedns.k8s.store import Store
 from kubedns.listen import ListenError, TCPListener, UDPListener, fd_limit, http_addresses, http_listen_error, interface
 from kubedns.plugins.hosts import HostsPlugins
+from kubedns.plugins.observe import QueryObservers
 from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.server import Block, Dispatcher
 from kubedns.stores import ClusterSources
@@ -103,9 +104,12 @@ class KubeDNS(service.MultiService):
         self._config_digest = hashlib.sha256(config.raw_text.encode()).hexdigest()
         #: the last file content a reload looked at (applied or rejected): tried once per change
         self._seen_digest = self._config_digest
+        #: the log and errors plugins: observers of the dispatchers, wired with the chains
+        self.observers = QueryObservers(self.reactor)
         blocks = self._make_blocks(config, started=False)
         for addr, bs in config.listeners().items():
             self._add_listener(addr, [blocks[b.index] for b in bs])
+        self.observers.wire(self.dispatchers.values())
         self._build_ops()
 
     # -- views used by ops (health, metrics) ------------------------------------------------------
@@ -347,9 +351,10 @@ class KubeDNS(service.MultiService):
         for addr in [a for a in self._listeners if a not in wanted]:
             self._drop_listener(addr)
         self.config = new
+        self.observers.wire(self.dispatchers.values())  # log and errors follow the new blocks
         self._schedule_reload()  # the `reload` key itself may have changed
         if self.ops is not None:
-            # observers for new listeners; log/errors follow the new config; the HTTP listeners
+            # metrics for new listeners; the HTTP listeners
             # prepared above start serving, and those the new config no longer names close
             self.ops.refresh()
 
@@ -436,6 +441,7 @@ class KubeDNS(service.MultiService):
         return self._stop_all()
 
     def _stop_all(self) -> defer.Deferred | None:
+        self.observers.flush()
         self.clusters.stop()
         self.hosts.stop()
         for chain, loop in self._fwd.values():
