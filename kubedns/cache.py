@@ -11,7 +11,15 @@ per shard: both are O(1) here, and LRU keeps the names that are actually being a
 is what makes a small cache useful in front of a slow upstream.  Expired entries are not swept;
 they leave on their next lookup or when LRU pushes them out, so the bounds hold regardless.
 
-Two bounds, both enforced on every insert: ``size`` entries and ``max_bytes`` bytes.  An entry
+Positive answers and denials (with SERVFAILs) are kept in two LRU orders, as CoreDNS keeps a
+success and a denial cache.  CoreDNS's ``success CAPACITY`` and ``denial CAPACITY`` bound each
+kind on its own (``success_size``/``denial_size``: a full kind evicts its own least recently used
+entry, so a flood of NXDOMAINs never pushes the positive answers out); ``size`` (all entries,
+by default the sum of the two) and ``max_bytes`` bound both together, evicting the least
+recently used entry of either kind.  Without per-kind capacities only ``size`` and
+``max_bytes`` apply, as before.
+
+Two shared bounds, both enforced on every insert: ``size`` entries and ``max_bytes`` bytes.  An entry
 is charged what it costs in memory: the answer's size on the wire plus a fixed cost per entry
 and per record for the decoded Python objects (measured with tracemalloc; see the constants),
 so a cache of large answers (long TXT, big SRV sets) is bounded by what it holds, not by its
@@ -26,7 +34,12 @@ options (NSID, padding...) are relayed on the live answer only.
 What is cached (as CoreDNS): NOERROR answers (TTL = smallest RR TTL, capped at ``ttl``, floored at
 ``min_ttl``); NXDOMAIN and NODATA only when the authority section carries an SOA (RFC 2308: TTL =
 min(SOA TTL, SOA MINIMUM), capped at ``denial_ttl``); SERVFAIL from an upstream for
-``servfail_ttl`` (5 s).  Truncated answers and other rcodes are not cached.
+``servfail_ttl`` (5 s).  Truncated answers and other rcodes are not cached.  Denials have their
+own floor (``denial_min_ttl``, CoreDNS's ``denial CAPACITY TTL MINTTL``).  Nothing is cached for
+a name outside the cache's ``zones`` (``cache [TTL] ZONES``), nor a positive answer (or a
+denial or SERVFAIL) for a name in ``disable success`` (``disable denial``) zones.  With
+``keepttl`` a hit carries the TTL the entry was stored with instead of what is left of it; the
+entry still expires on time.
 
 A SERVFAIL never replaces a good (positive or negative) entry that is still fresh or, with
 ``serve_stale``, still inside the stale window: the good answer is what serve_stale exists to
@@ -104,13 +117,13 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
     if response.trunc:
         return None
     rcode = response.rCode
+    if rcode not in (dns.OK, dns.ENAME, dns.ESERVER):
+        return None
+    if (config.zones or config.disable_success or config.disable_denial) and _excluded(response, config):
+        return None
     if rcode == dns.ESERVER:
         secs = int(config.servfail_ttl)
         return (SERVFAIL, secs) if secs > 0 else None
-    if rcode not in (dns.OK, dns.ENAME):
-        return None
-    if (config.disable_success or config.disable_denial) and _disabled(response, config):
-        return None
     if rcode == dns.OK and response.answers:
         rrs = [rr for sec in (response.answers, response.authority, response.additional) for rr in sec]
         low = min((rr.ttl for rr in rrs if rr.type != dns.OPT), default=0)
@@ -120,7 +133,8 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
     for rr in response.authority:
         if rr.type == dns.SOA:
             neg = min(rr.ttl, getattr(rr.payload, "minimum", rr.ttl))
-            ttl = min(config.denial_ttl, max(config.min_ttl, neg))
+            floor = config.min_ttl if config.denial_min_ttl is None else config.denial_min_ttl
+            ttl = min(config.denial_ttl, max(floor, neg))
             return (DENIAL, ttl) if ttl > 0 else None
     return None
 
@@ -129,11 +143,15 @@ def _in_zones(name: str, zones: tuple[str, ...]) -> bool:
     return any(not z or name == z or name.endswith("." + z) for z in zones)
 
 
-def _disabled(response: dns.Message, config: CacheConfig) -> bool:
-    """``disable success|denial ZONES``: answers for names in those zones are not cached."""
+def _excluded(response: dns.Message, config: CacheConfig) -> bool:
+    """Not cached for its name: outside the cache's ``zones`` (``cache [TTL] ZONES``), or in a
+    ``disable success|denial ZONES`` of its kind (a SERVFAIL is a denial here, as in CoreDNS's
+    denial cache).  A message without a question is judged by its kind only."""
     if not response.queries:
         return False
     name = response.queries[0].name.name.decode("ascii", "replace").lower().rstrip(".")
+    if config.zones and not _in_zones(name, config.zones):
+        return True
     positive = response.rCode == dns.OK and bool(response.answers)
     return _in_zones(name, config.disable_success if positive else config.disable_denial)
 
@@ -154,6 +172,7 @@ class _Entry:
     options: bytes = b""  # EDNS options kept with the answer (ECS, EDE)
     hits: int = 0
     last_hit: float = 0.0
+    used: int = 0  # the cache's tick at the last store or hit: LRU order across both kinds
 
     @property
     def expires(self) -> float:
@@ -173,7 +192,13 @@ def _copy_rrs(rrs: list, ttl: int | None = None) -> list:
 
 
 class Cache:
-    """Bounded positive/negative answer cache; see the module docstring."""
+    """Bounded positive/negative answer cache; see the module docstring.
+
+    Positive entries and denials (with SERVFAILs) are kept in two LRU orders, as CoreDNS keeps a
+    success and a denial cache: each kind may have a capacity of its own (``success_size``,
+    ``denial_size``), evicting its own least recently used entry, while ``size`` (all entries)
+    and ``max_bytes`` evict the least recently used entry of either kind.
+    """
 
     def __init__(self, config: CacheConfig, reactor: Any = None) -> None:
         if reactor is None:
@@ -182,7 +207,9 @@ class Cache:
             reactor = _reactor
         self.config = config
         self._reactor = reactor
-        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._pos: OrderedDict[CacheKey, _Entry] = OrderedDict()  # SUCCESS entries
+        self._neg: OrderedDict[CacheKey, _Entry] = OrderedDict()  # DENIAL and SERVFAIL entries
+        self._tick = 0
         self.bytes = 0  # sum of the entries' cost, bounded by config.max_bytes
         # Counters for the metrics endpoint (plain ints, CoreDNS's cache metric names in spirit).
         self.hits = 0
@@ -192,10 +219,16 @@ class Cache:
         self.evictions = 0
         self.inserts = 0
 
+    def _find(self, key: CacheKey) -> tuple[OrderedDict[CacheKey, _Entry], _Entry | None]:
+        e = self._pos.get(key)
+        if e is not None:
+            return self._pos, e
+        return self._neg, self._neg.get(key)
+
     # -- reading -------------------------------------------------------------------------------
     def get(self, key: CacheKey) -> tuple[dns.Message, bool] | None:
         """A fresh entry as (message with aged TTLs, prefetch now?), or None (counted as a miss)."""
-        e = self._entries.get(key)
+        order, e = self._find(key)
         if e is None:
             self.misses += 1
             return None
@@ -206,17 +239,23 @@ class Cache:
                 self._pop(key)
             self.misses += 1
             return None
-        self._entries.move_to_end(key)
+        order.move_to_end(key)
+        self._tick += 1
+        e.used = self._tick
         self.hits += 1
         remaining = e.ttl - int(max(age, 0.0))
-        return self._message(e, remaining), self._should_prefetch(e, now, remaining)
+        return self._message(e, self._served_ttl(e, remaining)), self._should_prefetch(e, now, remaining)
+
+    def _served_ttl(self, e: _Entry, remaining: int) -> int:
+        """The TTL a hit carries: what is left, or with ``keepttl`` the TTL as stored."""
+        return e.ttl if self.config.keepttl else remaining
 
     def get_stale(self, key: CacheKey) -> dns.Message | None:
         """A good entry still inside the ``serve_stale`` window, with TTL 0 (CoreDNS's stale TTL);
         else None.  A cached SERVFAIL is never served stale."""
         if not self.config.serve_stale:
             return None
-        e = self._entries.get(key)
+        _, e = self._find(key)
         if e is None:
             return None
         age = self._reactor.seconds() - e.stored
@@ -261,16 +300,17 @@ class Cache:
             return False
         kind, ttl = decision
         cost = entry_cost(response)
-        limit = self.config.max_bytes
+        cfg = self.config
+        limit = cfg.max_bytes
         if cost > limit:
             return False
-        entries = self._entries
         if kind == SERVFAIL:
-            old = entries.get(key)
+            _, old = self._find(key)
             if old is not None and old.kind != SERVFAIL:
                 age = self._reactor.seconds() - old.stored
                 if -1.0 <= age < old.ttl or self._stale_usable(old, age):
                     return False  # keep the good answer (fresh, or for serving stale)
+        self._tick += 1
         entry = _Entry(
             kind=kind,
             rcode=response.rCode,
@@ -284,54 +324,69 @@ class Cache:
             ttl=ttl,
             cost=cost,
             options=_kept_options(response),
+            used=self._tick,
         )
         old = self._pop(key)
         if old is not None:  # a refresh keeps the popularity it earned
             entry.hits, entry.last_hit = old.hits, old.last_hit
-        entries[key] = entry
+        order, own = (self._pos, cfg.success_size) if kind == SUCCESS else (self._neg, cfg.denial_size)
+        order[key] = entry
         self.bytes += cost
         self.inserts += 1
-        size = self.config.size
-        while len(entries) > size or self.bytes > limit:
-            _, gone = entries.popitem(last=False)
-            self.bytes -= gone.cost
-            self.evictions += 1
+        if own:
+            while len(order) > own:
+                self._evict(order)
+        size = cfg.size
+        pos, neg = self._pos, self._neg
+        while len(pos) + len(neg) > size or self.bytes > limit:
+            if not neg or (pos and next(iter(pos.values())).used < next(iter(neg.values())).used):
+                self._evict(pos)
+            else:
+                self._evict(neg)
         return True
 
+    def _evict(self, order: OrderedDict[CacheKey, _Entry]) -> None:
+        _, gone = order.popitem(last=False)
+        self.bytes -= gone.cost
+        self.evictions += 1
+
     def _pop(self, key: CacheKey) -> _Entry | None:
-        e = self._entries.pop(key, None)
+        e = self._pos.pop(key, None)
+        if e is None:
+            e = self._neg.pop(key, None)
         if e is not None:
             self.bytes -= e.cost
         return e
 
     def peek(self, key: CacheKey) -> dns.Message | None:
         """The entry as a hit would return it now, without counting a hit (None if absent/expired)."""
-        e = self._entries.get(key)
+        _, e = self._find(key)
         if e is None:
             return None
         age = self._reactor.seconds() - e.stored
         if age >= e.ttl or age < -1.0:
             return None
-        return self._message(e, e.ttl - int(max(age, 0.0)))  # the same countdown as get()
+        return self._message(e, self._served_ttl(e, e.ttl - int(max(age, 0.0))))  # as get() would
 
     def remove(self, key: CacheKey) -> None:
         self._pop(key)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._pos.clear()
+        self._neg.clear()
         self.bytes = 0
 
     # -- metrics -------------------------------------------------------------------------------
     @property
     def entries(self) -> int:
-        return len(self._entries)
+        return len(self._pos) + len(self._neg)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._pos) + len(self._neg)
 
     def entries_by_kind(self) -> dict[str, int]:
-        out = {SUCCESS: 0, DENIAL: 0, SERVFAIL: 0}
-        for e in self._entries.values():
+        out = {SUCCESS: len(self._pos), DENIAL: 0, SERVFAIL: 0}
+        for e in self._neg.values():
             out[e.kind] += 1
         return out
 
@@ -339,7 +394,7 @@ class Cache:
         return {
             "hits": self.hits,
             "misses": self.misses,
-            "entries": len(self._entries),
+            "entries": len(self),
             "bytes": self.bytes,
             "stale_served": self.stale_served,
             "prefetches": self.prefetches,

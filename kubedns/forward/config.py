@@ -69,6 +69,14 @@ class CacheConfig:
     # never cached (CoreDNS's `disable success|denial ZONES`; kubeadm's default for its cluster zone)
     disable_success: tuple[str, ...] = ()
     disable_denial: tuple[str, ...] = ()
+    # CoreDNS's `success CAPACITY [TTL [MINTTL]]` / `denial CAPACITY [TTL [MINTTL]]`: entries each
+    # kind may hold (0: no bound of its own, only ``size``); SERVFAIL entries count as denials, as
+    # in CoreDNS's denial cache.  ``size`` stays the bound on all entries, ``max_bytes`` on memory.
+    success_size: int = 0
+    denial_size: int = 0
+    denial_min_ttl: int | None = None  # floor for denials; None: min_ttl
+    keepttl: bool = False  # hits carry the TTL as stored, not counting down (CoreDNS's keepttl)
+    zones: tuple[str, ...] = ()  # only names in these zones are cached; (): every name of the block
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +217,12 @@ def parse_forward(node: Node) -> ForwardConfig:
 
 # -- cache -------------------------------------------------------------------------------------
 
-_CACHE_KEYS = {"ttl", "min_ttl", "denial_ttl", "servfail", "size", "max_bytes", "prefetch", "serve_stale", "disable"}
+_CACHE_KEYS = {
+    "ttl", "min_ttl", "denial_ttl", "servfail", "size", "max_bytes", "prefetch", "serve_stale", "disable",
+    "success", "denial", "keepttl", "zones",
+}
+#: CoreDNS's default capacity of each of its two caches (256 shards of 39 entries)
+KIND_SIZE = 9984
 _BYTE_UNITS = {"": 1, "k": 1000, "ki": 1 << 10, "m": 1000**2, "mi": 1 << 20, "g": 1000**3, "gi": 1 << 30}
 _BYTES_RE = re.compile(r"(\d+)\s*([kmg]i?)?b?", re.IGNORECASE)
 
@@ -304,6 +317,36 @@ def _parse_servfail(node: Node) -> float:
     return float(secs)
 
 
+def _flag(node: Node) -> bool:
+    """An option without arguments: ``true``/``false``, or present and empty (``keepttl:``)."""
+    if node.value is None or isinstance(node.value, bool):
+        return node.value is not False
+    raise node.error("no argument (true or false in YAML)")
+
+
+def _parse_kind(node: Node) -> tuple[int | None, int | None, int | None]:
+    """``success``/``denial``: ``{capacity, ttl, min_ttl}`` (CoreDNS's ``CAPACITY [TTL [MINTTL]]``),
+    or a bare number meaning the capacity; each part None when not given."""
+    v = node.value
+    if v is None:
+        return None, None, None
+    if isinstance(v, int) and not isinstance(v, bool):
+        node.value = {"capacity": v}
+    elif not isinstance(v, dict):
+        raise node.error("a capacity (entries), or a mapping with capacity, ttl, min_ttl")
+    node.mapping({"capacity", "ttl", "min_ttl"})
+    cap = node.get("capacity", None)
+    capacity = cap.integer(1, 10_000_000) if cap.value is not None else None
+    ttl = None
+    if node.has("ttl"):
+        ttl_node = node.get("ttl")
+        ttl = _ttl(ttl_node)
+        if ttl == 0:  # as CoreDNS: "cache TTL can not be zero or negative"
+            raise ttl_node.error(f"a whole number of seconds from 1 to {MAX_TTL} (the most an answer is kept)")
+    min_ttl = _ttl(node.get("min_ttl")) if node.has("min_ttl") else None
+    return capacity, ttl, min_ttl
+
+
 def parse_cache(node: Node) -> CacheConfig:
     """Read a ``cache`` section: a mapping, or ``cache: 30`` / ``cache: "30s"`` meaning ``{ttl: 30}``.
 
@@ -321,13 +364,32 @@ def parse_cache(node: Node) -> CacheConfig:
         node.value = {"ttl": v}
     node.mapping(_CACHE_KEYS)
     d = CacheConfig()
-    ttl = _ttl(node.get("ttl", d.ttl))
+    s_cap, s_ttl, s_min = _parse_kind(node.get("success", None))
+    n_cap, n_ttl, n_min = _parse_kind(node.get("denial", None))
+    base_ttl = _ttl(node.get("ttl", d.ttl))
+    ttl = s_ttl if s_ttl is not None else base_ttl  # `success CAPACITY TTL` overrides `cache TTL`
+    min_key = "success.min_ttl" if s_min is not None else "min_ttl"
     min_node = node.get("min_ttl", min(d.min_ttl, ttl))
-    min_ttl = _ttl(min_node)
+    min_ttl = s_min if s_min is not None else _ttl(min_node)
     if min_ttl > ttl:
-        raise min_node.error(f"a whole number of seconds not above ttl ({ttl})")
+        raise ConfigError(node.path, f"{node.key}.{min_key}", f"a whole number of seconds not above the success ttl ({ttl})",
+                          min_ttl)
     # As CoreDNS's `cache TTL`: the one cap applies to denials too unless they get their own.
-    denial_ttl = _ttl(node.get("denial_ttl", min(d.denial_ttl, ttl)))
+    denial_ttl = n_ttl if n_ttl is not None else _ttl(node.get("denial_ttl", min(d.denial_ttl, base_ttl)))
+    denial_min = n_min if n_min is not None else (min_ttl if s_min is None else _ttl(min_node))
+    if denial_min > denial_ttl:
+        # a floor above the cap: as CoreDNS (max then min) the cap wins; only refuse it when written
+        if n_min is not None:
+            raise ConfigError(node.path, f"{node.key}.denial.min_ttl",
+                              f"a whole number of seconds not above the denial ttl ({denial_ttl})", n_min)
+        denial_min = denial_ttl
+    # entries: without per-kind capacities `size` bounds all entries together (LRU); with one,
+    # each kind is bounded on its own (CoreDNS's default 9984 for a kind not given) and `size`,
+    # unless written, is their sum, so denials can never push successes out (or the reverse)
+    split = s_cap is not None or n_cap is not None
+    success_size = (s_cap or KIND_SIZE) if split else 0
+    denial_size = (n_cap or KIND_SIZE) if split else 0
+    size_default = success_size + denial_size if split else d.size
     amount, duration, pct = _parse_prefetch(node.get("prefetch", None))
     stale, mode = _parse_stale(node.get("serve_stale", None))
     dis = node.get("disable", None).mapping({"success", "denial"})
@@ -336,7 +398,7 @@ def parse_cache(node: Node) -> CacheConfig:
         min_ttl=min_ttl,
         denial_ttl=denial_ttl,
         servfail_ttl=_parse_servfail(node.get("servfail", d.servfail_ttl)),
-        size=node.get("size", d.size).integer(1, 10_000_000),
+        size=node.get("size", size_default).integer(1, 20_000_000),
         max_bytes=_bytes(node.get("max_bytes", d.max_bytes), 64 << 10, 64 << 30),
         prefetch_amount=amount,
         prefetch_duration=duration,
@@ -345,6 +407,11 @@ def parse_cache(node: Node) -> CacheConfig:
         serve_stale_mode=mode,
         disable_success=dis.get("success", []).zones(allow_empty=True),
         disable_denial=dis.get("denial", []).zones(allow_empty=True),
+        success_size=success_size,
+        denial_size=denial_size,
+        denial_min_ttl=denial_min,
+        keepttl=_flag(node.get("keepttl", False)),
+        zones=node.get("zones", []).zones(allow_empty=True),
     )
 
 

@@ -5,11 +5,14 @@ The upstream's answer is relayed with its rcode, sections, AD bit and EDNS optio
 is SERVFAIL with the reason (which upstream, and why) for the ``errors`` log, or REFUSED when
 the forwarder is at its in-flight bound.  A relayed answer may be served from the fast path for
 as long as the block's cache would keep it (``Reply.lifetime``): not at all without a cache,
-with ``prefetch`` (whose popularity counts must see every hit), or for anything but NOERROR and
-NXDOMAIN.
+with ``prefetch`` (whose popularity counts must see every hit) or ``keepttl`` (the fast path
+counts TTLs down), or for anything but NOERROR and NXDOMAIN; an answer the cache does not keep
+(``disable``, outside its ``zones``) not at all either.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from twisted.internet import defer
 from twisted.names import dns
@@ -48,7 +51,8 @@ class ForwardPlugin:
             authoritative=bool(upstream.auth),
         )
         # the upstream's EDNS options (kubedns.forward.message decoded them into an OPT record)
-        options = next((rr.payload.data for rr in upstream.additional if rr.type == dns.OPT), b"")
+        opt: Any = next((rr.payload for rr in upstream.additional if rr.type == dns.OPT), None)
+        options = opt.data if opt is not None else b""
         return Reply(ans, "", self.name, ra=True, ad=bool(upstream.authenticData),
                      lifetime=self.lifetime(upstream), edns_options=options)
 
@@ -62,11 +66,12 @@ class ForwardPlugin:
         """How long a relayed answer may be served from the fast path: as long as the block's
         cache would keep it (see the module docstring)."""
         cache = self.chain.cache
-        if cache is None or cache.config.prefetch_amount or upstream.rCode not in (dns.OK, dns.ENAME):
-            return 0.0
+        cfg = cache.config if cache is not None else None
+        if cfg is None or cfg.prefetch_amount or cfg.keepttl or upstream.rCode not in (dns.OK, dns.ENAME):
+            return 0.0  # keepttl: the fast path ages TTLs, the cache serves them as stored
         from kubedns.cache import response_ttl
 
-        got = response_ttl(upstream, cache.config)
+        got = response_ttl(upstream, cfg)
         return float(got[1]) if got is not None else 0.0
 
 
@@ -80,6 +85,7 @@ def forward_query(req: Request) -> dns.Message:
                       authenticData=bool(flags & 0x0020))
     msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
     if req.edns is not None:
+        payload: Any = dns.UnknownRecord(query_edns_options(req.packet, q))
         msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0,
-                                       payload=dns.UnknownRecord(query_edns_options(req.packet, q)))]
+                                       payload=payload)]
     return msg
