@@ -165,14 +165,14 @@ class Dispatcher:
         # everything after routing (loop check, cluster answers, forwarding, REFUSED) is the
         # block's plugin chain
         result = block.serve(req)
-        if type(result) is Reply:
+        if isinstance(result, Reply):
             return self._finish(req, result)
         return result.addCallbacks(self._finish_later, self._failed, callbackArgs=(req,), errbackArgs=(req,))
 
     def _finish_later(self, reply: Reply, req: Request) -> bytes:
         return self._finish(req, reply)
 
-    def _failed(self, failure: Failure, req: Request) -> bytes:
+    def _failed(self, failure: Failure, req: Request) -> bytes | None:
         log.failure("unexpected error answering a query from {peer}", failure, peer=req.peer)
         return error_response(req.packet, SERVFAIL)
 
@@ -223,6 +223,9 @@ class Dispatcher:
                 bufsize=65535 if proto == "tcp" else (req.edns.udp_size if req.edns is not None else 512),
                 plugin=reply.plugin,
                 error=reply.error,
+                opcode=q.opcode,
+                answers=len(ans.answers),
+                soa=not ans.answers and any(rr.type == dns.SOA for rr in ans.authority),
             )
             for obs in self.observers:
                 try:

@@ -88,7 +88,7 @@ class KubernetesPlugin:
         if depth == 0:  # ``ans`` may be a kept computed answer: extend a copy
             ans = Answer(rcode=ans.rcode, answers=list(ans.answers), authority=list(ans.authority),
                          additional=list(ans.additional), authoritative=ans.authoritative)
-        target = ans.answers[-1].payload.name.name
+        target = ans.answers[-1].payload.name.name  # type: ignore[union-attr]
         clusters = self.clusters
         q = req.q
         if clusters.zone_of(target.decode("ascii", "replace").lower()) is not None:
