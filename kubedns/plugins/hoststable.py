@@ -24,8 +24,9 @@ rules can be tested on their own:
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
+import re
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -144,7 +145,7 @@ class HostsMap:
     name6: dict[str, list[str]] = field(default_factory=dict)
     wild4: dict[str, list[str]] = field(default_factory=dict)  # "*.example.com" → addresses
     wild6: dict[str, list[str]] = field(default_factory=dict)
-    addr: dict[str, list[str]] = field(default_factory=dict)  # address as ipaddress prints it → names
+    addr: dict[str, list[str]] = field(default_factory=dict)  # address as parse_address spells it → names
 
     def __len__(self) -> int:
         """Addresses and reverse names held, counted as CoreDNS's ``coredns_hosts_entries``."""
@@ -160,24 +161,40 @@ class HostsMap:
         return got or []
 
 
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
 def parse_address(text: str) -> tuple[str, int] | None:
-    """``(address, 4 | 6)`` as the hosts file's first field is read, or None if it is not one."""
+    """``(address, 4 | 6)`` as the hosts file's first field is read, or None if it is not one.
+
+    The address is in one spelling per address (``inet_ntop``'s), so file entries and the
+    addresses read back from PTR names meet in one dict key.  IPv4 is dotted quad only, without
+    leading zeros, as Go's ``net.ParseIP`` (and glibc's ``inet_pton``) read it.
+    """
     text = text.split("%", 1)[0]
     try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
+        if ":" not in text:
+            return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)), 4
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped), 4
-    return str(ip), ip.version
+    if packed[:12] == _MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:]), 4
+    return socket.inet_ntop(socket.AF_INET6, packed), 6
 
 
 def _in_zones(lname: str, zones: tuple[str, ...]) -> bool:
     return any(z == "" or lname == z or lname.endswith("." + z) for z in zones)
 
 
+#: the usual host name: letters, digits, "-" and "_" in labels of 1 to 63 (checked in one go)
+_PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
+
+
 def _name_problem(lname: str) -> str | None:
     """Why ``lname`` cannot be a DNS owner name, or None."""
+    if len(lname) <= 253 and _PLAIN_NAME.fullmatch(lname):
+        return None
     if not lname.isascii() or not lname.isprintable():
         return "is not an ASCII name (international names are written as xn--)"
     if len(lname) > 253:
@@ -203,6 +220,7 @@ def parse_hosts(
     by the caller) rather than raised: one bad line must not hide the others.
     """
     out = HostsMap()
+    everywhere = "" in zones  # the root zone holds every name
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0]
         fields = line.split()
@@ -224,7 +242,7 @@ def parse_hosts(
                 if problems is not None:
                     problems.append((lineno, f"name {name[:60]!r} {bad}"))
                 continue
-            if not _in_zones(lname, zones):
+            if not everywhere and not _in_zones(lname, zones):
                 continue
             if lname.startswith("*."):
                 target = out.wild4 if version == 4 else out.wild6
@@ -254,7 +272,7 @@ def _add(m: dict[str, list[str]], key: str, value: str) -> None:
 
 def address_from_reverse(lname: str) -> str | None:
     """The address a PTR name stands for (``4.3.2.1.in-addr.arpa`` → ``1.2.3.4``, 32 nibbles of
-    ``ip6.arpa`` → the IPv6 address as ipaddress prints it), or None for any other name."""
+    ``ip6.arpa`` → the IPv6 address as parse_address spells it), or None for any other name."""
     if lname.endswith(".in-addr.arpa"):
         parts = lname[: -len(".in-addr.arpa")].split(".")
         if len(parts) != 4:
