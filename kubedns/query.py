@@ -42,6 +42,9 @@ class QueryInfo:
     bufsize: int = 512  # the client's EDNS UDP size (512 without EDNS), 65535 over TCP
     plugin: str = ""  # which plugin answered: kubernetes, forward, or "" (refused, errors)
     error: str = ""  # why the answer is a failure, when we know more than the rcode (errors:)
+    opcode: int = 0  # the query's (log's {>opcode})
+    answers: int = 0  # records in the answer section; with ``soa``, the log's class of the answer
+    soa: bool = False  # no answers and an SOA in the authority section (NXDOMAIN/NODATA proper)
 
 
 Observer = Callable[[QueryInfo], None]
