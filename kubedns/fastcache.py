@@ -4,7 +4,8 @@
 query's bytes after the ID, so a repeat is a dict lookup, an ID patch and one ``sendto``
 (:class:`kubedns.protocols.DNSDatagramProtocol` does the lookup before anything is decoded).
 Everything in it is derived from the stores and dropped whenever one changes; forwarded answers
-age in place (:class:`Aging`) and leave when their cache lifetime ends.  It also keeps the
+age in place (:class:`Aging`) and leave when their cache lifetime ends; answers that
+``loadbalance`` reorders keep several orders, served in turn (:class:`Rotation`).  It also keeps the
 cluster answers the normal path computed (once per lower-cased name), under the same
 invalidation.
 
