@@ -45,7 +45,7 @@ from kubedns.protocols import DNSDatagramProtocol  # noqa: E402
 from kubedns.records import ClusterZones  # noqa: E402
 from kubedns.server import Block, Dispatcher  # noqa: E402
 from tests.support import kubeobj  # noqa: E402
-from tests.test_records import _fill  # noqa: E402
+from tests.support.records_table import fill  # noqa: E402
 
 
 class _Sink:
@@ -61,7 +61,7 @@ class _Sink:
 
 def _setup(endpoints: int) -> tuple[Dispatcher, DNSDatagramProtocol, ClusterZones]:
     store = Store(required=("namespaces", "services", "endpointslices", "pods"))
-    _fill(store)
+    fill(store)
     eps = [{"addresses": [f"10.251.{i // 250}.{i % 250 + 1}"], "hostname": f"wide-{i}", "ready": True} for i in range(endpoints)]
     store.upsert("services", *objects.service_from_raw(
         kubeobj.service("wide", "default", headless=True, ports=[{"name": "http", "port": 80, "protocol": "TCP"}])))

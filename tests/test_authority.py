@@ -16,7 +16,7 @@ from kubedns.authority import ClusterNameError, ClusterNotSyncedError, ClusterTr
 from kubedns.config import KubernetesConfig
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
-from tests.test_records import _fill
+from tests.support.records_table import fill
 
 
 class _Other:
@@ -36,7 +36,7 @@ class _Other:
 def _chain(synced: bool = True, **kw):
     store = Store(required=("namespaces", "services", "endpointslices", "pods"))
     if synced:
-        _fill(store)
+        fill(store)
     other = _Other()
     return resolve.ResolverChain([KubernetesAuthority(ClusterZones(store, KubernetesConfig(**kw))), other]), other
 

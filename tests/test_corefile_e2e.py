@@ -69,8 +69,8 @@ def _kubeadm_yaml(port: int, kubeconfig: str, upstream: str, http: tuple[int, in
 
 
 def _record_table_objects() -> list[dict[str, Any]]:
-    """The objects tests/test_records.py fills its store with, as API objects for the fake API."""
-    from tests import test_records
+    """The objects the record table is answered from, as API objects for the fake API."""
+    from tests.support import records_table
 
     raws: list[dict[str, Any]] = []
     with pytest.MonkeyPatch.context() as mp:
@@ -82,7 +82,7 @@ def _record_table_objects() -> list[dict[str, Any]]:
                 return _orig(raw)
 
             mp.setattr(objects, name, spy)
-        test_records._fill(Store(required=("namespaces", "services", "endpointslices", "pods")))
+        records_table.fill(Store(required=("namespaces", "services", "endpointslices", "pods")))
     return raws
 
 
@@ -147,7 +147,7 @@ def test_kubeadm_default_corefile_serves_the_cluster_and_forwards(cluster, start
 
 def test_yaml_and_corefile_of_one_setup_answer_alike(cluster, start, tmp_path: Path) -> None:
     """Every query of the record table gets the same answer from both syntaxes of one setup."""
-    from tests.test_records import TABLE
+    from tests.support.records_table import TABLE
 
     api, up, kc = cluster
     ports = free_port(), free_port()

@@ -24,7 +24,7 @@ from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
 from tests.support import kubeobj
-from tests.test_records import TABLE, _fill
+from tests.support.records_table import TABLE, fill
 
 
 class _Sock:
@@ -45,7 +45,7 @@ class _Transport:
 
 def _setup() -> tuple[Dispatcher, DNSDatagramProtocol, _Transport, Store]:
     store = Store(required=("namespaces", "services", "endpointslices", "pods"))
-    _fill(store)
+    fill(store)
     kcfg = KubernetesConfig(pods="insecure", ttl=5)
     block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg), ClusterZones(store, kcfg))
     disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=task.Clock())

@@ -38,8 +38,8 @@ from twisted.logger import globalLogPublisher
 
 from kubedns import wire
 from kubedns.protocols import DNSStreamFactory
+from tests.support.records_table import TABLE
 from tests.test_fastpath import _setup
-from tests.test_records import TABLE
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
