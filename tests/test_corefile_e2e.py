@@ -49,6 +49,31 @@ def _kubeadm_for_test(port: int, kubeconfig: str, upstream: str, http: tuple[int
     return _edit(text, "forward . /etc/resolv.conf {", f"forward . {upstream} {{")
 
 
+def _real_for_test(name: str, d: Path, port: int, kubeconfig: str, upstream: str, http: tuple[int, int, int]) -> Path:
+    """A copy of a real default Corefile's folder in ``d`` with the same edits as kubeadm's: its
+    port and a bind on loopback, the HTTP endpoints on free ports, the fake API's kubeconfig,
+    forward to the loopback upstream, /etc/coredns/ paths into ``d``."""
+    import shutil
+
+    shutil.copytree(KUBEADM.parent.parent / name, d)
+    text = (d / "Corefile").read_text().replace("/etc/coredns/", f"{d}/")
+    text = _edit(text, ".:53 {\n", f".:{port} {{\n    bind 127.0.0.1\n")
+    if "    health {\n" in text:
+        text = _edit(text, "    health {\n", f"    health 127.0.0.1:{http[0]} {{\n")
+    else:
+        text = _edit(text, "    health\n", f"    health 127.0.0.1:{http[0]}\n")
+    text = _edit(text, "    ready\n", f"    ready 127.0.0.1:{http[1]}\n")
+    text = _edit(text, "kubernetes cluster.local in-addr.arpa ip6.arpa {\n",
+                 f"kubernetes cluster.local in-addr.arpa ip6.arpa {{\n      kubeconfig {kubeconfig}\n")
+    text = _edit(text, "    prometheus :9153\n", f"    prometheus 127.0.0.1:{http[2]}\n")
+    text = _edit(text, "forward . /etc/resolv.conf", f"forward . {upstream}")
+    (d / "Corefile").write_text(text)
+    for f in d.glob("custom/*.server"):  # AKS's stub domain: on the test port, to the test upstream
+        f.write_text(f.read_text().replace(":53 {", f":{port} {{\n    bind 127.0.0.1")
+                     .replace("forward . 192.0.2.53", f"forward . {upstream}"))
+    return d / "Corefile"
+
+
 def _kubeadm_yaml(port: int, kubeconfig: str, upstream: str, http: tuple[int, int, int]) -> dict[str, Any]:
     """The same server as YAML (the ConfigMap alternative in conf/kubernetes, key for key)."""
     return {"servers": [{
@@ -143,6 +168,35 @@ def test_kubeadm_default_corefile_serves_the_cluster_and_forwards(cluster, start
     assert up.count("outside.example", "A") == 1  # cache 30: the second answer came from the cache
     code, body = http_get(http[2], "/metrics")
     assert code == 200 and "coredns_dns_requests_total" in body
+
+
+@pytest.mark.parametrize("name", ["eks", "aks", "k3s"])
+def test_managed_cluster_defaults_serve_the_cluster_and_forward(cluster, tmp_path: Path, name: str) -> None:
+    """EKS's, AKS's (its custom/ imports: a log.override, a stub domain in test.server) and
+    k3s's (hosts /etc/coredns/NodeHosts) default Corefiles, each as a real process."""
+    api, up, kc = cluster
+    up.add("www.abc.com", "A", "192.0.2.53")
+    port, http = free_port(), (free_port(), free_port(), free_port())
+    core = _real_for_test(name, tmp_path / name, port, kc, up.address, http)
+    (core.parent / "NodeHosts").write_text("172.18.0.2 k3s-server\n")
+    p = KubeDNSProcess(core.read_text(), core.parent)
+    p.config_path.unlink()
+    p.config_path = core
+    p.start()
+    try:
+        p.wait_listening(port)
+        wait_for(lambda: http_get(http[1], "/ready")[0] == 200, timeout=20)
+        r = query(port, "nginx.default.svc.cluster.local", "A")
+        assert [rr.to_text() for rr in r.answer[0]] == ["10.96.0.100"]
+        assert query(port, "outside.example", "A").answer[0][0].to_text() == "192.0.2.7"
+        if name == "aks":
+            assert query(port, "www.abc.com", "A").answer[0][0].to_text() == "192.0.2.53"
+            assert "outside.example" in p.log()  # log.override: queries are logged
+        if name == "k3s":
+            assert query(port, "k3s-server", "A").answer[0][0].to_text() == "172.18.0.2"
+            assert query(port, "2.0.18.172.in-addr.arpa", "PTR").answer[0][0].to_text() == "k3s-server."
+    finally:
+        p.stop()
 
 
 def test_yaml_and_corefile_of_one_setup_answer_alike(cluster, start, tmp_path: Path) -> None:
