@@ -179,6 +179,28 @@ def test_same_stat_different_content_is_read_when_racy(tmp_path):
     assert t.addresses("a.test", False) == ["10.0.0.2"]
 
 
+def test_configmap_symlink_swap_is_seen(tmp_path):
+    """A ConfigMap volume (k3s's NodeHosts) changes by swapping its ``..data`` symlink: the file
+    seen through it is another inode, even with the same size and mtime."""
+    old, new = tmp_path / "..2026_a", tmp_path / "..2026_b"
+    old.mkdir()
+    new.mkdir()
+    _write(old / "NodeHosts", "10.0.0.1 a.test\n")
+    _write(new / "NodeHosts", "10.0.0.2 a.test\n")
+    st = os.stat(old / "NodeHosts")
+    os.utime(new / "NodeHosts", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.symlink(old.name, tmp_path / "..data")
+    os.symlink("..data/NodeHosts", tmp_path / "NodeHosts")
+    t = HostsTable(str(tmp_path / "NodeHosts"), reload=5, reactor=task.Clock())
+    t.check()
+    t._racy = False  # only the inode may tell
+    assert t.addresses("a.test", False) == ["10.0.0.1"]
+    os.symlink(new.name, tmp_path / "..data_tmp")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # what the kubelet does
+    assert t.check()
+    assert t.addresses("a.test", False) == ["10.0.0.2"]
+
+
 def test_unchanged_stat_is_not_read_again(tmp_path, monkeypatch):
     hosts = tmp_path / "hosts"
     _write(hosts, "10.0.0.1 a.test\n")
@@ -492,10 +514,10 @@ def upstream():
 def _cluster(tmp_path) -> str:
     import yaml
 
-    from tests import fakeapi
+    from tests.support import kubeobj
 
     path = tmp_path / "cluster.yaml"
-    objs = [fakeapi.namespace("default"), fakeapi.service("nginx", "default", cluster_ip="10.96.0.100")]
+    objs = [kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")]
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}))
     return str(path)
 
