@@ -13,6 +13,9 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import ILogObserver, LogEvent
+from zope.interface import provider
+
 if TYPE_CHECKING:
     from kubedns.query import QueryInfo
 
@@ -110,7 +113,8 @@ def observe_programming(kind: str, seconds: float) -> None:
     h[1] += seconds
 
 
-def _count_panic(event: dict[str, Any]) -> None:
+@provider(ILogObserver)
+def _count_panic(event: LogEvent) -> None:
     """twisted.logger observer: every traceback logged is a recovered "panic" in CoreDNS terms."""
     if "log_failure" in event:
         PROCESS.panics += 1

@@ -13,13 +13,19 @@ for the HTTP endpoints (``kubedns/health.py``).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 if TYPE_CHECKING:
+    from twisted.internet.address import IPv4Address, IPv6Address
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.udp import Port
+
     from kubedns.server import Dispatcher
 
 __all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "DNSStreamProtocol", "close_connection", "unsent"]
@@ -30,7 +36,27 @@ log = Logger()
 CLOSE_GRACE = 2.0
 
 
-def unsent(transport: Any) -> bool:
+class StreamTransport(Protocol):
+    """What the TCP and HTTP protocols use of their transport (twisted's ``tcp.Server``).
+
+    No single zope interface has all of it: ``abortConnection`` is ``ITCPTransport``'s,
+    ``registerProducer`` ``IConsumer``'s, pausing ``IPushProducer``'s, and ``connected`` /
+    ``disconnecting`` are ``FileDescriptor`` attributes.
+    """
+
+    connected: int
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...  # noqa: N802 (Twisted API)
+    def abortConnection(self) -> None: ...  # noqa: N802
+    def getPeer(self) -> IPv4Address | IPv6Address: ...  # noqa: N802
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...  # noqa: N802
+    def pauseProducing(self) -> None: ...  # noqa: N802
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+
+def unsent(transport: object) -> bool:
     """True when ``transport`` still holds bytes the peer has not taken.
 
     Reads twisted's ``FileDescriptor`` write buffers (``dataBuffer`` and ``_tempDataLen``); a
@@ -39,7 +65,7 @@ def unsent(transport: Any) -> bool:
     return bool(getattr(transport, "dataBuffer", b"")) or bool(getattr(transport, "_tempDataLen", 0))
 
 
-def close_connection(transport: Any, reactor: Any, stalled: bool = False) -> Any:
+def close_connection(transport: StreamTransport, reactor: IReactorTime, stalled: bool = False) -> IDelayedCall | None:
     """Close ``transport`` now: abort it (RST, buffers dropped) when it has unsent data or
     ``stalled`` says its peer stopped reading, else close it gracefully (FIN).
 
@@ -66,7 +92,7 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
         self.dispatcher = dispatcher
 
     def startProtocol(self) -> None:  # noqa: N802
-        self._sendto = self.transport.socket.sendto
+        self._sendto = cast("Port", self.transport).socket.sendto  # a udp.Port: its socket
         self._fast = self.dispatcher.fast.entries
         self._aged = self.dispatcher.fast.aged
         self._seconds = self.dispatcher.reactor.seconds
@@ -101,6 +127,7 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
             log.warn("UDP send to {addr} failed: {err}", addr=addr, err=e)
 
 
+@implementer(IPushProducer)
 class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
     """TCP: length-prefixed messages, pipelined, closed after an idle timeout (RFC 7766).
 
@@ -117,39 +144,38 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
 
     max_pending = 64  # forwarded answers awaited at once on one connection
     batch = 32  # messages answered before yielding to the reactor
+    factory: DNSStreamFactory  # the factory that built it (the only way one is made)
+    _t: StreamTransport  # self.transport, as what it is (set at connectionMade)
 
     def __init__(self, dispatcher: Dispatcher, idle_timeout: float):
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
-        self.callLater = dispatcher.reactor.callLater  # noqa: N815 (TimeoutMixin's clock: the injected reactor)
+        # TimeoutMixin's clock, meant to be overridden: the injected reactor's
+        self.callLater = dispatcher.reactor.callLater  # type: ignore[method-assign]  # noqa: N815
         self._buf = b""
         self._pending = 0
         self._blocked = False  # the transport's write buffer is full: the client is not reading
-        self._later: Any = None  # the next batch, scheduled
-        self._closing: Any = None  # the abort that backs a graceful close
+        self._later: IDelayedCall | None = None  # the next batch, scheduled
+        self._closing: IDelayedCall | None = None  # the abort that backs a graceful close
         self.evicted = False  # aborted by the factory to make room: no longer counted as open
 
     def connectionMade(self) -> None:  # noqa: N802
         self.setTimeout(self.idle_timeout)
-        self.transport.registerProducer(self, True)
-        factory = getattr(self, "factory", None)
-        if factory is not None:
-            factory.open += 1
+        self._t = cast(StreamTransport, self.transport)
+        self._t.registerProducer(self, True)
+        self.factory.open += 1
 
     # IPushProducer, called by the transport as its write buffer fills and drains
     def pauseProducing(self) -> None:  # noqa: N802
         self._blocked = True
-        self.transport.pauseProducing()
-        factory = getattr(self, "factory", None)
-        if factory is not None and not self.evicted:
-            factory.stalled.pop(self, None)
-            factory.stalled[self] = None  # the most recently stalled last
+        self._t.pauseProducing()
+        if not self.evicted:
+            self.factory.stalled.pop(self, None)
+            self.factory.stalled[self] = None  # the most recently stalled last
 
     def resumeProducing(self) -> None:  # noqa: N802
         self._blocked = False
-        factory = getattr(self, "factory", None)
-        if factory is not None:
-            factory.stalled.pop(self, None)
+        self.factory.stalled.pop(self, None)
         self._process()
 
     def stopProducing(self) -> None:  # noqa: N802
@@ -167,20 +193,20 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
             if len(self._buf) < 2 + n:
                 break
             if done == self.batch:  # more to answer: let the other clients have a turn first
-                self.transport.pauseProducing()
+                self._t.pauseProducing()
                 self._later = self.dispatcher.reactor.callLater(0, self._process)
                 return
             packet, self._buf = self._buf[2 : 2 + n], self._buf[2 + n :]
             done += 1
             self.resetTimeout()
             if self._pending >= self.max_pending:
-                self.transport.loseConnection()
+                self._t.loseConnection()
                 return
-            peer = self.transport.getPeer()
+            peer = self._t.getPeer()
             result = self.dispatcher.handle(packet, "tcp", (peer.host, peer.port))
             if result is None:
                 if n < 12:
-                    self.transport.loseConnection()  # not DNS: do not keep reading garbage
+                    self._t.loseConnection()  # not DNS: do not keep reading garbage
                     return
                 continue
             if isinstance(result, bytes):
@@ -189,17 +215,17 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
                 self._pending += 1
                 result.addCallback(self._write_pending)
                 result.addErrback(lambda f: log.failure("TCP answer failed", f))
-        if not self._blocked and self.transport.connected and not self.transport.disconnecting:
-            self.transport.resumeProducing()
+        if not self._blocked and self._t.connected and not self._t.disconnecting:
+            self._t.resumeProducing()
 
     def _write_pending(self, data: bytes | None) -> None:
         self._pending -= 1
         self._write(data)
 
     def _write(self, data: bytes | None) -> None:
-        if data is None or self.transport is None or not self.transport.connected:
+        if data is None or self.transport is None or not self._t.connected:
             return
-        self.transport.write(struct.pack("!H", len(data)) + data)
+        self._t.write(struct.pack("!H", len(data)) + data)
         self.resetTimeout()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
@@ -211,22 +237,20 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
             self._closing.cancel()
         self._closing = None
         self._buf = b""
-        factory = getattr(self, "factory", None)
-        if factory is not None:
-            factory.stalled.pop(self, None)
-            if not self.evicted:
-                factory.open -= 1
+        self.factory.stalled.pop(self, None)
+        if not self.evicted:
+            self.factory.open -= 1
 
     def timeoutConnection(self) -> None:  # noqa: N802
-        self._closing = close_connection(self.transport, self.dispatcher.reactor, self._blocked)
+        self._closing = close_connection(self._t, self.dispatcher.reactor, self._blocked)
 
     def evict(self) -> None:
         """Abort this connection to make room for another (the client stopped reading)."""
         self.evicted = True
-        self.transport.abortConnection()
+        self._t.abortConnection()
 
 
-class DNSStreamFactory(protocol.ServerFactory):
+class DNSStreamFactory(protocol.ServerFactory[DNSStreamProtocol]):
     """Builds :class:`DNSStreamProtocol`; past :attr:`max_connections` open at once (10000, or
     half the open-files limit if lower), a new connection takes the place of the one that
     stopped reading longest ago (aborted), or when every client reads, is closed at once (UDP

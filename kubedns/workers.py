@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
+from typing import IO, Any
 
 from twisted.application import service
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 __all__ = ["TWISTD", "WorkerPool", "announce_ready", "worker_index"]
@@ -53,10 +53,10 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ready = False
-        self.on_end: Any = None
+        self.on_end: defer.Deferred[None] | None = None
         self._buf = b""
         #: where a worker's JSON query-log lines go: None is this process's real stdout
-        self.out: Any = None
+        self.out: IO[str] | None = None
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802 (Twisted API)
         if fd == READY_FD:
@@ -76,9 +76,11 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def _passthrough(self, line: str) -> None:
         out = self.out if self.out is not None else sys.__stdout__
         try:
+            if out is None:  # no stdout at all (closed by the process that started us)
+                raise ValueError("no stdout")
             out.write(line + "\n")
             out.flush()
-        except (AttributeError, OSError, ValueError):
+        except (OSError, ValueError):
             log.info("{line}", line=line)
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
@@ -110,6 +112,8 @@ class WorkerPool(service.Service):
 
     def signal_all(self, sig: int) -> None:
         for proto in self.procs.values():
+            if proto.transport is None:  # not started yet
+                continue
             try:
                 proto.transport.signalProcess(sig)
             except Exception:  # already gone: processEnded will restart it
@@ -151,11 +155,9 @@ class WorkerPool(service.Service):
         """Stop the workers and wait until every one has exited."""
         service.Service.stopService(self)
         self.begin_stop()
-        from twisted.internet import defer
-
         waits = []
         for proto in list(self.procs.values()):
-            d: defer.Deferred = defer.Deferred()
+            d: defer.Deferred[None] = defer.Deferred()
             proto.on_end = d
             waits.append(d)
         return defer.DeferredList(waits) if waits else None

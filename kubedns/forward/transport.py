@@ -25,10 +25,10 @@ import errno
 import os
 import secrets
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor, ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
@@ -218,6 +218,11 @@ class _StreamProtocol(Int16StringReceiver):
         self.rx = 0  # answers received on this connection
         self.lost = False
 
+    @property
+    def tcp(self) -> ITCPTransport:
+        """The transport, a TCP connection or TLS over one: both can ``abortConnection``."""
+        return cast(ITCPTransport, self.transport)
+
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self.owner._connected(self)
 
@@ -306,7 +311,7 @@ class StreamClient:
             self._fail(p, ConnectionFailedError(f"{self.label}: client closed"))
         d: defer.Deferred = defer.Deferred()
         self._closed_waiters.append(d)
-        proto.transport.abortConnection()
+        proto.tcp.abortConnection()
         return d
 
     @property
@@ -343,7 +348,7 @@ class StreamClient:
 
     def _connected(self, proto: _StreamProtocol) -> None:
         if self._closing:
-            proto.transport.abortConnection()
+            proto.tcp.abortConnection()
             return
         self._proto = proto
         waiting, self._waiting = self._waiting, []
@@ -403,7 +408,7 @@ class StreamClient:
         self._fail(p, UpstreamTimeoutError(f"{self.label}: no answer"))
         if proto is not None and not proto.lost and proto.rx == p.rx_at_send:
             # Nothing at all came back since this query went out: treat the connection as dead.
-            proto.transport.abortConnection()
+            proto.tcp.abortConnection()
 
     def _fail(self, p: _Pending, err: Exception) -> None:
         self._forget(p)
@@ -433,7 +438,7 @@ class StreamClient:
     def _expire_now(self, proto: _StreamProtocol) -> None:
         self._idle = None
         if proto is self._proto and not proto.pending and not proto.lost:
-            proto.transport.loseConnection()
+            proto.tcp.loseConnection()
 
     def _cancel_idle(self) -> None:
         if self._idle is not None:
@@ -444,7 +449,6 @@ class StreamClient:
 
 def describe(err: BaseException | Failure) -> str:
     """A short one-line reason for logs and UpstreamsFailed."""
-    if isinstance(err, Failure):
-        err = err.value
-    text = str(err) or type(err).__name__
-    return text.splitlines()[0] if text else type(err).__name__
+    exc = err.value if isinstance(err, Failure) else err
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
