@@ -48,6 +48,7 @@ class Rotation:
 
     bodies: list[bytes]  # the answers after the ID; ``bodies[0]`` is also the entry's own
     extra: int  # bytes of ``bodies[1:]``, counted in FastCache.bytes
+    agings: list[Aging] | None = None  # forwarded: each order's TTL bookkeeping
     turn: int = 0
 
 
@@ -111,12 +112,13 @@ class FastCache:
         self.computed_bytes += cost
 
     def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
-                 limit: int = 0, orders: list[bytes] | None = None) -> None:
+                 limit: int = 0, orders: list[bytes] | None = None, agings: list[Aging] | None = None) -> None:
         """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
 
         ``limit`` caps the forwarded entries, like the block cache's ``size`` caps its own: the
         fast path must not keep more forwarded names than the operator allowed the cache to.
-        ``orders`` (``answer`` first, never with ``aging``) are served in turn, one per hit.
+        ``orders`` (``answer`` first) are served in turn, one per hit; forwarded ones with
+        ``agings``, one per order (``aging`` is the first).
         """
         if not self.enabled:
             return
@@ -128,9 +130,9 @@ class FastCache:
                 return
             while len(self.forwarded) >= limit:
                 self._drop(next(iter(self.forwarded)))
-        elif orders is not None and len(orders) > 1:
+        if orders is not None and len(orders) > 1:
             extra_bytes = sum(len(o) - 2 for o in orders[1:])
-            extra = Rotation([o[2:] for o in orders], extra_bytes)
+            extra = Rotation([o[2:] for o in orders], extra_bytes, agings if aging is not None else None)
         cost = len(answer) + len(key) + self.entry_overhead + extra_bytes
         if cost > self.max_bytes:
             return
@@ -155,13 +157,25 @@ class FastCache:
     def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
         """The body of an entry that changes per hit: a forwarded one with TTLs counted down to
         ``now`` (None once expired), or the next order of a rotating one."""
-        aging = entry[3]
-        if type(aging) is Rotation:
-            turn = aging.turn + 1
-            if turn == len(aging.bodies):
+        extra = entry[3]
+        if type(extra) is Rotation:
+            turn = extra.turn + 1
+            if turn == len(extra.bodies):
                 turn = 0
-            aging.turn = turn
-            return aging.bodies[turn]
+            extra.turn = turn
+            if extra.agings is None:
+                return extra.bodies[turn]
+            body = self._age(key, extra.agings[turn], extra.bodies[turn], now)
+            if body is not None:
+                extra.bodies[turn] = body
+            return body
+        body = self._age(key, extra, entry[0], now)
+        if body is not None:
+            entry[0] = body
+        return body
+
+    def _age(self, key: bytes, aging: Aging, body: bytes, now: float) -> bytes | None:
+        """``body`` with its TTLs counted down to ``now`` (None, and the entry dropped, once expired)."""
         if now >= aging.expires or now < aging.stored:
             self._drop(key)
             return None
@@ -170,11 +184,11 @@ class FastCache:
             buf = bytearray(aging.body)
             for off, ttl in aging.ttls:
                 struct.pack_into("!I", buf, off - 2, max(0, ttl - age))
-            entry[0] = bytes(buf)
+            body = bytes(buf)
             aging.age = age
         if aging.cache is not None:
             aging.cache.hits += 1
-        return entry[0]
+        return body
 
     def _retire(self, entry: list[Any]) -> None:
         if entry[1]:

@@ -237,16 +237,19 @@ class Dispatcher:
                 if reply.rotate:
                     variants = rotations(ans)
                     if len(variants) > 1:
-                        if lifetime > 0:  # TTL offsets differ per order: left to the block's cache
-                            return out
                         orders = [out] + [self._encode(req, v, ra, reply) for v in variants[1:]]
-                aging = None
-                if lifetime > 0:
-                    aging = self._aging(out, lifetime)
-                    if aging is None:
-                        return out
-                    aging.cache = block.forward_cache if block is not None else None
-                self.fast.remember(req.packet, out, info, aging, limit=self._forward_limit(block), orders=orders)
+                agings: list[Aging] | None = None
+                if lifetime > 0:  # TTLs count down in each order's bytes
+                    cache = block.forward_cache if block is not None else None
+                    agings = []
+                    for o in orders or [out]:
+                        aging = self._aging(o, lifetime)
+                        if aging is None:
+                            return out
+                        aging.cache = cache
+                        agings.append(aging)
+                self.fast.remember(req.packet, out, info, agings[0] if agings else None,
+                                   limit=self._forward_limit(block), orders=orders, agings=agings)
         return out
 
     @staticmethod

@@ -168,6 +168,9 @@ class _FakeForwarder:
             m.rCode = tdns.ENAME
             m.authority = [tdns.RRHeader(b"example.com", tdns.SOA, ttl=60, payload=tdns.Record_SOA(
                 b"ns.example.com", b"h.example.com", 1, 2, 3, 4, 45, ttl=60))]
+        elif name.lower().startswith(b"many"):
+            m.answers = [tdns.RRHeader(name, tdns.A, ttl=300, payload=tdns.Record_A(f"192.0.2.{i}", 300))
+                         for i in range(1, 7)]
         else:
             m.answers = [tdns.RRHeader(name, tdns.A, ttl=300, payload=tdns.Record_A("192.0.2.1", 300))]
         return defer.succeed(m)
@@ -179,7 +182,7 @@ class _FakeForwarder:
         pass
 
 
-def _forward_setup(**cache_kw: Any):
+def _forward_setup(loadbalance: bool = False, **cache_kw: Any):
     from twisted.internet import task
 
     from kubedns.cache import Cache
@@ -190,7 +193,10 @@ def _forward_setup(**cache_kw: Any):
     clock.advance(1000)
     fwd = _FakeForwarder()
     chain = ForwardChain(fwd, cache=Cache(CacheConfig(**{"ttl": 30, **cache_kw}), reactor=clock), reactor=clock)
-    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53)), None, chain)
+    from kubedns.config import LoadbalanceConfig
+
+    lb = LoadbalanceConfig() if loadbalance else None
+    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), loadbalance=lb), None, chain)
     disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=clock)
     proto = DNSDatagramProtocol(disp)
     proto.transport = _Transport()
@@ -386,3 +392,27 @@ def test_forwarded_fast_hits_count_as_cache_hits() -> None:
     for i in range(3):
         proto.datagramReceived(_wire("google.com", 1, 2 + i), ("127.0.0.1", 5000))
     assert disp.fast.hits() == 3 and cache.hits == 3 and fwd.asked == 1
+
+
+def test_forwarded_answers_rotate_on_the_fast_path_as_ttls_count_down() -> None:
+    """With loadbalance, a forwarded answer's repeats are fast-path hits in other orders of the
+    same records, every order with its TTLs counted down like the slow path's."""
+    clock, fwd, disp, proto = _forward_setup(loadbalance=True)
+    sent = proto.transport.socket.sent
+    proto.datagramReceived(_wire("many.example.com", 1, 1), ("127.0.0.1", 5000))
+    (entry,) = disp.fast.entries.values()
+    assert fwd.asked == 1 and len(entry[3].bodies) == 6
+    firsts = set()
+    for i, elapsed in enumerate((0, 7, 0, 0, 5, 0, 0)):
+        clock.advance(elapsed)
+        proto.datagramReceived(_wire("many.example.com", 1, 2 + i), ("127.0.0.1", 5000))
+        r = dns.message.from_wire(sent[-1][0])
+        assert sorted(rd.address for rd in r.answer[0]) == [f"192.0.2.{n}" for n in range(1, 7)]
+        assert r.answer[0].ttl == 30 - int(clock.seconds() - 1000)  # the cache caps TTLs at 30
+        firsts.add(r.answer[0][0].address)
+        assert len(sent[-1][0]) == len(sent[0][0])
+    assert fwd.asked == 1 and len(firsts) >= 4
+    assert disp.blocks[0].chain.cache.hits == 7  # each hit is one of the cache's
+    clock.advance(20)  # past the 30 s the cache keeps it
+    proto.datagramReceived(_wire("many.example.com", 1, 99), ("127.0.0.1", 5000))
+    assert fwd.asked == 2  # expired: asked again
