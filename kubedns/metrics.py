@@ -198,6 +198,7 @@ class KubeDNSCollector(Collector):
         yield from self._queries(m, servers)
         yield from self._cache_and_forward(m)
         yield from self._process(kd)
+        yield from _hosts_families(kd)
 
     # -- coredns_dns_* ---------------------------------------------------------------------------
     def _queries(self, m: Metrics, servers: _Servers) -> Iterator[Metric]:
@@ -387,6 +388,20 @@ def _counter(name: str, doc: str, labels: list[str], acc: _Acc) -> CounterMetric
     for lv, v in sorted(acc.values.items()):
         fam.add_metric(list(lv), v)
     return fam
+
+
+def _hosts_families(kd: Any) -> Iterator[Metric]:
+    """``coredns_hosts_*`` as CoreDNS's *hosts* exports them, when a block has ``hosts``."""
+    entries, newest = kd.hosts.gauges()
+    if not entries:
+        return
+    fam = GaugeMetricFamily("coredns_hosts_entries", "The combined number of entries in hosts and Corefile.",
+                            labels=["hostsfile"])
+    for path, n in sorted(entries.items()):
+        fam.add_metric([path], n)
+    yield fam
+    yield GaugeMetricFamily("coredns_hosts_reload_timestamp_seconds", "The timestamp of the last reload of hosts file.",
+                            value=newest)
 
 
 def _gauge(name: str, doc: str, labels: list[str], acc: _Acc) -> GaugeMetricFamily:

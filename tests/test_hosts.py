@@ -522,12 +522,12 @@ def _cluster(tmp_path) -> str:
     return str(path)
 
 
-def _server(kubedns_process, tmp_path, upstream, hosts: dict, kubernetes: bool = True) -> int:
+def _server(kubedns_process, tmp_path, upstream, hosts: dict, kubernetes: bool = True, **extra) -> int:
     from tests.conftest import free_port
 
     port = free_port()
     block: dict = {"zones": ["."], "listen": f"127.0.0.1:{port}", "hosts": hosts,
-                   "forward": {"to": [upstream.address]}}
+                   "forward": {"to": [upstream.address]}, **extra}
     if kubernetes:
         block["kubernetes"] = {"zones": ["cluster.local", "in-addr.arpa", "ip6.arpa"],
                                "manifests": _cluster(tmp_path), "fallthrough": ["in-addr.arpa", "ip6.arpa"]}
@@ -543,15 +543,16 @@ def test_server_answers_from_hosts_and_falls_through(kubedns_process, tmp_path, 
     import dns.flags
     import dns.rcode
 
-    from tests.conftest import query, rrset_text
+    from tests.conftest import free_port, http_get, query, rrset_text
 
     upstream.add("example.org", "A", "192.0.2.10")
     upstream.add("4.3.2.1.in-addr.arpa", "PTR", "host.example.org.")
     node_hosts = tmp_path / "NodeHosts"
     _write(node_hosts, NODE_HOSTS)
+    metrics = free_port()
     port = _server(kubedns_process, tmp_path, upstream,
                    {"file": str(node_hosts), "ttl": 60, "reload": "15s", "fallthrough": True,
-                    "entries": ["192.0.2.77 inline.nodes.test"]})
+                    "entries": ["192.0.2.77 inline.nodes.test"]}, prometheus=f"127.0.0.1:{metrics}")
     r = query(port, "server-0")
     assert rrset_text(r) == ["server-0 A 172.18.0.2"]
     assert r.answer[0].ttl == 60 and r.flags & dns.flags.AA
@@ -582,6 +583,11 @@ def test_server_answers_from_hosts_and_falls_through(kubedns_process, tmp_path, 
         r = query(port, "SERVER-0")
         assert rrset_text(r) == ["server-0 A 172.18.0.2"]
         assert r.question[0].name.to_text() == "SERVER-0."
+    # CoreDNS's hosts metrics: names and addresses of the file and the inline line, the file's mtime
+    body = http_get(metrics, "/metrics")[1]
+    assert f'coredns_hosts_entries{{hostsfile="{node_hosts}"}} 12.0' in body
+    stamp = float(body.split("\ncoredns_hosts_reload_timestamp_seconds ")[1].split()[0])
+    assert stamp == pytest.approx(os.stat(node_hosts).st_mtime)
 
 
 @pytest.mark.timeout(60)

@@ -133,11 +133,13 @@ def test_endpoint_and_tls_change_what_is_watched(tmp_path: Any) -> None:
     ("app=web", "app=web"),
     ("app == web", "app=web"),
     ("app!=web", "app!=web"),
-    ("environment in (staging, qa),application=nginx", "environment in (staging,qa),application=nginx"),
+    ("environment in (staging, qa),application=nginx", "application=nginx,environment in (qa,staging)"),
+    ("b=2, a=1", "a=1,b=2"),
+    ("x in (b, a, b)", "x in (a,b)"),
     ("tier notin(a,b)", "tier notin (a,b)"),
     ("app", "app"),
     ("! legacy", "!legacy"),
-    ("example.com/team=dns,app.kubernetes.io/name=x_y.z", "example.com/team=dns,app.kubernetes.io/name=x_y.z"),
+    ("example.com/team=dns,app.kubernetes.io/name=x_y.z", "app.kubernetes.io/name=x_y.z,example.com/team=dns"),
     ("app=", "app="),
 ])
 def test_selector_canonical(text: str, canonical: str) -> None:

@@ -157,6 +157,17 @@ class HostsPlugins:
         for plugin in self._kept.values():
             plugin.start()
 
+    def gauges(self) -> tuple[dict[str, int], float]:
+        """CoreDNS's hosts metrics: entries (file and inline) per hosts file (``""``: inline
+        only), and the newest modification time of a file when it was last read (0: none)."""
+        entries: dict[str, int] = {}
+        newest = 0.0
+        for plugin in self._kept.values():
+            table = plugin.table
+            entries[table.path or ""] = len(table)
+            newest = max(newest, table.reloaded_at)
+        return entries, newest
+
     def stop(self) -> None:
         self.running = False
         for plugin in self._kept.values():

@@ -323,7 +323,7 @@ class HostsTable:
         self.generation = 0
         #: called with no argument after the file's maps changed (the server drops its fast path)
         self.on_change: list[Callable[[], None]] = []
-        self.reloaded_at = 0.0  # wall-clock time of the last read that changed the maps
+        self.reloaded_at = 0.0  # the file's mtime when it was last read with a change (CoreDNS's)
         self._stat: tuple[int, int, int, int] | None = None
         self._racy = False
         self._digest: bytes | None = None
@@ -403,6 +403,8 @@ class HostsTable:
         _log_problems(path, problems)
         self._problem("")
         changed = self._replace(fresh, key, digest)
+        if changed:
+            self.reloaded_at = st.st_mtime_ns / 1e9
         log.info("hosts: read {path}: {n} entries", path=path, n=len(fresh))
         return changed
 
@@ -423,7 +425,6 @@ class HostsTable:
         if old == fresh:
             return False
         self.generation += 1
-        self.reloaded_at = time.time()
         for cb in list(self.on_change):
             try:
                 cb()
