@@ -250,6 +250,7 @@ class _Parser:
                 return keys
             s.next()
             text = tok.text
+            _no_glued_brace(tok)
             expecting = text.endswith(",")
             if expecting:
                 text = text[:-1]
@@ -295,6 +296,7 @@ class _Parser:
             if tok.is_open():
                 raise CorefileSyntaxError(tok.file, tok.line, "expected a directive name, got '{'")
             s.next()
+            _no_glued_brace(tok)
             args: list[Token] = []
             block = None
             while True:
@@ -302,6 +304,7 @@ class _Parser:
                 if nxt is None or s.at_new_line() or nxt.is_close():
                     break
                 s.next()
+                _no_glued_brace(nxt)
                 if nxt.is_open():
                     block = self.body(s, nxt)
                     after = s.peek()
@@ -310,6 +313,12 @@ class _Parser:
                     break
                 args.append(nxt)
             out.append(Directive(tok, args, block))
+
+
+def _no_glued_brace(tok: Token) -> None:
+    """``example.org{`` is one token to CoreDNS too, which then fails far from the cause."""
+    if not tok.quoted and len(tok.text) > 1 and tok.text.endswith("{") and "{$" not in tok.text:
+        raise CorefileSyntaxError(tok.file, tok.line, f"expected a space before '{{', got {tok.text!r}")
 
 
 def _keys_text(keys: list[Token]) -> str:
