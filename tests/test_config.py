@@ -135,7 +135,7 @@ endpoint: ["https://10.0.0.1:6443/", "https://10.0.0.2:6443"]
 tls: {cert: crt.pem, key: key.pem, cacert: ca.pem}
 """)
     assert k.namespaces == ("default", "kube-system")
-    assert k.labels == "environment in (staging,qa),application=nginx,!legacy"
+    assert k.labels == "application=nginx,environment in (qa,staging),!legacy"
     assert (k.endpoint_pod_names, k.ignore_empty_service, k.noendpoints) == (True, True, True)
     assert k.endpoint == ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
     assert k.tls.cert == str(tmp_path / "crt.pem") and k.tls.cacert == str(tmp_path / "ca.pem")

@@ -118,7 +118,8 @@ def parse(expression: str) -> tuple[Requirement, ...]:
             values = [v.strip() for v in m["values"].split(",")]
             if values == [""]:
                 raise SelectorError(f"{part!r}: 'in' and 'notin' need at least one value")
-            out.append(Requirement(_check_key(m["key"]), m["op"], tuple(_check_value(v) for v in values)))
+            vals = tuple(sorted(dict.fromkeys(_check_value(v) for v in values)))
+            out.append(Requirement(_check_key(m["key"]), m["op"], vals))
         elif m := _EQ_REQ.match(part):
             op = "=" if m["op"] == "==" else m["op"]
             out.append(Requirement(_check_key(m["key"]), op, (_check_value(m["value"]),)))
@@ -134,8 +135,10 @@ def parse(expression: str) -> tuple[Requirement, ...]:
 
 
 def canonical(expression: str) -> str:
-    """The selector as sent to the API: one spelling per meaning (order kept, spaces normalised)."""
-    return ",".join(str(r) for r in parse(expression))
+    """The selector as sent to the API: one spelling per meaning, as Kubernetes's own
+    ``Selector.String()`` writes it (requirements sorted by key, set values sorted, no spaces but
+    the ones around ``in``/``notin``), so ``b=2,a=1`` and ``a=1, b=2`` share a store."""
+    return ",".join(str(r) for r in sorted(parse(expression), key=lambda r: r.key))
 
 
 def matches(requirements: tuple[Requirement, ...], labels: Mapping[str, str] | None) -> bool:
