@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from kubedns.configbase import ConfigError
 from kubedns.corefile.lexer import CorefileSyntaxError
 from kubedns.corefile.mapping import SUPPORTED, map_corefile, translate
 from kubedns.corefile.parser import Corefile, parse_corefile
+
+if TYPE_CHECKING:
+    from kubedns.config import Config
 
 __all__ = [
     "SUPPORTED",
@@ -65,7 +69,7 @@ def sources_text(text: str, path: str, environ: Mapping[str, str] | None = None)
         return f"{text}\0error {e}"
 
 
-def parse_corefile_config(text: str, path: str, environ: Mapping[str, str] | None = None):  # type: ignore[no-untyped-def]
+def parse_corefile_config(text: str, path: str, environ: Mapping[str, str] | None = None) -> Config:
     """The validated :class:`~kubedns.config.Config` of the Corefile ``path`` holding ``text``."""
     from kubedns.config import parse_data
 
