@@ -637,6 +637,36 @@ def test_server_picks_up_a_file_edit(kubedns_process, tmp_path, upstream):
 
 
 @pytest.mark.timeout(60)
+def test_config_reload_applies_a_new_hosts_config(kubedns_process, tmp_path, upstream):
+    """SIGHUP with a changed ``hosts`` (ttl, an inline line, no fallthrough) applies it at once;
+    the file is read before the new config answers its first query."""
+    import signal
+
+    import dns.rcode
+    import yaml
+
+    from tests.conftest import free_port, query, rrset_text, wait_for
+
+    node_hosts = tmp_path / "NodeHosts"
+    _write(node_hosts, "172.18.0.2 server-0\n")
+    port = free_port()
+    block = {"zones": ["."], "listen": f"127.0.0.1:{port}", "forward": {"to": [upstream.address]},
+             "hosts": {"file": str(node_hosts), "ttl": 60, "fallthrough": True}}
+    p = kubedns_process({"servers": [block]})
+    p.wait_listening(port)
+    assert query(port, "server-0").answer[0].ttl == 60
+    upstream.add("other.test", "A", "192.0.2.1")
+    assert rrset_text(query(port, "other.test")) == ["other.test A 192.0.2.1"]
+    block["hosts"] = {"file": str(node_hosts), "ttl": 30, "entries": ["192.0.2.77 inline.test"]}
+    p.config_path.write_text(yaml.safe_dump({"servers": [block]}))
+    p.signal(signal.SIGHUP)
+    wait_for(lambda: query(port, "server-0").answer[0].ttl == 30, timeout=10)
+    assert rrset_text(query(port, "server-0")) == ["server-0 A 172.18.0.2"]
+    assert rrset_text(query(port, "inline.test")) == ["inline.test A 192.0.2.77"]
+    assert query(port, "other.test").rcode() == dns.rcode.SERVFAIL  # no fallthrough any more
+
+
+@pytest.mark.timeout(60)
 def test_corefile_hosts_as_k3s_writes_it(tmp_path, upstream):
     """The same through a Corefile: ``hosts NodeHosts { ... }`` (a path relative to the
     Corefile's folder) with an inline line, ``ttl``, ``reload`` and ``fallthrough`` to forward."""
