@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.names import dns
 
 from kubedns.cache import response_ttl
@@ -256,3 +258,38 @@ def test_cache_disable_in_yaml() -> None:
     assert (c.disable_success, c.disable_denial) == (("cluster.local",), ("",))
     with pytest.raises(ConfigError, match=r"servers\[0\]\.cache\.disable\.sucess: expected one of the keys denial, success"):
         parse("servers:\n  - forward: 127.0.0.1:5300\n    cache: {disable: {sucess: [a]}}\n")
+
+
+# -- nothing but a one-line ConfigError, whatever the text ---------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    ".:53", "example.org:5353,", "dns://.:1053", "10.0.0.0/8", "{", "}", "\n", " ", '"', "`", "#", "\\\n",
+    "forward", ".", "127.0.0.1:5300", "kubernetes", "cluster.local", "ttl", "30", "abc", "cache", "import",
+    "(s)", "s", "*.nothing", "{$X}", "hosts", "10.0.0.1", "a.example", "log", "bind", "rewrite", "fallthrough",
+    "health", "lameduck", "5s", "errors", "consolidate", "disable", "success", "reload", "loadbalance",
+]), max_size=60))
+def test_any_text_is_a_config_or_one_config_error(tmp_path_factory: pytest.TempPathFactory, parts: list[str]) -> None:
+    from kubedns.corefile import parse_corefile_config
+
+    path = str(tmp_path_factory.mktemp("fuzz") / "Corefile")
+    text = " ".join(parts)
+    try:
+        parse_corefile_config(text, path, environ={"X": "{"})
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e).startswith(path), str(e)
+
+
+def test_deep_nesting_and_import_bombs_are_bounded(tmp_path: Path) -> None:
+    deep = ".:53 {\n" + "a {\n" * 2000 + "}\n" * 2001
+    with pytest.raises(ConfigError, match="nested at most"):
+        parse_corefile(str(tmp_path / "Corefile"), deep)
+    # each snippet imports the previous one twice: 2**25 copies of a line without the bound
+    text = "(s0) {\n    errors\n}\n" + "".join(f"(s{i}) {{\n    import s{i - 1}\n    import s{i - 1}\n}}\n" for i in range(1, 26))
+    with pytest.raises(ConfigError, match="at most 1000 imports in all"):
+        parse_corefile(str(tmp_path / "Corefile"), text + ".:53 {\n    import s25\n}\n")
+    # few imports of a big snippet: bounded by what they add up to
+    big = "(big) {\n" + "    errors\n" * 30_000 + "}\n.:53 {\n" + "    import big\n" * 10 + "}\n"
+    with pytest.raises(ConfigError, match="at most 200000 tokens in all"):
+        parse_corefile(str(tmp_path / "Corefile"), big)

@@ -36,6 +36,7 @@ __all__ = ["Corefile", "Directive", "ServerBlockSyntax", "parse_corefile", "read
 MAX_FILE_BYTES = 1 << 20  # as the YAML config: a Corefile is a few KB
 MAX_EXPANSIONS = 1000  # imports expanded in one Corefile (CoreDNS's cap)
 MAX_TOKENS = 200_000  # everything imported, together
+MAX_DEPTH = 50  # nested blocks (CoreDNS's plugins use two levels)
 
 
 @dataclass(slots=True)
@@ -159,14 +160,17 @@ class _Parser:
             raise CorefileSyntaxError(at.file, at.line, f"import: {file}: expected {e}") from None
         self.sources.append((file, text))
         toks = tokenize(text, file, self.environ)
-        self.total_tokens += len(toks)
-        if self.total_tokens > MAX_TOKENS:
-            where = at or Token("", file, 1)
-            raise CorefileSyntaxError(where.file, where.line, f"import: expected at most {MAX_TOKENS} tokens in all files together")
+        self._count(at or Token("", file, 1), len(toks))
         if via:
             self.expansion_ids += 1
             toks = [Token(t.text, t.file, t.line, t.quoted, via, self.expansion_ids) for t in toks]
         return toks
+
+    def _count(self, at: Token, n: int) -> None:
+        """Bound what imports can make of a small file (a snippet imported 1000 times)."""
+        self.total_tokens += n
+        if self.total_tokens > MAX_TOKENS:
+            raise CorefileSyntaxError(at.file, at.line, f"import: expected at most {MAX_TOKENS} tokens in all, imports included")
 
     def imported(self, at: Token, arg: Token) -> list[Token]:
         pattern = arg.text
@@ -182,6 +186,7 @@ class _Parser:
                 raise CorefileSyntaxError(at.file, at.line, f"import: expected no import cycle, got {' -> '.join((*at.via, key))}")
             self.expansion_ids += 1
             via, n = (*at.via, key), self.expansion_ids
+            self._count(at, len(self.snippets[pattern]))
             return [Token(t.text, t.file, t.line, t.quoted, via, n) for t in self.snippets[pattern]]
         full = pattern if os.path.isabs(pattern) else os.path.join(os.path.dirname(at.file), pattern)
         is_glob = any(c in full for c in "*?[")
@@ -280,7 +285,9 @@ class _Parser:
             body.append(tok)
         raise CorefileSyntaxError(name_tok.file, name_tok.line, f"expected a '}}' closing the snippet ({name}) opened here")
 
-    def body(self, s: _Stream, opener: Token | None) -> list[Directive]:
+    def body(self, s: _Stream, opener: Token | None, depth: int = 0) -> list[Directive]:
+        if depth > MAX_DEPTH and opener is not None:
+            raise CorefileSyntaxError(opener.file, opener.line, f"expected blocks nested at most {MAX_DEPTH} deep")
         out: list[Directive] = []
         while True:
             tok = s.peek()
@@ -306,7 +313,7 @@ class _Parser:
                 s.next()
                 _no_glued_brace(nxt)
                 if nxt.is_open():
-                    block = self.body(s, nxt)
+                    block = self.body(s, nxt, depth + 1)
                     after = s.peek()
                     if after is not None and not s.at_new_line() and not after.is_close():
                         raise CorefileSyntaxError(after.file, after.line, f"expected a new line after '}}', got {after.text!r}")
