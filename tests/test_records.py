@@ -217,6 +217,7 @@ def _fill_options(store: Store) -> None:
     for raw in (
         kubeobj.endpointslice("web-1", "other", "web", endpoints=[{"addresses": ["10.244.5.1"], "targetRef": "web-x1"}]),
         kubeobj.endpointslice("down-1", "testns", "down", endpoints=[{"addresses": ["10.244.6.1"], "ready": False}]),
+        kubeobj.endpointslice("pods-v6", "testns", "pods", endpoints=[{"addresses": ["fd00:4::"]}], address_type="IPv6"),
         kubeobj.endpointslice("pods-1", "testns", "pods", endpoints=[
             {"addresses": ["10.244.4.1"], "targetRef": "web-7d4b9-x2k4p"},
             {"addresses": ["10.244.4.2"], "hostname": "named", "targetRef": "web-7d4b9-zzzzz"},
@@ -268,14 +269,18 @@ OPTION_TABLE = [
     ({"endpoint_pod_names": True}, f"10-244-4-5.{P}", dns.A,
      (OK, [f"10-244-4-5.{P} A 10.244.4.5"]), (OK, [f"10-244-4-5.{P} A 10.244.4.5"])),
     ({"endpoint_pod_names": True}, f"_http._tcp.{P}", dns.SRV, (OK, [
-        f"_http._tcp.{P} SRV 0 20 80 web-7d4b9-x2k4p.{P}", f"_http._tcp.{P} SRV 0 20 80 named.{P}",
-        f"_http._tcp.{P} SRV 0 20 80 10-244-4-3.{P}", f"_http._tcp.{P} SRV 0 20 80 10-244-4-4.{P}",
-        f"_http._tcp.{P} SRV 0 20 80 10-244-4-5.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 fd00-4--0.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 web-7d4b9-x2k4p.{P}", f"_http._tcp.{P} SRV 0 16 80 named.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 10-244-4-3.{P}", f"_http._tcp.{P} SRV 0 16 80 10-244-4-4.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 10-244-4-5.{P}",
     ]), (OK, [
-        f"_http._tcp.{P} SRV 0 20 80 10-244-4-1.{P}", f"_http._tcp.{P} SRV 0 20 80 named.{P}",
-        f"_http._tcp.{P} SRV 0 20 80 10-244-4-3.{P}", f"_http._tcp.{P} SRV 0 20 80 10-244-4-4.{P}",
-        f"_http._tcp.{P} SRV 0 20 80 10-244-4-5.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 fd00-4--0.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 10-244-4-1.{P}", f"_http._tcp.{P} SRV 0 16 80 named.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 10-244-4-3.{P}", f"_http._tcp.{P} SRV 0 16 80 10-244-4-4.{P}",
+        f"_http._tcp.{P} SRV 0 16 80 10-244-4-5.{P}",
     ])),
+    # an IPv6 address ending in "::" is named with a final 0, as CoreDNS ("fd00-4--" would end in "-")
+    ({}, f"fd00-4--0.{P}", dns.AAAA, (OK, [f"fd00-4--0.{P} AAAA fd00:4::"]), (OK, [f"fd00-4--0.{P} AAAA fd00:4::"])),
     ({"endpoint_pod_names": True}, "1.4.244.10.in-addr.arpa", dns.PTR,
      (OK, [f"1.4.244.10.in-addr.arpa PTR web-7d4b9-x2k4p.{P}"]), (OK, [f"1.4.244.10.in-addr.arpa PTR 10-244-4-1.{P}"])),
     # ignore_empty_service: a ClusterIP Service without a ready endpoint address is NXDOMAIN

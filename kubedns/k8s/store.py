@@ -258,7 +258,10 @@ def endpoint_host(ep: Endpoint, ip: str, pod_names: bool = False) -> str:
         return ep.hostname
     if pod_names and ep.pod_name:
         return ep.pod_name
-    return ip.replace(".", "-").replace(":", "-")
+    if ":" in ip:
+        dashed = ip.replace(":", "-")
+        return dashed + "0" if dashed.endswith("-") else dashed  # "fd00::" is "fd00--0", as CoreDNS
+    return ip.replace(".", "-")
 
 
 def _slice_ips(sl: EndpointSlice) -> Iterator[str]:
