@@ -37,14 +37,23 @@ middle of a request, the new one is closed at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application import internet, service
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, pages, resource, server
 
 from kubedns.configbase import Address
-from kubedns.protocols import close_connection
+from kubedns.protocols import StreamTransport, close_connection
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from kubedns.config import Config
+    from kubedns.metrics import Metrics
+    from kubedns.service import KubeDNS
 
 __all__ = ["HTTPBindError", "Ops", "Readiness", "build_ops"]
 
@@ -67,7 +76,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 class Readiness:
     """What ``/ready`` says: synced at least once, and not in lameduck."""
 
-    def __init__(self, kubedns: Any):
+    def __init__(self, kubedns: KubeDNS):
         self.kubedns = kubedns
         self.ever_ready = False
         self.lameduck = False
@@ -88,26 +97,14 @@ class Readiness:
     def _waiting(self) -> list[str]:
         """What is not synced yet: ``kubernetes: waiting for <kinds>``, ``worker <i>``..."""
         kd = self.kubedns
-        not_synced = getattr(kd, "not_synced", None)
-        if callable(not_synced):
-            return list(not_synced()) if not kd.synced else []
-        missing = sorted({k for store in kd.stores for k in store.missing_kinds()})
-        return [f"kubernetes: waiting for {', '.join(missing)}"] if missing else []
+        return [] if kd.synced else kd.not_synced()
 
     def _last_error(self) -> str:
         """The first error a source reports (no kubeconfig, API unreachable...), or ''."""
         for src in self.kubedns.sources:
-            err = getattr(src, "config_error", "") or getattr(src, "last_error", "")
+            err = src.problem()
             if err:
-                return str(err)
-            status = getattr(src, "status", None)
-            if callable(status):
-                try:
-                    for st in status().values():
-                        if not st.get("synced") and st.get("last_error"):
-                            return str(st["last_error"])
-                except Exception:  # a status view must never break the probe
-                    continue
+                return err
         return ""
 
 
@@ -129,7 +126,7 @@ class _Text(resource.Resource):
 class _Root(resource.Resource):
     """``/``: the configured paths as children, a plain 404 for anything else."""
 
-    def getChild(self, path: bytes, request: Any) -> resource.Resource:  # noqa: N802 (twisted.web API)
+    def getChild(self, path: bytes, request: Any) -> resource.IResource:  # noqa: N802 (twisted.web API)
         return pages.notFound()
 
 
@@ -151,8 +148,9 @@ class _OpsChannel(http.HTTPChannel):
     site: _QuietSite
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
-        self._deadline: Any = None
-        self._closing: Any = None
+        self._deadline: IDelayedCall | None = None
+        #: the abort backing a graceful close; True once closed without one
+        self._closing: IDelayedCall | bool | None = None
         super().connectionMade()
         self._await_request()
 
@@ -180,18 +178,25 @@ class _OpsChannel(http.HTTPChannel):
 
     def timeoutConnection(self) -> None:  # noqa: N802 (Twisted API; no "Timing out client" line)
         self._stop_waiting()
-        if self._closing is None and self.transport is not None and self.transport.connected:
-            self._closing = close_connection(self.transport, self.site.reactor) or True
+        tcp = self._tcp
+        if self._closing is None and tcp is not None and tcp.connected:
+            self._closing = close_connection(tcp, self.site.reactor) or True
 
     def evict(self) -> None:
         """Abort: the listener needs the slot of this connection, which has no request yet."""
         self._stop_waiting()
         self.site.channels.discard(self)
-        self.transport.abortConnection()
+        if self._tcp is not None:
+            self._tcp.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted API)
+    @property
+    def _tcp(self) -> StreamTransport | None:
+        """The transport, a TCP connection (twisted.web types it as a bare ITransport)."""
+        return cast("StreamTransport | None", self.transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 (Twisted API)
         self._stop_waiting()
-        if self._closing not in (None, True) and self._closing.active():
+        if not isinstance(self._closing, bool) and self._closing is not None and self._closing.active():
             self._closing.cancel()
         self.site.channels.discard(self)
         super().connectionLost(reason)
@@ -228,13 +233,13 @@ class _QuietSite(server.Site):
 class Ops(service.MultiService):
     """The operations side of one KubeDNS: HTTP endpoints, metrics, query and error logs."""
 
-    def __init__(self, kubedns: Any):
+    def __init__(self, kubedns: KubeDNS):
         super().__init__()
         self.setName("ops")
         self.kubedns = kubedns
         self.reactor = kubedns.reactor
         self.readiness = Readiness(kubedns)
-        self.metrics: Any = None  # kubedns.metrics.Metrics once any block has prometheus
+        self.metrics: Metrics | None = None  # once any block has prometheus
         self._roots: dict[Address, resource.Resource] = {}
         self._ports: dict[Address, service.Service] = {}
         #: listeners bound by prepare() for a reload not committed yet
@@ -268,14 +273,14 @@ class Ops(service.MultiService):
         self._refresh_http(config)
 
     # -- HTTP ----------------------------------------------------------------------------------
-    def _wanted(self, config: Any) -> dict[Address, set[bytes]]:
+    def _wanted(self, config: Config) -> dict[Address, set[bytes]]:
         """Address → paths to serve there.
 
         With ``workers: N``, /health and /ready belong to worker 0 (which knows whether every
         worker is ready) and each worker serves its own /metrics on the prometheus port plus its
         index, so a scrape never reports figures of another process.
         """
-        worker = getattr(self.kubedns, "worker", 0) or 0
+        worker = self.kubedns.worker
         want: dict[Address, set[bytes]] = {}
         for b in config.servers:
             if worker == 0 and b.health is not None:
@@ -297,7 +302,7 @@ class Ops(service.MultiService):
         assert self.metrics is not None
         return self.metrics.resource()
 
-    def prepare(self, config: Any) -> None:
+    def prepare(self, config: Config) -> None:
         """Before a reload commits: listen on every HTTP address ``config`` adds, or raise.
 
         Raises :class:`HTTPBindError` (having closed what it opened) when an address cannot be
@@ -320,9 +325,9 @@ class Ops(service.MultiService):
                 except Exception as e:
                     raise HTTPBindError(f"cannot listen for {_paths(paths)} on {addr}: {e}") from e
         except Exception:
-            for _, port in pending.values():
-                if port.parent is not None:
-                    port.disownServiceParent()
+            for _, opened in pending.values():
+                if opened.parent is not None:
+                    opened.disownServiceParent()
             raise
         self._pending = pending
 
@@ -333,7 +338,7 @@ class Ops(service.MultiService):
             if port.parent is not None:
                 port.disownServiceParent()
 
-    def _refresh_http(self, config: Any) -> None:
+    def _refresh_http(self, config: Config) -> None:
         want = self._wanted(config)
         pending, self._pending = self._pending, {}
         for addr, paths in want.items():
@@ -389,7 +394,7 @@ def _paths(paths: set[bytes]) -> str:
     return ", ".join("/" + p.decode() for p in sorted(paths))
 
 
-def build_ops(kubedns: Any) -> Ops:
+def build_ops(kubedns: KubeDNS) -> Ops:
     """Make the operations service for ``kubedns`` and attach it as a child (started with it).
 
     Returns the :class:`Ops`; the wiring keeps it for ``set_lameduck()``,

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from kubedns import __version__
 from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, file_digest, load
 from kubedns.configbase import Address
+from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
 from kubedns.listen import ListenError, TCPListener, UDPListener, fd_limit, http_addresses, http_listen_error, interface
 from kubedns.plugins.hosts import HostsPlugins
@@ -41,6 +42,9 @@ from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
 from kubedns.server import Block, Dispatcher
 from kubedns.stores import ClusterSources
 from kubedns.workers import WorkerPool, announce_ready, worker_index
+
+if TYPE_CHECKING:
+    from kubedns.health import Ops
 
 __all__ = ["KubeDNS", "banner", "build"]
 
@@ -99,7 +103,7 @@ class KubeDNS(service.MultiService):
         self._fwd: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._listeners: dict[Address, _Listener] = {}
         self.reload_failures = 0
-        self.ops: Any = None
+        self.ops: Ops | None = None
         self._reload_loop: task.LoopingCall | None = None
         self._config_digest = hashlib.sha256(config.raw_text.encode()).hexdigest()
         #: the last file content a reload looked at (applied or rejected): tried once per change
@@ -118,7 +122,7 @@ class KubeDNS(service.MultiService):
         return self.clusters.stores
 
     @property
-    def sources(self) -> list[service.Service]:
+    def sources(self) -> list[ClusterSource]:
         return self.clusters.sources
 
     @property
@@ -148,7 +152,7 @@ class KubeDNS(service.MultiService):
         self.ops = build_ops(self)
 
     # -- construction -----------------------------------------------------------------------
-    def _source(self, store: Store, k8s: KubernetesConfig) -> service.Service:
+    def _source(self, store: Store, k8s: KubernetesConfig) -> ClusterSource:
         if k8s.manifests:
             from kubedns.k8s.manifests import ManifestSource
 
@@ -320,7 +324,7 @@ class KubeDNS(service.MultiService):
         self.reload_failures += 1
         why = f"cannot listen: {err}" if isinstance(err, ListenError) else str(err)
         log.error("kubedns: reload rejected, still serving the previous config: {why}", why=why)
-        if self.ops is not None and hasattr(self.ops, "record_reload_failure"):
+        if self.ops is not None:
             self.ops.record_reload_failure()
         return False
 
@@ -393,7 +397,7 @@ class KubeDNS(service.MultiService):
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
         for src in self.clusters.sources:  # a kubeconfig fixed on disk: retry with it now
-            getattr(src, "reload_credentials", lambda: None)()
+            src.reload_credentials()
         self.reload(force=True)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -432,7 +436,7 @@ class KubeDNS(service.MultiService):
         health = self.config.first("health")
         lameduck = health.lameduck if health is not None else 0.0
         if lameduck > 0:
-            if self.ops is not None and hasattr(self.ops, "set_lameduck"):
+            if self.ops is not None:
                 self.ops.set_lameduck()
             log.info("kubedns: lameduck for {secs}s before shutting down", secs=lameduck)
             d = task.deferLater(self.reactor, lameduck, lambda: None)

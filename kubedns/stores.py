@@ -32,6 +32,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from kubedns.config import Config, KubernetesConfig
+from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
 
@@ -40,7 +41,7 @@ __all__ = ["ClusterSources", "Plan"]
 log = Logger(namespace="kubedns.service")
 
 WatchKey = tuple[Any, ...]
-Entry = tuple[Store, service.Service]
+Entry = tuple[Store, ClusterSource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ class ClusterSources:
     def __init__(
         self,
         parent: service.MultiService,
-        make_source: Callable[[Store, KubernetesConfig], service.Service],
+        make_source: Callable[[Store, KubernetesConfig], ClusterSource],
         on_change: Callable[[], None],
         reactor: Any,
     ):
@@ -109,7 +110,7 @@ class ClusterSources:
         return [s for s, _ in self.active.values()]
 
     @property
-    def sources(self) -> list[service.Service]:
+    def sources(self) -> list[ClusterSource]:
         return [src for _, src in self.active.values()]
 
     def pending(self) -> list[str]:
@@ -221,7 +222,7 @@ class ClusterSources:
         self._warning = None
         for s in self._swaps:
             store, src = self.active[s.key]
-            err = getattr(src, "config_error", "") or getattr(src, "last_error", "")
+            err = src.problem()
             log.warn("kubedns: servers[{i}]: the new cluster source ({what}) has not synced after {secs:g}s "
                      "(waiting for {kinds}{err}); still answering from the previous one",
                      i=s.index, what=describe(s.config), secs=self.sync_warning,

@@ -174,9 +174,18 @@ class _FakeStore:
 
 
 class _FakeKubeDNS:
+    """What Readiness reads of a KubeDNS: synced, not_synced() and the sources' problems."""
+
     def __init__(self, stores: list[_FakeStore]):
         self.stores = stores
         self.sources: list[Any] = []
+
+    @property
+    def synced(self) -> bool:
+        return all(s.synced for s in self.stores)
+
+    def not_synced(self) -> list[str]:
+        return [f"kubernetes: waiting for {', '.join(s.missing_kinds())}" for s in self.stores if not s.synced]
 
 
 def test_readiness_latches_and_lameduck_wins() -> None:

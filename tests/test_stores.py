@@ -18,13 +18,18 @@ from twisted.logger import Logger, formatEvent
 
 from kubedns import stores
 from kubedns.config import Config, parse
+from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
 from kubedns.server import Block
 
 
-class _Source(service.Service):
+class _Source(ClusterSource):
     def __init__(self, store: Store, k8s: Any):
         self.store, self.k8s = store, k8s
+        self.config_error = ""
+
+    def problem(self) -> str:
+        return self.config_error
 
     def sync(self) -> None:
         for kind in sorted(self.store.required):

@@ -24,11 +24,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from kubedns.config import ApiConfig
+from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.watch import (
     ApiOutage,
     Backoff,
@@ -91,7 +91,7 @@ def _pin_malloc_mmap_threshold(threshold: int = 128 * 1024) -> bool:
         return False
 
 
-class Informer(Service):
+class Informer(ClusterSource):
     """Keeps ``store`` in step with the API for ``resources`` (e.g. namespaces, services, ...).
 
     ``tuning`` takes the :class:`~kubedns.k8s.watch.ResourceWatcher` knobs (``page_size``,
@@ -279,6 +279,16 @@ class Informer(Service):
             source.close()  # every client it built
 
     # -- state ------------------------------------------------------------------------------
+    def problem(self) -> str:
+        """The client config's error, else the last error of the first resource not synced."""
+        if self.config_error:
+            return self.config_error
+        for resource in self.resources:
+            w = self._watchers.get(resource)
+            if w is not None and not w.status.synced and w.status.last_error:
+                return w.status.last_error
+        return ""
+
     def status(self) -> dict[str, dict[str, Any]]:
         """resource → {synced, resource_version, relists, errors, last_error}."""
         out: dict[str, dict[str, Any]] = {}

@@ -21,12 +21,12 @@ import os
 from typing import Any
 
 import yaml
-from twisted.application.service import Service
 from twisted.internet import task
 from twisted.logger import Logger
 
 from kubedns.configbase import ConfigError
 from kubedns.k8s.objects import KINDS
+from kubedns.k8s.source import ClusterSource
 
 __all__ = ["ManifestSource", "parse_manifests"]
 
@@ -99,7 +99,7 @@ def _add(
     out[resource].append((key, rec))
 
 
-class ManifestSource(Service):
+class ManifestSource(ClusterSource):
     """Loads ``path`` into ``store`` for ``kinds`` and reloads it when the file changes."""
 
     def __init__(
@@ -129,6 +129,10 @@ class ManifestSource(Service):
         self._stat: tuple[int, ...] | None = None
         self._digest: bytes | None = None
         self._loop: task.LoopingCall | None = None
+
+    def problem(self) -> str:
+        """Why the last reload failed (the previous state is kept), or ``""``."""
+        return self.last_error
 
     # -- loading ----------------------------------------------------------------------------
     def load_now(self) -> int:
