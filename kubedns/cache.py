@@ -368,9 +368,6 @@ class Cache:
             return None
         return self._message(e, self._served_ttl(e, e.ttl - int(max(age, 0.0))))  # as get() would
 
-    def remove(self, key: CacheKey) -> None:
-        self._pop(key)
-
     def clear(self) -> None:
         self._pos.clear()
         self._neg.clear()

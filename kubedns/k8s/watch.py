@@ -202,7 +202,7 @@ class ResourceWatcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the loop to end and wake it from a blocking read; does not wait (see join)."""
+        """Ask the loop to end and wake it from a blocking read; does not wait (see is_alive)."""
         self._stopping.set()
         self._wake.set()
         with self._lock:
@@ -215,13 +215,6 @@ class ResourceWatcher:
         self._wake.set()
         if self._outage is not None:
             self._outage.wake()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True if it has ended."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
