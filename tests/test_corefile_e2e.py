@@ -283,3 +283,23 @@ def test_env_substitution_sets_the_port_and_upstream(start) -> None:
         p.wait_listening(port)
         assert query(port, "env.example", "A").answer[0][0].to_text() == "192.0.2.10"
         assert up.count("env.example", "A") >= 1
+
+
+def test_cache_disable_leaves_those_zones_uncached(start) -> None:
+    """kubeadm's ``cache 30 { disable success|denial ZONE }``: answers for ZONE always go upstream
+    (neither the cache nor the pre-encoded fast path keeps them); other names are cached."""
+    with DNSUpstream(host="127.0.0.11") as up:
+        up.add("www.nocache.example", "A", "192.0.2.11")
+        up.add("www.cached.example", "A", "192.0.2.12")
+        up.set_soa("nocache.example")
+        port = free_port()
+        p = start(f".:{port} {{\n    bind 127.0.0.1\n    forward . {up.address}\n    cache 30 {{\n"
+                  "       disable success nocache.example\n       disable denial nocache.example\n    }\n}\n")
+        p.wait_listening(port)
+        for _ in range(3):
+            assert query(port, "www.nocache.example", "A").answer[0][0].to_text() == "192.0.2.11"
+            assert query(port, "nx.nocache.example", "A").rcode() == dns.rcode.NXDOMAIN
+            assert query(port, "www.cached.example", "A").answer[0][0].to_text() == "192.0.2.12"
+        assert up.count("www.nocache.example", "A") == 3
+        assert up.count("nx.nocache.example", "A") == 3
+        assert up.count("www.cached.example", "A") == 1
