@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import time
 
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
 import pytest
+import yaml
 from twisted.internet import task
+from twisted.names import dns as tdns
 
-from kubedns.configbase import ConfigError, Node
+from kubedns.config import ServerBlock, parse
+from kubedns.configbase import Address, ConfigError, Node
+from kubedns.plugins.base import Reply
+from kubedns.plugins.hosts import HostsPlugin, HostsPlugins
 from kubedns.plugins.hoststable import (
     HostsConfig,
     HostsTable,
@@ -21,6 +31,13 @@ from kubedns.plugins.hoststable import (
     parse_hosts,
     parse_hosts_config,
 )
+from kubedns.protocols import DNSDatagramProtocol
+from kubedns.query import Request
+from kubedns.server import Block, Dispatcher
+from kubedns.wire import parse_question
+from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text, wait_for
+from tests.dnsupstream import DNSUpstream
+from tests.support import kubeobj
 
 HOSTS = """\
 # The following lines are desirable for IPv4 capable hosts
@@ -281,11 +298,6 @@ def test_config_errors(value, message):
 
 # -- the plugin's answers, in process (a table like CoreDNS's hosts_test.go) ----------------------
 def _request(name: str, rdtype: str):
-    import dns.message
-
-    from kubedns.query import Request
-    from kubedns.wire import parse_question
-
     data = dns.message.make_query(name, rdtype, use_edns=False).to_wire()
     q = parse_question(data)
     return Request(q, data[12 : q.end], None, 512, "udp", None, 0.0, data, None,
@@ -294,15 +306,11 @@ def _request(name: str, rdtype: str):
 
 def _serve(plugin, name: str, rdtype: str):
     """(rcode, [owner TYPE data...], authoritative) or "next" when the query went on."""
-    from kubedns.plugins.base import Reply
-
     went: list[object] = []
     reply = plugin.serve(_request(name, rdtype), lambda req: went.append(req) or Reply(None, "", "next"))
     if went:
         return "next"
     assert isinstance(reply, Reply) and reply.plugin == "hosts"
-    import dns.message
-    from twisted.names import dns as tdns
 
     wire = tdns.Message(answer=1, auth=reply.answer.authoritative, rCode=reply.answer.rcode)
     wire.answers = reply.answer.answers
@@ -312,15 +320,11 @@ def _serve(plugin, name: str, rdtype: str):
 
 
 def rrset_text_of(rrset) -> list[str]:
-    import dns.rdatatype
-
     name = rrset.name.to_text(omit_final_dot=True)
     return [f"{name} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}" for rd in rrset]
 
 
 def _plugin(tmp_path, **kw):
-    from kubedns.plugins.hosts import HostsPlugin
-
     hosts = tmp_path / "hosts"
     _write(hosts, HOSTS)
     cfg = HostsConfig(file=str(hosts), **kw)
@@ -375,9 +379,6 @@ def test_plugin_no_reverse(tmp_path):
 
 
 def test_plugins_kept_across_reloads_while_unchanged(tmp_path):
-    from kubedns.config import parse
-    from kubedns.plugins.hosts import HostsPlugins
-
     hosts = tmp_path / "hosts"
     _write(hosts, "10.0.0.1 a.test\n")
 
@@ -423,12 +424,6 @@ class _Transport:
 
 
 def _fast_setup(tmp_path, **kw):
-    from kubedns.config import ServerBlock
-    from kubedns.configbase import Address
-    from kubedns.plugins.hosts import HostsPlugin
-    from kubedns.protocols import DNSDatagramProtocol
-    from kubedns.server import Block, Dispatcher
-
     hosts = tmp_path / "hosts"
     _write(hosts, HOSTS)
     clock = task.Clock()
@@ -446,8 +441,6 @@ def _fast_setup(tmp_path, **kw):
 
 
 def _wire(qname: str, rdtype: str, qid: int, edns: bool) -> bytes:
-    import dns.message
-
     kw = {"use_edns": 0, "payload": 1232} if edns else {"use_edns": False}
     q = dns.message.make_query(qname, rdtype, **kw)
     q.id = qid
@@ -475,8 +468,6 @@ def test_fast_bytes_equal_slow_bytes(tmp_path, qname, rdtype, edns):
 
 
 def test_servfail_is_not_pre_encoded_and_a_file_change_drops_the_fast_path(tmp_path):
-    import dns.message
-
     disp, proto, tr, clock, hosts = _fast_setup(tmp_path)
     proto.datagramReceived(_wire("missing.test", "A", 1, False), ("127.0.0.1", 5000))
     assert dns.message.from_wire(tr.sent[-1]).rcode() == 2 and not disp.fast.entries
@@ -504,18 +495,12 @@ fd00:18::3 agent-0
 
 @pytest.fixture
 def upstream():
-    from tests.dnsupstream import DNSUpstream
-
     up = DNSUpstream(host="127.0.0.3").start()
     yield up
     up.stop()
 
 
 def _cluster(tmp_path) -> str:
-    import yaml
-
-    from tests.support import kubeobj
-
     path = tmp_path / "cluster.yaml"
     objs = [kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")]
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}))
@@ -523,8 +508,6 @@ def _cluster(tmp_path) -> str:
 
 
 def _server(kubedns_process, tmp_path, upstream, hosts: dict, kubernetes: bool = True, **extra) -> int:
-    from tests.conftest import free_port
-
     port = free_port()
     block: dict = {"zones": ["."], "listen": f"127.0.0.1:{port}", "hosts": hosts,
                    "forward": {"to": [upstream.address]}, **extra}
@@ -540,11 +523,6 @@ def _server(kubedns_process, tmp_path, upstream, hosts: dict, kubernetes: bool =
 def test_server_answers_from_hosts_and_falls_through(kubedns_process, tmp_path, upstream):
     """k3s's ``hosts /etc/coredns/NodeHosts { ttl 60; reload 15s; fallthrough }`` beside the
     cluster and forward: hosts first, then the cluster, then upstream (CoreDNS's order)."""
-    import dns.flags
-    import dns.rcode
-
-    from tests.conftest import free_port, http_get, query, rrset_text
-
     upstream.add("example.org", "A", "192.0.2.10")
     upstream.add("4.3.2.1.in-addr.arpa", "PTR", "host.example.org.")
     node_hosts = tmp_path / "NodeHosts"
@@ -595,10 +573,6 @@ def test_server_without_fallthrough_is_servfail_for_other_names(kubedns_process,
     """As CoreDNS: a name in the plugin's zones that is not in the hosts data, without
     fallthrough, is SERVFAIL (no SOA to make an NXDOMAIN with), and never reaches forward;
     names outside the plugin's zones go on whatever fallthrough says."""
-    import dns.rcode
-
-    from tests.conftest import query, rrset_text
-
     upstream.add("example.org", "A", "192.0.2.10")
     upstream.add("other.nodes.test", "A", "192.0.2.11")
     port = _server(kubedns_process, tmp_path, upstream,
@@ -616,8 +590,6 @@ def test_server_without_fallthrough_is_servfail_for_other_names(kubedns_process,
 def test_server_picks_up_a_file_edit(kubedns_process, tmp_path, upstream):
     """An edit of the file is answered after the reload period, including for names whose
     previous answers (the cluster's, hosts' own) were kept on the fast path."""
-    from tests.conftest import query, rrset_text, wait_for
-
     node_hosts = tmp_path / "NodeHosts"
     _write(node_hosts, "172.18.0.2 server-0\n172.18.0.3 agent-0\n")
     port = _server(kubedns_process, tmp_path, upstream,
@@ -640,13 +612,6 @@ def test_server_picks_up_a_file_edit(kubedns_process, tmp_path, upstream):
 def test_config_reload_applies_a_new_hosts_config(kubedns_process, tmp_path, upstream):
     """SIGHUP with a changed ``hosts`` (ttl, an inline line, no fallthrough) applies it at once;
     the file is read before the new config answers its first query."""
-    import signal
-
-    import dns.rcode
-    import yaml
-
-    from tests.conftest import free_port, query, rrset_text, wait_for
-
     node_hosts = tmp_path / "NodeHosts"
     _write(node_hosts, "172.18.0.2 server-0\n")
     port = free_port()
@@ -670,10 +635,6 @@ def test_config_reload_applies_a_new_hosts_config(kubedns_process, tmp_path, ups
 def test_corefile_hosts_as_k3s_writes_it(tmp_path, upstream):
     """The same through a Corefile: ``hosts NodeHosts { ... }`` (a path relative to the
     Corefile's folder) with an inline line, ``ttl``, ``reload`` and ``fallthrough`` to forward."""
-    import dns.rcode
-
-    from tests.conftest import KubeDNSProcess, free_port, query, rrset_text, wait_for
-
     upstream.add("example.org", "A", "192.0.2.10")
     work = tmp_path / "coredns"
     work.mkdir()
