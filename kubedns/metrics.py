@@ -34,7 +34,7 @@ from __future__ import annotations
 import platform
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -56,6 +56,12 @@ from kubedns.counters import (
     record_reload_failure,
     type_label,
 )
+
+if TYPE_CHECKING:
+    from kubedns.config import ServerBlock
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.server import Dispatcher
+    from kubedns.service import KubeDNS
 
 __all__ = [
     "DEVIATIONS",
@@ -80,7 +86,7 @@ DEVIATIONS = (
     " other zones of a block with forward: 'forward'; cache hits are reported as 'forward'); '' for"
     " answers the server writes itself (REFUSED for names no block serves, zone 'dropped').",
     "coredns_cache_hits_total / coredns_cache_evictions_total: type='success' carries every hit"
-    " (eviction) unless the cache counts them per type (Cache.hits_by_kind / evictions_by_kind).",
+    " (eviction); type='denial' stays 0 (the cache does not count them per type).",
     "coredns_cache_entries: SERVFAIL entries are counted under type='denial' (CoreDNS keeps them in"
     " its denial cache too).",
     "coredns_forward_*: the deprecated forward metrics are exported (requests_total{to},"
@@ -109,7 +115,7 @@ def _family_of_server(label: str) -> str:
     return "2" if label.startswith("dns://[") else "1"
 
 
-def _fast_counts(disp: Any) -> list[tuple[tuple[Any, ...], int]]:
+def _fast_counts(disp: Dispatcher) -> list[tuple[tuple[Any, ...], int]]:
     """``(fast_key, hits)`` of a dispatcher's fast path: live entries and retired ones."""
     fast = disp.fast
     return list(fast.live()) + list(fast.retired.items())
@@ -157,7 +163,7 @@ class _HistAcc:
 class _Servers:
     """What the collector needs to know about each listen address, from its current blocks."""
 
-    def __init__(self, dispatchers: Iterable[Any]):
+    def __init__(self, dispatchers: Iterable[Dispatcher]):
         self.has_root: dict[str, bool] = {}
         self.plugin_of: dict[str, dict[str, str]] = {}
         for disp in dispatchers:
@@ -278,7 +284,7 @@ class KubeDNSCollector(Collector):
         for chain, server, zones in m.live_chains():
             for (name, labels), v in _chain_counters(chain, server, zones):
                 take(name, labels, v)
-            cache = getattr(chain, "cache", None)
+            cache = chain.cache
             if cache is not None:
                 by_kind = cache.entries_by_kind()
                 entries.add((server, "success", zones, ""), by_kind.get("success", 0))
@@ -289,7 +295,7 @@ class KubeDNSCollector(Collector):
         yield proxy.family(_PROXY_DURATION, "Histogram of the time each request took.", ["proxy_name", "to", "rcode"])
 
     # -- process ----------------------------------------------------------------------------------
-    def _process(self, kd: Any) -> Iterator[Metric]:
+    def _process(self, kd: KubeDNS) -> Iterator[Metric]:
         from kubedns import __version__
 
         info = GaugeMetricFamily("coredns_build_info", "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built.",
@@ -335,50 +341,42 @@ _CARRIED: dict[str, tuple[str, list[str]]] = {
 _PROXY_DURATION = "coredns_proxy_request_duration_seconds"
 
 
-def _chain_counters(chain: Any, server: str, zones: str) -> list[tuple[tuple[str, tuple[str, ...]], float]]:
+def _chain_counters(chain: ForwardChain, server: str, zones: str) -> list[tuple[tuple[str, tuple[str, ...]], float]]:
     """The counter samples of one forward chain (cache + forwarder), as read right now."""
     out: list[tuple[tuple[str, tuple[str, ...]], float]] = []
-    cache = getattr(chain, "cache", None)
+    cache = chain.cache
     if cache is not None:
-        hits_by_kind = getattr(cache, "hits_by_kind", None)
-        if isinstance(hits_by_kind, dict):
-            hits = {"success": hits_by_kind.get("success", 0), "denial": hits_by_kind.get("denial", 0) + hits_by_kind.get("servfail", 0)}
-        else:
-            hits = {"success": cache.hits, "denial": 0}
-        for kind, n in hits.items():
-            out.append((("coredns_cache_hits_total", (server, kind, zones, "")), n))
-        ev_by_kind = getattr(cache, "evictions_by_kind", None)
-        ev = dict(ev_by_kind) if isinstance(ev_by_kind, dict) else {"success": cache.evictions}
-        for kind in ("success", "denial"):
-            out.append((("coredns_cache_evictions_total", (server, kind, zones, "")), ev.get(kind, 0) + (ev.get("servfail", 0) if kind == "denial" else 0)))
+        for kind, hits, evictions in (("success", cache.hits, cache.evictions), ("denial", 0, 0)):  # see DEVIATIONS
+            out.append((("coredns_cache_hits_total", (server, kind, zones, "")), hits))
+            out.append((("coredns_cache_evictions_total", (server, kind, zones, "")), evictions))
         out.append((("coredns_cache_misses_total", (server, zones, "")), cache.misses))
         out.append((("coredns_cache_requests_total", (server, zones, "")), cache.hits + cache.misses))
         out.append((("coredns_cache_prefetch_total", (server, zones, "")), cache.prefetches))
         out.append((("coredns_cache_served_stale_total", (server, zones, "")), cache.stale_served))
-    fwd = getattr(chain, "forwarder", None)
-    if fwd is not None:
-        for to, s in fwd.upstream_stats().items():
-            out.append((("coredns_forward_requests_total", (to,)), s.requests))
-            out.append((("coredns_forward_healthcheck_failures_total", (to,)), s.healthcheck_failures))
-            out.append((("coredns_proxy_healthcheck_failures_total", ("forward", to)), s.healthcheck_failures))
-            for rcode, (counts, total) in s.durations.items():
-                rc = rcode_name(rcode)
-                for i, c in enumerate(counts):
-                    if c:
-                        out.append(((_PROXY_DURATION, ("forward", to, rc, str(i))), c))
-                out.append(((_PROXY_DURATION, ("forward", to, rc, "sum")), total))
-            for rcode, n in s.responses.items():
-                out.append((("coredns_forward_responses_total", (to, rcode_name(rcode))), n))
-        out.append((("coredns_forward_healthcheck_broken_total", ()), fwd.stats.healthcheck_broken))
-        out.append((("coredns_forward_max_concurrent_rejects_total", ()), fwd.stats.max_concurrent_rejects))
+    fwd = chain.forwarder
+    for to, s in fwd.upstream_stats().items():
+        out.append((("coredns_forward_requests_total", (to,)), s.requests))
+        out.append((("coredns_forward_healthcheck_failures_total", (to,)), s.healthcheck_failures))
+        out.append((("coredns_proxy_healthcheck_failures_total", ("forward", to)), s.healthcheck_failures))
+        for rcode, (counts, total) in s.durations.items():
+            rc = rcode_name(rcode)
+            for i, c in enumerate(counts):
+                if c:
+                    out.append(((_PROXY_DURATION, ("forward", to, rc, str(i))), c))
+            out.append(((_PROXY_DURATION, ("forward", to, rc, "sum")), total))
+        for rcode, n in s.responses.items():
+            out.append((("coredns_forward_responses_total", (to, rcode_name(rcode))), n))
+    out.append((("coredns_forward_healthcheck_broken_total", ()), fwd.stats.healthcheck_broken))
+    out.append((("coredns_forward_max_concurrent_rejects_total", ()), fwd.stats.max_concurrent_rejects))
     return out
 
 
-def _plugins_of(block: Any) -> list[str]:
+def _plugins_of(block: ServerBlock) -> list[str]:
     """CoreDNS handler plugins a block enables (health, ready and reload are not handlers there)."""
-    names = [n for n in ("errors", "log", "prometheus", "cache", "kubernetes", "forward") if getattr(block, n, None) is not None]
-    loop = getattr(block, "loop", None)
-    if loop is not None and getattr(loop, "enabled", True):
+    keys = {"errors": block.errors, "log": block.log, "prometheus": block.prometheus, "cache": block.cache,
+            "kubernetes": block.kubernetes, "forward": block.forward}
+    names = [n for n, v in keys.items() if v is not None]
+    if block.loop is not None and block.loop.enabled:
         names.append("loop")
     return names
 
@@ -390,7 +388,7 @@ def _counter(name: str, doc: str, labels: list[str], acc: _Acc) -> CounterMetric
     return fam
 
 
-def _hosts_families(kd: Any) -> Iterator[Metric]:
+def _hosts_families(kd: KubeDNS) -> Iterator[Metric]:
     """``coredns_hosts_*`` as CoreDNS's *hosts* exports them, when a block has ``hosts``."""
     entries, newest = kd.hosts.gauges()
     if not entries:
@@ -446,13 +444,13 @@ class Metrics:
     ever goes down while the process lives.
     """
 
-    def __init__(self, kubedns: Any):
+    def __init__(self, kubedns: KubeDNS):
         self.kubedns = kubedns
         self.stats = QueryStats()
         #: (metric name, label values) → value of counters from chains that are gone
         self.carried: dict[tuple[str, tuple[str, ...]], float] = {}
-        self._dispatchers: dict[int, Any] = {}
-        self._chains: dict[int, tuple[Any, str, str]] = {}
+        self._dispatchers: dict[int, Dispatcher] = {}
+        self._chains: dict[int, tuple[ForwardChain, str, str]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(KubeDNSCollector(self))
         # process_* (memory, CPU, fds, start time) from /proc as CoreDNS's Go client has them,
@@ -485,16 +483,16 @@ class Metrics:
                 del self._chains[k]
         self._chains.update(chains)
 
-    def live_chains(self) -> list[tuple[Any, str, str]]:
+    def live_chains(self) -> list[tuple[ForwardChain, str, str]]:
         return list(self._chains.values())
 
-    def _current_chains(self) -> list[tuple[Any, str, str]]:
+    def _current_chains(self) -> list[tuple[ForwardChain, str, str]]:
         """(chain, server label, zones label) for each forward chain, labelled by its first block.
 
         A chain shared by blocks on several addresses is reported once, under the first
         address, so its counters are not counted twice.
         """
-        out: dict[int, tuple[Any, str, str]] = {}
+        out: dict[int, tuple[ForwardChain, str, str]] = {}
         for label, disp in sorted(self.kubedns.dispatchers.items()):
             for b in disp.blocks:
                 if b.chain is not None and id(b.chain) not in out:
