@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from kubedns.configbase import Address, ConfigError, Node, key_name, short_repr
+from kubedns.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
 
 __all__ = [
     "Config",
@@ -118,17 +119,28 @@ class ListenConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReloadConfig:
+    """CoreDNS's ``reload [INTERVAL] [JITTER]``: check every INTERVAL plus a random offset of up
+    to JITTER/2 either way, drawn when the key is (re)applied (0: no jitter)."""
+
     interval: float = 30.0
+    jitter: float = 15.0
 
 
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    format: str = "common"  # common | json
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorsConfig:
-    consolidate: float = 10.0  # seconds over which repeated errors are rate limited
+def _parse_reload(rn: Node) -> ReloadConfig:
+    """``reload:`` (empty or true), an INTERVAL, or ``{interval, jitter}``; JITTER is 0 or at
+    least 1s, and above half the interval it is half the interval (as CoreDNS)."""
+    if rn.value is None or rn.value is True:
+        return ReloadConfig()
+    if not isinstance(rn.value, dict):
+        interval = rn.duration(2.0)
+        return ReloadConfig(interval, min(15.0, interval / 2))
+    rn.mapping({"interval", "jitter"})
+    interval = rn.get("interval", 30.0).duration(2.0)
+    jn = rn.get("jitter", 15.0)
+    jitter = jn.duration(0.0)
+    if 0 < jitter < 1.0:
+        raise jn.error("a duration of 0s (no jitter) or at least 1s")
+    return ReloadConfig(interval, min(jitter, interval / 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,32 +360,9 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         addr, sub = _http_address(node.get("prometheus"), 9153)
         sub.mapping({"listen"})
         prom = ListenConfig(addr)
-    reload = None
-    if node.has("reload"):
-        rn = node.get("reload")
-        if rn.value is None or rn.value is True:
-            reload = ReloadConfig()
-        elif isinstance(rn.value, dict):
-            rn.mapping({"interval"})
-            reload = ReloadConfig(rn.get("interval", 30.0).duration(2.0))
-        else:
-            reload = ReloadConfig(rn.duration(2.0))
-    log = None
-    if node.has("log"):
-        ln = node.get("log")
-        if ln.value is None or ln.value is True:
-            log = LogConfig()
-        else:
-            ln.mapping({"format"})
-            log = LogConfig(ln.get("format", "common").choice(("common", "json")))
-    errors = None
-    if node.has("errors"):
-        en = node.get("errors")
-        if en.value is None or en.value is True:
-            errors = ErrorsConfig()
-        else:
-            en.mapping({"consolidate"})
-            errors = ErrorsConfig(en.get("consolidate", 10.0).duration(0.0))
+    reload = _parse_reload(node.get("reload")) if node.has("reload") else None
+    log = parse_log(node.get("log")) if node.has("log") else None
+    errors = parse_errors(node.get("errors")) if node.has("errors") else None
     loadbalance = _parse_loadbalance(node.get("loadbalance")) if node.has("loadbalance") else None
     return ServerBlock(
         zones=zones,

@@ -21,13 +21,26 @@ fields as exactly one JSON object per line straight to the process's stdout, wit
 ``--logfile`` the JSON lines still go to stdout.  (With ``workers: N``, a worker's stdout is
 relayed by worker 0, which passes lines starting with ``{`` through bare; see kubedns.workers.)
 
+As CoreDNS's ``log [NAMES...] [FORMAT] { class CLASSES... }``: only names in ``names`` are
+logged (every name of the block without), only answers of the given classes (CoreDNS's
+``response.Classify``: *success*, *denial* for NXDOMAIN and NODATA, *error* for the rest, see
+:func:`response_class`), and a ``format`` other than ``common``/``json`` is CoreDNS's
+replacer: ``combined`` (Common plus ``"{>opcode}"``) or any text with its placeholders
+(:data:`_PLACEHOLDERS`, :func:`compile_format`), ``{/log/class}`` and ``{/log/type}`` included.
+
 ``errors`` only looks at failures (SERVFAIL), so the fast path can stay on: SERVFAIL answers are
 never pre-encoded.  A line is ``plugin/errors: {rcode} {name} {type}: {error}`` as in CoreDNS.
-Repeats are consolidated per pattern (server, zone, rcode, error text): the first occurrence is
-logged at once, later ones during the next ``consolidate`` seconds only counted, and at the end of
-the window one line says ``N errors like '...' occurred in last 10s``; the window keeps rolling
-while errors keep coming, and closes after a quiet one.  CoreDNS's ``consolidate`` takes a regexp
-per window; we group by the error text instead, which needs no configuration.
+With CoreDNS's ``consolidate DURATION REGEXP [LEVEL] [show_first]`` lines (``rules``), the first
+rule whose regexp (Python's ``re``, which reads the usual RE2 patterns alike) matches the error
+text counts it: the first of a window starts it (logged at once with ``show_first``), later ones
+are only counted, and when DURATION is over one line at LEVEL says ``N errors like 'REGEXP'
+occurred in last 5m0s``; an error no rule matches is logged as it comes.  Without rules (bare
+``errors``, or ``consolidate: 10s``, kubedns's own default) repeats are consolidated per pattern
+(server, zone, rcode, error text): the first occurrence is logged at once, later ones during the
+next ``consolidate`` seconds only counted, and at the end of the window one line says ``N errors
+like '...' occurred in last 10s``; the window keeps rolling while errors keep coming, and closes
+after a quiet one.  Our error texts are our own (``forward: no upstream answered (...)``), not Go's
+(``read udp ...: i/o timeout``): a REGEXP written for CoreDNS's may need adapting.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from kubedns.counters import rcode_name
+from kubedns.logconfig import COMBINED_FORMAT, COMMON_FORMAT, ConsolidateRule
 from kubedns.query import QueryInfo
 
 __all__ = ["ErrorLog", "QueryLog", "common_line", "format_duration", "json_line", "query_fields"]
@@ -132,6 +146,114 @@ def json_line(info: QueryInfo) -> str:
     return json.dumps(query_fields(info), separators=(",", ":"))
 
 
+# -- CoreDNS's response classes and custom formats ----------------------------------------------
+
+_AXFR, _IXFR, _NOTIFY, _UPDATE = 252, 251, 4, 5
+
+
+def response_type(info: QueryInfo) -> str:
+    """CoreDNS's ``response.Typify`` of the answer: NOERROR, NXDOMAIN, NODATA, SERVERERROR, META,
+    UPDATE or OTHERERROR (a delegation, NOERROR without records or SOA, is NOERROR here)."""
+    if info.opcode == _UPDATE:
+        return "UPDATE"
+    if info.opcode == _NOTIFY or info.qtype in (_AXFR, _IXFR):
+        return "META"
+    rcode = info.rcode
+    if info.answers:
+        return "NOERROR" if rcode == 0 else ("OTHERERROR" if rcode == 3 else _no_answer_type(info))
+    return _no_answer_type(info)
+
+
+def _no_answer_type(info: QueryInfo) -> str:
+    rcode = info.rcode
+    if info.soa and rcode == 0:
+        return "NODATA"
+    if rcode == 3:
+        return "NXDOMAIN"
+    if rcode in (2, 4):  # SERVFAIL, NOTIMP
+        return "SERVERERROR"
+    return "NOERROR" if rcode == 0 else "OTHERERROR"
+
+
+def response_class(info: QueryInfo) -> str:
+    """CoreDNS's ``response.Classify``: success, denial (NXDOMAIN or NODATA) or error."""
+    t = response_type(info)
+    if t == "NOERROR":
+        return "success"
+    if t in ("NXDOMAIN", "NODATA"):
+        return "denial"
+    return "error"
+
+
+def _rcode_text(info: QueryInfo) -> str:
+    name = rcode_name(info.rcode)
+    return str(info.rcode) if name.startswith("RCODE") else name
+
+
+def _local(info: QueryInfo) -> str:
+    """{local}: the address the server listens on (a wildcard listen shows 0.0.0.0 or [::])."""
+    host = info.server.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host if host.startswith("[") or ":" not in host else f"[{host}]"
+
+
+#: CoreDNS's placeholders (plugin/pkg/replacer) → their value for one answered query
+_PLACEHOLDERS: dict[str, Any] = {
+    "{type}": lambda i: _type_name(i.qtype),
+    "{name}": _qname,
+    "{class}": lambda i: _class_name(i.qclass),
+    "{proto}": lambda i: i.proto,
+    "{size}": lambda i: str(i.request_size),
+    "{remote}": lambda i: _remote(i.peer)[0],
+    "{port}": lambda i: str(_remote(i.peer)[1]),
+    "{local}": _local,
+    "{>id}": lambda i: str(i.qid),
+    "{>opcode}": lambda i: str(i.opcode),
+    "{>do}": lambda i: "true" if i.do else "false",
+    "{>bufsize}": lambda i: str(_bufsize(i)),
+    "{rcode}": _rcode_text,
+    "{rsize}": lambda i: str(i.response_size),
+    "{duration}": lambda i: format_duration(i.duration),
+    "{>rflags}": lambda i: _rflags(i.flags),
+    "{/log/class}": response_class,
+    "{/log/type}": response_type,
+}
+
+
+def compile_format(fmt: str) -> list[Any]:
+    """A log format as literal strings and placeholder functions, parsed as CoreDNS's replacer
+    does: from each ``}`` back to the nearest ``{``; ``{common}``/``{combined}`` expand first; an
+    unknown ``{label}`` is literal text, an unknown ``{/metadata}`` label is ``-``."""
+    fmt = fmt.replace("{common}", COMMON_FORMAT).replace("{combined}", COMBINED_FORMAT)
+    parts: list[Any] = []
+    while True:
+        j = fmt.find("}")
+        if j < 0:
+            break
+        i = fmt.rfind("{", 0, j)
+        label = fmt[i:j + 1] if i >= 0 else ""
+        fn = _PLACEHOLDERS.get(label)
+        if fn is None and label.startswith("{/"):
+            fn = _dash
+        if fn is None:
+            parts.append(fmt[:j + 1])
+        else:
+            if i:
+                parts.append(fmt[:i])
+            parts.append(fn)
+        fmt = fmt[j + 1:]
+    if fmt:
+        parts.append(fmt)
+    return parts
+
+
+def _dash(info: QueryInfo) -> str:
+    return "-"
+
+
+def format_line(parts: list[Any], info: QueryInfo) -> str:
+    return "".join(p if isinstance(p, str) else p(info) for p in parts)
+
+
 def _route(blocks: list[Any], info: QueryInfo) -> Any:
     """The block the dispatcher sent this query to: the longest zone holding the name."""
     if len(blocks) == 1:
@@ -150,6 +272,10 @@ def _lname(info: QueryInfo) -> str:
     return info.qname.decode("ascii", "replace").lower().rstrip(".")
 
 
+def _in_zones(name: str, zones: tuple[str, ...]) -> bool:
+    return any(not z or name == z or name.endswith("." + z) for z in zones)
+
+
 class QueryLog:
     """``log:`` for the blocks of one dispatcher; a Dispatcher observer."""
 
@@ -162,6 +288,7 @@ class QueryLog:
         #: where ``format: json`` lines go; None: the process's real stdout, looked up per line
         #: (twistd points ``sys.stdout`` at its logger, ``sys.__stdout__`` stays the real one)
         self.stream = stream
+        self._formats: dict[str, list[Any]] = {}  # a custom format → its compiled parts
 
     def __call__(self, info: QueryInfo) -> None:
         block = _route(self.dispatcher.blocks, info)
@@ -170,10 +297,22 @@ class QueryLog:
         cfg = block.config.log
         if cfg is None:
             return
-        if cfg.format == "json":
+        if cfg.names and not _in_zones(_lname(info), cfg.names):
+            return
+        if len(cfg.classes) < 3 and response_class(info) not in cfg.classes:
+            return
+        fmt = cfg.format
+        if fmt == "json":
             self._write_json(json_line(info))
-        else:
+        elif fmt == "common":
             self.log.info("{line}", line=common_line(info))
+        else:
+            parts = self._formats.get(fmt)
+            if parts is None:
+                if len(self._formats) >= 64:  # formats come from the config: a reload may bring new ones
+                    self._formats.clear()
+                parts = self._formats[fmt] = compile_format(COMBINED_FORMAT if fmt == "combined" else fmt)
+            self.log.info("{line}", line=format_line(parts, info))
 
 
     def _write_json(self, line: str) -> None:
@@ -217,6 +356,10 @@ class ErrorLog:
             return
         text = error or _explain(block, info)
         example = f"{_qname(info)} {_type_name(info.qtype)}"
+        rules = block.config.errors.rules
+        if rules:
+            self._by_rule(info, block, rules, example, text)
+            return
         window = block.config.errors.consolidate
         if window <= 0:
             self._emit(info.rcode, example, text)
@@ -232,8 +375,44 @@ class ErrorLog:
             return  # bounded memory: an unusual pattern past the cap is logged, not consolidated
         self._windows[key] = [0, window, example, self.reactor.callLater(window, self._close, key)]
 
-    def _emit(self, rcode: int, example: str, text: str) -> None:
-        self.log.error("plugin/errors: {rcode} {query}: {error}", rcode=rcode, query=example, error=text)
+    def _emit(self, rcode: int, example: str, text: str, level: str = "error") -> None:
+        self._at(level)("plugin/errors: {rcode} {query}: {error}", rcode=rcode, query=example, error=text)
+
+    def _at(self, level: str) -> Any:
+        return {"warning": self.log.warn, "info": self.log.info, "debug": self.log.debug}.get(level, self.log.error)
+
+    # -- CoreDNS's consolidate DURATION REGEXP [LEVEL] [show_first] --------------------------------
+    def _by_rule(self, info: QueryInfo, block: Any, rules: tuple[ConsolidateRule, ...], example: str,
+                 text: str) -> None:
+        """As CoreDNS: the first rule whose REGEXP matches the error text counts it; the first of
+        a window starts the window (and is logged at the rule's level with show_first); when the
+        window ends one line says how many there were.  An error no rule matches is logged."""
+        for i, rule in enumerate(rules):
+            if not rule.pattern.search(text):
+                continue
+            key = ("rule", info.server, block.zones, i)
+            w = self._windows.get(key)
+            if w is not None:
+                w[0] += 1
+                return
+            if rule.show_first:
+                self._emit(info.rcode, example, text, rule.level)
+            if len(self._windows) >= self.max_windows:
+                return
+            self._windows[key] = [1, rule, None, self.reactor.callLater(rule.duration, self._close_rule, key)]
+            return
+        self._emit(info.rcode, example, text)
+
+    def _close_rule(self, key: tuple[Any, ...]) -> None:
+        w = self._windows.pop(key, None)
+        if w is not None:
+            self._rule_summary(w)
+
+    def _rule_summary(self, w: list[Any]) -> None:
+        n, rule = w[0], w[1]
+        if n > 1 or (n == 1 and not rule.show_first):
+            self._at(rule.level)("plugin/errors: {n} errors like '{regexp}' occurred in last {window}",
+                                 n=n, regexp=rule.regexp, window=go_duration(rule.duration))
 
     def _close(self, key: tuple[Any, ...]) -> None:
         w = self._windows.get(key)
@@ -260,8 +439,28 @@ class ErrorLog:
         for key, w in windows.items():
             if w[3] is not None and w[3].active():
                 w[3].cancel()
-            if w[0]:
+            if key[0] == "rule":
+                self._rule_summary(w)
+            elif w[0]:
                 self._summary(key, w)
+
+
+def go_duration(seconds: float) -> str:
+    """Go's ``time.Duration.String()``: ``500ms``, ``30s``, ``5m0s``, ``1h30m0s``, ``1.5s``."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    if ns < 1000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return f"{ns / 1e3:g}µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:g}ms"
+    h, rest = divmod(ns, 3600 * 10**9)
+    m, rest = divmod(rest, 60 * 10**9)
+    whole, frac = divmod(rest, 10**9)
+    secs = f"{whole}.{frac:09d}".rstrip("0") if frac else str(whole)
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{secs}s"
 
 
 def _explain(block: Any, info: QueryInfo) -> str:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -105,6 +107,8 @@ class KubeDNS(service.MultiService):
         self.reload_failures = 0
         self.ops: Ops | None = None
         self._reload_loop: task.LoopingCall | None = None
+        self._reload_config: Any = None  # the ReloadConfig the running check was made for
+        self.jitter_random: Callable[[float, float], float] = random.uniform  # tests may pin it
         self._config_digest = hashlib.sha256(config.raw_text.encode()).hexdigest()
         #: the last file content a reload looked at (applied or rejected): tried once per change
         self._seen_digest = self._config_digest
@@ -381,17 +385,21 @@ class KubeDNS(service.MultiService):
         removed ``reload``, takes effect at once; an unchanged interval keeps its running timer.
         """
         rcfg = self.config.first("reload")
-        interval = rcfg.interval if rcfg is not None and self.running else None
+        wanted = rcfg if rcfg is not None and self.running else None
         loop = self._reload_loop
-        if loop is not None and loop.running and interval == loop.interval:
+        if loop is not None and loop.running and wanted == self._reload_config:
             return
         if loop is not None and loop.running:
             loop.stop()  # allowed from inside its own call (a periodic check applying this)
         self._reload_loop = None
-        if interval is not None:
+        self._reload_config = wanted
+        if wanted is not None:
+            # CoreDNS's jitter: the period is INTERVAL plus a random offset within ±JITTER/2,
+            # drawn anew whenever the key changes, so replicas started together spread out
+            offset = self.jitter_random(-wanted.jitter / 2, wanted.jitter / 2) if wanted.jitter else 0.0
             self._reload_loop = task.LoopingCall(self.reload)
             self._reload_loop.clock = self.reactor
-            self._reload_loop.start(interval, now=False)
+            self._reload_loop.start(max(1.0, wanted.interval + offset), now=False)
 
     def _sighup(self) -> None:
         if self.pool is not None:

@@ -170,15 +170,25 @@ def _map_errors(b: Block, d: Directive) -> None:
     b.note("errors", d.name, "errors")
 
     def consolidate(opt: Directive) -> None:
-        if not 2 <= len(opt.args) <= 3:
-            raise err(opt.name, "errors: consolidate", "DURATION REGEXP [LEVEL]")
-        if len(opt.args) == 3 and opt.args[2].text != "error":
-            raise err(opt.args[2], "errors: consolidate", f"no LEVEL other than error, got {opt.args[2].text!r}")
-        if "consolidate" in out:
-            raise err(opt.name, "errors: consolidate", "one consolidate line (kubedns groups errors by their text, "
-                       "the REGEXP is accepted but not used)")
-        out["consolidate"] = _duration(opt.args[0])
-        b.note("errors.consolidate", opt.args[0], "errors: consolidate")
+        # CoreDNS's DURATION REGEXP [LEVEL] [show_first]; kubedns.logconfig checks the values
+        if not 2 <= len(opt.args) <= 4:
+            raise err(opt.name, "errors: consolidate", "DURATION REGEXP [LEVEL] [show_first]")
+        rule: dict[str, Any] = {"duration": _duration(opt.args[0]), "regexp": opt.args[1].text}
+        rest = opt.args[2:]
+        if rest and rest[-1].text == "show_first":
+            rule["show_first"] = True
+            rest = rest[:-1]
+        if len(rest) > 1:
+            raise err(rest[1], "errors: consolidate", f"LEVEL before show_first, got {rest[1].text!r}")
+        if rest:
+            rule["level"] = rest[0].text
+        rules = out.setdefault("consolidate", [])
+        key = f"errors.consolidate[{len(rules)}]"
+        rules.append(rule)
+        b.note("errors.consolidate", opt.name, "errors: consolidate")
+        b.note(key, opt.name, "errors: consolidate")
+        for part, tok in zip(("duration", "regexp", "level"), (opt.args[0], opt.args[1], *rest), strict=False):
+            b.note(f"{key}.{part}", tok, "errors: consolidate")
 
     _options(b, d, "errors", out, {"consolidate": consolidate}, repeatable=("consolidate",))
     b.data["errors"] = out
@@ -450,11 +460,13 @@ def _map_log(b: Block, d: Directive) -> None:
         classes = [a.text for a in opt.args]
         if not classes:
             raise err(opt.name, "log: class", "one or more of all, success, denial, error")
-        if classes != ["all"]:  # "all" is what logging without a class does
-            out["classes"] = classes
-            b.note("log.classes", opt.name, "log: class")
+        have = out.setdefault("classes", [])  # several class lines add up (CoreDNS ORs them)
+        for i, a in enumerate(opt.args):
+            b.note(f"log.classes[{len(have) + i}]", a, "log: class")
+        have.extend(classes)
+        b.note("log.classes", opt.name, "log: class")
 
-    _options(b, d, "log", out, {"class": klass})
+    _options(b, d, "log", out, {"class": klass}, repeatable=("class",))
     b.data["log"] = out
 
 

@@ -336,7 +336,7 @@ def _parse_kind(node: Node) -> tuple[int | None, int | None, int | None]:
         raise node.error("a capacity (entries), or a mapping with capacity, ttl, min_ttl")
     node.mapping({"capacity", "ttl", "min_ttl"})
     cap = node.get("capacity", None)
-    capacity = cap.integer(1, 10_000_000) if cap.value is not None else None
+    capacity = cap.integer(1, 5_000_000) if cap.value is not None else None
     ttl = None
     if node.has("ttl"):
         ttl_node = node.get("ttl")
@@ -372,7 +372,8 @@ def parse_cache(node: Node) -> CacheConfig:
     min_node = node.get("min_ttl", min(d.min_ttl, ttl))
     min_ttl = s_min if s_min is not None else _ttl(min_node)
     if min_ttl > ttl:
-        raise ConfigError(node.path, f"{node.key}.{min_key}", f"a whole number of seconds not above the success ttl ({ttl})",
+        what = "the success ttl" if s_ttl is not None or s_min is not None else "ttl"
+        raise ConfigError(node.path, f"{node.key}.{min_key}", f"a whole number of seconds not above {what} ({ttl})",
                           min_ttl)
     # As CoreDNS's `cache TTL`: the one cap applies to denials too unless they get their own.
     denial_ttl = n_ttl if n_ttl is not None else _ttl(node.get("denial_ttl", min(d.denial_ttl, base_ttl)))
@@ -398,7 +399,7 @@ def parse_cache(node: Node) -> CacheConfig:
         min_ttl=min_ttl,
         denial_ttl=denial_ttl,
         servfail_ttl=_parse_servfail(node.get("servfail", d.servfail_ttl)),
-        size=node.get("size", size_default).integer(1, 20_000_000),
+        size=node.get("size", size_default).integer(1, 10_000_000),
         max_bytes=_bytes(node.get("max_bytes", d.max_bytes), 64 << 10, 64 << 30),
         prefetch_amount=amount,
         prefetch_duration=duration,
