@@ -194,7 +194,7 @@ def test_silent_upstream_burst_leaves_tcp_dns_and_health_working(tmp_path: Path)
     cfg = {"servers": [{
         "zones": ["."], "listen": f"127.0.0.1:{port}",
         "kubernetes": {"zones": ["cluster.local"], "manifests": str(manifests)},
-        "forward": {"to": [silent.address], "timeout": "2s"},
+        "forward": {"to": [silent.address], "timeout": "5s"},
         "health": {"listen": f"127.0.0.1:{hport}", "lameduck": 0},
         "prometheus": f"127.0.0.1:{mport}",
     }]}
@@ -232,6 +232,7 @@ def test_silent_upstream_burst_leaves_tcp_dns_and_health_working(tmp_path: Path)
             drain()
             peak = max(peak, _fds(pid))
             time.sleep(max(0.0, t0 + sent / 3000 - time.monotonic()))
+        burst = time.monotonic() - t0
         # during the burst (queries still pending upstream): TCP DNS and /health answer
         r = query(port, "nginx.default.svc.cluster.local", tcp=True, timeout=3)
         assert rrset_text(r) == ["nginx.default.svc.cluster.local A 10.96.0.100"]
@@ -245,7 +246,9 @@ def test_silent_upstream_burst_leaves_tcp_dns_and_health_working(tmp_path: Path)
         assert rcodes.get(dns.rcode.REFUSED, 0) > 0, rcodes  # the excess was refused at once...
         # every REFUSED is counted (a few answers may be lost on the way back under load: >=)
         assert _metric(mport, "coredns_forward_max_concurrent_rejects_total") >= rcodes[dns.rcode.REFUSED]
-        assert silent.count() <= 1000  # ...and never reached the upstream
+        # ...and never reached the upstream: 1000 in flight at most, and a slot is only freed when
+        # its query times out (5 s), so a burst slowed down by a loaded machine may reuse slots
+        assert silent.count() <= 1000 * (1 + int(burst // 5)), (silent.count(), burst)
         # once the held queries time out, the descriptors are given back
         deadline = time.monotonic() + 5
         while _fds(pid) > base + 4 and time.monotonic() < deadline:
