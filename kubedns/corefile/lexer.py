@@ -47,6 +47,8 @@ class CorefileSyntaxError(ConfigError):
     """
 
     def __init__(self, file: str, line: int, message: str):
+        # one line whatever a quoted token held (names and labels show token text as written)
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         self.file = file
         self.line = line
         self.message = message

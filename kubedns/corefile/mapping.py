@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubedns.corefile.lexer import CorefileSyntaxError, Token
-from kubedns.corefile.parser import Corefile, Directive
+from kubedns.corefile.parser import Corefile, Directive, keys_text
 from kubedns.corefile.plugins import MAPPERS, Block, Where, err, norm, zone_names
 
 __all__ = ["SUPPORTED", "Where", "map_corefile", "translate"]
@@ -139,7 +139,7 @@ def map_corefile(corefile: Corefile) -> tuple[dict[str, Any], dict[str, Where]]:
                 raise err(d.name, d.text, f"the plugin once per server block (first at {blk.seen[d.text].where()})")
             blk.seen[d.text] = d
             MAPPERS[d.text](blk, d)
-        key_text = " ".join(t.text for t in syntax.keys)
+        key_text = keys_text(syntax.keys)
         first_key = syntax.keys[0]
         for port, pkeys in by_port.items():
             zones = [z for k in pkeys for z in k.zones]

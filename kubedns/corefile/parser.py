@@ -29,9 +29,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubedns.configbase import short_repr
 from kubedns.corefile.lexer import CorefileSyntaxError, Token, tokenize
 
-__all__ = ["Corefile", "Directive", "ServerBlockSyntax", "parse_corefile", "read_source"]
+__all__ = ["Corefile", "Directive", "ServerBlockSyntax", "keys_text", "parse_corefile", "read_source"]
 
 MAX_FILE_BYTES = 1 << 20  # as the YAML config: a Corefile is a few KB
 MAX_EXPANSIONS = 1000  # imports expanded in one Corefile (CoreDNS's cap)
@@ -230,7 +231,7 @@ class _Parser:
                 continue
             # CoreDNS reads a file with a single server block and no braces: the rest is its body
             if blocks:
-                raise CorefileSyntaxError(first.file, first.line, f"expected '{{' after the server block keys {_keys_text(keys)}")
+                raise CorefileSyntaxError(first.file, first.line, f"expected '{{' after the server block keys {keys_text(keys)}")
             body = self.body(s, None)
             blocks.append(ServerBlockSyntax(keys, body))
         return blocks
@@ -328,8 +329,9 @@ def _no_glued_brace(tok: Token) -> None:
         raise CorefileSyntaxError(tok.file, tok.line, f"expected a space before '{{', got {tok.text!r}")
 
 
-def _keys_text(keys: list[Token]) -> str:
-    return " ".join(k.text for k in keys)
+def keys_text(keys: list[Token]) -> str:
+    """Keys as an error shows them: one line, whatever was quoted into them."""
+    return " ".join(k.text if k.text.isprintable() and " " not in k.text else short_repr(k.text) for k in keys)
 
 
 def parse_corefile(path: str, text: str | None = None, environ: Mapping[str, str] | None = None) -> Corefile:
