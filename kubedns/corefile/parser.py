@@ -219,7 +219,11 @@ class _Parser:
         s = _Stream(self, tokens)
         blocks: list[ServerBlockSyntax] = []
         while s.peek() is not None:
+            at = s.peek()
             keys = self.keys(s)
+            if not keys:  # only empty tokens ("" or unset {$VAR}) before the end
+                assert at is not None
+                raise CorefileSyntaxError(at.file, at.line, "expected server block keys (zone[:port]), got ''")
             first = keys[0]
             opener = s.peek()
             if opener is not None and opener.is_open():
