@@ -269,7 +269,7 @@ def test_cache_disable_in_yaml() -> None:
     "forward", ".", "127.0.0.1:5300", "kubernetes", "cluster.local", "ttl", "30", "abc", "cache", "import",
     "(s)", "s", "*.nothing", "{$X}", "hosts", "10.0.0.1", "a.example", "log", "bind", "rewrite", "fallthrough",
     "health", "lameduck", "5s", "errors", "consolidate", "disable", "success", "reload", "loadbalance",
-    '"a\nb"', '"{"', "class", "denial", "serve_stale", "prefetch", "except", "policy", "max_fails",
+    '"a\nb"', '"{"', '""', "class", "denial", "serve_stale", "prefetch", "except", "policy", "max_fails",
 ]), max_size=60))
 def test_any_text_is_a_config_or_one_config_error(tmp_path_factory: pytest.TempPathFactory, parts: list[str]) -> None:
     from kubedns.corefile import parse_corefile_config
