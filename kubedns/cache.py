@@ -160,7 +160,7 @@ def _excluded(response: dns.Message, config: CacheConfig) -> bool:
 class _Entry:
     kind: str
     rcode: int
-    auth: int
+    auth: bool
     rec_av: int
     ad: int
     answers: list
@@ -314,7 +314,7 @@ class Cache:
         entry = _Entry(
             kind=kind,
             rcode=response.rCode,
-            auth=response.auth,
+            auth=bool(response.auth),
             rec_av=response.recAv,
             ad=getattr(response, "authenticData", 0),
             answers=_copy_rrs(response.answers),

@@ -28,11 +28,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from twisted.names import dns
 
 from kubedns.config import KubernetesConfig
-from kubedns.k8s.objects import Endpoint, EndpointSlice
+from kubedns.k8s.objects import Endpoint, EndpointSlice, Port, Service
 from kubedns.k8s.store import Store, endpoint_host, endpoint_published
 
 __all__ = ["Answer", "ClusterZones", "SCHEMA_VERSION"]
@@ -97,7 +98,7 @@ class ClusterZones:
         return answer.rcode == NXDOMAIN and zone in self.fallthrough
 
     # -- records ------------------------------------------------------------------------------
-    def _rr(self, name: bytes | str, payload: dns.IEncodable, ttl: int | None = None) -> dns.RRHeader:
+    def _rr(self, name: bytes | str, payload: dns.IEncodableRecord, ttl: int | None = None) -> dns.RRHeader:
         t = self.ttl if ttl is None else ttl
         return dns.RRHeader(name=name, type=payload.TYPE, cls=dns.IN, ttl=t, payload=payload, auth=True)
 
@@ -118,7 +119,7 @@ class ClusterZones:
         soa = self.soa(zone)
         if qname == soa.name.name:
             return soa
-        return self._rr(qname, soa.payload)
+        return self._rr(qname, cast(dns.Record_SOA, soa.payload))  # _build_soa made it
 
     def _build_soa(self, zone: str) -> dns.RRHeader:
         payload = dns.Record_SOA(
@@ -263,7 +264,7 @@ class ClusterZones:
             return self._srv(zone, svc, svc_name, qname, qtype, first[1:], labels[1][1:])
         return self._negative(zone, NXDOMAIN)
 
-    def _ready_endpoints(self, svc) -> list[tuple[str, str, object]]:
+    def _ready_endpoints(self, svc: Service) -> list[tuple[str, str, EndpointSlice]]:
         """``(hostname label, ip, slice)`` of each endpoint address DNS should publish."""
         out = []
         seen = set()
@@ -303,11 +304,11 @@ class ClusterZones:
             return self._negative(zone, NXDOMAIN)
         return self._positive_or_nodata(zone, self._addr_rrs(qname, list(dict.fromkeys(ips)), qtype))
 
-    def _ports(self, svc) -> list[tuple[object, object]]:
+    def _ports(self, svc: Service) -> list[tuple[Port, EndpointSlice | None]]:
         """``(port, slice or None)``: service ports for ClusterIP, endpoint ports for headless."""
         if not svc.headless:
             return [(p, None) for p in svc.ports]
-        out = []
+        out: list[tuple[Port, EndpointSlice | None]] = []
         seen = set()
         for _, sl in self._endpoints(svc):
             if id(sl) in seen:
@@ -333,8 +334,8 @@ class ClusterZones:
         additional: list[dns.RRHeader] = []
         if not svc.headless:
             # one SRV per distinct port number, each targeting the service name itself
-            for p in dict.fromkeys(p.port for p, _ in ports):
-                answers.append(self._rr(qname, dns.Record_SRV(0, 100, p, svc_name, self.ttl)))
+            for pnum in dict.fromkeys(p.port for p, _ in ports):
+                answers.append(self._rr(qname, dns.Record_SRV(0, 100, pnum, svc_name, self.ttl)))
             return Answer(answers=answers, additional=self._glue(svc_name, svc.cluster_ips))
         # Headless: a slice's ports pair with that slice's endpoints only (as CoreDNS), never with
         # another slice's.  Ports from the Service itself (no slice has any) pair with all.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.application import service
@@ -137,7 +138,7 @@ class ClusterSources:
                 entry = keep.get(key) or self.active.get(key) or self._retiring.get(key)
                 if entry is None:
                     store = Store(required=b.kubernetes.resources())
-                    store.add_listener(lambda st=store: self._changed(st))
+                    store.add_listener(partial(self._changed, store))
                     entry = (store, self._make_source(store, b.kubernetes))
                     new.append(entry)
                 keep[key] = entry

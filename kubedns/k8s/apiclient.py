@@ -18,12 +18,15 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.logger import Logger
 
 from kubedns.config import ApiConfig, TlsConfig
 from kubedns.k8s.objects import KINDS
+
+if TYPE_CHECKING:
+    from urllib3 import BaseHTTPResponse
 
 __all__ = ["ClientSource", "list_function", "load_api_client"]
 
@@ -254,17 +257,18 @@ class ClientSource:
         if api is None:
             return False
         try:
-            resp = k8s.VersionApi(api).get_code(_preload_content=False, _request_timeout=self._probe_timeouts)
+            # without preloading, the client returns urllib3's response (its stubs say VersionInfo)
+            resp = cast("BaseHTTPResponse", k8s.VersionApi(api).get_code(
+                _preload_content=False, _request_timeout=self._probe_timeouts))
         except Exception as e:  # an ApiException carries the status the server answered with
-            status = getattr(e, "status", None)
-            return isinstance(status, int) and 0 < status < 500
+            code = getattr(e, "status", None)
+            return isinstance(code, int) and 0 < code < 500
         try:
-            status = int(getattr(resp, "status", 200))
             resp.read()
             resp.release_conn()
         except Exception:
             pass
-        return status < 500
+        return resp.status < 500
 
     def close(self) -> None:
         with self._lock:

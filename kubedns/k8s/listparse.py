@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["list_items"]
 
 
-_scan_once = json.JSONDecoder().scan_once
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__; not in typeshed
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"
 

@@ -215,7 +215,7 @@ class ManifestSource(ClusterSource):
     def _fail(self, sig: tuple[Any, ...], error: ConfigError) -> None:
         if sig == self._stat:
             return  # already reported this version of the file
-        self._stat = sig  # type: ignore[assignment]
+        self._stat = sig
         self.errors += 1
         self.last_error = str(error)
         _log.error("manifest reload failed, keeping the previous state: {error}", error=self.last_error)
