@@ -40,7 +40,7 @@ import dns.rcode  # noqa: E402
 from kubedns.wire import scan_name  # noqa: E402
 from tests.conftest import KubeDNSProcess, free_port, query, rrset_text  # noqa: E402
 from tests.dnsupstream import closed_port  # noqa: E402
-from tests.test_server_e2e import cluster_config, cluster_objects, write_manifests  # noqa: E402
+from tests.support.cluster import cluster_config, cluster_objects, write_manifests  # noqa: E402
 
 #: (name, type, what a correct answer holds) checked before and after the fuzzing
 CHECKS = [

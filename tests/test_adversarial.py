@@ -34,7 +34,7 @@ import pytest
 
 from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text, wait_for
 from tests.support import kubeobj
-from tests.test_server_e2e import cluster_config, cluster_objects, write_manifests
+from tests.support.cluster import cluster_config, cluster_objects, write_manifests
 
 pytestmark = pytest.mark.timeout(120)
 

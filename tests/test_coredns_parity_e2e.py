@@ -24,7 +24,7 @@ from tests import fakeapi
 from tests.conftest import free_port, query, rrset_text, wait_for
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj
-from tests.test_server_e2e import write_manifests
+from tests.support.cluster import write_manifests
 
 pytestmark = pytest.mark.timeout(60)
 

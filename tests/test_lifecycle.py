@@ -13,42 +13,13 @@ from pathlib import Path
 
 import dns.rcode
 import pytest
-import yaml
 
 from tests.conftest import free_port, http_get, query
 from tests.support import kubeobj
+from tests.support.cluster import NGINX_OBJS, manifests_config, write_manifests
+from tests.support.procs import poll_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _manifests(path: Path, objs: list[dict]) -> str:
-    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}))
-    return str(path)
-
-
-def _config(port: int, manifests: str, ttl: int = 5, extra: dict | None = None, port2: int | None = None) -> dict:
-    block = {
-        "zones": ["."],
-        "listen": f"127.0.0.1:{port}",
-        "kubernetes": {"zones": ["cluster.local"], "manifests": manifests, "ttl": ttl},
-        **(extra or {}),
-    }
-    servers = [block]
-    if port2 is not None:
-        servers.append({**block, "listen": f"127.0.0.1:{port2}"})
-    return {"servers": servers}
-
-
-OBJS = [kubeobj.namespace("default"), kubeobj.service("nginx", "default", cluster_ip="10.96.0.100")]
-
-
-def _wait(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 class _Hammer(threading.Thread):
@@ -75,16 +46,16 @@ class _Hammer(threading.Thread):
 
 def test_sighup_reload_applies_without_dropping_queries(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5))
     p.wait_listening(port)
     assert query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 5
     hammer = _Hammer(port)
     hammer.start()
     time.sleep(0.3)
-    p.write_config(_config(port, m, ttl=17))
+    p.write_config(manifests_config(port, m, ttl=17))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 17), p.log()
+    assert poll_until(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 17), p.log()
     time.sleep(0.3)
     hammer.halt.set()
     hammer.join(5)
@@ -94,15 +65,15 @@ def test_sighup_reload_applies_without_dropping_queries(kubedns_process, tmp_pat
 
 def test_reload_adds_and_removes_listeners(kubedns_process, tmp_path: Path) -> None:
     port, port2 = free_port(), free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m))
     p.wait_listening(port)
-    p.write_config(_config(port, m, port2=port2))
+    p.write_config(manifests_config(port, m, port2=port2))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: _answers(port2)), p.log()
-    p.write_config(_config(port, m))
+    assert poll_until(lambda: _answers(port2)), p.log()
+    p.write_config(manifests_config(port, m))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: not _answers(port2)), p.log()
+    assert poll_until(lambda: not _answers(port2)), p.log()
     assert _answers(port)
 
 
@@ -116,13 +87,13 @@ def _answers(port: int) -> bool:
 def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
     mport = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5, extra={"prometheus": f"127.0.0.1:{mport}"}))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5, extra={"prometheus": f"127.0.0.1:{mport}"}))
     p.wait_listening(port)
     assert "coredns_reload_failed_total 0.0" in http_get(mport, "/metrics")[1]
     p.write_config("servers:\n  - kubernetes: {ttl: soon}\n")
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: "reload rejected" in p.log()), p.log()
+    assert poll_until(lambda: "reload rejected" in p.log()), p.log()
     line = next(ln for ln in p.log().splitlines() if "reload rejected" in ln)
     assert str(p.config_path) in line and "servers[0].kubernetes.ttl" in line and "whole number" in line
     r = query(port, "nginx.default.svc.cluster.local")
@@ -133,22 +104,22 @@ def test_invalid_reload_is_rejected_and_old_config_serves(kubedns_process, tmp_p
 
 def test_periodic_reload(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5, extra={"reload": {"interval": "2s"}}))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5, extra={"reload": {"interval": "2s"}}))
     p.wait_listening(port)
-    p.write_config(_config(port, m, ttl=9, extra={"reload": {"interval": "2s"}}))
-    assert _wait(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 9, timeout=8), p.log()
+    p.write_config(manifests_config(port, m, ttl=9, extra={"reload": {"interval": "2s"}}))
+    assert poll_until(lambda: query(port, "nginx.default.svc.cluster.local").answer[0].ttl == 9, timeout=8), p.log()
 
 
 def test_sigterm_lameduck_keeps_answering_then_exits_cleanly(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
     hport = free_port()
     rport = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, extra={
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, extra={
         "health": {"listen": f"127.0.0.1:{hport}", "lameduck": "2s"}, "ready": f"127.0.0.1:{rport}"}))
     p.wait_listening(port)
-    assert _wait(lambda: http_get(rport, "/ready")[0] == 200)
+    assert poll_until(lambda: http_get(rport, "/ready")[0] == 200)
     t0 = time.monotonic()
     p.signal(signal.SIGTERM)
     time.sleep(0.3)
@@ -170,8 +141,8 @@ def test_sigterm_lameduck_keeps_answering_then_exits_cleanly(kubedns_process, tm
 
 def test_tcp_idle_timeout_closes_connection(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    cfg = _config(port, m)
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    cfg = manifests_config(port, m)
     cfg["tcp_idle_timeout"] = "1s"
     p = kubedns_process(cfg)
     p.wait_listening(port)
@@ -191,7 +162,7 @@ def _children(pid: int) -> list[int]:
 
 def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
     mport = free_port()
     while True:  # worker 1 serves metrics on the next port
         try:
@@ -202,13 +173,13 @@ def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Pa
         except OSError:
             mport = free_port()
     rport = free_port()
-    cfg = _config(port, m, extra={"prometheus": f"127.0.0.1:{mport}", "ready": f"127.0.0.1:{rport}"})
+    cfg = manifests_config(port, m, extra={"prometheus": f"127.0.0.1:{mport}", "ready": f"127.0.0.1:{rport}"})
     cfg["workers"] = 2
     p = kubedns_process(cfg)
     p.wait_listening(port)
-    assert _wait(lambda: "[worker 1] " in p.log() and "worker 1 listening on UDP" in p.log()), p.log()
-    assert _wait(lambda: http_get(rport, "/ready")[0] == 200), p.log()  # both workers synced
-    assert _wait(lambda: _metric_ok(mport + 1)), p.log()  # worker 1's own metrics
+    assert poll_until(lambda: "[worker 1] " in p.log() and "worker 1 listening on UDP" in p.log()), p.log()
+    assert poll_until(lambda: http_get(rport, "/ready")[0] == 200), p.log()  # both workers synced
+    assert poll_until(lambda: _metric_ok(mport + 1)), p.log()  # worker 1's own metrics
     assert "coredns_build_info" in http_get(mport, "/metrics")[1]
     kids = _children(p.proc.pid)
     assert len(kids) == 1
@@ -217,8 +188,8 @@ def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Pa
     import os
 
     os.kill(kids[0], signal.SIGKILL)
-    assert _wait(lambda: "worker 1 exited" in p.log()), p.log()
-    assert _wait(lambda: len(_children(p.proc.pid)) == 1 and _children(p.proc.pid) != kids, timeout=15), p.log()
+    assert poll_until(lambda: "worker 1 exited" in p.log()), p.log()
+    assert poll_until(lambda: len(_children(p.proc.pid)) == 1 and _children(p.proc.pid) != kids, timeout=15), p.log()
     assert _answers(port)
     new_kid = _children(p.proc.pid)[0]
     p.stop()
@@ -227,22 +198,22 @@ def test_workers_share_the_port_and_are_supervised(kubedns_process, tmp_path: Pa
 
 def test_reload_that_cannot_bind_changes_nothing(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5))
     p.wait_listening(port)
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind(("127.0.0.1", 0))  # a second listen address that is already taken
     try:
-        p.write_config(_config(port, m, ttl=23, port2=busy.getsockname()[1]))
+        p.write_config(manifests_config(port, m, ttl=23, port2=busy.getsockname()[1]))
         p.signal(signal.SIGHUP)
-        assert _wait(lambda: "reload rejected" in p.log()), p.log()
+        assert poll_until(lambda: "reload rejected" in p.log()), p.log()
     finally:
         busy.close()
     r = query(port, "nginx.default.svc.cluster.local")
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5  # the old config, untouched
     # ...including its source: a change to the cluster is still picked up
-    _manifests(tmp_path / "c.yaml", [*OBJS, kubeobj.service("late", "default", cluster_ip="10.96.0.77")])
-    assert _wait(lambda: _answers_name(port, "late.default.svc.cluster.local")), p.log()
+    write_manifests(tmp_path / "c.yaml", [*NGINX_OBJS, kubeobj.service("late", "default", cluster_ip="10.96.0.77")])
+    assert poll_until(lambda: _answers_name(port, "late.default.svc.cluster.local")), p.log()
 
 
 def _answers_name(port: int, name: str) -> bool:

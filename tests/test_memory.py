@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.support import kubeobj
-from tests.test_server_e2e import cluster_config, write_manifests
+from tests.support.cluster import cluster_config, write_manifests
 
 #: VmRSS growth allowed for the whole run: the two byte budgets of the fast path and the computed
 #: answers that these queries can fill (8 + 8 MB), plus what the allocator keeps around them.

@@ -17,8 +17,9 @@ import dns.rcode
 import pytest
 
 from tests.conftest import free_port, http_get, query
-from tests.test_lifecycle import OBJS, _config, _manifests, _wait
-from tests.test_ops import metric
+from tests.support.cluster import NGINX_OBJS, manifests_config, write_manifests
+from tests.support.ops import metric
+from tests.support.procs import poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,16 +65,16 @@ def _busy_tcp_port() -> socket.socket:
 
 def test_reload_moving_health_to_a_busy_port_is_rejected_as_a_whole(kubedns_process: Any, tmp_path: Path) -> None:
     port, hport, rport, mport = free_port(), free_port(), free_port(), free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
 
     def cfg(ttl: int, health: int, prom: int, port2: int | None = None) -> dict:
-        return _config(port, m, ttl=ttl, port2=port2, extra={
+        return manifests_config(port, m, ttl=ttl, port2=port2, extra={
             "health": {"listen": f"127.0.0.1:{health}", "lameduck": 0},
             "ready": f"127.0.0.1:{rport}", "prometheus": f"127.0.0.1:{prom}"})
 
     p = kubedns_process(cfg(5, hport, mport))
     p.wait_listening(port)
-    assert _wait(lambda: _get(hport, "/health") == (200, "OK")), p.log()
+    assert poll_until(lambda: _get(hport, "/health") == (200, "OK")), p.log()
     assert metric(_scrape(mport), "coredns_reload_failed_total") == 0
     busy = _busy_tcp_port()
     try:
@@ -81,7 +82,7 @@ def test_reload_moving_health_to_a_busy_port_is_rejected_as_a_whole(kubedns_proc
         port2 = free_port()
         p.write_config(cfg(23, busy.getsockname()[1], free_port(), port2=port2))
         p.signal(signal.SIGHUP)
-        assert _wait(lambda: "reload rejected" in p.log()), p.log()
+        assert poll_until(lambda: "reload rejected" in p.log()), p.log()
         line = next(ln for ln in p.log().splitlines() if "reload rejected" in ln)
         assert f"cannot listen: {p.config_path}: servers[0].health: 127.0.0.1:{busy.getsockname()[1]}: address already in use" in line, line
     finally:
@@ -94,10 +95,10 @@ def test_reload_moving_health_to_a_busy_port_is_rejected_as_a_whole(kubedns_proc
     hport2, mport2 = free_port(), free_port()
     p.write_config(cfg(9, hport2, mport2))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: _ttl(port) == 9), p.log()
+    assert poll_until(lambda: _ttl(port) == 9), p.log()
     assert _get(hport2, "/health") == (200, "OK")
     assert "coredns_build_info" in _scrape(mport2)
-    assert _wait(lambda: _get(hport, "/health") is None and _get(mport, "/metrics") is None), p.log()
+    assert poll_until(lambda: _get(hport, "/health") is None and _get(mport, "/metrics") is None), p.log()
     assert _get(rport, "/ready") == (200, "OK")
 
 
@@ -106,58 +107,58 @@ def test_reload_moving_health_to_a_busy_port_is_rejected_as_a_whole(kubedns_proc
 
 def test_reload_key_changes_take_effect_on_reload(kubedns_process: Any, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5))  # no periodic reload at first
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5))  # no periodic reload at first
     p.wait_listening(port)
     # adding `reload:` (by SIGHUP) starts the periodic check
-    p.write_config(_config(port, m, ttl=7, extra={"reload": "2s"}))
+    p.write_config(manifests_config(port, m, ttl=7, extra={"reload": "2s"}))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: _ttl(port) == 7), p.log()
-    p.write_config(_config(port, m, ttl=8, extra={"reload": "2s"}))
-    assert _wait(lambda: _ttl(port) == 8, timeout=8), p.log()
+    assert poll_until(lambda: _ttl(port) == 7), p.log()
+    p.write_config(manifests_config(port, m, ttl=8, extra={"reload": "2s"}))
+    assert poll_until(lambda: _ttl(port) == 8, timeout=8), p.log()
     # removing it stops the check: an edit waits for SIGHUP
-    p.write_config(_config(port, m, ttl=9))
+    p.write_config(manifests_config(port, m, ttl=9))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: _ttl(port) == 9), p.log()
-    p.write_config(_config(port, m, ttl=10))
+    assert poll_until(lambda: _ttl(port) == 9), p.log()
+    p.write_config(manifests_config(port, m, ttl=10))
     time.sleep(5)
     assert _ttl(port) == 9, p.log()
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: _ttl(port) == 10), p.log()
+    assert poll_until(lambda: _ttl(port) == 10), p.log()
 
 
 def test_reload_interval_change_takes_effect(kubedns_process: Any, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5, extra={"reload": "10m"}))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5, extra={"reload": "10m"}))
     p.wait_listening(port)
-    p.write_config(_config(port, m, ttl=6, extra={"reload": "2s"}))
+    p.write_config(manifests_config(port, m, ttl=6, extra={"reload": "2s"}))
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: _ttl(port) == 6), p.log()
-    p.write_config(_config(port, m, ttl=7, extra={"reload": "2s"}))
-    assert _wait(lambda: _ttl(port) == 7, timeout=8), p.log()
+    assert poll_until(lambda: _ttl(port) == 6), p.log()
+    p.write_config(manifests_config(port, m, ttl=7, extra={"reload": "2s"}))
+    assert poll_until(lambda: _ttl(port) == 7, timeout=8), p.log()
 
 
 def test_periodic_reload_counts_a_bad_file_once(kubedns_process: Any, tmp_path: Path) -> None:
     port, mport = free_port(), free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
     extra = {"reload": "2s", "prometheus": f"127.0.0.1:{mport}"}
-    p = kubedns_process(_config(port, m, ttl=5, extra=extra))
+    p = kubedns_process(manifests_config(port, m, ttl=5, extra=extra))
     p.wait_listening(port)
     p.write_config("servers:\n  - kubernetes: {ttl: soon}\n")
-    assert _wait(lambda: "reload rejected" in p.log(), timeout=8), p.log()
+    assert poll_until(lambda: "reload rejected" in p.log(), timeout=8), p.log()
     time.sleep(5)  # two more periodic checks of the same bad file
     assert p.log().count("reload rejected") == 1, p.log()
     assert metric(_scrape(mport), "coredns_reload_failed_total") == 1
     assert _ttl(port) == 5
     # SIGHUP is an explicit request: the same bad file is tried (logged, counted) again
     p.signal(signal.SIGHUP)
-    assert _wait(lambda: p.log().count("reload rejected") == 2), p.log()
+    assert poll_until(lambda: p.log().count("reload rejected") == 2), p.log()
     # another bad edit is a new failure; a later good edit still applies
     p.write_config("servers:\n  - kubernetes: {ttl: later}\n")
-    assert _wait(lambda: p.log().count("reload rejected") == 3, timeout=8), p.log()
-    p.write_config(_config(port, m, ttl=12, extra=extra))
-    assert _wait(lambda: _ttl(port) == 12, timeout=8), p.log()
+    assert poll_until(lambda: p.log().count("reload rejected") == 3, timeout=8), p.log()
+    p.write_config(manifests_config(port, m, ttl=12, extra=extra))
+    assert poll_until(lambda: _ttl(port) == 12, timeout=8), p.log()
     assert metric(_scrape(mport), "coredns_reload_failed_total") == 3
     assert p.log().count("reload rejected") == 3, p.log()
 
@@ -168,7 +169,7 @@ def test_periodic_reload_counts_a_bad_file_once(kubedns_process: Any, tmp_path: 
 def test_process_metrics_are_scraped_like_corednss(kubedns_process: Any, tmp_path: Path) -> None:
     """process_* (and python_info, where CoreDNS has go_info) on a real scrape, of this process."""
     port, mport = free_port(), free_port()
-    p = kubedns_process(_config(port, _manifests(tmp_path / "c.yaml", OBJS), extra={"prometheus": f"127.0.0.1:{mport}"}))
+    p = kubedns_process(manifests_config(port, write_manifests(tmp_path / "c.yaml", NGINX_OBJS), extra={"prometheus": f"127.0.0.1:{mport}"}))
     p.wait_listening(port)
     body = _scrape(mport)
     assert metric(body, "process_resident_memory_bytes") > 1_000_000
@@ -194,7 +195,7 @@ def test_json_query_log_is_one_bare_object_per_line_on_the_stream() -> None:
     from kubedns.config import parse
     from kubedns.querylog import QueryLog
     from kubedns.server import Block
-    from tests.test_ops import info
+    from tests.support.ops import query_info
 
     def block(fmt: str) -> Any:
         cfg = parse(f"servers: [{{zones: ['.'], listen: '127.0.0.1:53', forward: {{to: ['127.0.0.1:5300']}},"
@@ -206,14 +207,14 @@ def test_json_query_log_is_one_bare_object_per_line_on_the_stream() -> None:
 
     out, events = io.StringIO(), []
     qlog = QueryLog(Disp(), logger=Logger(observer=events.append), stream=out)
-    qlog(info(zone=""))
-    qlog(info(zone="", qname=b"b.example.org"))
+    qlog(query_info(zone=""))
+    qlog(query_info(zone="", qname=b"b.example.org"))
     lines = out.getvalue().splitlines(keepends=True)
     assert len(lines) == 2 and all(ln.endswith("}\n") for ln in lines)
     assert [json.loads(ln)["name"] for ln in lines] == ["nginx.default.svc.cluster.local.", "b.example.org."]
     assert events == []  # not also through the text log
     Disp.blocks = [block("common")]  # the common format stays in the log
-    qlog(info(zone=""))
+    qlog(query_info(zone=""))
     assert len(out.getvalue().splitlines()) == 2 and len(events) == 1
 
 

@@ -30,7 +30,7 @@ import pytest
 from tests import fakeapi
 from tests.conftest import free_port, query, wait_for
 from tests.support import kubeobj
-from tests.test_lifecycle import _manifests
+from tests.support.cluster import write_manifests
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("_no_proxy")]
 
@@ -94,8 +94,8 @@ def test_reloads_of_every_kind_answer_without_a_gap(kubedns_process: Any, tmp_pa
         api.load(OBJS)
         kc1 = kubeobj.kubeconfig(tmp_path / "kc1", api.url)
         kc2 = kubeobj.kubeconfig(tmp_path / "kc2", api.url)  # the same API, another file: a new store
-        m1 = _manifests(tmp_path / "m1.yaml", OBJS)
-        m2 = _manifests(tmp_path / "m2.yaml", [*OBJS, kubeobj.service("only-m2", "default", cluster_ip="10.96.0.2")])
+        m1 = write_manifests(tmp_path / "m1.yaml", OBJS)
+        m2 = write_manifests(tmp_path / "m2.yaml", [*OBJS, kubeobj.service("only-m2", "default", cluster_ip="10.96.0.2")])
         port = free_port()
         ttl = iter(range(10, 100))
         cur = {"kubeconfig": kc1, "pods": "insecure", "ttl": next(ttl)}

@@ -20,60 +20,12 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-import yaml
 
 from tests.conftest import REPO, TWISTD, free_port, query, rrset_text
 from tests.support import kubeobj
+from tests.support.cluster import cluster_config, cluster_objects, write_manifests
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def cluster_objects(n_big: int = 120) -> list[dict]:
-    big_eps = [{"addresses": [f"10.250.{i // 250}.{i % 250 + 1}"], "ready": True} for i in range(n_big)]
-    return [
-        kubeobj.namespace("default"),
-        kubeobj.namespace("kube-system"),
-        kubeobj.namespace("data"),
-        kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10", ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]),
-        kubeobj.service("nginx", "default", cluster_ip="10.96.0.100", ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        kubeobj.endpointslice("nginx-1", "default", "nginx", endpoints=[{"addresses": ["10.244.0.5"], "ready": True}],
-                              ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),
-        kubeobj.service("dual", "default", cluster_ip="10.96.0.200", cluster_ips=["10.96.0.200", "fd00::200"],
-                        ip_families=["IPv4", "IPv6"]),
-        kubeobj.service("pg", "data", headless=True, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
-        kubeobj.endpointslice("pg-1", "data", "pg", endpoints=[
-            {"addresses": ["10.244.3.1"], "hostname": "pg-0", "ready": True},
-            {"addresses": ["10.244.3.2"], "hostname": "pg-1", "ready": True},
-            {"addresses": ["10.244.3.3"], "hostname": "pg-2", "ready": False},
-        ], ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]),
-        kubeobj.service("v6pods", "data", headless=True),
-        kubeobj.endpointslice("v6pods-1", "data", "v6pods", address_type="IPv6",
-                              endpoints=[{"addresses": ["fd00::1:5"], "ready": True}]),
-        kubeobj.service("ext", "default", type="ExternalName", external_name="db.example.org"),
-        kubeobj.service("big", "default", headless=True),
-        kubeobj.endpointslice("big-1", "default", "big", endpoints=big_eps),
-        kubeobj.pod("web", "default", "10.244.0.5"),
-    ]
-
-
-def write_manifests(path: Path, objs: list[dict]) -> None:
-    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}, sort_keys=False))
-
-
-def cluster_config(port: int, manifests: Path) -> dict:
-    """One block on 127.0.0.1:``port`` serving the cluster zones from ``manifests``, no forward."""
-    return {
-        "servers": [{
-            "zones": ["."],
-            "listen": f"127.0.0.1:{port}",
-            "kubernetes": {
-                "zones": ["cluster.local", "in-addr.arpa", "ip6.arpa"],
-                "manifests": str(manifests),
-                "pods": "insecure",
-                "ttl": 30,
-            },
-        }]
-    }
 
 
 @pytest.fixture(scope="module")

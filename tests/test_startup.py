@@ -21,7 +21,7 @@ import yaml
 from kubedns import __version__
 from kubedns.workers import TWISTD
 from tests.conftest import REPO, free_port, http_get, query, wait_for
-from tests.test_lifecycle import OBJS, _config, _manifests
+from tests.support.cluster import NGINX_OBJS, manifests_config, write_manifests
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -57,8 +57,8 @@ def test_version_is_kubedns_version() -> None:
 
 def test_first_log_line_names_version_config_and_every_listener(kubedns_process, tmp_path: Path) -> None:
     port, port2, hport, rport, mport = (free_port() for _ in range(5))
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    cfg = _config(port, m, port2=port2, extra={"health": f"127.0.0.1:{hport}", "ready": f"127.0.0.1:{rport}",
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    cfg = manifests_config(port, m, port2=port2, extra={"health": f"127.0.0.1:{hport}", "ready": f"127.0.0.1:{rport}",
                                                "prometheus": f"127.0.0.1:{mport}"})
     p = kubedns_process(cfg)
     p.wait_listening(port)
@@ -75,7 +75,7 @@ def test_busy_dns_port_at_start_is_one_line_and_exit_1(tmp_path: Path, workers: 
     busy = _busy(socket.SOCK_DGRAM)
     port = busy.getsockname()[1]
     try:
-        cfg = _config(port, _manifests(tmp_path / "c.yaml", OBJS))
+        cfg = manifests_config(port, write_manifests(tmp_path / "c.yaml", NGINX_OBJS))
         cfg["workers"] = workers
         rc, out, path = _run(cfg, tmp_path)
     finally:
@@ -86,7 +86,7 @@ def test_busy_dns_port_at_start_is_one_line_and_exit_1(tmp_path: Path, workers: 
 
 
 def test_address_not_on_this_host_at_start(tmp_path: Path) -> None:
-    cfg = _config(free_port(), _manifests(tmp_path / "c.yaml", OBJS))
+    cfg = manifests_config(free_port(), write_manifests(tmp_path / "c.yaml", NGINX_OBJS))
     cfg["servers"][0]["listen"] = "192.0.2.1:1053"  # TEST-NET-1: on no interface here; nothing is sent
     rc, out, path = _run(cfg, tmp_path)
     assert rc == 1, out
@@ -100,7 +100,7 @@ def test_busy_http_port_at_start_names_its_key(tmp_path: Path, key: str) -> None
     busy = _busy(socket.SOCK_STREAM)
     hport = busy.getsockname()[1]
     try:
-        cfg = _config(free_port(), _manifests(tmp_path / "c.yaml", OBJS), extra={key: f"127.0.0.1:{hport}"})
+        cfg = manifests_config(free_port(), write_manifests(tmp_path / "c.yaml", NGINX_OBJS), extra={key: f"127.0.0.1:{hport}"})
         rc, out, path = _run(cfg, tmp_path)
     finally:
         busy.close()
@@ -125,7 +125,7 @@ def _can_drop_capabilities() -> str:
 def test_port_53_without_cap_net_bind_service_says_which_capability(tmp_path: Path) -> None:
     """As root, in a fresh network namespace (its unprivileged port floor is the default 1024,
     whatever the host's sysctl), with CAP_NET_BIND_SERVICE dropped from the bounding set."""
-    cfg = _config(1053, _manifests(tmp_path / "c.yaml", OBJS))
+    cfg = manifests_config(1053, write_manifests(tmp_path / "c.yaml", NGINX_OBJS))
     cfg["servers"][0]["listen"] = "127.0.0.1:53"
     prefix = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
               "setpriv", "--inh-caps=-all", "--bounding-set=-net_bind_service", "--"]
@@ -143,21 +143,21 @@ def _ttl(port: int) -> int:
 
 def test_busy_ports_on_reload_are_one_line_and_the_old_config_serves(kubedns_process, tmp_path: Path) -> None:
     port = free_port()
-    m = _manifests(tmp_path / "c.yaml", OBJS)
-    p = kubedns_process(_config(port, m, ttl=5))
+    m = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
+    p = kubedns_process(manifests_config(port, m, ttl=5))
     p.wait_listening(port)
     busy_udp, busy_tcp = _busy(socket.SOCK_DGRAM), _busy(socket.SOCK_STREAM)
     bport, hport = busy_udp.getsockname()[1], busy_tcp.getsockname()[1]
     try:
         # a new DNS address that is taken
-        p.write_config(_config(port, m, ttl=23, port2=bport))
+        p.write_config(manifests_config(port, m, ttl=23, port2=bport))
         p.signal(signal.SIGHUP)
         want = (f"kubedns: reload rejected, still serving the previous config: cannot listen: {p.config_path}: "
                 f"servers[1].listen: 127.0.0.1:{bport}: address already in use")
         wait_for(lambda: want in p.log())
         assert _ttl(port) == 5
         # a new HTTP address that is taken
-        p.write_config(_config(port, m, ttl=23, extra={"prometheus": f"127.0.0.1:{hport}"}))
+        p.write_config(manifests_config(port, m, ttl=23, extra={"prometheus": f"127.0.0.1:{hport}"}))
         p.signal(signal.SIGHUP)
         want = (f"kubedns: reload rejected, still serving the previous config: cannot listen: {p.config_path}: "
                 f"servers[0].prometheus: 127.0.0.1:{hport}: address already in use")
