@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from kubedns.k8s.informer import Informer
@@ -22,39 +22,12 @@ from kubedns.k8s.store import Store
 from tests import fakeapi
 from tests.conftest import wait_until
 from tests.support import kubeobj
+from tests.support.informer import BASE, FAST, sleep, small_cluster
 
 pytestmark = pytest.mark.timeout(30)
 
 ALL = ["namespaces", "services", "endpointslices", "pods"]
-BASE = ["namespaces", "services", "endpointslices"]
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-#: small numbers so that reconnects and timeouts happen within the test budget
-FAST = {
-    "page_size": 2,  # every list below spans several pages
-    "watch_timeout": 30.0,
-    "connect_timeout": 1.0,
-    "read_timeout": 1.0,
-    "backoff_base": 0.05,
-    "backoff_cap": 0.3,
-    "config_retry_base": 0.05,
-    "config_retry_cap": 0.2,
-    "stop_timeout": 3.0,
-}
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-def _cluster() -> list[dict[str, Any]]:
-    objs: list[dict[str, Any]] = [kubeobj.namespace(n) for n in ("default", "kube-system", "apps")]
-    objs += [kubeobj.service(f"svc{i}", "apps", cluster_ip=f"10.96.1.{i}") for i in range(5)]
-    objs.append(kubeobj.service("kube-dns", "kube-system", cluster_ip="10.96.0.10"))
-    objs += [kubeobj.endpointslice(f"svc{i}-x", "apps", f"svc{i}", [{"addresses": [f"10.1.1.{i}"]}]) for i in range(3)]
-    objs += [kubeobj.pod(f"p{i}", "apps", f"10.1.1.{i}") for i in range(3)]
-    objs.append(kubeobj.pod("pending", "apps", None))
-    return objs
 
 
 class InformerTests(unittest.TestCase):
@@ -66,7 +39,7 @@ class InformerTests(unittest.TestCase):
                 self.addCleanup(os.environ.__setitem__, var, os.environ.pop(var))
         self.api = fakeapi.FakeKubeAPI().start()
         self.addCleanup(self.api.stop)
-        self.api.load(_cluster())
+        self.api.load(small_cluster())
         self.kubeconfig = kubeobj.kubeconfig(Path(self.mktemp()), self.api.url)
         self.events: list[tuple[str, str, float]] = []
         self.records: list[object] = []

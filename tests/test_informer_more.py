@@ -34,7 +34,7 @@ from kubedns.records import ClusterZones
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, rrset_text, wait_for, wait_until
 from tests.support import kubeobj
-from tests.test_informer import BASE, FAST, _cluster, sleep
+from tests.support.informer import BASE, FAST, sleep, small_cluster
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,7 +59,7 @@ class _Base(unittest.TestCase):
                 self.addCleanup(os.environ.__setitem__, var, os.environ.pop(var))
         self.api = fakeapi.FakeKubeAPI().start()
         self.addCleanup(self.api.stop)
-        self.api.load(_cluster())
+        self.api.load(small_cluster())
         self.kubeconfig = kubeobj.kubeconfig(Path(self.mktemp()), self.api.url)
         self.logs: list[str] = []
         self._log_lock = threading.Lock()
