@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.names import dns
 from twisted.trial import unittest
 
@@ -33,84 +33,19 @@ from kubedns.forward.loop import LoopDetector
 from kubedns.forward.upstream import UpstreamSpec, parse_upstream
 from tests.conftest import wait_until
 from tests.dnsupstream import DNSUpstream, closed_port, make_tls_files
+from tests.support.forwarding import ForwardTestCase, addrs, config, make_query
 
 pytestmark = pytest.mark.timeout(30)
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def make_query(name: bytes, qtype: int = dns.A, *, rd: bool = True, do: bool = False, cd: bool = False) -> dns.Message:
-    """A client query as the server hands it over (a decoded twisted Message, OPT if ``do``)."""
-    q = dns.Message(recDes=int(rd), checkingDisabled=int(cd))
-    q.addQuery(name, qtype)
-    if do:
-        q.additional.append(dns._OPTHeader(udpPayloadSize=4096, dnssecOK=True))
-    # round-trip through the wire so the query looks exactly like a decoded client query
-    wire = q.toStr()
-    m = dns.Message()
-    m.fromStr(wire)
-    return m
-
-
-def config(*to: str, **kw: Any) -> ForwardConfig:
-    kw.setdefault("timeout", 0.5)
-    kw.setdefault("policy", "sequential")
-    return ForwardConfig(to=tuple(parse_upstream(t) for t in to), **kw)
-
-
-def addrs(msg: dns.Message) -> list[str]:
-    return [rr.payload.dottedQuad() for rr in msg.answers if rr.type == dns.A]
 
 
 def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-class _Base(unittest.TestCase):
-    timeout = 20
-
-    def upstream(self, *, tls: Any = None) -> DNSUpstream:
-        up = DNSUpstream("127.0.0.1", tls=tls).start()
-        self.addCleanup(up.stop)
-        up.add("example.com", "A", "192.0.2.1", ttl=300)
-        return up
-
-    def forwarder(self, cfg: ForwardConfig) -> Forwarder:
-        f = Forwarder(cfg, reactor=reactor)
-        f.start()
-        self.addCleanup(f.stop)
-        return f
-
-    def loop_through_us(
-        self, upstreams: list[DNSUpstream], looping: list[DNSUpstream], *, recheck: float, **kw: Any
-    ) -> tuple[ForwardChain, LoopDetector]:
-        """A chain over ``upstreams`` (in order) whose ``looping`` ones send every query back to
-        a fake server of ours, and its loop detector (not started yet)."""
-        f = self.forwarder(config(*(u.address for u in upstreams), **kw))
-        chain = ForwardChain(f, Cache(CacheConfig()), reactor=reactor)
-        detector = LoopDetector(chain, zone=b"", reactor=reactor, recheck=recheck)
-        port = reactor.listenUDP(0, _FakeServer(chain, detector), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(detector.stop)
-        for up in looping:
-            up.mode = "forward"  # sends everything back to "us"
-            up.forward_to = ("127.0.0.1", port.getHost().port)
-            up.forward_timeout = 1.0
-        return chain, detector
-
-    async def assert_fails(self, d: defer.Deferred, exc: type[Exception]) -> Exception:
-        try:
-            result = await d
-        except exc as e:
-            return e
-        raise AssertionError(f"expected {exc.__name__}, got {result!r}")
-
-
 # -- forwarding --------------------------------------------------------------------------------
 
 
-class ForwardingTests(_Base):
+class ForwardingTests(ForwardTestCase):
     async def test_forwards_a_aaaa_mx_txt_with_client_bits(self) -> None:
         up = self.upstream()
         up.add("example.com", "AAAA", "2001:db8::1")
@@ -360,7 +295,7 @@ class ForwardingTests(_Base):
         # trial's reactor check fails the test if a socket or timer was left behind
 
 
-class TLSTests(_Base):
+class TLSTests(ForwardTestCase):
     def tls_upstream(self) -> tuple[DNSUpstream, Any]:
         files = make_tls_files(Path(self.mktemp()), dns_names=["dns.test"], ips=["127.0.0.1"])
         return self.upstream(tls=files), files
@@ -412,7 +347,7 @@ class TLSTests(_Base):
 # -- the chain: cache in front of the forwarder --------------------------------------------------
 
 
-class ChainTests(_Base):
+class ChainTests(ForwardTestCase):
     def chain(
         self, up: DNSUpstream, cache_cfg: CacheConfig | None = None, clock: Any = None, **kw: Any
     ) -> ForwardChain:
@@ -497,33 +432,7 @@ class ChainTests(_Base):
 # -- loop detection ------------------------------------------------------------------------------
 
 
-class _FakeServer(protocol.DatagramProtocol):
-    """The server's side of the loop: observe() every name, then forward through the chain."""
-
-    def __init__(self, chain: ForwardChain, detector: LoopDetector) -> None:
-        self.chain = chain
-        self.detector = detector
-        self.received = 0
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
-        self.received += 1
-        q = dns.Message()
-        q.fromStr(data)
-
-        def reply(m: dns.Message) -> None:
-            m.id, m.answer, m.queries = q.id, 1, q.queries
-            self.transport.write(m.toStr(), addr)
-
-        def servfail(_: Any = None) -> None:
-            reply(dns.Message(rCode=dns.ESERVER))
-
-        if self.detector.observe(q.queries[0].name.name):
-            servfail()
-            return
-        self.chain.resolve(q).addCallbacks(reply, servfail)
-
-
-class LoopTests(_Base):
+class LoopTests(ForwardTestCase):
     async def test_loop_is_detected_and_forwarding_disabled_without_exiting(self) -> None:
         up = self.upstream()
         chain, detector = self.loop_through_us([up], [up], recheck=0.5, timeout=1.0)

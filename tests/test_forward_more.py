@@ -1,6 +1,6 @@
 """More forwarding tests over real loopback sockets: the request budget, serve_stale against an
 upstream SERVFAIL, and per-upstream loop isolation (unit and through the twistd process).  Same
-helpers and style as :mod:`tests.test_forward` (twisted.trial on the real reactor,
+helpers (:mod:`tests.support.forwarding`) and style as :mod:`tests.test_forward` (twisted.trial on the real reactor,
 :class:`tests.dnsupstream.DNSUpstream` upstreams on 127.0.0.x, shrunk timeouts).
 """
 
@@ -21,12 +21,12 @@ from kubedns.forward.forwarder import UpstreamsFailed
 from kubedns.forward.loop import LoopDetector
 from tests.conftest import free_port, query, rrset_text, wait_until
 from tests.dnsupstream import DNSUpstream
-from tests.test_forward import _Base, addrs, config, make_query
+from tests.support.forwarding import ForwardTestCase, addrs, config, make_query
 
 pytestmark = pytest.mark.timeout(30)
 
 
-class BudgetTests(_Base):
+class BudgetTests(ForwardTestCase):
     async def test_tcp_retry_after_truncation_gets_only_the_budget_left(self) -> None:
         up = self.upstream()
         up.mode = "truncate"  # every UDP answer has TC set; TCP answers in full
@@ -43,7 +43,7 @@ class BudgetTests(_Base):
         self.assertEqual(up.count(transport="tcp"), 1)
 
 
-class StaleTests(_Base):
+class StaleTests(ForwardTestCase):
     async def test_serve_stale_when_the_upstream_answers_servfail(self) -> None:
         up = self.upstream()
         clock = task.Clock()
@@ -61,7 +61,7 @@ class StaleTests(_Base):
         self.assertEqual(addrs(m), ["192.0.2.1"])
 
 
-class LoopIsolationTests(_Base):
+class LoopIsolationTests(ForwardTestCase):
     """A loop through one upstream isolates that upstream only; each recovers on its own."""
 
     def looping_setup(
