@@ -24,37 +24,8 @@ from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
 from tests.support import kubeobj
-from tests.support.records_table import TABLE, fill
-
-
-class _Sock:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Any]] = []
-
-    def sendto(self, data: bytes, addr: Any) -> None:
-        self.sent.append((data, addr))
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.socket = _Sock()
-
-    def write(self, data: bytes, addr: Any) -> None:
-        self.socket.sendto(data, addr)
-
-
-def _setup() -> tuple[Dispatcher, DNSDatagramProtocol, _Transport, Store]:
-    store = Store(required=("namespaces", "services", "endpointslices", "pods"))
-    fill(store)
-    kcfg = KubernetesConfig(pods="insecure", ttl=5)
-    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg), ClusterZones(store, kcfg))
-    disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=task.Clock())
-    store.add_listener(disp.fast.clear)
-    proto = DNSDatagramProtocol(disp)
-    tr = _Transport()
-    proto.transport = tr
-    proto.startProtocol()
-    return disp, proto, tr, store
+from tests.support.dispatch import CapturingTransport, udp_dispatcher
+from tests.support.records_table import TABLE
 
 
 def _wire(qname: str, qtype: int, qid: int, **kw: Any) -> bytes:
@@ -75,7 +46,7 @@ KINDS = [(qname, qtype) for qname, qtype, _, _ in TABLE] + [
 @pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns"])
 @pytest.mark.parametrize("qname,qtype", KINDS)
 def test_fast_bytes_equal_slow_bytes(qname: str, qtype: int, edns: bool) -> None:
-    disp, proto, tr, _ = _setup()
+    disp, proto, tr, _ = udp_dispatcher()
     kw = {"use_edns": 0, "payload": 1232} if edns else {"use_edns": False}
     proto.datagramReceived(_wire(qname, qtype, 0x1111, **kw), ("127.0.0.1", 5000))
     slow = tr.socket.sent[-1][0]
@@ -93,7 +64,7 @@ def test_fast_bytes_equal_slow_bytes(qname: str, qtype: int, edns: bool) -> None
 
 @pytest.mark.parametrize("qtype", [252, 251], ids=["AXFR", "IXFR"])
 def test_zone_transfer_refused_the_same_from_the_fast_path(qtype: int) -> None:
-    disp, proto, tr, _ = _setup()
+    disp, proto, tr, _ = udp_dispatcher()
     for qid in (1, 2):
         proto.datagramReceived(_wire("cluster.local", qtype, qid), ("127.0.0.1", 5000))
         r = dns.message.from_wire(tr.socket.sent[-1][0])
@@ -103,7 +74,7 @@ def test_zone_transfer_refused_the_same_from_the_fast_path(qtype: int) -> None:
 
 
 def test_dns_version_ttl_from_the_fast_path() -> None:
-    disp, proto, tr, _ = _setup()
+    disp, proto, tr, _ = udp_dispatcher()
     for qid in (1, 2):
         proto.datagramReceived(_wire("dns-version.cluster.local", 16, qid), ("127.0.0.1", 5000))
         r = dns.message.from_wire(tr.socket.sent[-1][0])
@@ -112,7 +83,7 @@ def test_dns_version_ttl_from_the_fast_path() -> None:
 
 
 def test_case_variants_are_separate_entries_and_echo() -> None:
-    disp, proto, tr, _ = _setup()
+    disp, proto, tr, _ = udp_dispatcher()
     for name in ("nginx.default.svc.cluster.local", "NGINX.default.svc.cluster.local"):
         proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
         proto.datagramReceived(_wire(name, 1, 2), ("127.0.0.1", 5000))
@@ -122,7 +93,7 @@ def test_case_variants_are_separate_entries_and_echo() -> None:
 
 
 def test_store_change_drops_pre_encoded_answers() -> None:
-    disp, proto, tr, store = _setup()
+    disp, proto, tr, store = udp_dispatcher()
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 1), ("127.0.0.1", 5000))
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 2), ("127.0.0.1", 5000))
     assert len(disp.fast.entries) == 1
@@ -140,7 +111,7 @@ def test_servfail_before_sync_is_not_cached() -> None:
     block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg), ClusterZones(store, kcfg))
     disp = Dispatcher("dns://x", [block], reactor=task.Clock())
     proto = DNSDatagramProtocol(disp)
-    proto.transport = _Transport()
+    proto.transport = CapturingTransport()
     proto.startProtocol()
     proto.datagramReceived(_wire("nginx.default.svc.cluster.local", 1, 1), ("127.0.0.1", 5000))
     assert dns.message.from_wire(proto.transport.socket.sent[-1][0]).rcode() == 2
@@ -199,7 +170,7 @@ def _forward_setup(loadbalance: bool = False, **cache_kw: Any):
     block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), loadbalance=lb), None, chain)
     disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=clock)
     proto = DNSDatagramProtocol(disp)
-    proto.transport = _Transport()
+    proto.transport = CapturingTransport()
     proto.startProtocol()
     return clock, fwd, disp, proto
 
@@ -260,7 +231,7 @@ def test_forwarded_fast_entries_are_bounded_by_the_cache_size() -> None:
 
 def test_fast_cache_byte_budget_holds_against_case_variants() -> None:
     """Each case variant of a name is its own entry; the byte budget bounds them all."""
-    disp, proto, tr, store = _setup()
+    disp, proto, tr, store = udp_dispatcher()
     disp.fast.max_bytes = 2000
     name = "nginx.default.svc.cluster.local"
     for i in range(64):
@@ -280,7 +251,7 @@ def test_case_spellings_share_one_computed_answer_and_echo_their_case() -> None:
     spelling encodes to (compression included)."""
     from kubedns.wire import encode_response, parse_question
 
-    disp, proto, tr, store = _setup()
+    disp, proto, tr, store = udp_dispatcher()
     disp.fast.enabled = False
     clusters = disp.blocks[0].clusters
     name = "_pg._tcp.db.testns.svc.cluster.local"
@@ -308,7 +279,7 @@ def test_computed_answers_are_bounded_in_bytes() -> None:
     bytes is what the kept answers cost."""
     from kubedns.fastcache import computed_cost
 
-    disp, proto, tr, store = _setup()
+    disp, proto, tr, store = udp_dispatcher()
     disp.fast.enabled = False
     disp.fast.max_computed_bytes = 5000
     for i in range(200):
@@ -337,7 +308,7 @@ def test_forward_failure_reason_reaches_observers() -> None:
 
 def test_normal_path_keeps_computed_answers_only_until_the_store_changes() -> None:
     """With the fast path off (as for TCP), computed answers are reused, then dropped on change."""
-    disp, proto, tr, store = _setup()
+    disp, proto, tr, store = udp_dispatcher()
     disp.fast.enabled = False
     name = "nginx.default.svc.cluster.local"
     proto.datagramReceived(_wire(name, 1, 1), ("127.0.0.1", 5000))
@@ -356,7 +327,7 @@ def test_cname_chase_does_not_change_the_kept_answer() -> None:
     from twisted.internet import defer
     from twisted.names import dns as tdns
 
-    disp, proto, tr, store = _setup()
+    disp, proto, tr, store = udp_dispatcher()
     disp.fast.enabled = False
 
     class _Chain:

@@ -38,8 +38,8 @@ from twisted.logger import globalLogPublisher
 
 from kubedns import wire
 from kubedns.protocols import DNSStreamFactory
+from tests.support.dispatch import udp_dispatcher
 from tests.support.records_table import TABLE
-from tests.test_fastpath import _setup
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -138,7 +138,7 @@ def _world() -> tuple[Any, Any, Any]:
     """One Dispatcher over a filled store (its reactor a task.Clock), its UDP protocol and the
     socket that captures what it sends, shared by every example as a server shares them."""
     if "disp" not in _WORLD:
-        disp, proto, tr, _ = _setup()
+        disp, proto, tr, _ = udp_dispatcher()
         _WORLD.update(disp=disp, proto=proto, tr=tr)
     return _WORLD["disp"], _WORLD["proto"], _WORLD["tr"]
 

@@ -22,7 +22,7 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from kubedns.protocols import CLOSE_GRACE, DNSStreamFactory, DNSStreamProtocol
-from tests.test_fastpath import _setup
+from tests.support.dispatch import udp_dispatcher
 
 
 def _framed(qid: int) -> bytes:
@@ -49,7 +49,7 @@ def _connect(factory: DNSStreamFactory) -> tuple[DNSStreamProtocol, StringTransp
 
 
 def test_pipelined_queries_are_answered_a_batch_per_turn() -> None:
-    disp = _setup()[0]
+    disp = udp_dispatcher()[0]
     clock = task.Clock()
     disp.reactor = clock
     proto, tr = _connect(DNSStreamFactory(disp, idle_timeout=10))
@@ -61,7 +61,7 @@ def test_pipelined_queries_are_answered_a_batch_per_turn() -> None:
 
 
 def test_a_full_write_buffer_stops_reading_until_it_drains() -> None:
-    disp = _setup()[0]
+    disp = udp_dispatcher()[0]
     disp.reactor = task.Clock()
     proto, tr = _connect(DNSStreamFactory(disp, idle_timeout=10))
     assert tr.producer is proto and tr.streaming  # registered as the transport's producer
@@ -74,7 +74,7 @@ def test_a_full_write_buffer_stops_reading_until_it_drains() -> None:
 
 
 def test_connections_past_the_cap_are_refused() -> None:
-    disp = _setup()[0]
+    disp = udp_dispatcher()[0]
     factory = DNSStreamFactory(disp, idle_timeout=10)
     factory.max_connections = 2
     a, _ = _connect(factory)
@@ -96,7 +96,7 @@ def _aborted(tr: StringTransport) -> bool:
 
 
 def _clocked() -> tuple[DNSStreamFactory, task.Clock]:
-    disp = _setup()[0]
+    disp = udp_dispatcher()[0]
     clock = task.Clock()
     disp.reactor = clock
     return DNSStreamFactory(disp, idle_timeout=10), clock
@@ -160,7 +160,7 @@ def test_fd_limit_is_raised_and_bounds_tcp_connections() -> None:
     now_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft == now_soft or now_soft == resource.RLIM_INFINITY
     assert hard == resource.RLIM_INFINITY or now_soft == min(hard, 1 << 20)
-    disp = _setup()[0]
+    disp = udp_dispatcher()[0]
     assert DNSStreamFactory(disp, fd_limit=1024).max_connections == 512
     assert DNSStreamFactory(disp, fd_limit=1 << 20).max_connections == 10000
 

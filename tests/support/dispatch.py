@@ -1,0 +1,59 @@
+"""A Dispatcher over the record table's store, behind the real UDP protocol, sending into a list.
+
+The fast-path, TCP-flow and fuzz tests drive :class:`~kubedns.protocols.DNSDatagramProtocol`
+with datagrams and read what it sent from :attr:`CapturingTransport.socket`'s ``sent`` list; the
+Dispatcher runs on a ``task.Clock``, and a store change clears its pre-encoded answers as in
+production.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import task
+
+from kubedns.config import KubernetesConfig, ServerBlock
+from kubedns.configbase import Address
+from kubedns.k8s.store import Store
+from kubedns.protocols import DNSDatagramProtocol
+from kubedns.records import ClusterZones
+from kubedns.server import Block, Dispatcher
+from tests.support.records_table import fill
+
+__all__ = ["CapturingSocket", "CapturingTransport", "udp_dispatcher"]
+
+
+class CapturingSocket:
+    """The socket the fast path writes to with ``sendto``: every (datagram, address) kept."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append((data, addr))
+
+
+class CapturingTransport:
+    """A UDP transport whose ``write`` (the slow path's) lands in the same list as ``sendto``."""
+
+    def __init__(self) -> None:
+        self.socket = CapturingSocket()
+
+    def write(self, data: bytes, addr: Any) -> None:
+        self.socket.sendto(data, addr)
+
+
+def udp_dispatcher() -> tuple[Dispatcher, DNSDatagramProtocol, CapturingTransport, Store]:
+    """One block (zone ``.``, cluster.local from the record table's store, pods insecure, ttl 5)
+    behind a started UDP protocol: (dispatcher, protocol, transport, store)."""
+    store = Store(required=("namespaces", "services", "endpointslices", "pods"))
+    fill(store)
+    kcfg = KubernetesConfig(pods="insecure", ttl=5)
+    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg), ClusterZones(store, kcfg))
+    disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=task.Clock())
+    store.add_listener(disp.fast.clear)
+    proto = DNSDatagramProtocol(disp)
+    tr = CapturingTransport()
+    proto.transport = tr
+    proto.startProtocol()
+    return disp, proto, tr, store
