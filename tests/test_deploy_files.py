@@ -43,9 +43,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.unit import UNIT_FILE, UNIT_VENV, shell_commands, unit_install_steps
+
 REPO = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO / "conf" / "kubernetes"
-UNIT_FILE = REPO / "conf" / "kubedns.service"
 README = REPO / "README.md"
 CONTAINERFILE = REPO / "Containerfile"
 IGNORE_FILES = (REPO / ".containerignore", REPO / ".dockerignore")
@@ -806,28 +807,6 @@ def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
     assert result.returncode == 0, f"exposure {level.group(1)} is above 2.0:\n{result.stdout}"
 
 
-def _commands(lines: list[str]) -> list[str]:
-    """Shell command lines with their trailing ``# comments`` and comment-only lines dropped."""
-    out = []
-    for line in lines:
-        command = re.split(r"(?:^|\s)#", line.strip(), maxsplit=1)[0].strip()
-        if command:
-            out.append(command)
-    return out
-
-
-def _unit_install_steps() -> list[str]:
-    """The commands of the "Install" paragraph of the unit's header comment."""
-    header = UNIT_FILE.read_text().split("\n[Unit]", 1)[0].splitlines()
-    start = next(i for i, line in enumerate(header) if line.startswith("# Install"))
-    block = []
-    for line in header[start + 1 :]:
-        if line.strip() == "#":
-            break
-        block.append(line.removeprefix("#"))
-    return _commands(block)
-
-
 def _readme_systemd_section() -> str:
     text = README.read_text()
     start = text.index("### As a systemd unit on a node")
@@ -838,7 +817,7 @@ def _readme_systemd_section() -> str:
 def _readme_systemd_steps() -> list[str]:
     match = re.search(r"```sh\n(.*?)```", _readme_systemd_section(), re.S)
     assert match, "no sh block in the README's systemd section"
-    return _commands(match.group(1).splitlines())
+    return shell_commands(match.group(1).splitlines())
 
 
 def _placeholder(arg: str) -> bool:
@@ -856,13 +835,12 @@ def _mode(argv: list[str]) -> int:
     return int(argv[argv.index("-m") + 1], 8)
 
 
-UNIT_VENV = "/opt/kubedns"
 PREBUILD_PLUGIN_CACHE = "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 
 def test_unit_install_steps_are_the_readmes() -> None:
     """The unit's comment and the README tell the operator the same commands, in the same order."""
-    unit_steps = _unit_install_steps()
+    unit_steps = unit_install_steps()
     readme_steps = _readme_systemd_steps()
     assert len(unit_steps) >= 8, unit_steps
     assert readme_steps[: len(unit_steps)] == unit_steps
@@ -871,7 +849,7 @@ def test_unit_install_steps_are_the_readmes() -> None:
 def test_unit_install_steps_use_a_venv_and_prebuild_the_plugin_cache(unit: configparser.RawConfigParser) -> None:
     """pip goes into a venv (a stock Debian python3 is externally managed), its twistd is the
     unit's ExecStart, and the plugin cache is built by that venv's python after pip."""
-    steps = _unit_install_steps()
+    steps = unit_install_steps()
     venv = f"python3 -m venv {UNIT_VENV}"
     pip = f"{UNIT_VENV}/bin/pip install ."
     cache = f"{UNIT_VENV}/bin/python -c {shlex.quote(PREBUILD_PLUGIN_CACHE)}"
@@ -883,7 +861,7 @@ def test_unit_install_steps_use_a_venv_and_prebuild_the_plugin_cache(unit: confi
 
 
 def test_unit_install_steps_name_files_that_exist(unit: configparser.RawConfigParser) -> None:
-    steps = _unit_install_steps()
+    steps = unit_install_steps()
     for step in (s for s in steps if s.startswith("install ")):
         argv = shlex.split(step)
         sources = [a for i, a in enumerate(argv[1:-1], 1) if not a.startswith("-") and argv[i - 1] not in ("-m", "-o", "-g")]
@@ -901,7 +879,7 @@ def test_unit_kubeconfig_is_readable_by_the_service_group_only(unit: configparse
     group = _unit_value(unit, "Service", "SupplementaryGroups")
     assert group == "kubedns"
     assert _unit_value(unit, "Service", "DynamicUser") == "yes"
-    steps = _unit_install_steps()
+    steps = unit_install_steps()
     argv = _install_step(steps, "/etc/kubedns/kubeconfig")
     assert _mode(argv) == 0o640
     assert _mode(argv) & 0o007 == 0, "the kubeconfig must not be world-readable"

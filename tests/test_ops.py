@@ -30,25 +30,17 @@ from twisted.trial import unittest
 from kubedns.config import parse
 from kubedns.health import Readiness, build_ops
 from kubedns.metrics import TIME_BUCKETS, observe_programming, record_reload_failure
-from kubedns.query import QueryInfo
 from kubedns.querylog import ErrorLog, common_line, format_duration, json_line
 from kubedns.service import build
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, wait_until
 from tests.dnsupstream import DNSUpstream, closed_port
 from tests.support import kubeobj
+from tests.support.ops import metric, query_info
 
 pytestmark = pytest.mark.timeout(90)
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-def metric(text: str, sample: str, /, **labels: str) -> float:
-    """Sum of the samples called ``sample`` whose labels include ``labels`` (0 if none)."""
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 def names(text: str) -> set[str]:
@@ -65,16 +57,6 @@ def write_manifests(path: Path) -> str:
     return str(path)
 
 
-def info(**kw: Any) -> QueryInfo:
-    base: dict[str, Any] = dict(
-        server="dns://127.0.0.1:53", zone="cluster.local", proto="udp", peer=("127.0.0.1", 50759),
-        qname=b"Nginx.Default.svc.cluster.local", qtype=1, qclass=1, qid=29008, request_size=41,
-        response_size=68, rcode=0, flags=0x8580, duration=0.037990251, do=False,
-    )
-    base.update(kw)
-    return QueryInfo(**base)
-
-
 def no_proxy_env(case: Any) -> None:
     for var in (*_PROXY_VARS, "KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
         if var in os.environ:
@@ -85,18 +67,18 @@ def no_proxy_env(case: Any) -> None:
 
 
 def test_common_log_format_matches_coredns() -> None:
-    assert common_line(info()) == (
+    assert common_line(query_info()) == (
         '127.0.0.1:50759 - 29008 "A IN nginx.default.svc.cluster.local. udp 41 false 512" NOERROR qr,aa,rd,ra 68 0.037990251s'
     )
-    v6 = info(peer=("::1", 53000, 0, 0), proto="tcp", qtype=28, rcode=3, do=True, flags=0x8183, duration=0.5)
+    v6 = query_info(peer=("::1", 53000, 0, 0), proto="tcp", qtype=28, rcode=3, do=True, flags=0x8183, duration=0.5)
     assert common_line(v6) == (
         '[::1]:53000 - 29008 "AAAA IN nginx.default.svc.cluster.local. tcp 41 true 65535" NXDOMAIN qr,rd,ra 68 0.5s'
     )
-    assert common_line(info(qtype=65280, qclass=3, rcode=30)).startswith('127.0.0.1:50759 - 29008 "TYPE65280 CH ')
+    assert common_line(query_info(qtype=65280, qclass=3, rcode=30)).startswith('127.0.0.1:50759 - 29008 "TYPE65280 CH ')
 
 
 def test_json_log_has_the_common_fields() -> None:
-    fields = json.loads(json_line(info(rcode=2)))
+    fields = json.loads(json_line(query_info(rcode=2)))
     assert fields["remote"] == "127.0.0.1" and fields["port"] == 50759 and fields["id"] == 29008
     assert (fields["type"], fields["class"], fields["name"]) == ("A", "IN", "nginx.default.svc.cluster.local.")
     assert (fields["rcode"], fields["rflags"], fields["size"], fields["rsize"]) == ("SERVFAIL", "qr,aa,rd,ra", 41, 68)
@@ -134,10 +116,10 @@ def test_errors_are_consolidated_per_pattern() -> None:
     events: list[dict[str, Any]] = []
     elog = ErrorLog(_Disp([_errors_block(10)]), reactor=clock, logger=Logger(observer=events.append))
     text = lambda e: e["log_format"].format(**e)  # noqa: E731
-    elog(info(rcode=0))  # not an error: nothing
+    elog(query_info(rcode=0))  # not an error: nothing
     assert events == []
     for i in range(5):
-        elog(info(rcode=2, zone="", qname=f"x{i}.example.org".encode()))
+        elog(query_info(rcode=2, zone="", qname=f"x{i}.example.org".encode()))
     assert len(events) == 1  # the first at once, the rest counted
     assert text(events[0]).startswith("plugin/errors: 2 x0.example.org. A: ")
     clock.advance(10)
@@ -146,9 +128,9 @@ def test_errors_are_consolidated_per_pattern() -> None:
     assert "last x4.example.org. A" in text(events[1])
     clock.advance(10)  # a quiet window closes the pattern ...
     assert len(events) == 2
-    elog(info(rcode=2, zone="", qname=b"y.example.org"))  # ... so the next error is logged at once
+    elog(query_info(rcode=2, zone="", qname=b"y.example.org"))  # ... so the next error is logged at once
     assert len(events) == 3 and "y.example.org." in text(events[2])
-    elog(info(rcode=2, zone="", qname=b"z.example.org"))
+    elog(query_info(rcode=2, zone="", qname=b"z.example.org"))
     elog.flush()  # shutdown writes what is pending and leaves no timer behind
     assert "1 errors like" in text(events[3]) and not clock.getDelayedCalls()
 
@@ -157,7 +139,7 @@ def test_errors_without_consolidation_log_every_failure() -> None:
     events: list[dict[str, Any]] = []
     elog = ErrorLog(_Disp([_errors_block(0)]), reactor=task.Clock(), logger=Logger(observer=events.append))
     for _ in range(3):
-        elog(info(rcode=2, zone=""))
+        elog(query_info(rcode=2, zone=""))
     assert len(events) == 3
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_deploy_files import UNIT_VENV, _unit_install_steps
+from tests.support.unit import UNIT_VENV, unit_install_steps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -87,8 +87,8 @@ def test_unit_plugin_cache_step_leaves_nothing_to_write(site: Path, tmp_path: Pa
     before = _list_plugins_read_only(site, tmp_path)
     assert unwritable in before, before
 
-    steps = [shlex.split(s) for s in _unit_install_steps() if s.startswith(f"{UNIT_VENV}/bin/python ")]
-    assert len(steps) == 1, _unit_install_steps()
+    steps = [shlex.split(s) for s in unit_install_steps() if s.startswith(f"{UNIT_VENV}/bin/python ")]
+    assert len(steps) == 1, unit_install_steps()
     step = [sys.executable, *steps[0][1:]]  # the venv's python: here, the one running the tests
     r = subprocess.run(step, cwd=tmp_path, env=_env(site, tmp_path), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
