@@ -46,7 +46,12 @@ from kubedns.stores import ClusterSources
 from kubedns.workers import WorkerPool, announce_ready, worker_index
 
 if TYPE_CHECKING:
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.loop import LoopDetector
     from kubedns.health import Ops
+
+    #: a block's forwarding: its chain (forwarder and cache) and its loop detector, if any
+    Forwarding = tuple[ForwardChain, LoopDetector | None]
 
 __all__ = ["KubeDNS", "banner", "build"]
 
@@ -102,7 +107,7 @@ class KubeDNS(service.MultiService):
         #: the hosts plugins (tables, reload checks): kept across reloads; a file change drops
         #: the fast path as a store change does
         self.hosts = HostsPlugins(self._invalidate, reactor)
-        self._fwd: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._fwd: dict[tuple[Any, ...], Forwarding] = {}
         self._listeners: dict[Address, _Listener] = {}
         self.reload_failures = 0
         self.ops: Ops | None = None
@@ -128,10 +133,6 @@ class KubeDNS(service.MultiService):
     @property
     def sources(self) -> list[ClusterSource]:
         return self.clusters.sources
-
-    @property
-    def chains(self) -> list[tuple[Any, Any]]:
-        return list(self._fwd.values())
 
     @property
     def dispatchers(self) -> dict[str, Dispatcher]:
@@ -168,7 +169,7 @@ class KubeDNS(service.MultiService):
         return Informer(store, list(k8s.resources()), k8s.api(), reactor=self.reactor,
                         on_event=_programming_hook(store), label_selector=k8s.labels)
 
-    def _chain(self, block: ServerBlock) -> tuple[Any, Any]:
+    def _chain(self, block: ServerBlock) -> Forwarding:
         from kubedns.forward.chain import ForwardChain
         from kubedns.forward.forwarder import Forwarder
 
@@ -179,7 +180,7 @@ class KubeDNS(service.MultiService):
             cache = Cache(block.cache, reactor=self.reactor)
         chain = ForwardChain(Forwarder(block.forward, reactor=self.reactor), cache=cache, reactor=self.reactor)
         loop = None
-        if block.loop is not None and getattr(block.loop, "enabled", True):
+        if block.loop is not None and block.loop.enabled:
             from kubedns.forward.loop import LoopDetector
 
             zone = (block.zones[0] + ".").encode() if block.zones[0] else b""
@@ -194,7 +195,7 @@ class KubeDNS(service.MultiService):
         self._maybe_announce()
         return blocks
 
-    def _build_blocks(self, config: Config) -> tuple[dict[int, Block], Any]:
+    def _build_blocks(self, config: Config) -> tuple[dict[int, Block], Callable[[bool], None]]:
         """Build runtime blocks without touching what runs; returns them and a ``commit(started)``.
 
         Nothing is swapped, started or retired until ``commit`` is called, so a reload that fails
@@ -203,8 +204,8 @@ class KubeDNS(service.MultiService):
         build, ``startService`` starts everything.
         """
         blocks: dict[int, Block] = {}
-        fwd_keep: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        new_chains: list[tuple[Any, Any]] = []
+        fwd_keep: dict[tuple[Any, ...], Forwarding] = {}
+        new_chains: list[Forwarding] = []
         plan = self.clusters.plan(config)  # stores: kept, shared or new (not started)
         hplan = self.hosts.plan(config)  # hosts plugins: kept, or new with their file read
         try:
@@ -352,7 +353,7 @@ class KubeDNS(service.MultiService):
             for lst in added:
                 self._drop_listener(lst.addr)
             raise
-        commit(self.running)  # from here on nothing can fail half-way
+        commit(bool(self.running))  # from here on nothing can fail half-way
         for addr, bs in wanted.items():
             self._listeners[addr].dispatcher.blocks = [blocks[b.index] for b in bs]
             self._listeners[addr].dispatcher.fast.clear()
