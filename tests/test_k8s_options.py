@@ -29,6 +29,7 @@ from kubedns.k8s.store import Store
 from kubedns.server import Block
 from tests import fakeapi
 from tests.conftest import free_port, query, rrset_text, wait_for
+from tests.support import kubeobj
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("_no_proxy")]
 
@@ -191,18 +192,18 @@ def _synced(port: int, name: str = "kubernetes.default.svc.cluster.local") -> bo
 
 
 CLUSTER = [
-    fakeapi.namespace("default"),
-    fakeapi.namespace("other"),
-    fakeapi.service("kubernetes", "default", cluster_ip="10.96.0.1", labels={"app": "web"}),
-    fakeapi.service("web", "default", cluster_ip="10.96.1.1", labels={"app": "web"}),
-    fakeapi.service("db", "default", cluster_ip="10.96.1.2", labels={"app": "db"}),
-    fakeapi.service("api", "other", cluster_ip="10.96.2.1", labels={"app": "web"}),
-    fakeapi.service("hl", "default", headless=True, labels={"app": "web"}),
+    kubeobj.namespace("default"),
+    kubeobj.namespace("other"),
+    kubeobj.service("kubernetes", "default", cluster_ip="10.96.0.1", labels={"app": "web"}),
+    kubeobj.service("web", "default", cluster_ip="10.96.1.1", labels={"app": "web"}),
+    kubeobj.service("db", "default", cluster_ip="10.96.1.2", labels={"app": "db"}),
+    kubeobj.service("api", "other", cluster_ip="10.96.2.1", labels={"app": "web"}),
+    kubeobj.service("hl", "default", headless=True, labels={"app": "web"}),
     # the endpoint slice controller copies a Service's labels onto its slices
-    fakeapi.endpointslice("hl-1", "default", "hl", endpoints=[{"addresses": ["10.244.0.1"], "targetRef": "hl-pod-a"}],
+    kubeobj.endpointslice("hl-1", "default", "hl", endpoints=[{"addresses": ["10.244.0.1"], "targetRef": "hl-pod-a"}],
                           labels={"app": "web"}),
     # a slice of "hl" the selector leaves out: its endpoint never reaches the store
-    fakeapi.endpointslice("hl-2", "default", "hl", endpoints=[{"addresses": ["10.244.0.2"]}], labels={"app": "other"}),
+    kubeobj.endpointslice("hl-2", "default", "hl", endpoints=[{"addresses": ["10.244.0.2"]}], labels={"app": "other"}),
 ]
 
 
@@ -212,7 +213,7 @@ def test_labels_select_on_the_api_server_list_and_watch(kubedns_process: Any, tm
     come and go through the watch."""
     with fakeapi.FakeKubeAPI() as api:
         api.load(CLUSTER)
-        kc = fakeapi.kubeconfig(tmp_path / "kc", api.url)
+        kc = kubeobj.kubeconfig(tmp_path / "kc", api.url)
         port = free_port()
         p = kubedns_process(_server(port, kubeconfig=kc, labels="app in (web)", pods="verified"))
         p.wait_listening(port)
@@ -241,7 +242,7 @@ def test_namespaces_answer_only_for_the_listed_ones_and_a_reload_keeps_the_watch
 ) -> None:
     with fakeapi.FakeKubeAPI() as api:
         api.load(CLUSTER)
-        kc = fakeapi.kubeconfig(tmp_path / "kc", api.url)
+        kc = kubeobj.kubeconfig(tmp_path / "kc", api.url)
         port = free_port()
         p = kubedns_process(_server(port, kubeconfig=kc, namespaces=["default"], ttl=7))
         p.wait_listening(port)
@@ -277,7 +278,7 @@ def test_endpoint_url_noendpoints_endpoint_pod_names_and_ignore_empty_service(ku
         wait_for(lambda: _ask(port, "hl-pod-a.hl.default.svc.cluster.local")
                  == ("NOERROR", ["hl-pod-a.hl.default.svc.cluster.local A 10.244.0.1"]), timeout=30)
         assert _ask(port, "web.default.svc.cluster.local")[0] == "NXDOMAIN"  # no endpoint at all
-        api.create("endpointslices", fakeapi.endpointslice("web-1", "default", "web", endpoints=[{"addresses": ["10.244.1.1"]}]))
+        api.create("endpointslices", kubeobj.endpointslice("web-1", "default", "web", endpoints=[{"addresses": ["10.244.1.1"]}]))
         wait_for(lambda: _ask(port, "web.default.svc.cluster.local") == ("NOERROR", ["web.default.svc.cluster.local A 10.96.1.1"]))
 
 
