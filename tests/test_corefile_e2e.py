@@ -5,8 +5,8 @@ kubeadm's default Corefile (``tests/corefiles/real/kubeadm/Corefile``, the same 
 apply exactly once: its port and a ``bind`` on loopback, ``kubeconfig`` for the
 ``tests/fakeapi.py`` API server, the HTTP endpoints on free loopback ports, and ``forward`` to a
 ``tests/dnsupstream.py`` upstream on 127.0.0.x instead of ``/etc/resolv.conf``.  The YAML
-config of the same setup is started beside it and every query of the record table in
-``tests/test_records.py`` must get the same answer from both.  Reload (SIGHUP and the
+config of the same setup is started beside it and every query of the record table
+(``tests/support/records_table.py``) must get the same answer from both.  Reload (SIGHUP and the
 ``reload`` plugin) re-reads files the Corefile imports.
 """
 
