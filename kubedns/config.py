@@ -13,13 +13,17 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from kubedns.configbase import Address, ConfigError, Node, key_name, short_repr
 from kubedns.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
+
+if TYPE_CHECKING:  # for the types only: their modules are imported where the keys are parsed
+    from kubedns.forward.config import CacheConfig, ForwardConfig, LoopConfig
+    from kubedns.plugins.hoststable import HostsConfig
 
 __all__ = [
     "Config",
@@ -155,10 +159,10 @@ class ServerBlock:
     zones: tuple[str, ...]
     listen: Address
     kubernetes: KubernetesConfig | None = None
-    forward: Any = None  # kubedns.forward.config.ForwardConfig
-    cache: Any = None  # kubedns.forward.config.CacheConfig
-    loop: Any = None  # kubedns.forward.config.LoopConfig
-    hosts: Any = None  # kubedns.plugins.hoststable.HostsConfig
+    forward: ForwardConfig | None = None
+    cache: CacheConfig | None = None
+    loop: LoopConfig | None = None
+    hosts: HostsConfig | None = None
     health: HealthConfig | None = None
     ready: ListenConfig | None = None
     prometheus: ListenConfig | None = None

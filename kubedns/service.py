@@ -47,6 +47,7 @@ from kubedns.workers import WorkerPool, announce_ready, worker_index
 
 if TYPE_CHECKING:
     from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.config import ForwardConfig
     from kubedns.forward.loop import LoopDetector
     from kubedns.health import Ops
 
@@ -169,7 +170,7 @@ class KubeDNS(service.MultiService):
         return Informer(store, list(k8s.resources()), k8s.api(), reactor=self.reactor,
                         on_event=_programming_hook(store), label_selector=k8s.labels)
 
-    def _chain(self, block: ServerBlock) -> Forwarding:
+    def _chain(self, block: ServerBlock, forward: ForwardConfig) -> Forwarding:
         from kubedns.forward.chain import ForwardChain
         from kubedns.forward.forwarder import Forwarder
 
@@ -178,7 +179,7 @@ class KubeDNS(service.MultiService):
             from kubedns.cache import Cache
 
             cache = Cache(block.cache, reactor=self.reactor)
-        chain = ForwardChain(Forwarder(block.forward, reactor=self.reactor), cache=cache, reactor=self.reactor)
+        chain = ForwardChain(Forwarder(forward, reactor=self.reactor), cache=cache, reactor=self.reactor)
         loop = None
         if block.loop is not None and block.loop.enabled:
             from kubedns.forward.loop import LoopDetector
@@ -216,7 +217,7 @@ class KubeDNS(service.MultiService):
                     key = (b.forward, b.cache, b.loop, b.zones)
                     fentry = fwd_keep.get(key) or self._fwd.get(key)
                     if fentry is None:
-                        fentry = self._chain(b)
+                        fentry = self._chain(b, b.forward)
                         new_chains.append(fentry)
                     fwd_keep[key] = fentry
                     chain, loop = fentry
