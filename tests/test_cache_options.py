@@ -79,7 +79,7 @@ def test_success_and_denial_capacity_ttl_and_min_ttl() -> None:
 def test_a_bare_capacity_and_a_kind_left_out_get_coredns_defaults() -> None:
     c = cfg({"ttl": 30, "success": 100})
     assert (c.success_size, c.ttl, c.min_ttl) == (100, 30, 5)  # TTL from `cache 30`, MINTTL 5
-    assert (c.denial_size, c.denial_ttl, c.denial_min_ttl) == (KIND_SIZE, 30, 5)
+    assert (c.denial_size, c.denial_ttl, c.denial_min_ttl) == (KIND_SIZE, 30, None)  # None: min_ttl, 5
     assert c.size == 100 + KIND_SIZE
     assert cfg({"success": 100, "size": 500}).size == 500  # a written size bounds them together
     old = cfg({"ttl": 30})  # no capacities: today's one shared bound

@@ -377,13 +377,11 @@ def parse_cache(node: Node) -> CacheConfig:
                           min_ttl)
     # As CoreDNS's `cache TTL`: the one cap applies to denials too unless they get their own.
     denial_ttl = n_ttl if n_ttl is not None else _ttl(node.get("denial_ttl", min(d.denial_ttl, base_ttl)))
-    denial_min = n_min if n_min is not None else (min_ttl if s_min is None else _ttl(min_node))
-    if denial_min > denial_ttl:
-        # a floor above the cap: as CoreDNS (max then min) the cap wins; only refuse it when written
-        if n_min is not None:
-            raise ConfigError(node.path, f"{node.key}.denial.min_ttl",
-                              f"a whole number of seconds not above the denial ttl ({denial_ttl})", n_min)
-        denial_min = denial_ttl
+    # the denials' floor: their own MINTTL, else the `min_ttl` key (None: the same as min_ttl)
+    denial_min: int | None = n_min if n_min is not None else (None if s_min is None else _ttl(min_node))
+    if n_min is not None and n_min > denial_ttl:
+        raise ConfigError(node.path, f"{node.key}.denial.min_ttl",
+                          f"a whole number of seconds not above the denial ttl ({denial_ttl})", n_min)
     # entries: without per-kind capacities `size` bounds all entries together (LRU); with one,
     # each kind is bounded on its own (CoreDNS's default 9984 for a kind not given) and `size`,
     # unless written, is their sum, so denials can never push successes out (or the reverse)
