@@ -185,7 +185,7 @@ class KubeDNS(service.MultiService):
             from kubedns.forward.loop import LoopDetector
 
             zone = (block.zones[0] + ".").encode() if block.zones[0] else b""
-            loop = LoopDetector(chain, zone=zone, reactor=self.reactor, recheck=block.loop.recheck)
+            loop = LoopDetector(chain.forwarder, zone=zone, reactor=self.reactor, recheck=block.loop.recheck)
         return chain, loop
 
     def _make_blocks(self, config: Config, started: bool) -> dict[int, Block]:

@@ -24,11 +24,14 @@ says nothing: it is retried every ``retry_interval`` (2 s) for up to 30 s, as Co
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
+
+if TYPE_CHECKING:
+    from kubedns.forward.forwarder import Forwarder
 
 __all__ = ["LoopDetector"]
 
@@ -46,11 +49,11 @@ class _Probe:
 
 
 class LoopDetector:
-    """See the module docstring.  ``chain_or_forwarder`` is a ForwardChain or a Forwarder."""
+    """See the module docstring.  It probes through, and isolates upstreams of, ``forwarder``."""
 
     def __init__(
         self,
-        chain_or_forwarder: Any,
+        forwarder: Forwarder,
         zone: bytes = b"",
         reactor: Any = None,
         *,
@@ -65,7 +68,7 @@ class LoopDetector:
 
             reactor = _reactor
         self._reactor = reactor
-        self.forwarder = getattr(chain_or_forwarder, "forwarder", chain_or_forwarder)
+        self.forwarder = forwarder
         self.zone = zone.lower().strip(b".")
         self.threshold = threshold
         self.recheck = recheck

@@ -73,7 +73,7 @@ class ForwardTestCase(unittest.TestCase):
         a fake server of ours, and its loop detector (not started yet)."""
         f = self.forwarder(config(*(u.address for u in upstreams), **kw))
         chain = ForwardChain(f, Cache(CacheConfig()), reactor=reactor)
-        detector = LoopDetector(chain, zone=b"", reactor=reactor, recheck=recheck)
+        detector = LoopDetector(chain.forwarder, zone=b"", reactor=reactor, recheck=recheck)
         port = reactor.listenUDP(0, LoopServer(chain, detector), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.addCleanup(detector.stop)
