@@ -193,6 +193,8 @@ def _rcode_text(info: QueryInfo) -> str:
 def _local(info: QueryInfo) -> str:
     """{local}: the address the server listens on (a wildcard listen shows 0.0.0.0 or [::])."""
     host = info.server.split("://", 1)[-1].rsplit(":", 1)[0]
+    if not host:
+        return "0.0.0.0"  # CoreDNS's label for the wildcard address ("dns://:53")
     return host if host.startswith("[") or ":" not in host else f"[{host}]"
 
 

@@ -186,6 +186,12 @@ def test_custom_formats(fmt: str, line: str) -> None:
     assert format_line(compile_format(fmt), info) == line
 
 
+def test_local_is_the_listen_address() -> None:
+    parts = compile_format("{local}")
+    assert [format_line(parts, query_info(server=s)) for s in ("dns://:53", "dns://127.0.0.1:53", "dns://[::1]:53")] == [
+        "0.0.0.0", "127.0.0.1", "[::1]"]
+
+
 def test_go_durations() -> None:
     assert [go_duration(s) for s in (0.25, 30, 300, 5400, 1.5, 90.25)] == [
         "250ms", "30s", "5m0s", "1h30m0s", "1.5s", "1m30.25s"]
