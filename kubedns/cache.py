@@ -228,10 +228,14 @@ class Cache:
     # -- reading -------------------------------------------------------------------------------
     def get(self, key: CacheKey) -> tuple[dns.Message, bool] | None:
         """A fresh entry as (message with aged TTLs, prefetch now?), or None (counted as a miss)."""
-        order, e = self._find(key)
+        order = self._pos
+        e = order.get(key)
         if e is None:
-            self.misses += 1
-            return None
+            order = self._neg
+            e = order.get(key)
+            if e is None:
+                self.misses += 1
+                return None
         now = self._reactor.seconds()
         age = now - e.stored
         if age >= e.ttl or age < -1.0:  # expired (or the clock jumped back: don't trust the entry)
