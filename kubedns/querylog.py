@@ -48,13 +48,16 @@ from __future__ import annotations
 import json
 import sys
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from kubedns.counters import rcode_name
 from kubedns.logconfig import COMBINED_FORMAT, COMMON_FORMAT, ConsolidateRule
 from kubedns.query import QueryInfo
+
+if TYPE_CHECKING:
+    from kubedns.server import Block, Dispatcher
 
 __all__ = ["ErrorLog", "QueryLog", "common_line", "format_duration", "json_line", "query_fields"]
 
@@ -256,7 +259,7 @@ def format_line(parts: list[Any], info: QueryInfo) -> str:
     return "".join(p if isinstance(p, str) else p(info) for p in parts)
 
 
-def _route(blocks: list[Any], info: QueryInfo) -> Any:
+def _route(blocks: list[Block], info: QueryInfo) -> Block | None:
     """The block the dispatcher sent this query to: the longest zone holding the name."""
     if len(blocks) == 1:
         b = blocks[0]
@@ -284,7 +287,7 @@ class QueryLog:
     #: the fast path is not observed: a dispatcher with query logging must not use it
     needs_every_query = True
 
-    def __init__(self, dispatcher: Any, logger: Logger | None = None, stream: Any = None):
+    def __init__(self, dispatcher: Dispatcher, logger: Logger | None = None, stream: Any = None):
         self.dispatcher = dispatcher
         self.log = logger or Logger(namespace="kubedns.querylog")
         #: where ``format: json`` lines go; None: the process's real stdout, looked up per line
@@ -334,7 +337,7 @@ class ErrorLog:
 
     needs_every_query = False
 
-    def __init__(self, dispatcher: Any, reactor: Any = None, logger: Logger | None = None):
+    def __init__(self, dispatcher: Dispatcher, reactor: Any = None, logger: Logger | None = None):
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -350,7 +353,7 @@ class ErrorLog:
     max_windows = 256
 
     def __call__(self, info: QueryInfo) -> None:
-        error = getattr(info, "error", None)
+        error = info.error
         if info.rcode != SERVFAIL and not error:
             return  # the common case: one comparison
         block = _route(self.dispatcher.blocks, info)
@@ -384,7 +387,7 @@ class ErrorLog:
         return {"warning": self.log.warn, "info": self.log.info, "debug": self.log.debug}.get(level, self.log.error)
 
     # -- CoreDNS's consolidate DURATION REGEXP [LEVEL] [show_first] --------------------------------
-    def _by_rule(self, info: QueryInfo, block: Any, rules: tuple[ConsolidateRule, ...], example: str,
+    def _by_rule(self, info: QueryInfo, block: Block, rules: tuple[ConsolidateRule, ...], example: str,
                  text: str) -> None:
         """As CoreDNS: the first rule whose REGEXP matches the error text counts it; the first of
         a window starts the window (and is logged at the rule's level with show_first); when the
@@ -465,7 +468,7 @@ def go_duration(seconds: float) -> str:
     return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{secs}s"
 
 
-def _explain(block: Any, info: QueryInfo) -> str:
+def _explain(block: Block, info: QueryInfo) -> str:
     """Why a SERVFAIL happened, from what the block can tell us (when QueryInfo.error is empty)."""
     lname = _lname(info)
     clusters = block.clusters
@@ -476,7 +479,7 @@ def _explain(block: Any, info: QueryInfo) -> str:
         return "kubernetes: SERVFAIL"
     chain = block.chain
     if chain is not None:
-        if getattr(chain, "loop_detected", False):
+        if chain.loop_detected:
             return "forward: disabled, a forwarding loop was detected"
         return "forward: no upstream answered, or an upstream answered SERVFAIL"
     if block.loop is not None:
