@@ -1,8 +1,10 @@
-"""The metrics read from a block's config and its forward chain, on real objects (no scrape).
+"""What metrics and the error log read from a block's config and its forward chain, on real
+objects (no scrape, no socket).
 
-``coredns_plugin_enabled`` lists ``loop`` only when the block's loop detection is on, and the
-cache counters come from the chain's real :class:`~kubedns.cache.Cache` and forwarder.  Pure
-logic: nothing is sent anywhere (the upstream is a loopback address never asked).
+``coredns_plugin_enabled`` lists ``loop`` only when the block's loop detection is on; the cache
+counters come from the chain's real :class:`~kubedns.cache.Cache` and forwarder; a SERVFAIL of a
+block whose every upstream loops is explained as such in the error log.  Pure logic: nothing is
+sent anywhere (the upstream is a loopback address never asked).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dns.rrset
 import pytest
 import yaml
 from twisted.internet import task
+from twisted.logger import Logger
 from twisted.names import dns as tdns
 
 from kubedns.cache import Cache
@@ -22,6 +25,9 @@ from kubedns.forward.chain import ForwardChain
 from kubedns.forward.forwarder import Forwarder
 from kubedns.forward.message import decode_response
 from kubedns.metrics import _chain_counters, _plugins_of
+from kubedns.querylog import ErrorLog
+from kubedns.server import Block, Dispatcher
+from tests.support.ops import query_info
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -65,3 +71,19 @@ def test_cache_hits_and_evictions_are_counted_as_success() -> None:
     assert samples[("coredns_cache_hits_total", ("dns://:53", "denial", ".", ""))] == 0
     assert samples[("coredns_cache_misses_total", ("dns://:53", ".", ""))] == 1
     assert samples[("coredns_forward_healthcheck_broken_total", ())] == 0
+
+
+def test_a_servfail_with_every_upstream_looping_is_explained_so() -> None:
+    clock = task.Clock()
+    block = _block(errors={"consolidate": 10})
+    chain = ForwardChain(Forwarder(block.forward, reactor=clock), reactor=clock)
+    events: list[dict[str, Any]] = []
+    elog = ErrorLog(Dispatcher("dns://127.0.0.1:1053", [Block(block, None, chain)], reactor=clock),
+                    reactor=clock, logger=Logger(observer=events.append))
+    servfail = query_info(rcode=2, zone="", qname=b"x.example.org")
+    elog(servfail)
+    assert "forward: no upstream answered" in events[-1]["log_format"].format(**events[-1])
+    chain.forwarder.isolate(0, "it sends our probe back")  # the only upstream: forwarding is off
+    assert chain.loop_detected
+    elog(query_info(rcode=2, zone="", qname=b"y.example.org"))
+    assert "forward: disabled, a forwarding loop was detected" in events[-1]["log_format"].format(**events[-1])
