@@ -33,7 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from kubedns import __version__
-from kubedns.config import Config, ConfigError, KubernetesConfig, ServerBlock, file_digest, load
+from kubedns.config import Config, ConfigError, KubernetesConfig, ReloadConfig, ServerBlock, file_digest, load
 from kubedns.configbase import Address
 from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
@@ -113,7 +113,7 @@ class KubeDNS(service.MultiService):
         self.reload_failures = 0
         self.ops: Ops | None = None
         self._reload_loop: task.LoopingCall | None = None
-        self._reload_config: Any = None  # the ReloadConfig the running check was made for
+        self._reload_config: ReloadConfig | None = None  # what the running check was made for
         self.jitter_random: Callable[[float, float], float] = random.uniform  # tests may pin it
         self._config_digest = hashlib.sha256(config.raw_text.encode()).hexdigest()
         #: the last file content a reload looked at (applied or rejected): tried once per change

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -36,6 +36,11 @@ from kubedns.config import Config, KubernetesConfig
 from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
 from kubedns.records import ClusterZones
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from kubedns.server import Block
 
 __all__ = ["ClusterSources", "Plan"]
 
@@ -102,8 +107,8 @@ class ClusterSources:
         #: stores the config no longer names that still answer for a block until its swap
         self._retiring: dict[WatchKey, Entry] = {}
         self._swaps: list[_Swap] = []
-        self._blocks: dict[int, Any] = {}  # block index → the running kubedns.server.Block
-        self._warning: Any = None
+        self._blocks: dict[int, Block] = {}  # block index → the running block
+        self._warning: IDelayedCall | None = None
 
     # -- views ---------------------------------------------------------------------------------
     @property

@@ -22,7 +22,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -38,6 +38,9 @@ from kubedns.k8s.watch import (
     list_function,
     load_api_client,
 )
+
+if TYPE_CHECKING:
+    from kubedns.k8s.store import Store
 
 __all__ = ["Informer"]
 
@@ -104,7 +107,7 @@ class Informer(ClusterSource):
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         resources: list[str],
         kubeconfig: str | ApiConfig | None,
         reactor: Any = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from twisted.internet import task
@@ -27,6 +27,9 @@ from twisted.logger import Logger
 from kubedns.configbase import ConfigError
 from kubedns.k8s.objects import KINDS
 from kubedns.k8s.source import ClusterSource
+
+if TYPE_CHECKING:
+    from kubedns.k8s.store import Store
 
 __all__ = ["ManifestSource", "parse_manifests"]
 
@@ -104,7 +107,7 @@ class ManifestSource(ClusterSource):
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         path: str,
         kinds: list[str] | tuple[str, ...] | set[str] | frozenset[str],
         reactor: Any = None,

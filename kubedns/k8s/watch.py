@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -60,6 +60,9 @@ from kubedns.k8s.apiclient import ClientSource, list_function, load_api_client
 from kubedns.k8s.listparse import list_items
 from kubedns.k8s.objects import KINDS
 from kubedns.k8s.outage import ApiOutage, Backoff
+
+if TYPE_CHECKING:
+    from kubedns.k8s.store import Store
 
 __all__ = [
     "ApiOutage",
@@ -140,7 +143,7 @@ class ResourceWatcher:
         self,
         resource: str,
         list_fn: Callable[..., Any],
-        store: Any,
+        store: Store,
         reactor: Any = None,
         *,
         page_size: int = 10000,
