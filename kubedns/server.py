@@ -75,7 +75,10 @@ class Block:
         self.loop = loop
         self.hosts = hosts  # kept across reloads with its table (kubedns.plugins.hosts.HostsPlugins)
         self.kubernetes = KubernetesPlugin(clusters, chain) if clusters is not None else None
-        self.plugins = block_plugins(config, self.kubernetes, chain, loop, hosts)
+        self._build()
+
+    def _build(self) -> None:
+        self.plugins = block_plugins(self.config, self.kubernetes, self.chain, self.loop, self.hosts)
         #: the block's plugins in CoreDNS's order, ending in REFUSED
         self.serve: Next = build_chain(self.plugins)
 
@@ -89,7 +92,8 @@ class Block:
         if self.kubernetes is not None:
             self.kubernetes.clusters = clusters
         else:
-            self.__init__(self.config, clusters, self.chain, self.loop, self.hosts)  # type: ignore[misc]
+            self.kubernetes = KubernetesPlugin(clusters, self.chain)
+            self._build()
 
     @property
     def forward_cache(self) -> Cache | None:
