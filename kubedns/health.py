@@ -371,14 +371,6 @@ class Ops(service.MultiService):
             self._ports.pop(addr).disownServiceParent()
             del self._roots[addr]
 
-    def addresses(self) -> dict[str, int]:
-        """``host:port`` asked for → port actually bound (differs when the config says port 0)."""
-        out: dict[str, int] = {}
-        for addr, svc in self._ports.items():
-            port = getattr(svc, "_port", None)
-            out[str(addr)] = port.getHost().port if port is not None else addr.port
-        return out
-
     # -- lifecycle -----------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()

@@ -110,7 +110,6 @@ class Forwarder:
         self._reactor = reactor
         self.upstreams = [_Upstream(s) for s in config.to]
         self.stats = ForwarderStats()
-        self._disabled: str | None = None
         self._looping = 0  # upstreams isolated by the loop detector
         self._pinned: dict[bytes, _Upstream] = {}  # loop probe name -> the upstream it probes
         self._except = tuple(z.encode("ascii") for z in config.except_zones)
@@ -176,19 +175,10 @@ class Forwarder:
 
     @property
     def disabled_reason(self) -> str | None:
-        """Why every new query fails at once: :meth:`disable`, or every upstream loops; else None."""
-        if self._disabled is not None:
-            return self._disabled
+        """Why every new query fails at once: every upstream loops (isolated); else None."""
         if self._looping and self._looping == len(self.upstreams):
             return "; ".join(u.looping or "" for u in self.upstreams)
         return None
-
-    def disable(self, reason: str) -> None:
-        """Fail every new query with :class:`UpstreamsFailed`."""
-        self._disabled = reason
-
-    def enable(self) -> None:
-        self._disabled = None
 
     # -- loop isolation (the loop detector's hooks) --------------------------------------------
     def isolate(self, index: int, reason: str) -> bool:
