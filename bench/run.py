@@ -1,6 +1,7 @@
 """Cluster-name benchmark: kubedns vs a stock twisted.names server vs dnsmasq, in one run.
 
     python bench/run.py [--services 1000] [--seconds 8] [--nx 0.1]
+    python bench/run.py --forward [--names 400000]   (forwarded cache misses: bench/forward_miss.py)
 
 Each server is pinned to CPU 0 with taskset, dnsperf to CPU 1, all on 127.0.0.1.  For each
 server it prints: max QPS (dnsperf, unthrottled), server CPU µs per query (from the process's
@@ -170,6 +171,11 @@ def stop(p: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def main() -> None:
+    if "--forward" in sys.argv[1:]:  # forwarded cache misses: bench/forward_miss.py
+        import forward_miss
+
+        forward_miss.main([a for a in sys.argv[1:] if a != "--forward"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=8.0)
