@@ -37,6 +37,7 @@ middle of a request, the new one is closed at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application import internet, service
@@ -111,11 +112,11 @@ class Readiness:
 class _Text(resource.Resource):
     isLeaf = True  # noqa: N815 (twisted.web API)
 
-    def __init__(self, produce: Any):
+    def __init__(self, produce: Callable[[], tuple[int, str]]):
         super().__init__()
         self._produce = produce
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802 (twisted.web API)
+    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802 (twisted.web API)
         code, body = self._produce()
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
