@@ -547,6 +547,22 @@ def test_pod_records_reduce_to_ips() -> None:
     assert store.count("pods") == 0
 
 
+def test_pod_addresses_that_are_no_ip_are_dropped() -> None:
+    """As for Services and EndpointSlices; a dict there once reached the PTR index and broke the
+    whole batch of watch events it came in (found by tests/test_fast_decode.py)."""
+    raw = kubeobj.pod("p", "default", "10.1.0.1")
+    raw["status"]["podIPs"] = [{"ip": {"a": 1}}, {"ip": "not-an-ip"}, {"ip": 5}, {"ip": "10.1.0.1"}]
+    assert objects.pod_from_raw(raw) == ("default/p", objects.Pod("default", "p", ("10.1.0.1",)))
+    raw["status"]["podIPs"] = [{"ip": "not-an-ip"}]
+    raw["status"]["podIP"] = "10.1.0.9"
+    assert objects.pod_from_raw(raw) == ("default/p", objects.Pod("default", "p", ("10.1.0.9",)))
+    raw["status"]["podIP"] = {"a": 1}
+    assert objects.pod_from_raw(raw) == ("default/p", None)
+    store = Store()
+    raw["status"]["podIPs"] = [{"ip": {"a": 1}}, {"ip": "fd00::1"}]
+    assert store.upsert("pods", *objects.pod_from_raw(raw)) and store.pod_in_namespace("fd00::1", "default")
+
+
 def test_terminating_pod_leaves_the_pod_index() -> None:
     """The MODIFIED object that sets deletionTimestamp removes the Pod's IPs (CoreDNS ignores
     terminating Pods); another Pod holding the same IP keeps it; a terminating Pod in a LIST is

@@ -9,6 +9,18 @@ slotted so that ``old == new`` is a cheap way to ignore watch events that change
 Each ``*_from_raw`` returns ``(key, record)`` with ``key = "namespace/name"`` (or ``"name"`` for
 cluster-scoped objects).  Records may be ``None`` when the object has nothing DNS could serve
 (e.g. a Pod without an IP yet, or one being deleted); the store treats that as a delete.
+
+Two ways in, one meaning.  The ``*_from_raw`` converters take a dict of the whole object and are
+the reference: they define what every odd input becomes.  The hot path (LIST pages, watch lines)
+does not build that dict: :mod:`msgspec` decodes the JSON straight into the ``_*Obj`` structs
+below, which declare only the fields DNS reads, so the rest of a 5 KB Pod (``managedFields``,
+spec, statuses) is skipped in C without allocating a single Python object, and the
+``*_from_struct`` converters turn them into the same records.  The structs use strict types
+(``str``, ``int``, ``bool``, lists of structs), and a ``*_from_struct`` converter raises
+:class:`Defer` on anything the reference treats specially (no name, a field of another type...):
+then the caller decodes that object into a dict and asks the reference.  So the fast path only
+ever handles inputs whose meaning is plain, and ``tests/test_fast_decode.py`` checks both paths
+agree on random and mutated objects.
 """
 
 from __future__ import annotations
@@ -19,10 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "Endpoint",
     "EndpointSlice",
+    "FAST_KINDS",
     "KINDS",
+    "Defer",
     "Namespace",
     "Pod",
     "Port",
@@ -219,8 +235,10 @@ def pod_from_raw(raw: dict[str, Any]) -> tuple[str, Pod | None]:
     if (raw.get("metadata") or {}).get("deletionTimestamp"):
         return f"{ns}/{name}", None
     status = raw.get("status") or {}
-    ips = tuple(p.get("ip") for p in status.get("podIPs") or () if p.get("ip"))
-    if not ips and status.get("podIP"):
+    # an address that is no IP is dropped, as for Services and EndpointSlices (it once reached the
+    # store's PTR index, and a dict there broke the whole event batch)
+    ips = tuple(ip for p in status.get("podIPs") or () if (ip := p.get("ip")) and _valid_ip(ip))
+    if not ips and _valid_ip(status.get("podIP")):
         ips = (status["podIP"],)
     phase = status.get("phase")
     if not ips or phase in ("Succeeded", "Failed"):
@@ -239,4 +257,225 @@ KINDS: dict[str, Callable[[dict[str, Any]], tuple[str, Any]]] = {
     "services": service_from_raw,
     "endpointslices": endpointslice_from_raw,
     "pods": pod_from_raw,
+}
+
+
+# -- the fast path: only the fields DNS reads, decoded by msgspec ----------------------------
+
+
+class Defer(Exception):  # noqa: N818  (not an error: a hand-over to the reference)
+    """The struct holds something the reference converter must judge (see the module docstring)."""
+
+
+class _S(msgspec.Struct, frozen=True, gc=False):
+    """Base of the decode-only structs: no cycles, so the cyclic GC never tracks them."""
+
+
+class _Labels(_S):
+    service_name: str | None = msgspec.field(default=None, name="kubernetes.io/service-name")
+
+
+class _Annotations(_S):
+    trigger: str | None = msgspec.field(default=None, name="endpoints.kubernetes.io/last-change-trigger-time")
+
+
+class _Meta(_S):
+    name: str | None = None
+    namespace: str | None = None
+    resourceVersion: str | None = None  # noqa: N815  (the API's spelling)
+    deletionTimestamp: str | None = None  # noqa: N815
+    labels: _Labels | None = None
+    annotations: _Annotations | None = None
+
+
+class _Port(_S):
+    name: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+
+
+class _SvcSpec(_S):
+    type: str | None = None
+    externalName: str | None = None  # noqa: N815
+    clusterIP: str | None = None  # noqa: N815
+    clusterIPs: list[str] | None = None  # noqa: N815
+    ports: list[_Port] | None = None
+    publishNotReadyAddresses: bool | None = None  # noqa: N815
+
+
+class _Conditions(_S):
+    ready: bool | None = None
+
+
+class _Ref(_S):
+    name: str | None = None
+
+
+class _Ep(_S):
+    addresses: list[str] | None = None
+    hostname: str | None = None
+    conditions: _Conditions | None = None
+    targetRef: _Ref | None = None  # noqa: N815
+
+
+class _PodIP(_S):
+    ip: str | None = None
+
+
+class _PodStatus(_S):
+    podIP: str | None = None  # noqa: N815
+    podIPs: list[_PodIP] | None = None  # noqa: N815
+    phase: str | None = None
+
+
+class _Obj(_S):
+    metadata: _Meta | None = None
+
+
+class _NamespaceObj(_Obj):
+    pass
+
+
+class _ServiceObj(_Obj):
+    spec: _SvcSpec | None = None
+
+
+class _EndpointSliceObj(_Obj):
+    addressType: str | None = None  # noqa: N815
+    endpoints: list[_Ep] | None = None
+    ports: list[_Port] | None = None
+
+
+class _PodObj(_Obj):
+    status: _PodStatus | None = None
+
+
+_NO_META = _Meta()
+
+
+def _meta_fast(obj: _Obj) -> tuple[str, str, _Meta]:
+    meta = obj.metadata or _NO_META
+    name = meta.name
+    if not name:
+        raise Defer()  # the reference says why it is refused
+    return _intern(meta.namespace or ""), name, meta
+
+
+def _ports_fast(raw_ports: list[_Port] | None) -> tuple[Port, ...]:
+    if not raw_ports:
+        return ()
+    # the same key as _ports: (name, port, type(port), protocol) of each raw port
+    sig = tuple((p.name, p.port, int if p.port is not None else type(None), p.protocol) for p in raw_ports)
+    hit = _PORTS_CACHE.get(sig)
+    if hit is not None:
+        return hit
+    ports = tuple(
+        Port(_intern((p.name or "").lower()), p.port, _intern((p.protocol or "TCP").lower()))
+        for p in raw_ports
+        if p.port is not None
+    )
+    if len(_PORTS_CACHE) < _PORTS_CACHE_MAX:
+        _PORTS_CACHE[sig] = ports
+    return ports
+
+
+def _addresses_fast(ips: list[str]) -> tuple[str, ...]:
+    out = tuple(ips)
+    return out if all(_valid_ip(ip) for ip in out) else tuple(ip for ip in out if _valid_ip(ip))
+
+
+def namespace_from_struct(obj: _Obj) -> tuple[str, Namespace | None]:
+    _, name, _ = _meta_fast(obj)
+    return name, Namespace(name.lower())
+
+
+def service_from_struct(obj: _ServiceObj) -> tuple[str, Service | None]:
+    ns, name, _ = _meta_fast(obj)
+    spec = obj.spec or _NO_SPEC
+    ext = ""
+    ips: tuple[str, ...] = ()
+    headless = False
+    if (spec.type or "ClusterIP") == "ExternalName":
+        ext = (spec.externalName or "").rstrip(".").lower()
+    else:
+        cips = spec.clusterIPs or ([spec.clusterIP] if spec.clusterIP else [])
+        if not cips or cips[0] == "None":
+            headless = True
+        else:
+            ips = _addresses_fast(cips)
+    rec = Service(
+        namespace=ns,
+        name=name.lower(),
+        cluster_ips=ips,
+        headless=headless,
+        external_name=ext,
+        ports=_ports_fast(spec.ports),
+        publish_not_ready=bool(spec.publishNotReadyAddresses),
+    )
+    return f"{ns}/{name}", rec
+
+
+_NO_SPEC = _SvcSpec()
+
+
+def _pod_name_fast(ref: _Ref | None) -> str:
+    name = ref.name if ref is not None else None
+    if name is None or not 0 < len(name) < 64 or "." in name:
+        return ""
+    return name.lower()
+
+
+def endpointslice_from_struct(obj: _EndpointSliceObj) -> tuple[str, EndpointSlice | None]:
+    ns, name, meta = _meta_fast(obj)
+    eps = []
+    if obj.addressType in ("IPv4", "IPv6"):
+        for ep in obj.endpoints or ():
+            ready = ep.conditions.ready if ep.conditions is not None else None
+            eps.append(
+                Endpoint(
+                    addresses=_addresses_fast(ep.addresses) if ep.addresses is not None else (),
+                    hostname=(ep.hostname or "").lower(),
+                    ready=ready is None or ready,
+                    pod_name=_pod_name_fast(ep.targetRef),
+                )
+            )
+    labels = meta.labels
+    rec = EndpointSlice(
+        namespace=ns,
+        name=name,
+        service=((labels.service_name if labels is not None else None) or "").lower(),
+        endpoints=tuple(eps),
+        ports=_ports_fast(obj.ports),
+    )
+    return f"{ns}/{name}", rec
+
+
+def pod_from_struct(obj: _PodObj) -> tuple[str, Pod | None]:
+    ns, name, meta = _meta_fast(obj)
+    if meta.deletionTimestamp:
+        return f"{ns}/{name}", None
+    status = obj.status
+    if status is None:
+        return f"{ns}/{name}", None
+    ips = tuple(p.ip for p in status.podIPs or () if p.ip and _valid_ip(p.ip))
+    if not ips and _valid_ip(status.podIP):
+        ips = (status.podIP,)
+    if not ips or status.phase in ("Succeeded", "Failed"):
+        return f"{ns}/{name}", None
+    return f"{ns}/{name}", Pod(ns, name, ips)
+
+
+class FastKind(msgspec.Struct, frozen=True):
+    """How one resource's objects are decoded on the fast path: the struct and its converter."""
+
+    struct: type[_Obj]
+    convert: Callable[[Any], tuple[str, Any]]
+
+
+#: resource name → fast decoding; the same keys as KINDS.
+FAST_KINDS: dict[str, FastKind] = {
+    "namespaces": FastKind(_NamespaceObj, namespace_from_struct),
+    "services": FastKind(_ServiceObj, service_from_struct),
+    "endpointslices": FastKind(_EndpointSliceObj, endpointslice_from_struct),
+    "pods": FastKind(_PodObj, pod_from_struct),
 }

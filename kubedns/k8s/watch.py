@@ -5,9 +5,10 @@ Why our own loop rather than ``kubernetes.watch.Watch``: that helper stops retry
 resourceVersion with ``deserialize=False``, and can hang forever without a client-side read
 timeout.  Why raw JSON rather than the client's models: deserializing 100k Pods into models costs
 seconds of CPU and hundreds of MB.  So every call here passes ``_preload_content=False`` and gets
-the urllib3 response back; each list page and each watch line is parsed with :mod:`json` and
-turned into a slim record by the :data:`~kubedns.k8s.objects.KINDS` converter at once, and the raw
-dict is dropped.
+the urllib3 response back; each list page and each watch line is decoded by :mod:`msgspec`
+straight into structs of only the fields DNS reads (:data:`~kubedns.k8s.objects.FAST_KINDS`) and
+turned into a slim record at once; an object or line those cannot take goes through :mod:`json`
+and the reference :data:`~kubedns.k8s.objects.KINDS` converter (:mod:`kubedns.k8s.listparse`).
 
 The loop (one :class:`ResourceWatcher` per resource, one thread each):
 
@@ -54,11 +55,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from twisted.logger import Logger
 
 from kubedns.k8s.apiclient import ClientSource, list_function, load_api_client
-from kubedns.k8s.listparse import list_items
-from kubedns.k8s.objects import KINDS
+from kubedns.k8s.listparse import page_records
+from kubedns.k8s.objects import FAST_KINDS, KINDS, Defer
 from kubedns.k8s.outage import ApiOutage, Backoff
 
 if TYPE_CHECKING:
@@ -169,6 +171,8 @@ class ResourceWatcher:
         self.resource = resource
         self.status = WatcherStatus()
         self._convert = KINDS[resource]
+        self._fast = FAST_KINDS[resource]
+        self._event_decoder = _event_decoder(resource)
         self._list_fn = list_fn
         #: ``labels``: sent with every LIST and WATCH, so the API server leaves out what does not
         #: match (and sends DELETED for an object that stops matching), as CoreDNS's informers
@@ -379,8 +383,7 @@ class ResourceWatcher:
 
         Memory is what bounds a list of 100k objects, so at no point is more than about one page
         held in any form: the body of a page is read, decoded, and its objects parsed *one at a
-        time* (:func:`kubedns.k8s.listparse.list_items`) into slim records, each raw dict dropped before the next is
-        parsed; the page's records go to the reactor in one hop, and the next page is not handed
+        time* (:func:`kubedns.k8s.listparse.page_records`) into slim records, no raw dict built at all; the page's records go to the reactor in one hop, and the next page is not handed
         over before the previous one is applied.  The page size adapts to the objects' size
         (about ``page_bytes`` per page, at most ``page_size`` objects), starting small.
         """
@@ -405,12 +408,10 @@ class ResourceWatcher:
             if self._stopping.is_set():
                 raise _StoppedError()
             size = len(body)
-            text = body.decode("utf-8")
-            del body
             top: dict[str, Any] = {}
-            batch = self._convert_page(text, top)
+            batch = self._convert_page(body, top)
             n_items = len(batch)
-            del text
+            del body
             count += n_items
             meta = top.get("metadata") or {}
             rv = meta.get("resourceVersion") or rv
@@ -432,14 +433,8 @@ class ResourceWatcher:
         self._reactor.callFromThread(self._finish_list, relist, started, pages, count)
         self._wait_applied(applied)
 
-    def _convert_page(self, text: str, top: dict[str, Any]) -> list[tuple[str, Any]]:
-        convert = self._convert_safely
-        batch = []
-        for raw in list_items(text, top):
-            converted = convert(raw)
-            if converted is not None:
-                batch.append(converted)
-        return batch
+    def _convert_page(self, body: bytes | str, top: dict[str, Any]) -> list[tuple[str, Any]]:
+        return page_records(body, self._fast, self._convert_safely, top)
 
     def _wait_applied(self, applied: threading.Event | None) -> None:
         while applied is not None and not applied.wait(0.05):
@@ -541,6 +536,16 @@ class ResourceWatcher:
             for line in lines:
                 if not line.strip():
                     continue
+                fast = self._fast_event(line)
+                if fast is not None:
+                    etype, rv, key, rec, t0 = fast
+                    if rv:
+                        self.status.resource_version = rv
+                    progressed = True
+                    self._last_delivery = time.monotonic()
+                    if key is not None:
+                        events.append((etype, key, rec, t0))
+                    continue
                 try:
                     ev = json.loads(line)
                 except ValueError as e:
@@ -584,6 +589,37 @@ class ResourceWatcher:
             if events:
                 self._reactor.callFromThread(self._apply_events, events)
         return progressed
+
+    def _fast_event(self, line: bytes) -> tuple[str, str | None, str | None, Any, float] | None:
+        """``(type, resourceVersion, key, record, trigger time)`` of a plain event; None: ask json.
+
+        Decoded by msgspec into the kind's struct (only the fields DNS reads); ``key`` is None
+        for a BOOKMARK.  ERROR events, unknown types, nameless objects and anything the struct or
+        its converter will not take as it is go the :mod:`json` way, which judges them as ever.
+        """
+        try:
+            ev = self._event_decoder.decode(line)
+        except msgspec.MsgspecError:
+            return None
+        etype, obj = ev.type, ev.object
+        if obj is None or etype not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+            return None
+        meta = obj.metadata
+        rv = meta.resourceVersion if meta is not None else None
+        if etype == "BOOKMARK":
+            return etype, rv, None, None, 0.0
+        if meta is None or not meta.name:
+            return None
+        ann = meta.annotations
+        t0 = _trigger_time({"annotations": {_TRIGGER_ANNOTATION: ann.trigger}} if ann is not None else {})
+        if etype == "DELETED":
+            key = meta.name if self.resource == "namespaces" else f"{meta.namespace or ''}/{meta.name}"
+            return etype, rv, key, None, t0
+        try:
+            key, rec = self._fast.convert(obj)
+        except Defer:
+            return None
+        return etype, rv, key, rec, t0
 
     def _key_of(self, meta: dict[str, Any]) -> str | None:
         """The store key of an object from its metadata, as the converters build it; None if nameless."""
@@ -630,6 +666,13 @@ class ResourceWatcher:
                     hook(kind, etype, max(0.0, time.time() - t0), rec)
                 except Exception:
                     _log.failure("on_event hook failed")
+
+
+def _event_decoder(resource: str) -> msgspec.json.Decoder:
+    """A decoder of one watch line into ``type`` and the kind's decode-only struct."""
+    struct = FAST_KINDS[resource].struct
+    event = msgspec.defstruct(f"{struct.__name__}Event", [("type", str | None, None), ("object", struct | None, None)])
+    return msgspec.json.Decoder(event)
 
 
 def _trigger_time(meta: dict[str, Any]) -> float:
