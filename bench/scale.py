@@ -1,6 +1,7 @@
 """Scale benchmark: initial sync, memory, relist and event→answer latency against a big cluster.
 
     python bench/scale.py [--services 10000] [--endpoints 50000] [--pods 100000] [--rate 500]
+    python bench/scale.py --fat-pods --baseline /tmp/base   # after: git archive HEAD~N | tar -x -C /tmp/base
 
 The cluster lives in :class:`tests.fakeapi.FakeKubeAPI` (real HTTP on 127.0.0.1, in this
 process); ``twistd kubedns`` runs as a child pinned to CPU 0 (``taskset -c 0``) with a config
@@ -10,6 +11,12 @@ This process (fake, load generator, measurer) is pinned to CPU 1 when there is o
 * sync time: from the first LIST request the fake receives from kubedns to the first moment a DNS
   query for a cluster name stops being SERVFAIL (polled every 10 ms over UDP); also the figure
   kubedns logs itself when every kind is synced;
+* CPU seconds of kubedns (the process and any workers) from its start to that synced answer, how
+  much of it before the first LIST (start-up), and the split between the reactor thread and the
+  watcher threads;
+* CPU seconds spent parsing: a child process with the tree under test first on ``sys.path`` reads
+  every LIST page of each kind from the fake and times only what ``ResourceWatcher`` does with
+  the body (bytes in, slim records out) with ``time.thread_time``;
 * RSS in steady state (VmRSS after the sync has settled) against CoreDNS's memory formula
   ``(pods + services) / 1000 + 54`` MB;
 * the peak RSS during a forced relist (rv bumped + ``compact()`` + ``drop_watches()``, so every
@@ -19,6 +26,13 @@ This process (fake, load generator, measurer) is pinned to CPU 1 when there is o
   polls kubedns over UDP until the answer shows the change: the time from just before the fake
   applies the change to the receipt of the first answer that reflects it (p50/p90/p99);
 * PASS/FAIL per target.
+
+``--fat-pods`` gives every Pod what an API server returns for a Deployment's Pod (``managedFields``
+of two managers, a full container spec with probes, env, volumes, tolerations, conditions and
+container statuses): ~4.9 KB of JSON each instead of ~0.6 KB.  ``--baseline TREE`` first measures
+the kubedns in another source tree (say the last release, unpacked with ``git archive``) on the same
+cluster in the same run, then this one, and prints the figures side by side with their ratios:
+the machine may be shared and noisy, ratios from one run are what compares.
 
 The fake must not be the bottleneck, so this file gives it what a real apiserver's watch cache
 has: objects serialized once (a per-object JSON cache, refreshed when an object changes) and
@@ -44,7 +58,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -434,13 +448,16 @@ class UDPProbe:
 # Phases
 
 
-def wait_synced(port: int, name: str, want_ip: str, proc: subprocess.Popen, timeout: float) -> float:
+def wait_synced(port: int, name: str, want_ip: str, proc: subprocess.Popen, timeout: float,
+                on_poll: Callable[[], None] | None = None) -> float:
     """Poll until ``name`` resolves to ``want_ip``; the wall-clock time of that answer."""
     probe = UDPProbe(port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"kubedns exited with {proc.returncode}")
+        if on_poll is not None:
+            on_poll()
         r = probe.ask(name, timeout=0.05)
         if r is not None and r[0] == 0 and want_ip in r[1]:
             return time.time()
@@ -553,6 +570,188 @@ def event_phase(api: ScaleFakeAPI, port: int, cl: dict[str, Any], rate: float, s
 # --------------------------------------------------------------------------------------------
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid``'s main thread (the reactor: start-up, the store) and of its others."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = others = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == pid:
+            main += cpu
+        else:
+            others += cpu
+    return main, others
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its descendants (kubedns's workers) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid ... utime(12th) stime(13th)
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(children.get(p, ()))
+    return total
+
+
+#: Run in a child with the tree under test first on sys.path: the CPU seconds that tree's
+#: ResourceWatcher spends turning every LIST page of each kind into records (parsing and
+#: conversion only, as kubedns does it on its watcher threads: bytes in, records out).
+_PARSE_PROBE = r"""
+import json, sys, time, urllib.request
+tree, url = sys.argv[1], sys.argv[2]
+sys.path.insert(0, tree)
+from kubedns.k8s import listparse
+from kubedns.k8s.watch import ResourceWatcher
+new = hasattr(listparse, "page_records")  # else the stdlib parser: it takes the decoded text
+out = {}
+for kind, path in (("namespaces", "/api/v1/namespaces"), ("services", "/api/v1/services"),
+                   ("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices"), ("pods", "/api/v1/pods")):
+    w = ResourceWatcher(kind, None, None, reactor=object())
+    token, limit, cpu, n, size = "", 50, 0.0, 0, 0
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        q = f"{url}{path}?limit={limit}" + (f"&continue={token}" if token else "")
+        body = opener.open(q).read()
+        t = time.thread_time()
+        top = {}
+        batch = w._convert_page(body if new else body.decode("utf-8"), top)
+        cpu += time.thread_time() - t
+        n += len(batch)
+        size += len(body)
+        token = (top.get("metadata") or {}).get("continue")
+        if not token:
+            break
+        limit = max(1, min(10000, int((2 << 20) * len(batch) / max(1, len(body)))))
+        del body, batch
+    out[kind] = {"cpu": cpu, "objects": n, "mb": size / 1e6, "errors": w.status.errors}
+print(json.dumps(out))
+"""
+
+
+def parse_cpu(tree: Path, url: str) -> dict[str, Any]:
+    """CPU seconds the parser of ``tree`` spends on every LIST page of the cluster, by kind."""
+    res = subprocess.run([sys.executable, "-c", _PARSE_PROBE, str(tree), url], capture_output=True, text=True,
+                         env=dict(os.environ, NO_PROXY="127.0.0.1"), timeout=600, check=False)
+    if res.returncode:
+        raise RuntimeError(f"parse probe for {tree} failed: {res.stderr.strip()[-2000:]}")
+    return json.loads(res.stdout)
+
+
+def measure(tree: Path, api: ScaleFakeAPI, cl: dict[str, Any], args: argparse.Namespace, events: bool
+            ) -> dict[str, Any]:
+    """One kubedns, run from ``tree``: sync (time, CPU), steady RSS, 410 relist, optionally events."""
+    results: dict[str, Any] = {"tree": str(tree)}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        kc = kubeobj.kubeconfig(d / "kubeconfig", api.url)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        cfg = d / "corefile.yaml"
+        cfg.write_text(
+            "servers:\n"
+            f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
+            f"    kubernetes: {{zones: [{ZONE}, in-addr.arpa], kubeconfig: '{kc}', pods: verified, ttl: 5}}\n"
+        )
+        log = d / "kubedns.log"
+        logf = open(log, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1")
+        if tree != REPO:
+            env["PYTHONPATH"] = os.pathsep.join(x for x in (str(tree), env.get("PYTHONPATH")) if x)
+        t_spawn = time.time()
+        proc = subprocess.Popen(
+            ["taskset", "-c", args.cpu, *TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)],
+            cwd=tree, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        try:
+            # -- initial sync ---------------------------------------------------------------
+            last = args.services - 1
+
+            def first_list() -> None:
+                if "cpu_to_first_list" not in results and any(
+                        r.verb == "list" and r.time >= t_spawn for r in api.request_log[-50:]):
+                    results["cpu_to_first_list"] = tree_cpu_seconds(proc.pid)
+
+            t_sync = wait_synced(port, f"svc{last}.ns{last % cl['n_ns']}.svc.{ZONE}", svc_ip(last), proc, 120,
+                                 first_list)
+            results["cpu_to_sync"] = tree_cpu_seconds(proc.pid)
+            results["cpu_threads"] = thread_cpu_seconds(proc.pid)
+            lists = [r for r in api.request_log if r.verb == "list" and r.time >= t_spawn]
+            t_first = min(r.time for r in lists)
+            results["sync"] = t_sync - t_first
+            results["start_to_first_list"] = t_first - t_spawn
+            results["list_requests"] = len(lists)
+            lines, off = log_lines_since(log, 0)
+            m = next((re.search(r"synced in ([\d.]+)s", x) for x in lines if "synced in" in x), None)
+            results["sync_logged"] = float(m.group(1)) if m else None
+            # -- steady state ---------------------------------------------------------------
+            sampler = RSSSampler(proc.pid, 0.1)
+            sampler.start()
+            time.sleep(args.settle)
+            sampler.stop()
+            results["rss_settle_peak"] = sampler.peak / 1024
+            results["rss_steady"] = rss_kb(proc.pid) / 1024
+            # -- forced relist ----------------------------------------------------------------
+            lists_before = api.requests.copy()
+            api.bump_and_compact()
+            sampler = RSSSampler(proc.pid, 0.01)
+            sampler.start()
+            t_relist = time.monotonic()
+            cpu_before = tree_cpu_seconds(proc.pid)
+            dropped = api.drop_watches()
+            done_kinds: set[str] = set()
+            while time.monotonic() - t_relist < 60 and len(done_kinds) < 4:
+                time.sleep(0.05)
+                new, off = log_lines_since(log, off)
+                for x in new:
+                    mm = re.search(r"(\w+): relisted", x)
+                    if mm:
+                        done_kinds.add(mm.group(1))
+            results["relist_time"] = time.monotonic() - t_relist
+            results["relist_cpu"] = tree_cpu_seconds(proc.pid) - cpu_before
+            time.sleep(1.0)
+            results["rss_relist_peak"] = sampler.stop() / 1024
+            results["relist_samples"] = sampler.samples
+            results["relist_kinds"] = sorted(done_kinds)
+            results["relist_lists"] = sum(n for (verb, _), n in (api.requests - lists_before).items() if verb == "list")
+            results["dropped"] = dropped
+            results["rss_after_relist"] = rss_kb(proc.pid) / 1024
+            if events:
+                # -- events → answers ---------------------------------------------------------
+                sampler = RSSSampler(proc.pid, 0.1)
+                sampler.start()
+                ev = event_phase(api, port, cl, args.rate, args.event_seconds, args.create_share, 1)
+                results["rss_events_peak"] = sampler.stop() / 1024
+                results["events"] = ev
+                results["rss_end"] = rss_kb(proc.pid) / 1024
+        finally:
+            stop(proc, 15)
+            logf.close()
+            if args.keep_log:
+                print(log.read_text(errors="replace"))
+    results["parse"] = parse_cpu(tree, api.url)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10000)
@@ -562,7 +761,10 @@ def main() -> None:
     ap.add_argument("--endpoint-services", type=int, default=0,
                     help="how many services have endpoints (default: all of them)")
     ap.add_argument("--fat-pods", action="store_true",
-                    help="give pods what real ones carry (managedFields, containers, statuses: ~4.5 KB of JSON)")
+                    help="give pods what real ones carry (managedFields, full spec and status: ~4.9 KB of JSON)")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="also measure the kubedns in TREE (e.g. `git archive HEAD~3 | tar -x -C /tmp/base`) "
+                         "on the same cluster first, and print both side by side (no event phase for it)")
     ap.add_argument("--rate", type=float, default=500.0, help="Service changes per second in the event phase")
     ap.add_argument("--event-seconds", type=float, default=20.0)
     ap.add_argument("--create-share", type=float, default=0.1, help="share of creates among the changes")
@@ -572,6 +774,8 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("taskset"):
         sys.exit("taskset not found: apt-get install util-linux")
+    if args.baseline is not None and not (args.baseline / "kubedns" / "k8s" / "watch.py").is_file():
+        sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/k8s/watch.py)")
     cpus = sorted(os.sched_getaffinity(0))
     mine = [c for c in cpus if str(c) not in args.cpu.split(",")]
     if mine:
@@ -593,86 +797,20 @@ def main() -> None:
           f"{cl['endpointslices']} EndpointSlices, {cl['pods']} pods (~{pod_json} B of JSON each); "
           f"built in {time.monotonic() - t:.1f}s")
 
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        kc = kubeobj.kubeconfig(d / "kubeconfig", api.url)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        cfg = d / "corefile.yaml"
-        cfg.write_text(
-            "servers:\n"
-            f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
-            f"    kubernetes: {{zones: [{ZONE}, in-addr.arpa], kubeconfig: '{kc}', pods: verified, ttl: 5}}\n"
-        )
-        log = d / "kubedns.log"
-        logf = open(log, "wb")
-        proc = subprocess.Popen(
-            ["taskset", "-c", args.cpu, *TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)],
-            cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1"))
-        try:
-            # -- initial sync ---------------------------------------------------------------
-            last = args.services - 1
-            t_sync = wait_synced(port, f"svc{last}.ns{last % cl['n_ns']}.svc.{ZONE}", svc_ip(last), proc, 120)
-            lists = [r for r in api.request_log if r.verb == "list"]
-            t_first = min(r.time for r in lists)
-            results["sync"] = t_sync - t_first
-            results["list_requests"] = len(lists)
-            lines, off = log_lines_since(log, 0)
-            m = next((re.search(r"synced in ([\d.]+)s", x) for x in lines if "synced in" in x), None)
-            results["sync_logged"] = float(m.group(1)) if m else None
-            # -- steady state ---------------------------------------------------------------
-            sampler = RSSSampler(proc.pid, 0.1)
-            sampler.start()
-            time.sleep(args.settle)
-            sampler.stop()
-            results["rss_settle_peak"] = sampler.peak / 1024
-            results["rss_steady"] = rss_kb(proc.pid) / 1024
-            # -- forced relist ----------------------------------------------------------------
-            lists_before = api.requests.copy()
-            api.bump_and_compact()
-            sampler = RSSSampler(proc.pid, 0.01)
-            sampler.start()
-            t_relist = time.monotonic()
-            dropped = api.drop_watches()
-            done_kinds: set[str] = set()
-            while time.monotonic() - t_relist < 60 and len(done_kinds) < 4:
-                time.sleep(0.05)
-                new, off = log_lines_since(log, off)
-                for x in new:
-                    mm = re.search(r"(\w+): relisted", x)
-                    if mm:
-                        done_kinds.add(mm.group(1))
-            results["relist_time"] = time.monotonic() - t_relist
-            time.sleep(1.0)
-            results["rss_relist_peak"] = sampler.stop() / 1024
-            results["relist_samples"] = sampler.samples
-            results["relist_kinds"] = sorted(done_kinds)
-            results["relist_lists"] = sum(n for (verb, _), n in (api.requests - lists_before).items() if verb == "list")
-            results["dropped"] = dropped
-            results["rss_after_relist"] = rss_kb(proc.pid) / 1024
-            # -- events → answers -------------------------------------------------------------
-            sampler = RSSSampler(proc.pid, 0.1)
-            sampler.start()
-            ev = event_phase(api, port, cl, args.rate, args.event_seconds, args.create_share, 1)
-            results["rss_events_peak"] = sampler.stop() / 1024
-            results["events"] = ev
-            results["rss_end"] = rss_kb(proc.pid) / 1024
-        finally:
-            stop(proc, 15)
-            logf.close()
-            if args.keep_log:
-                print(log.read_text(errors="replace"))
-            api.stop()
+    try:
+        base = measure(args.baseline.resolve(), api, cl, args, events=False) if args.baseline else None
+        results = measure(REPO, api, cl, args, events=True)
+    finally:
+        api.stop()
 
     limit_mb = (cl["pods"] + cl["services"]) / 1000 + 54
     ev = results["events"]
     ratio = results["rss_relist_peak"] / results["rss_steady"]
+    parse_total = sum(v["cpu"] for v in results["parse"].values())
     rows = [
-        ("initial sync (first LIST → answers)", f"{results['sync']:.2f} s", "<= 5 s", results["sync"] <= 5.0),
+        ("initial sync (first LIST → answers)", f"{results['sync']:.2f} s", "<= 4 s", results["sync"] <= 4.0),
+        ("CPU of kubedns, start → synced", f"{results['cpu_to_sync']:.2f} s", "<= 2.5 s",
+         results["cpu_to_sync"] <= 2.5),
         ("RSS steady state", f"{results['rss_steady']:.1f} MB", f"<= {limit_mb:.0f} MB",
          results["rss_steady"] <= limit_mb),
         ("RSS peak during 410 relist", f"{results['rss_relist_peak']:.1f} MB  (x{ratio:.3f})",
@@ -680,20 +818,48 @@ def main() -> None:
         ("event → answer p99", f"{ev['p99']:.1f} ms", "<= 100 ms", ev["p99"] <= 100.0 and ev["misses"] == 0),
     ]
     print()
-    print(f"initial sync:  {results['sync']:.2f} s from the first LIST to a synced answer "
-          f"({results['list_requests']} LIST requests); kubedns logged {results['sync_logged']} s")
-    print(f"RSS:           steady {results['rss_steady']:.1f} MB (peak while settling "
-          f"{results['rss_settle_peak']:.1f} MB); CoreDNS formula (pods + services)/1000 + 54 = {limit_mb:.1f} MB")
-    print(f"relist (410):  {results['dropped']} watches dropped, {results['relist_lists']} LIST requests, "
-          f"{results['relist_kinds']} relisted in {results['relist_time']:.2f} s; peak RSS "
-          f"{results['rss_relist_peak']:.1f} MB over {results['relist_samples']} samples (10 ms) = "
-          f"{ratio:.3f} x steady; after: {results['rss_after_relist']:.1f} MB")
+    for label, r in (("baseline", base), ("this tree", results)):
+        if r is None:
+            continue
+        pr = r["parse"]
+        print(f"[{label}: {r['tree']}]")
+        print(f"initial sync:  {r['sync']:.2f} s from the first LIST to a synced answer "
+              f"({r['list_requests']} LIST requests); kubedns logged {r['sync_logged']} s; "
+              f"{r['start_to_first_list']:.2f} s from start to the first LIST")
+        main_cpu, other_cpu = r["cpu_threads"]
+        print(f"CPU:           {r['cpu_to_sync']:.2f} s of kubedns (all its processes) from start to synced "
+              f"({r.get('cpu_to_first_list', float('nan')):.2f} s of it before the first LIST; reactor thread "
+              f"{main_cpu:.2f} s, watcher threads {other_cpu:.2f} s); {r['relist_cpu']:.2f} s for the 410 relist")
+        print("parsing:       " + "; ".join(
+            f"{k} {v['cpu']:.2f} s CPU for {v['objects']} objects ({v['mb']:.0f} MB, {v['mb'] / max(v['cpu'], 1e-9):.0f} MB/s)"
+            for k, v in pr.items()))
+        print(f"RSS:           steady {r['rss_steady']:.1f} MB (peak while settling "
+              f"{r['rss_settle_peak']:.1f} MB); CoreDNS formula (pods + services)/1000 + 54 = {limit_mb:.1f} MB")
+        rr = r["rss_relist_peak"] / r["rss_steady"]
+        print(f"relist (410):  {r['dropped']} watches dropped, {r['relist_lists']} LIST requests, "
+              f"{r['relist_kinds']} relisted in {r['relist_time']:.2f} s; peak RSS "
+              f"{r['rss_relist_peak']:.1f} MB over {r['relist_samples']} samples (10 ms) = "
+              f"{rr:.3f} x steady; after: {r['rss_after_relist']:.1f} MB")
     print(f"events:        {ev['events']} changes at {args.rate:g}/s over {args.event_seconds:g} s "
           f"({ev['updates']} updates, {ev['creates']} creates; writer at most {ev['behind'] * 1000:.1f} ms behind); "
           f"{ev['samples']} measured, {ev['misses']} not seen within 2 s")
     print(f"               event → answer p50 {ev['p50']:.1f} ms, p90 {ev['p90']:.1f} ms, p99 {ev['p99']:.1f} ms, "
           f"max {ev['max']:.1f} ms; RSS peak during events {results['rss_events_peak']:.1f} MB, "
           f"at the end {results['rss_end']:.1f} MB")
+    if base is not None:
+        bp = sum(v["cpu"] for v in base["parse"].values())
+        print()
+        print(f"{'side by side':<36}{'baseline':>12}{'this tree':>12}{'ratio':>8}")
+        for label, a, b in (
+            ("sync, first LIST → answers (s)", base["sync"], results["sync"]),
+            ("CPU of kubedns, start → synced (s)", base["cpu_to_sync"], results["cpu_to_sync"]),
+            ("CPU parsing every LIST page (s)", bp, parse_total),
+            ("CPU parsing the Pods (s)", base["parse"]["pods"]["cpu"], results["parse"]["pods"]["cpu"]),
+            ("CPU of the 410 relist (s)", base["relist_cpu"], results["relist_cpu"]),
+            ("RSS steady (MB)", base["rss_steady"], results["rss_steady"]),
+            ("RSS relist peak / steady", base["rss_relist_peak"] / base["rss_steady"], ratio),
+        ):
+            print(f"{label:<36}{a:>12.2f}{b:>12.2f}{b / a if a else float('nan'):>8.2f}")
     if limit_mb < 100:
         print(f"note:          at this scale the formula ({limit_mb:.0f} MB) is below an idle kubedns (~92 MB: "
               "Python, Twisted, the kubernetes client); the RSS target is meant for the full-size run")
