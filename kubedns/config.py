@@ -24,6 +24,8 @@ from kubedns.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
 if TYPE_CHECKING:  # for the types only: their modules are imported where the keys are parsed
     from kubedns.forward.config import CacheConfig, ForwardConfig, LoopConfig
     from kubedns.plugins.hoststable import HostsConfig
+    from kubedns.plugins.rewrite import RewriteRule
+    from kubedns.plugins.template import TemplateConfig
 
 __all__ = [
     "Config",
@@ -171,6 +173,8 @@ class ServerBlock:
     errors: ErrorsConfig | None = None
     loadbalance: LoadbalanceConfig | None = None
     debug: bool = False  # CoreDNS's `debug`: accepted; kubedns has no panic recovery to turn off
+    rewrite: tuple[RewriteRule, ...] = ()  # kubedns.plugins.rewrite
+    template: tuple[TemplateConfig, ...] = ()  # kubedns.plugins.template
     index: int = 0
 
 
@@ -201,6 +205,7 @@ class Config:
 _BLOCK_KEYS = {
     "zones", "listen", "kubernetes", "forward", "cache", "loop", "hosts",
     "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance", "debug",
+    "rewrite", "template",
 }
 _K8S_KEYS = {
     "zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough", "namespaces", "labels",
@@ -348,8 +353,10 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         from kubedns.plugins.hoststable import parse_hosts_config
 
         hosts = parse_hosts_config(node.get("hosts"), lambda p: _resolve_path(config_path, p))
-    if kube is None and fwd is None and hosts is None:
-        raise ConfigError(config_path, node.key, "a server block with at least one of kubernetes or forward or hosts",
+    template = _parse_template(node)
+    if kube is None and fwd is None and hosts is None and not template:
+        raise ConfigError(config_path, node.key,
+                          "a server block with at least one of kubernetes or forward or hosts or template",
                           has_found=False)
     health = ready = prom = None
     if node.has("health"):
@@ -384,8 +391,22 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         errors=errors,
         loadbalance=loadbalance,
         debug=_parse_debug(node),
+        rewrite=_parse_rewrite(node),
+        template=template,
         index=index,
     )
+
+
+def _parse_rewrite(node: Node) -> tuple[RewriteRule, ...]:
+    from kubedns.plugins.rewrite import parse_rewrite_config
+
+    return parse_rewrite_config(node.get("rewrite")) if node.has("rewrite") else ()
+
+
+def _parse_template(node: Node) -> tuple[TemplateConfig, ...]:
+    from kubedns.plugins.template import parse_template_config
+
+    return parse_template_config(node.get("template")) if node.has("template") else ()
 
 
 def _parse_debug(node: Node) -> bool:

@@ -39,4 +39,12 @@ def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forw
         from kubedns.plugins.loadbalance import LoadbalancePlugin
 
         out.append(LoadbalancePlugin(lb.policy))
+    if config.rewrite:
+        from kubedns.plugins.rewrite import RewritePlugin
+
+        out.append(RewritePlugin(config.rewrite))
+    if config.template:
+        from kubedns.plugins.template import TemplatePlugin
+
+        out.append(TemplatePlugin(config.template, config.zones))
     return out
