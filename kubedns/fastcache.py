@@ -3,8 +3,11 @@
 :class:`FastCache` keeps, per listen address, the exact bytes of UDP answers keyed by the
 query's bytes after the ID, so a repeat is a dict lookup, an ID patch and one ``sendto``
 (:class:`kubedns.protocols.DNSDatagramProtocol` does the lookup before anything is decoded).
-Everything in it is derived from the stores and dropped whenever one changes; forwarded answers
-age in place (:class:`Aging`) and leave when their cache lifetime ends; answers that
+Cluster answers are tagged with what they depend on (:mod:`kubedns.depends`) and a store change
+drops only those it can alter (:meth:`FastCache.store_changed`: the cost is the names touched,
+not the entries kept); their SOA serial is rewritten in place when it moves (:class:`SerialPatch`).
+Forwarded answers age in place (:class:`Aging`) and leave when their cache lifetime ends (a
+cluster change drops one only if it fell through from a cluster name that changed); answers that
 ``loadbalance`` reorders keep several orders, served in turn (:class:`Rotation`).  It also keeps the
 cluster answers the normal path computed (once per lower-cased name), under the same
 invalidation.
@@ -23,11 +26,15 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from kubedns.counters import FoldedHits, known_type
+from kubedns.depends import ANY, SerialPatch, soa_serial_offsets
 
 if TYPE_CHECKING:
     from kubedns.query import QueryInfo
 
-__all__ = ["Aging", "FastCache", "Rotation", "fast_key"]
+__all__ = ["Aging", "FastCache", "Rotation", "SerialPatch", "fast_key"]
+
+#: the tags of an answer whose dependencies nobody gave: any store change drops it
+_ANY_TAGS = (ANY,)
 
 
 @dataclass(slots=True)
@@ -54,16 +61,19 @@ class Rotation:
 
 class FastCache:
     """Pre-encoded UDP answers keyed by the query's bytes after the ID (and, for the normal path,
-    the cluster answers computed from the store: all of it is dropped when a store changes).
+    the cluster answers computed from the store), each dropped when the data it depends on changes.
 
     The key is everything after the 2-byte ID: flags (RD, CD...), counts, the question with the
     client's exact name case, and the OPT record (payload size, DO bit, options).  Equal keys
     mean equal answers, so a hit is one dict lookup plus an ID patch, and case echo and EDNS
     handling come for free; a query with anything unusual (a cookie, another opcode...) simply
     has a key of its own or never gets stored.  Only answers computed synchronously from the
-    store are stored; the whole cache is dropped whenever a store changes (its generation moves),
-    so an entry can never outlive the data it was built from.  Hit counts stay in the entries and
-    are folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
+    store are stored, tagged with their dependency keys (:mod:`kubedns.depends`; an index from key
+    to entries makes a change cost the names it touched): an entry never outlives the data it was
+    built from.  An entry is ``[body, hits, QueryInfo, extra, tags]``: ``extra`` None for the
+    plainest hit, else an :class:`Aging`, :class:`Rotation` or :class:`SerialPatch`; ``tags`` None
+    for a forwarded answer no cluster change can alter.  Hit counts stay in the entries and are
+    folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
     """
 
     #: Bounds on what clients can make us keep: entries, and bytes.  Case variants and EDNS sizes
@@ -93,27 +103,91 @@ class FastCache:
         #: server puts the query's case back when encoding).
         self.computed: OrderedDict[tuple[Any, bytes, int], Any] = OrderedDict()
         self.computed_bytes = 0
+        #: dependency key → keys of the entries / computed answers tagged with it
+        self.tags: dict[Any, set[bytes]] = {}
+        self.computed_tags: dict[Any, set[tuple[Any, bytes, int]]] = {}
+        #: computed answer key → its dependency keys
+        self.computed_deps: dict[tuple[Any, bytes, int], tuple[Any, ...]] = {}
         #: hits of dropped entries, by the QueryInfo fields metrics label on (bounded)
         self.retired = FoldedHits()
 
-    def keep_computed(self, key: tuple[Any, bytes, int], res: Any) -> None:
-        """Keep a computed cluster answer, the oldest ones leaving first past either bound."""
+    def keep_computed(self, key: tuple[Any, bytes, int], res: Any, deps: tuple[Any, ...] | None = None) -> None:
+        """Keep a computed cluster answer, the oldest ones leaving first past either bound;
+        ``deps`` are its dependency keys (None: unknown, dropped by any store change)."""
         cost = computed_cost(key, res)
         if cost > self.max_computed_bytes:
             return
         memo = self.computed
-        old = memo.pop(key, None)
-        if old is not None:
-            self.computed_bytes -= computed_cost(key, old)
+        if key in memo:
+            self._drop_computed(key)
         while memo and (len(memo) >= self.max_computed or self.computed_bytes + cost > self.max_computed_bytes):
-            k, v = memo.popitem(last=False)
-            self.computed_bytes -= computed_cost(k, v)
+            self._drop_computed(next(iter(memo)))
         memo[key] = res
         self.computed_bytes += cost
+        tags = _ANY_TAGS if deps is None else deps
+        self.computed_deps[key] = tags
+        index = self.computed_tags
+        for t in tags:
+            held = index.get(t)
+            if held is None:
+                index[t] = {key}
+            else:
+                held.add(key)
+
+    def _drop_computed(self, key: tuple[Any, bytes, int]) -> None:
+        res = self.computed.pop(key, _MISSING)
+        if res is _MISSING:
+            return
+        self.computed_bytes -= computed_cost(key, res)
+        index = self.computed_tags
+        for t in self.computed_deps.pop(key, ()):
+            held = index.get(t)
+            if held is not None:
+                held.discard(key)
+                if not held:
+                    del index[t]
+
+    def store_changed(self, store: Any) -> None:
+        """``store`` changed: drop what its change (:attr:`Store.last_change`) can alter, and
+        the answers of unknown dependencies; every cluster answer when it cannot say."""
+        touched = store.last_change
+        if touched is None:
+            self.drop_cluster()
+            return
+        self.invalidate([ANY, *[(store, *k) for k in touched]])
+
+    def invalidate(self, keys: Any) -> None:
+        """Drop the entries and computed answers tagged with any of ``keys``."""
+        tags, ctags = self.tags, self.computed_tags
+        for k in keys:
+            held = tags.pop(k, None)
+            if held:
+                for key in held:
+                    self._drop(key)
+            cheld = ctags.pop(k, None)
+            if cheld:
+                for ckey in cheld:
+                    self._drop_computed(ckey)
+
+    def drop_cluster(self) -> None:
+        """Drop every answer a cluster change may alter (forwarded answers of outside names stay)."""
+        self.computed.clear()
+        self.computed_bytes = 0
+        self.computed_tags.clear()
+        self.computed_deps.clear()
+        for key in [k for k, e in self.entries.items() if e[4] is not None]:
+            self._drop(key)
 
     def remember(self, packet: bytes, answer: bytes, info: QueryInfo, aging: Aging | None = None,
-                 limit: int = 0, orders: list[bytes] | None = None, agings: list[Aging] | None = None) -> None:
+                 limit: int = 0, orders: list[bytes] | None = None, agings: list[Aging] | None = None,
+                 deps: tuple[Any, ...] | None = None, serial_of: Any = None) -> None:
         """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
+
+        ``deps`` are the dependency keys of the answer (:mod:`kubedns.depends`): a computed one
+        without them is dropped by any store change; a forwarded one without them by none.
+        ``serial_of``: the store whose SOA serial the answer's SOA records carry (rewritten in
+        place when it moves); a computed answer with an SOA and no such store counts as
+        depending on everything.
 
         ``limit`` caps the forwarded entries, like the block cache's ``size`` caps its own: the
         fast path must not keep more forwarded names than the operator allowed the cache to.
@@ -130,6 +204,19 @@ class FastCache:
                 return
             while len(self.forwarded) >= limit:
                 self._drop(next(iter(self.forwarded)))
+        tags = deps
+        if aging is None:
+            if tags is None:
+                tags = _ANY_TAGS
+            try:
+                offsets = soa_serial_offsets(answer)
+            except (ValueError, struct.error):
+                return
+            if offsets:
+                if serial_of is None or (orders is not None and len(orders) > 1):
+                    tags = _ANY_TAGS  # no way to keep its serial current: any change drops it
+                else:
+                    extra = SerialPatch(serial_of, struct.unpack_from("!I", answer, offsets[0])[0], offsets)
         if orders is not None and len(orders) > 1:
             extra_bytes = sum(len(o) - 2 for o in orders[1:])
             extra = Rotation([o[2:] for o in orders], extra_bytes, agings if aging is not None else None)
@@ -140,8 +227,16 @@ class FastCache:
             self._drop(key)
         while self.entries and (len(self.entries) >= self.max_entries or self.bytes + cost > self.max_bytes):
             self._evict_oldest()
-        self.entries[key] = [answer[2:], 0, info, extra]
+        self.entries[key] = [answer[2:], 0, info, extra, tags]
         self.bytes += cost
+        if tags:
+            index = self.tags
+            for t in tags:
+                held = index.get(t)
+                if held is None:
+                    index[t] = {key}
+                else:
+                    held.add(key)
         if aging is not None:
             self.forwarded[key] = None
 
@@ -153,11 +248,22 @@ class FastCache:
             self.bytes -= len(entry[0]) + 2 + len(key) + self.entry_overhead
             if type(entry[3]) is Rotation:
                 self.bytes -= entry[3].extra
+            if entry[4]:
+                index = self.tags
+                for t in entry[4]:
+                    held = index.get(t)
+                    if held is not None:
+                        held.discard(key)
+                        if not held:
+                            del index[t]
 
     def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
         """The body of an entry that changes per hit: a forwarded one with TTLs counted down to
-        ``now`` (None once expired), or the next order of a rotating one."""
+        ``now`` (None once expired), the next order of a rotating one, or one with its SOA serial
+        brought up to date."""
         extra = entry[3]
+        if type(extra) is SerialPatch:
+            return extra.body(entry)
         if type(extra) is Rotation:
             turn = extra.turn + 1
             if turn == len(extra.bodies):
@@ -198,6 +304,8 @@ class FastCache:
         """Drop every entry and computed answer (in place: protocols hold a reference to the dict)."""
         self.computed.clear()
         self.computed_bytes = 0
+        self.computed_tags.clear()
+        self.computed_deps.clear()
         self._clear_entries()
 
     def _evict_oldest(self) -> None:
@@ -213,6 +321,7 @@ class FastCache:
             self._retire(e)
         self.entries.clear()
         self.forwarded.clear()
+        self.tags.clear()
         self.bytes = 0
 
     def live(self) -> list[tuple[tuple[Any, ...], int]]:
@@ -221,6 +330,9 @@ class FastCache:
 
     def hits(self) -> int:
         return sum(n for _, n in self.live()) + sum(self.retired.values())
+
+
+_MISSING = object()
 
 
 def fast_key(info: QueryInfo) -> tuple[Any, ...]:

@@ -56,7 +56,7 @@ class ComputedMemo(Protocol):
 
     computed: Any
 
-    def keep_computed(self, key: tuple[Any, bytes, int], res: Any) -> None: ...
+    def keep_computed(self, key: tuple[Any, bytes, int], res: Any, deps: tuple[Any, ...] | None = None) -> None: ...
 
 
 @dataclass(slots=True)

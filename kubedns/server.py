@@ -253,7 +253,8 @@ class Dispatcher:
                         aging.cache = cache
                         agings.append(aging)
                 self.fast.remember(req.packet, out, info, agings[0] if agings else None,
-                                   limit=self._forward_limit(block), orders=orders, agings=agings)
+                                   limit=self._forward_limit(block), orders=orders, agings=agings,
+                                   deps=reply.deps, serial_of=reply.serial_of)
         return out
 
     @staticmethod

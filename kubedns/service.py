@@ -280,13 +280,17 @@ class KubeDNS(service.MultiService):
                      kinds=", ".join(sorted({k for st in self.stores for k in st.required})))
             announce_ready()
 
-    def _store_changed(self) -> None:
-        """A store that answers changed (or a block switched to a new one)."""
-        self._invalidate()
+    def _store_changed(self, store: Store | None = None) -> None:
+        """A store that answers changed (None: a block switched to a new one)."""
+        for lst in self._listeners.values():
+            if store is None:
+                lst.dispatcher.fast.drop_cluster()
+            else:  # only the answers the change can alter (kubedns.depends)
+                lst.dispatcher.fast.store_changed(store)
         self._maybe_announce()
 
     def _invalidate(self) -> None:
-        """A store changed: no pre-encoded answer may outlive the data it was built from."""
+        """A hosts file changed: no pre-encoded answer may outlive the data it was built from."""
         for lst in self._listeners.values():
             lst.dispatcher.fast.clear()
 

@@ -95,7 +95,7 @@ class ClusterSources:
         self,
         parent: service.MultiService,
         make_source: Callable[[Store, KubernetesConfig], ClusterSource],
-        on_change: Callable[[], None],
+        on_change: Callable[[Store | None], None],
         reactor: Any,
     ):
         self.parent = parent
@@ -211,7 +211,8 @@ class ClusterSources:
             self._retire_unused()
         # a store still listing for a swap answers nothing yet: no need to drop any answer
         if any(b.clusters is not None and b.clusters.store is store for b in self._blocks.values()):
-            self._on_change()
+            # blocks that switched stores: every cluster answer goes (None); else what changed
+            self._on_change(None if waiting and store.synced else store)
 
     def _retire_unused(self) -> None:
         """Stop the retiring stores no block answers from any more."""

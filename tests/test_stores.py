@@ -58,7 +58,7 @@ class _World:
         self.sources.append(src)
         return src
 
-    def _changed(self) -> None:
+    def _changed(self, store: Store | None = None) -> None:
         self.changes += 1
 
     def apply(self, config: Config) -> stores.Plan:

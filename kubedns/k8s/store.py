@@ -28,6 +28,13 @@ so the indexes hold as little as DNS needs:
 
 Pods, the bulk of a cluster, leave only strings and tuples of strings behind: nothing the cyclic
 garbage collector has to traverse.
+
+Each change also says what it touched (:attr:`Store.last_change`, read by the listeners): the
+dependency keys of the names whose answers it can alter, so the server drops only those answers
+(:mod:`kubedns.fastcache`).  ``("svc", ns, name)`` covers every name at and under a Service (its
+slices too), ``("ns", ns)`` a namespace's existence, ``("ip", ip)`` the PTR of an IP, ``("pod",
+ip)`` the pod names of an IP.  A change too broad to list (sync, a large relist page) is None:
+everything.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ from kubedns.k8s.objects import Endpoint, EndpointSlice, Namespace, Pod, Service
 __all__ = ["Store"]
 
 Listener = Callable[[], None]
+
+#: Past this many touched keys in one change, it is reported as "everything" (None).
+TOUCHED_MAX = 4096
 
 
 class Store:
@@ -63,6 +73,10 @@ class Store:
         # namespaces that have at least one service (namespace objects may not be watched)
         self._svc_count_by_ns: dict[str, int] = {}
         self._listeners: list[Listener] = []
+        #: dependency keys touched since the last notification; None: too many, everything
+        self._touched: set[tuple[str, ...]] | None = set()
+        #: what the change being notified touched (see the module docstring); None: everything
+        self.last_change: frozenset[tuple[str, ...]] | None = None
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -76,6 +90,7 @@ class Store:
     def mark_synced(self, kind: str) -> None:
         if kind not in self.synced_kinds:
             self.synced_kinds.add(kind)
+            self._touched = None  # SERVFAIL until synced: every answer may change
             self._changed()
 
     def add_listener(self, listener: Listener) -> None:
@@ -83,6 +98,8 @@ class Store:
         self._listeners.append(listener)
 
     def _changed(self) -> None:
+        touched, self._touched = self._touched, set()
+        self.last_change = None if touched is None else frozenset(touched)
         self.generation += 1
         self.serial = max(self.serial + 1, int(time.time()))
         for listener in self._listeners:
@@ -133,16 +150,48 @@ class Store:
         if record is None:
             if old is None:
                 return False
+            self._touch(kind, key, old)
             del objs[key]
             self._unindex(kind, old)
             return True
         if old == record:
             return False  # equal records keep the old object: a relist holds no second copy
         if old is not None:
+            self._touch(kind, key, old)
             self._unindex(kind, old)
         objs[key] = record
         self._index(kind, record)
+        self._touch(kind, key, record)
         return True
+
+    def _touch(self, kind: str, key: str, rec: Any) -> None:
+        """Note the dependency keys ``rec`` (being added or removed) can change the answers of."""
+        t = self._touched
+        if t is None:
+            return
+        if kind == "services":
+            svc: Service = rec
+            t.add(("svc", svc.namespace, svc.name))
+            t.add(("ns", svc.namespace))  # its namespace's existence
+            for ip in svc.cluster_ips:
+                t.add(("ip", ip))
+            # the PTRs of its endpoints name it (or stop naming it, or follow publishNotReady)
+            for sl in _multi_values(self._slices_by_svc.get((svc.namespace, svc.name))):
+                for ip in _slice_ips(sl):
+                    t.add(("ip", ip))
+        elif kind == "endpointslices":
+            sl: EndpointSlice = rec
+            if sl.service:
+                t.add(("svc", sl.namespace, sl.service))
+                for ip in _slice_ips(sl):
+                    t.add(("ip", ip))
+        elif kind == "namespaces":
+            t.add(("ns", key))
+        else:  # anything else: no precise keys known
+            self._touched = None
+            return
+        if len(t) > TOUCHED_MAX:
+            self._touched = None
 
     def _put_pod(self, objs: dict[str, Any], key: str, old: Any, record: Pod | None) -> bool:
         if record is None or not record.ips:
@@ -157,13 +206,24 @@ class Store:
             return False
         if old is not None:
             self._unindex_pod(key, old)
+        self._touch_pod(new)
         objs[key] = new
         ns = record.namespace
         for ip in (new,) if type(new) is str else new:
             _multi_add(self._pod_ips, ip, ns)
         return True
 
+    def _touch_pod(self, held: Any) -> None:
+        t = self._touched
+        if t is None:
+            return
+        for ip in (held,) if type(held) is str else held:
+            t.add(("pod", ip))
+        if len(t) > TOUCHED_MAX:
+            self._touched = None
+
     def _unindex_pod(self, key: str, old: Any) -> None:
+        self._touch_pod(old)
         ns = key.partition("/")[0]
         for ip in (old,) if type(old) is str else old:
             _multi_remove(self._pod_ips, ip, ns)

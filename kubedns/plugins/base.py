@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Any, Protocol, Union
 
 from twisted.internet.defer import Deferred
 from twisted.names import dns
@@ -52,6 +52,11 @@ class Reply:
     edns_options: bytes = b""  # the upstream's EDNS options to relay
     #: loadbalance: every answer must reorder A/AAAA/MX (the fast path keeps rotations)
     rotate: bool = False
+    #: the store data the kept bytes depend on (:mod:`kubedns.depends`); None: unknown (a
+    #: cacheable answer is then dropped by any store change, a forwarded one by none)
+    deps: tuple[Any, ...] | None = None
+    #: the store whose SOA serial the answer's SOA records carry (kept bytes follow it)
+    serial_of: Any = None
 
 
 Result = Union[Reply, "Deferred[Reply]"]

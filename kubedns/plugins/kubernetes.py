@@ -7,8 +7,10 @@ nobody after it serves the name.  An ExternalName's CNAME is chased as CoreDNS d
 the cluster zones from the store, one outside through the block's forwarding (its upstream).
 
 Answers are computed once per lower-cased name and kept in the listener's memo
-(``Request.memo``, the fast path's ``computed`` half: bounded in bytes, dropped when a store
-changes); the query's spelling goes back into the owner names of each answer here, so case
+(``Request.memo``, the fast path's ``computed`` half: bounded in bytes, dropped when the store data
+they depend on changes, :mod:`kubedns.depends`; one whose SOA serial moved is computed again).
+Every reply carries those dependency keys for the fast path, a chased ExternalName's with its
+target's, a fallen-through forwarded one's with the cluster name's; the query's spelling goes back into the owner names of each answer here, so case
 spellings of one name share one computed answer and each still sees its own case (as CoreDNS).
 
 ``clusters`` may be replaced while the block runs (a store swapped in after a reload,
@@ -17,11 +19,13 @@ spellings of one name share one computed answer and each still sees its own case
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.names import dns
 
+from kubedns.depends import cluster_deps, serial_current
 from kubedns.plugins.base import Next, Reply, Result, then, unserved
 from kubedns.query import Request
 from kubedns.records import Answer, ClusterZones
@@ -63,21 +67,27 @@ class KubernetesPlugin:
             else:
                 mkey = (clusters, lower, q.qtype)
                 res = memo.computed.get(mkey, _UNSEEN)
+                if res is not _UNSEEN and res is not None and not serial_current(res[1], clusters.store.serial & 0xFFFFFFFF):
+                    res = _UNSEEN  # its SOA is an older serial's: what a fresh answer carries is the current one
                 if res is _UNSEEN:
                     res = clusters.answer(lower, q.qtype, req.lname)
-                    if res is None or res[1].rcode != SERVFAIL:  # SERVFAIL: not synced, ask again
-                        memo.keep_computed(mkey, res)
+                    if res is None:
+                        memo.keep_computed(mkey, None, ())  # not our zones: no store change alters that
+                    elif res[1].rcode != SERVFAIL:  # SERVFAIL: not synced, ask again
+                        memo.keep_computed(mkey, res, cluster_deps(clusters, res[0], _lname(req, lower)))
         if res is None:
             return next(req)
         zone, ans = res
+        deps = cluster_deps(clusters, zone, _lname(req, lower))
         if clusters.falls_through(zone, ans):
             fell = Reply(_owned(ans, q.qname), zone, self.name)
-            return then(next(req), lambda r: fell if unserved(r) else r)
+            return then(next(req), lambda r: fell if unserved(r) else _depending(r, deps))
         if ans.answers and ans.answers[-1].type == dns.CNAME and q.qtype not in _NO_CHASE:
-            return self._chase(req, zone, ans)
-        return Reply(_owned(ans, q.qname), zone, self.name, cacheable=ans.rcode != SERVFAIL)
+            return self._chase(req, zone, ans, deps=deps)
+        return Reply(_owned(ans, q.qname), zone, self.name, cacheable=ans.rcode != SERVFAIL,
+                     deps=deps, serial_of=clusters.store)
 
-    def _chase(self, req: Request, zone: str, ans: Answer, depth: int = 0) -> Result:
+    def _chase(self, req: Request, zone: str, ans: Answer, depth: int = 0, deps: tuple[Any, ...] = ()) -> Result:
         """Follow an ExternalName CNAME as CoreDNS does, so stub resolvers get the address too.
 
         A target inside the cluster zones is answered from the store (and stays fast-path
@@ -91,19 +101,22 @@ class KubernetesPlugin:
         target = ans.answers[-1].payload.name.name  # type: ignore[union-attr]
         clusters = self.clusters
         q = req.q
-        if clusters.zone_of(target.decode("ascii", "replace").lower()) is not None:
+        ltarget = target.decode("ascii", "replace").lower().rstrip(".")
+        tzone = clusters.zone_of(ltarget)
+        if tzone is not None:
             sub = clusters.answer(target, q.qtype)
             if sub is not None and depth < 8:
+                deps = deps + cluster_deps(clusters, tzone, ltarget)  # the answer now holds the target's
                 ans.answers.extend(sub[1].answers)
                 if sub[1].answers and sub[1].answers[-1].type == dns.CNAME:
-                    return self._chase(req, zone, ans, depth + 1)
+                    return self._chase(req, zone, ans, depth + 1, deps)
                 if not sub[1].answers:
                     ans.rcode = sub[1].rcode
                     ans.authority = sub[1].authority
-            return self._reply(ans, q.qname, zone, cacheable=True)
+            return self._reply(ans, q.qname, zone, cacheable=True, deps=deps, serial_of=clusters.store)
         upstream = self.upstream
         if upstream is None or not upstream.handles(target) or depth >= 8:
-            return self._reply(ans, q.qname, zone, cacheable=True)
+            return self._reply(ans, q.qname, zone, cacheable=True, deps=deps, serial_of=clusters.store)
         sub_q = dns.Message(recDes=1)
         sub_q.queries = [dns.Query(target, q.qtype, dns.IN)]
 
@@ -121,6 +134,22 @@ class KubernetesPlugin:
     def _reply(self, ans: Answer, qname: bytes, zone: str, **kw: Any) -> Reply:
         ans.answers = echo_case(ans.answers, qname)  # ``ans`` is our own copy here
         return Reply(ans, zone, self.name, **kw)
+
+
+def _lname(req: Request, lower: bytes) -> str:
+    """The lower-cased query name as a string without the trailing dot."""
+    lname = req.lname
+    if lname is None:
+        lname = lower.decode("ascii", "replace")
+    return lname.rstrip(".")
+
+
+def _depending(reply: Reply, deps: tuple[Any, ...]) -> Reply:
+    """A reply from after a fallthrough, also depending on the cluster name it fell from (a
+    forwarded one is then dropped when that name changes: it may start answering itself)."""
+    if reply.deps is None and reply.cacheable:
+        return reply  # unknown dependencies already: any store change drops it
+    return replace(reply, deps=(reply.deps or ()) + deps)
 
 
 def _owned(ans: Answer, qname: bytes) -> Answer:
