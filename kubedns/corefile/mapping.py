@@ -32,6 +32,7 @@ __all__ = ["SUPPORTED", "Where", "map_corefile", "translate"]
 SUPPORTED = (
     "bind", "cache", "debug", "errors", "forward", "health", "hosts", "import", "kubernetes",
     "loadbalance", "log", "loop", "prometheus", "ready", "reload",
+    "rewrite", "template",
 )
 #: YAML key → Corefile option where they differ; None: not an option line (an argument)
 _OPTION_NAMES: dict[str, dict[str, str | None]] = {
@@ -135,7 +136,7 @@ def map_corefile(corefile: Corefile) -> tuple[dict[str, Any], dict[str, Where]]:
         all_zones = [z for k in keys for z in k.zones]
         blk = Block(syntax, all_zones)
         for d in syntax.directives:
-            if d.text in blk.seen and d.text != "bind":
+            if d.text in blk.seen and d.text not in ("bind", "rewrite", "template"):
                 raise err(d.name, d.text, f"the plugin once per server block (first at {blk.seen[d.text].where()})")
             blk.seen[d.text] = d
             MAPPERS[d.text](blk, d)

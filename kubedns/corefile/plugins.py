@@ -16,6 +16,7 @@ from typing import Any
 
 from kubedns.corefile.lexer import CorefileSyntaxError, Token
 from kubedns.corefile.parser import Directive, ServerBlockSyntax
+from kubedns.corefile.rewrite_template import map_rewrite, map_template
 
 __all__ = ["MAPPERS", "Block", "Where", "err", "norm", "zone_names"]
 
@@ -492,4 +493,6 @@ MAPPERS = {
     "hosts": _map_hosts,
     "log": _map_log,
     "debug": _map_debug,
+    "rewrite": map_rewrite,
+    "template": map_template,
 }
