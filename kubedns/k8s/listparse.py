@@ -58,7 +58,8 @@ def _decoders(fast: FastKind) -> tuple[msgspec.json.Decoder, msgspec.json.Decode
     top: list[Any] = [("metadata", Any, msgspec.UNSET), ("kind", Any, msgspec.UNSET),
                       ("apiVersion", Any, msgspec.UNSET)]
     page = msgspec.defstruct(f"{fast.struct.__name__}Page",
-                             [("items", list[fast.struct] | None | msgspec.UnsetType, msgspec.UNSET), *top])
+                             [("items", list[fast.struct] | None | msgspec.UnsetType, msgspec.UNSET),  # type: ignore[name-defined]  # a struct class known at run time
+                              *top])
     raw = msgspec.defstruct("RawPage", [("items", list[msgspec.Raw] | None | msgspec.UnsetType, msgspec.UNSET), *top])
     return msgspec.json.Decoder(page), msgspec.json.Decoder(raw), msgspec.json.Decoder(fast.struct)
 

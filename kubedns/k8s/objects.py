@@ -271,15 +271,15 @@ class _S(msgspec.Struct, frozen=True, gc=False):
     """Base of the decode-only structs: no cycles, so the cyclic GC never tracks them."""
 
 
-class _Labels(_S):
+class _Labels(_S, frozen=True):
     service_name: str | None = msgspec.field(default=None, name="kubernetes.io/service-name")
 
 
-class _Annotations(_S):
+class _Annotations(_S, frozen=True):
     trigger: str | None = msgspec.field(default=None, name="endpoints.kubernetes.io/last-change-trigger-time")
 
 
-class _Meta(_S):
+class _Meta(_S, frozen=True):
     name: str | None = None
     namespace: str | None = None
     resourceVersion: str | None = None  # noqa: N815  (the API's spelling)
@@ -288,13 +288,13 @@ class _Meta(_S):
     annotations: _Annotations | None = None
 
 
-class _Port(_S):
+class _Port(_S, frozen=True):
     name: str | None = None
     port: int | None = None
     protocol: str | None = None
 
 
-class _SvcSpec(_S):
+class _SvcSpec(_S, frozen=True):
     type: str | None = None
     externalName: str | None = None  # noqa: N815
     clusterIP: str | None = None  # noqa: N815
@@ -303,50 +303,50 @@ class _SvcSpec(_S):
     publishNotReadyAddresses: bool | None = None  # noqa: N815
 
 
-class _Conditions(_S):
+class _Conditions(_S, frozen=True):
     ready: bool | None = None
 
 
-class _Ref(_S):
+class _Ref(_S, frozen=True):
     name: str | None = None
 
 
-class _Ep(_S):
+class _Ep(_S, frozen=True):
     addresses: list[str] | None = None
     hostname: str | None = None
     conditions: _Conditions | None = None
     targetRef: _Ref | None = None  # noqa: N815
 
 
-class _PodIP(_S):
+class _PodIP(_S, frozen=True):
     ip: str | None = None
 
 
-class _PodStatus(_S):
+class _PodStatus(_S, frozen=True):
     podIP: str | None = None  # noqa: N815
     podIPs: list[_PodIP] | None = None  # noqa: N815
     phase: str | None = None
 
 
-class _Obj(_S):
+class _Obj(_S, frozen=True):
     metadata: _Meta | None = None
 
 
-class _NamespaceObj(_Obj):
+class _NamespaceObj(_Obj, frozen=True):
     pass
 
 
-class _ServiceObj(_Obj):
+class _ServiceObj(_Obj, frozen=True):
     spec: _SvcSpec | None = None
 
 
-class _EndpointSliceObj(_Obj):
+class _EndpointSliceObj(_Obj, frozen=True):
     addressType: str | None = None  # noqa: N815
     endpoints: list[_Ep] | None = None
     ports: list[_Port] | None = None
 
 
-class _PodObj(_Obj):
+class _PodObj(_Obj, frozen=True):
     status: _PodStatus | None = None
 
 
@@ -458,7 +458,7 @@ def pod_from_struct(obj: _PodObj) -> tuple[str, Pod | None]:
     if status is None:
         return f"{ns}/{name}", None
     ips = tuple(p.ip for p in status.podIPs or () if p.ip and _valid_ip(p.ip))
-    if not ips and _valid_ip(status.podIP):
+    if not ips and status.podIP and _valid_ip(status.podIP):
         ips = (status.podIP,)
     if not ips or status.phase in ("Succeeded", "Failed"):
         return f"{ns}/{name}", None

@@ -538,13 +538,13 @@ class ResourceWatcher:
                     continue
                 fast = self._fast_event(line)
                 if fast is not None:
-                    etype, rv, key, rec, t0 = fast
+                    fast_type, rv, key, rec, t0 = fast
                     if rv:
                         self.status.resource_version = rv
                     progressed = True
                     self._last_delivery = time.monotonic()
                     if key is not None:
-                        events.append((etype, key, rec, t0))
+                        events.append((fast_type, key, rec, t0))
                     continue
                 try:
                     ev = json.loads(line)
