@@ -23,9 +23,11 @@ from kubedns.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
 
 if TYPE_CHECKING:  # for the types only: their modules are imported where the keys are parsed
     from kubedns.forward.config import CacheConfig, ForwardConfig, LoopConfig
+    from kubedns.plugins.acl import AclPolicy
     from kubedns.plugins.hoststable import HostsConfig
     from kubedns.plugins.rewrite import RewriteRule
     from kubedns.plugins.template import TemplateConfig
+    from kubedns.plugins.transfer import TransferRule
 
 __all__ = [
     "Config",
@@ -175,6 +177,12 @@ class ServerBlock:
     debug: bool = False  # CoreDNS's `debug`: accepted; kubedns has no panic recovery to turn off
     rewrite: tuple[RewriteRule, ...] = ()  # kubedns.plugins.rewrite
     template: tuple[TemplateConfig, ...] = ()  # kubedns.plugins.template
+    # any, acl, bufsize, minimal, transfer: read by kubedns.plugins.policies
+    any: bool = False
+    acl: tuple[AclPolicy, ...] | None = None
+    bufsize: int | None = None
+    minimal: bool = False
+    transfer: tuple[TransferRule, ...] | None = None
     index: int = 0
 
 
@@ -206,6 +214,7 @@ _BLOCK_KEYS = {
     "zones", "listen", "kubernetes", "forward", "cache", "loop", "hosts",
     "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance", "debug",
     "rewrite", "template",
+    "any", "acl", "bufsize", "minimal", "transfer",
 }
 _K8S_KEYS = {
     "zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough", "namespaces", "labels",
@@ -342,6 +351,7 @@ def _http_address(node: Node, default_port: int) -> tuple[Address, Node]:
 
 def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
     from kubedns.forward.config import parse_cache, parse_forward, parse_loop
+    from kubedns.plugins.policies import parse_policies
 
     node.mapping(_BLOCK_KEYS)
     zones = node.get("zones", ["."]).zones()
@@ -394,6 +404,7 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         rewrite=_parse_rewrite(node),
         template=template,
         index=index,
+        **parse_policies(node),
     )
 
 

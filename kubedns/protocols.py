@@ -114,7 +114,7 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
             return
         if isinstance(result, bytes):
             self._send(result, addr)
-        else:
+        elif not isinstance(result, list):  # a list (a zone transfer's messages) is TCP's only
             result.addCallback(self._send, addr)
             result.addErrback(lambda f: log.failure("sending UDP answer failed", f))
 
@@ -211,6 +211,9 @@ class DNSStreamProtocol(protocol.Protocol, TimeoutMixin):
                 continue
             if isinstance(result, bytes):
                 self._write(result)
+            elif isinstance(result, list):  # a zone transfer: its messages in order
+                for message in result:
+                    self._write(message)
             else:
                 self._pending += 1
                 result.addCallback(self._write_pending)

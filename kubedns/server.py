@@ -37,7 +37,7 @@ from kubedns.plugins.kubernetes import KubernetesPlugin
 from kubedns.plugins.loadbalance import rotations
 from kubedns.plugins.setup import block_plugins
 from kubedns.query import Observer, QueryInfo, Request
-from kubedns.records import Answer, ClusterZones
+from kubedns.records import TRANSFERS, Answer, ClusterZones
 from kubedns.wire import (
     BADVERS,
     DOTTED_LABEL,
@@ -124,8 +124,9 @@ class Dispatcher:
         self.fast = FastCache(enabled=fast_path)
 
     # -- entry point ----------------------------------------------------------------------
-    def handle(self, data: bytes, proto: str, peer: Any) -> bytes | defer.Deferred | None:
-        """Answer one query; bytes now, a Deferred firing with bytes, or None to drop."""
+    def handle(self, data: bytes, proto: str, peer: Any) -> bytes | list[bytes] | defer.Deferred | None:
+        """Answer one query; bytes now, a Deferred firing with bytes, or None to drop (over TCP,
+        a zone transfer may be a list of messages, sent in order)."""
         start = time.perf_counter()
         try:
             result = self._handle(data, proto, peer, start)
@@ -134,7 +135,7 @@ class Dispatcher:
             result = error_response(data, SERVFAIL)
         return result
 
-    def _handle(self, data: bytes, proto: str, peer: Any, start: float) -> bytes | defer.Deferred | None:
+    def _handle(self, data: bytes, proto: str, peer: Any, start: float) -> bytes | list[bytes] | defer.Deferred | None:
         q = parse_question(data)
         if q is None:
             return error_response(data, FORMERR)
@@ -173,7 +174,7 @@ class Dispatcher:
             return self._finish(req, result)
         return result.addCallbacks(self._finish_later, self._failed, callbackArgs=(req,), errbackArgs=(req,))
 
-    def _finish_later(self, reply: Reply, req: Request) -> bytes:
+    def _finish_later(self, reply: Reply, req: Request) -> bytes | list[bytes] | None:
         return self._finish(req, reply)
 
     def _failed(self, failure: Failure, req: Request) -> bytes | None:
@@ -190,7 +191,7 @@ class Dispatcher:
         return best
 
     # -- encoding ---------------------------------------------------------------------------
-    def _finish(self, req: Request, reply: Reply) -> bytes:
+    def _finish(self, req: Request, reply: Reply) -> bytes | list[bytes] | None:
         """Encode, report to observers, and keep the bytes for the fast path when allowed.
 
         ``reply.cacheable`` marks answers computed from a store (valid until it changes);
@@ -198,13 +199,18 @@ class Dispatcher:
         counting down, for that many seconds; ``reply.rotate`` one whose A/AAAA/MX order must
         change per answer (the fast path then serves several orders in turn).
         """
+        if reply.drop:  # acl's drop: no answer at all
+            return None
         block = req.block
         ra = reply.ra
         if ra is None:
             ra = block is not None and block.chain is not None
         ans = reply.answer
-        out = self._encode(req, ans, ra, reply)
         proto = req.proto
+        parts: list[bytes] | None = None  # a zone transfer in several TCP messages
+        if proto == "tcp" and req.q.qtype in TRANSFERS and len(ans.answers) > 1:
+            parts = self._transfer_messages(req, ans, ra, reply)
+        out = parts[0] if parts else self._encode(req, ans, ra, reply)
         lifetime = reply.lifetime
         keep = (reply.cacheable or lifetime > 0) and proto == "udp" and self.fast.enabled
         if self.observers or keep:
@@ -219,7 +225,7 @@ class Dispatcher:
                 qclass=q.qclass,
                 qid=q.id,
                 request_size=len(req.packet),
-                response_size=len(out),
+                response_size=len(out) if parts is None else sum(map(len, parts)),
                 rcode=ans.rcode,
                 flags=struct.unpack_from("!H", out, 2)[0],
                 duration=time.perf_counter() - req.start,
@@ -255,7 +261,19 @@ class Dispatcher:
                 self.fast.remember(req.packet, out, info, agings[0] if agings else None,
                                    limit=self._forward_limit(block), orders=orders, agings=agings,
                                    deps=reply.deps, serial_of=reply.serial_of)
-        return out
+        return out if parts is None else parts
+
+    @classmethod
+    def _transfer_messages(cls, req: Request, ans: Answer, ra: bool, reply: Reply) -> list[bytes] | None:
+        """An AXFR/IXFR answer too large for one TCP message as several (each with the question),
+        or None when it fits in one (:func:`kubedns.plugins.transfer.split`)."""
+        from kubedns.plugins.transfer import split
+
+        runs = split(ans.answers)
+        if len(runs) < 2:
+            return None
+        return [cls._encode(req, Answer(rcode=ans.rcode, answers=run, authoritative=ans.authoritative), ra, reply)
+                for run in runs]
 
     @staticmethod
     def _encode(req: Request, ans: Answer, ra: bool, reply: Reply) -> bytes:

@@ -33,7 +33,10 @@ SUPPORTED = (
     "bind", "cache", "debug", "errors", "forward", "health", "hosts", "import", "kubernetes",
     "loadbalance", "log", "loop", "prometheus", "ready", "reload",
     "rewrite", "template",
+    "acl", "any", "bufsize", "minimal", "transfer",
 )
+#: plugins CoreDNS lets a server block use more than once
+_REPEATABLE = ("bind", "acl", "transfer", "rewrite", "template")
 #: YAML key → Corefile option where they differ; None: not an option line (an argument)
 _OPTION_NAMES: dict[str, dict[str, str | None]] = {
     "forward": {"to": None, "tls_ca": "tls"},
@@ -136,7 +139,7 @@ def map_corefile(corefile: Corefile) -> tuple[dict[str, Any], dict[str, Where]]:
         all_zones = [z for k in keys for z in k.zones]
         blk = Block(syntax, all_zones)
         for d in syntax.directives:
-            if d.text in blk.seen and d.text not in ("bind", "rewrite", "template"):
+            if d.text in blk.seen and d.text not in _REPEATABLE:
                 raise err(d.name, d.text, f"the plugin once per server block (first at {blk.seen[d.text].where()})")
             blk.seen[d.text] = d
             MAPPERS[d.text](blk, d)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubedns.corefile.lexer import CorefileSyntaxError, Token
 from kubedns.corefile.parser import Directive, ServerBlockSyntax
+from kubedns.corefile.policies import POLICY_MAPPERS
 from kubedns.corefile.rewrite_template import map_rewrite, map_template
 
 __all__ = ["MAPPERS", "Block", "Where", "err", "norm", "zone_names"]
@@ -495,4 +496,5 @@ MAPPERS = {
     "debug": _map_debug,
     "rewrite": map_rewrite,
     "template": map_template,
+    **POLICY_MAPPERS,  # any, acl, bufsize, minimal, transfer
 }

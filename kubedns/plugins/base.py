@@ -57,6 +57,8 @@ class Reply:
     deps: tuple[Any, ...] | None = None
     #: the store whose SOA serial the answer's SOA records carry (kept bytes follow it)
     serial_of: Any = None
+    #: send nothing back at all (``acl``'s ``drop``)
+    drop: bool = False
 
 
 Result = Union[Reply, "Deferred[Reply]"]

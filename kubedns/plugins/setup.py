@@ -47,4 +47,31 @@ def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forw
         from kubedns.plugins.template import TemplatePlugin
 
         out.append(TemplatePlugin(config.template, config.zones))
+    out.extend(_policy_plugins(config, kubernetes))
+    return out
+
+
+def _policy_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None) -> list[Plugin]:
+    """``any``, ``acl``, ``bufsize``, ``minimal`` and ``transfer`` (:mod:`kubedns.plugins.policies`)."""
+    out: list[Plugin] = []
+    if config.any:
+        from kubedns.plugins.any import AnyPlugin
+
+        out.append(AnyPlugin())
+    if config.acl is not None:
+        from kubedns.plugins.acl import AclPlugin
+
+        out.append(AclPlugin(config.acl, config.zones))
+    if config.bufsize is not None:
+        from kubedns.plugins.bufsize import BufsizePlugin
+
+        out.append(BufsizePlugin(config.bufsize))
+    if config.minimal:
+        from kubedns.plugins.minimal import MinimalPlugin
+
+        out.append(MinimalPlugin())
+    if config.transfer is not None:
+        from kubedns.plugins.transfer import TransferPlugin
+
+        out.append(TransferPlugin(config.transfer, config.zones, kubernetes))
     return out
