@@ -411,9 +411,10 @@ def _rdata(rtype: str, args: list[tuple[str, bool]], ttl: int) -> Any:
         return dns.Record_HINFO(words[0].encode(), words[1].encode(), ttl)
     if rtype == "SOA":
         need(7, "MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM")
-        nums = [_u32(w, f"SOA {k}") for w, k in zip(words[2:], ("serial", "refresh", "retry", "expire", "minimum"),
-                                                       strict=True)]
-        return dns.Record_SOA(_name(words[0]).name, _name(words[1]).name, *nums, ttl=ttl)
+        serial, refresh, retry, expire, minimum = (
+            _u32(w, f"SOA {k}") for w, k in zip(words[2:], ("serial", "refresh", "retry", "expire", "minimum"), strict=True))
+        return dns.Record_SOA(_name(words[0]).name, _name(words[1]).name, serial=serial, refresh=refresh, retry=retry,
+                              expire=expire, minimum=minimum, ttl=ttl)
     raise ValueError(f"a record type kubedns builds from text (A, AAAA, CNAME, DNAME, NS, PTR, MX, SRV, TXT, SPF, "
                      f"HINFO, SOA), got {rtype!r}")
 
