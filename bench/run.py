@@ -2,6 +2,7 @@
 
     python bench/run.py [--services 1000] [--seconds 8] [--nx 0.1]
     python bench/run.py --forward [--names 400000]   (forwarded cache misses: bench/forward_miss.py)
+    python bench/run.py --churn 2,20,100 [--baseline TREE]   (QPS under Service changes: bench/churn.py)
 
 Each server is pinned to CPU 0 with taskset, dnsperf to CPU 1, all on 127.0.0.1.  For each
 server it prints: max QPS (dnsperf, unthrottled), server CPU µs per query (from the process's
@@ -175,6 +176,11 @@ def main() -> None:
         import forward_miss
 
         forward_miss.main([a for a in sys.argv[1:] if a != "--forward"])
+        return
+    if any(a == "--churn" or a.startswith("--churn=") for a in sys.argv[1:]):  # bench/churn.py
+        import churn
+
+        churn.main(sys.argv[1:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=1000)
