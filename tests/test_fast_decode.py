@@ -31,7 +31,7 @@ from kubedns.k8s.objects import FAST_KINDS, KINDS
 from kubedns.k8s.store import Store
 from kubedns.k8s.watch import ResourceWatcher
 from tests.support import kubeobj
-from tests.test_list_parser import MALFORMED, _no_list, _SyncReactor, k8s_objects, k8s_page
+from tests.support.listpages import MALFORMED, SyncReactor, k8s_objects, k8s_page, no_list
 
 Raw = dict[str, Any]
 
@@ -97,7 +97,7 @@ def reference(kind: str, raws: list[Any]) -> tuple[list[tuple[str, Any]], int]:
 
 
 def fast(kind: str, text: str | bytes) -> tuple[list[tuple[str, Any]], int, dict[str, Any]]:
-    watcher = ResourceWatcher(kind, _no_list, Store(), reactor=_SyncReactor())
+    watcher = ResourceWatcher(kind, no_list, Store(), reactor=SyncReactor())
     top: dict[str, Any] = {}
     return watcher._convert_page(text, top), watcher.status.errors, top
 
@@ -116,7 +116,7 @@ def test_clean_pages_take_the_fast_path_and_equal_the_reference(kind: str, monke
         raise AssertionError(f"reference converter called for a plain object: {raw!r}")
 
     monkeypatch.setitem(KINDS, kind, no_reference)
-    watcher = ResourceWatcher(kind, _no_list, Store(), reactor=_SyncReactor())  # takes the patched KINDS
+    watcher = ResourceWatcher(kind, no_list, Store(), reactor=SyncReactor())  # takes the patched KINDS
     top: dict[str, Any] = {}
     got = watcher._convert_page(text.encode(), top)
     monkeypatch.undo()
@@ -245,7 +245,7 @@ def test_watch_lines_build_the_store_the_reference_builds(kind: str, seed: int) 
     events = [(t, o) for t, o in _events(kind, random.Random(f"w{kind}{seed}")) if isinstance(o, dict)]
     lines = [json.dumps({"type": t, "object": o}).encode() for t, o in events]
     store = Store()
-    watcher = ResourceWatcher(kind, _no_list, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher(kind, no_list, store, reactor=SyncReactor())
     for line in lines:
         watcher._handle_lines([line])
     want, rv = _reference_store(kind, events)
@@ -257,7 +257,7 @@ def test_watch_lines_build_the_store_the_reference_builds(kind: str, seed: int) 
 
 def test_plain_watch_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store()
-    watcher = ResourceWatcher("pods", _no_list, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher("pods", no_list, store, reactor=SyncReactor())
     monkeypatch.setattr("kubedns.k8s.watch.json.loads", lambda *a, **k: pytest.fail("json.loads used"))
     pod = kubeobj.pod("p", "default", "10.244.0.9")
     pod["metadata"]["resourceVersion"] = "77"
@@ -273,7 +273,7 @@ def test_trigger_annotation_sets_the_event_time() -> None:
     seen: list[float] = []
     slice_ = kubeobj.endpointslice("s-1", "default", "s", [{"addresses": ["10.244.0.1"]}])
     slice_["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": "2020-01-01T00:00:00Z"}
-    watcher = ResourceWatcher("endpointslices", _no_list, Store(), reactor=_SyncReactor(),
+    watcher = ResourceWatcher("endpointslices", no_list, Store(), reactor=SyncReactor(),
                               on_event=lambda kind, etype, lag, rec: seen.append(lag))
     watcher._handle_lines([json.dumps({"type": "ADDED", "object": slice_}).encode()])
     assert len(seen) == 1 and seen[0] > 365 * 86400  # measured from 2020, not from receipt

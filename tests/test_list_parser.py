@@ -9,8 +9,8 @@ wrong DNS answer, or a relist that prunes objects it merely failed to see.  So:
 * differential tests against the oracle ``json.loads(page)["items"]`` (and the other top-level
   keys, which land in ``top``) on seeded random pages: nested values, strings full of escapes,
   quotes, brackets, ``items`` look-alikes and non-ASCII, every JSON number form, random
-  whitespace, random key order; and on realistic Kubernetes list pages built with the fakeapi
-  constructors (Go-style compact and indented, ``metadata.resourceVersion``/``continue``);
+  whitespace, random key order; and on realistic Kubernetes list pages (``tests/support/listpages.py``,
+  from ``tests/support/kubeobj.py``'s objects: Go-style compact and indented, ``metadata.resourceVersion``/``continue``);
 * malformed pages (hand-picked, random truncations, random mutations) must raise
   ``json.JSONDecodeError``, and a page that fails must not reach the store;
 * ``ResourceWatcher._list`` with a fake ``list_fn``: the list-level metadata is taken from
@@ -23,7 +23,6 @@ be taken for an empty list and prune the store.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from kubedns.k8s.objects import KINDS
 from kubedns.k8s.store import Store
 from kubedns.k8s.watch import ResourceWatcher
 from tests.support import kubeobj
+from tests.support.listpages import MALFORMED, SyncReactor, k8s_objects, k8s_page, no_list
 
 Raw = dict[str, Any]
 
@@ -202,88 +202,6 @@ def rand_page(rng: random.Random) -> str:
     return _ws(rng) + "{" + _ws(rng) + body + _ws(rng) + "}" + _ws(rng)
 
 
-# -- realistic Kubernetes list pages ---------------------------------------------------------
-
-
-def _as_list_item(obj: Raw, rv: int, rng: random.Random) -> Raw:
-    """A fakeapi object as the apiserver returns it in a List: no kind/apiVersion, full metadata."""
-    item = {k: v for k, v in copy.deepcopy(obj).items() if k not in ("kind", "apiVersion")}
-    meta = item["metadata"]
-    meta["uid"] = f"{rng.getrandbits(32):08x}-0000-4000-8000-{rng.getrandbits(48):012x}"
-    meta["resourceVersion"] = str(rv)
-    meta["creationTimestamp"] = "2024-05-01T12:00:00Z"
-    meta["annotations"] = {
-        # kubectl's annotation: JSON in a string, with quotes, brackets and an "items" of its own
-        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": [{"metadata": {"name": meta["name"]}}], "note": 'a "b" [c]'}
-        )
-        + "\n",
-        "example.com/html": "<b>&amp;</b> \\ é 😀",
-    }
-    meta["managedFields"] = [
-        {
-            "manager": "kube-controller-manager",
-            "operation": "Update",
-            "apiVersion": "v1",
-            "time": "2024-05-01T12:00:00Z",
-            "fieldsType": "FieldsV1",
-            "fieldsV1": {"f:status": {"f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:status": {}}}}},
-        }
-    ]
-    return item
-
-
-def k8s_objects(rng: random.Random, n: int) -> dict[str, list[Raw]]:
-    """``n`` objects of each kind, built with the fakeapi constructors."""
-    out: dict[str, list[Raw]] = {k: [] for k in KINDS}
-    for i in range(n):
-        ns = rng.choice(("default", "kube-system", "team-a"))
-        out["namespaces"].append(kubeobj.namespace(f"ns-{i}", labels={"team": rng.choice(("a", "b"))}))
-        if i % 3 == 0:
-            svc = kubeobj.service(f"svc-{i}", ns, headless=True, publish_not_ready=True)
-        elif i % 3 == 1:
-            svc = kubeobj.service(f"svc-{i}", ns, cluster_ips=[f"10.96.0.{i % 250 + 1}", f"fd00::{i:x}"])
-        else:
-            svc = kubeobj.service(f"svc-{i}", ns, external_name="db.example.com")
-        out["services"].append(svc)
-        eps = [
-            {"addresses": [f"10.244.{i % 250}.{j + 1}"], "hostname": f"h{j}" if j % 2 else None, "ready": j != 2}
-            for j in range(rng.randint(0, 4))
-        ]
-        out["endpointslices"].append(kubeobj.endpointslice(f"svc-{i}-abcde", ns, f"svc-{i}", endpoints=eps))
-        phase = rng.choice(("Running", "Running", "Pending", "Succeeded"))
-        ip = None if phase == "Pending" and i % 2 else f"10.244.{i % 250}.{i % 200 + 1}"
-        out["pods"].append(kubeobj.pod(f"pod-{i}", ns, ip, phase=phase))
-    return out
-
-
-def k8s_page(
-    kind: str,
-    objs: list[Raw],
-    rv: int,
-    cont: str | None,
-    rng: random.Random,
-    *,
-    style: str = "go",
-    metadata_last: bool = False,
-) -> str:
-    """A List response as the apiserver writes it (``style="go"``: compact, ``<>&`` escaped)."""
-    list_kind = {"namespaces": "NamespaceList", "services": "ServiceList", "endpointslices": "EndpointSliceList"}
-    meta: Raw = {"resourceVersion": str(rv)}
-    if cont is not None:
-        meta["continue"] = cont
-        meta["remainingItemCount"] = rng.randint(1, 1000)
-    page: Raw = {"kind": list_kind.get(kind, "PodList"), "apiVersion": "v1", "metadata": meta}
-    page["items"] = [_as_list_item(o, rv, rng) for o in objs]
-    if metadata_last:
-        page["metadata"] = page.pop("metadata")
-    if style == "go":
-        text = json.dumps(page, separators=(",", ":"), ensure_ascii=False)
-        # Go's encoder escapes <, > and & (they only ever occur inside strings in JSON text)
-        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return json.dumps(page, indent=2)
-
-
 # -- differential tests ---------------------------------------------------------------------
 
 
@@ -319,7 +237,7 @@ def test_convert_page_equals_converting_json_loads_items() -> None:
     for kind, objs in k8s_objects(rng, 40).items():
         text = k8s_page(kind, objs, 99, "tok", rng)
         top: dict[str, Any] = {}
-        watcher = ResourceWatcher(kind, _no_list, Store(), reactor=_SyncReactor())
+        watcher = ResourceWatcher(kind, no_list, Store(), reactor=SyncReactor())
         batch = watcher._convert_page(text, top)
         assert batch == [KINDS[kind](raw) for raw in json.loads(text)["items"]]
         assert top["metadata"]["resourceVersion"] == "99" and top["metadata"]["continue"] == "tok"
@@ -363,50 +281,6 @@ def test_nan_and_infinities_are_accepted_like_json_loads() -> None:
 
 
 # -- malformed pages ---------------------------------------------------------------------------
-
-MALFORMED = [
-    "",
-    "   ",
-    "[]",
-    "null",
-    '"items"',
-    "{",
-    "}",
-    '{"items": [',
-    '{"items": [{"a": 1}',
-    '{"items": [{"a": 1},',
-    '{"items": [{"a": 1}, ',
-    '{"items": [1,]}',
-    '{"items": [,1]}',
-    '{"items": [1 2]}',
-    '{"items": [] ,}',
-    '{,"items": []}',
-    '{"items": []',
-    '{"items": []}}',
-    '{"items": []}]',
-    '{"items": []} x',
-    '{"items": []}{}',
-    "{'items': []}",
-    "{items: []}",
-    '{"items" []}',
-    '{"items": [] "metadata": {}}',
-    '{"items": [{"a": 1}}',
-    '{"items": [{"a": "unterminated}]}',
-    '{"items": [tru]}',
-    '{"items": [01]}',
-    '{"items": [1.]}',
-    '{"items": [+1]}',
-    '{"items": ["\\x"]}',
-    '{"items": ["\\u12"]}',
-    '{"items": ["ctrl\x01char"]}',
-    '{"items": ["raw\nnewline"]}',
-    '\ufeff{"items": []}',
-    '{"metadata": {"resourceVersion": "1"}, "items": []',
-    '{"metadata": {"resourceVersion": "1", "items": []}',
-    '{"items": [], "metadata": {"continue": "abc}',
-    '{"items": [], "metadata": }',
-]
-
 
 @pytest.mark.parametrize("text", MALFORMED)
 def test_malformed_pages_raise_json_decode_error(text: str) -> None:
@@ -539,13 +413,6 @@ def test_repeated_items_key_is_rejected() -> None:
 # -- ResourceWatcher._list: the list-level metadata, page by page ---------------------------
 
 
-class _SyncReactor:
-    """callFromThread at once, on the calling thread: _list then runs to the end synchronously."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:  # noqa: N802
-        f(*args, **kwargs)
-
-
 class _Response:
     """The part of urllib3's HTTPResponse that _list uses."""
 
@@ -560,10 +427,6 @@ class _Response:
 
     def close(self) -> None:
         pass
-
-
-def _no_list(**kwargs: Any) -> Any:
-    raise AssertionError("no request expected")
 
 
 def _lister(pages: list[str]) -> tuple[Callable[..., _Response], list[dict[str, Any]]]:
@@ -597,7 +460,7 @@ def test_list_follows_continue_tokens_and_keeps_the_resource_version() -> None:
     ]
     list_fn, calls = _lister(pages)
     store = _stale_store()
-    watcher = ResourceWatcher("services", list_fn, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher("services", list_fn, store, reactor=SyncReactor())
     watcher._list()
     assert [c.get("_continue") for c in calls] == [None, "tok-1", "tok-2"]
     assert all(c["_preload_content"] is False and c["limit"] >= 1 for c in calls)
@@ -613,7 +476,7 @@ def test_list_stops_on_an_empty_continue_and_keeps_an_earlier_resource_version()
     ]
     list_fn, calls = _lister(pages)
     store = _stale_store()
-    watcher = ResourceWatcher("services", list_fn, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher("services", list_fn, store, reactor=SyncReactor())
     watcher._list()
     assert len(calls) == 2
     assert watcher.status.resource_version == "7"
@@ -627,7 +490,7 @@ def test_list_with_a_malformed_page_applies_nothing_of_it() -> None:
     bad = bad[: bad.index('"name":"d"')]  # truncated inside the second item
     list_fn, calls = _lister([good, bad])
     store = _stale_store()
-    watcher = ResourceWatcher("services", list_fn, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher("services", list_fn, store, reactor=SyncReactor())
     with pytest.raises(json.JSONDecodeError):
         watcher._list()
     # page 1 is in; of page 2 not even the complete first item "c"; nothing pruned, not synced
@@ -640,7 +503,7 @@ def test_list_with_a_malformed_page_applies_nothing_of_it() -> None:
 def test_list_with_list_metadata_of_the_wrong_type_raises_before_applying(metadata: str) -> None:
     list_fn, _ = _lister([f'{{"metadata": {metadata}, "items": []}}'])
     store = _stale_store()
-    watcher = ResourceWatcher("services", list_fn, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher("services", list_fn, store, reactor=SyncReactor())
     with pytest.raises(AttributeError):  # meta.get on a non-dict: unclear, but nothing applied
         watcher._list()
     assert sorted(store.keys("services")) == ["default/stale"] and not store.synced
@@ -648,7 +511,7 @@ def test_list_with_list_metadata_of_the_wrong_type_raises_before_applying(metada
 
 def test_items_of_the_wrong_type_are_skipped_and_counted() -> None:
     text = '{"metadata": {"resourceVersion": "1"}, "items": [1, "x", null, [], {"metadata": {"name": "ok"}}]}'
-    watcher = ResourceWatcher("namespaces", _no_list, Store(), reactor=_SyncReactor())
+    watcher = ResourceWatcher("namespaces", no_list, Store(), reactor=SyncReactor())
     assert parse(text)[0] == json.loads(text)["items"]
     assert watcher._convert_page(text, {}) == [KINDS["namespaces"]({"metadata": {"name": "ok"}})]
     assert watcher.status.errors == 4 and "skipped malformed object" in watcher.status.last_error
@@ -657,7 +520,7 @@ def test_items_of_the_wrong_type_are_skipped_and_counted() -> None:
 def test_list_page_with_items_not_a_list_does_not_prune_the_store() -> None:
     list_fn, _ = _lister(['{"metadata": {"resourceVersion": "5"}, "items": {"metadata": {"name": "a"}}}'])
     store = _stale_store()
-    watcher = ResourceWatcher("services", list_fn, store, reactor=_SyncReactor())
+    watcher = ResourceWatcher("services", list_fn, store, reactor=SyncReactor())
     with pytest.raises(ValueError):
         watcher._list()
     assert sorted(store.keys("services")) == ["default/stale"] and not store.synced

@@ -11,5 +11,6 @@ read, run and changed on its own.  ``tests/test_layout.py`` keeps it that way.
 - :mod:`tests.support.informer`: tuning and objects for informer tests on the fake API server;
 - :mod:`tests.support.forwarding`: the trial base class of the forwarding tests;
 - :mod:`tests.support.ops`: metric samples and query records of the operations tests;
+- :mod:`tests.support.listpages`: LIST pages as the apiserver writes them, and malformed ones;
 - :mod:`tests.support.unit`: the systemd unit's install steps.
 """
