@@ -275,8 +275,10 @@ def _action(text: str) -> Part | None:
     if head in ("index", "parseInt"):
         args = [_operand(t) for t in toks[1:]]
         return _index(args) if head == "index" else _parse_int(args)
-    if len(toks) == 1:
-        return _operand(head)
+    if len(toks) == 1 or head.startswith("."):
+        part = _operand(head)  # an unsupported field is named as such
+        if len(toks) == 1:
+            return part
     raise TemplateError(f"one of {_SUPPORTED}; {{{{ {body} }}}} is not supported by kubedns")
 
 
