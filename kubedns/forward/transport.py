@@ -1,16 +1,11 @@
-"""Sending one query to one upstream: UDP on a fresh port, or a persistent pipelined TCP/TLS stream.
+"""Sending one query to one upstream: the errors every transport shares, and the persistent
+pipelined TCP/TLS stream.  UDP lives in :mod:`kubedns.forward.udppool`.
 
-UDP: every query gets its own socket bound to an ephemeral port the kernel picks at random, and
-the socket is ``connect()``-ed to the upstream so the kernel drops datagrams from other sources
-and reports ICMP port-unreachable (a dead upstream fails at once instead of after the timeout).
-Answers are still checked for source, ID and question; mismatches are ignored, not fatal.
-
-A socket per query means a silent upstream holds one descriptor per pending query, so a UDP
-try never takes the last descriptors of the process: a socket whose number reaches ``max_fd``
-(the forwarder keeps a reserve below the open-files limit for the DNS listeners' TCP clients and
-the HTTP endpoints) is closed at once and the try fails with :class:`NoDescriptorError`, as does
-EMFILE/ENFILE.  Linux hands out the lowest free number, so a number at ``max_fd`` means at least
-that many descriptors are open: the check is one comparison, no counting.
+UDP sockets are never numbered at or past the forwarder's ``max_fd`` (it keeps a reserve below
+the open-files limit for the DNS listeners' TCP clients and the HTTP endpoints): such a socket is
+closed at once and the try fails with :class:`NoDescriptorError`, as does EMFILE/ENFILE.  Linux
+hands out the lowest free number, so a number at ``max_fd`` means at least that many descriptors
+are open: the check is one comparison, no counting.
 
 TCP and DNS-over-TLS: one connection per upstream is kept and reused, queries are pipelined and
 matched by ID (RFC 7766), idle connections close after ``expire``.  A query written on an already
@@ -21,18 +16,14 @@ has gone silent closes that connection so the next query starts clean.
 
 from __future__ import annotations
 
-import errno
-import os
 import secrets
-import socket
 from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReadDescriptor, ITCPTransport
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from kubedns.forward.message import Expect, with_id
 
@@ -44,7 +35,6 @@ __all__ = [
     "UpstreamTimeoutError",
     "describe",
     "fd_reserve",
-    "udp_exchange",
 ]
 
 
@@ -67,129 +57,6 @@ class NoDescriptorError(TransportError):
 def fd_reserve(soft_limit: int) -> int:
     """Descriptors forwarding leaves free below the open-files soft limit: a quarter, 64 to 4096."""
     return max(64, min(4096, soft_limit // 4))
-
-
-# -- UDP ---------------------------------------------------------------------------------------
-
-
-@implementer(IReadDescriptor)
-class _UDPExchange:
-    """One query on its own connected UDP socket, read straight from the reactor.
-
-    Not a Twisted ``udp.Port``: a Port logs two lines per socket (far too chatty at one socket per
-    query), and under epoll an ICMP port-unreachable on a connected Port shows up as a silent
-    ``connectionLost`` rather than ``connectionRefused``.  A bare ``IReadDescriptor`` sees both.
-    """
-
-    def __init__(self, reactor: Any, host: str, port: int, expect: Expect, qid: int, d: defer.Deferred) -> None:
-        self._reactor = reactor
-        self._addr = (host, port)
-        self._expect = expect
-        self._qid = qid
-        self._d = d
-        self._sock: socket.socket | None = None
-        self._timer: Any = None
-        self.ignored = 0  # datagrams that did not match (wrong ID / question / source)
-
-    def start(self, data: bytes, timeout: float, max_fd: int = 0) -> None:
-        host, port = self._addr
-        v6 = ":" in host
-        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-        if max_fd and sock.fileno() >= max_fd:
-            sock.close()
-            raise NoDescriptorError(f"{self._label()}: no descriptor to spare ({max_fd} open, the rest is kept "
-                                    "for DNS clients and the HTTP endpoints)")
-        self._sock = sock
-        sock.setblocking(False)
-        sock.bind(("::" if v6 else "0.0.0.0", 0))  # an ephemeral port the kernel picks at random
-        sock.connect((host, port))  # the kernel now drops datagrams from anyone else
-        self._reactor.addReader(self)
-        self._timer = self._reactor.callLater(timeout, self._on_timeout)
-        sock.send(data)
-
-    # IReadDescriptor
-    def fileno(self) -> int:
-        return self._sock.fileno() if self._sock is not None else -1
-
-    def logPrefix(self) -> str:  # noqa: N802 (Twisted API)
-        return "kubedns-udp"
-
-    def doRead(self) -> None:  # noqa: N802 (Twisted API)
-        for _ in range(32):
-            if self._sock is None:
-                return
-            try:
-                data, addr = self._sock.recvfrom(65535)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self._fail(ConnectionFailedError(f"{self._label()}: {e.strerror or e}"))
-                return
-            if (addr[0], addr[1]) != self._addr or not self._expect.matches(data, self._qid):
-                self.ignored += 1
-                continue
-            self._finish()
-            self._d.callback(data)
-            return
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted API)
-        # epoll reports a pending socket error (ICMP unreachable) as a lost connection
-        why = "connection refused"
-        if self._sock is not None:
-            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                why = os.strerror(err)
-        self._fail(ConnectionFailedError(f"{self._label()}: {why}"))
-
-    # internals
-    def _label(self) -> str:
-        host, port = self._addr
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def _on_timeout(self) -> None:
-        self._timer = None
-        self._fail(UpstreamTimeoutError(f"{self._label()}: no answer over UDP"))
-
-    def _fail(self, err: Exception) -> None:
-        if not self._d.called:
-            self._finish()
-            self._d.errback(Failure(err))
-
-    def _finish(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            self._reactor.removeReader(self)
-            sock.close()
-
-
-def udp_exchange(
-    reactor: Any, host: str, port: int, template: bytes, expect: Expect, timeout: float, max_fd: int = 0
-) -> defer.Deferred:
-    """Send ``template`` (with a fresh random ID) over UDP; fire with the answer's bytes.
-
-    Fails with :class:`UpstreamTimeoutError`, :class:`ConnectionFailedError` or (no socket to
-    spare below ``max_fd``, or none at all) :class:`NoDescriptorError`; cancelling closes the socket.
-    """
-    qid = secrets.randbits(16)
-    ex: _UDPExchange
-
-    def cancel(_: defer.Deferred) -> None:
-        ex._finish()
-
-    d: defer.Deferred = defer.Deferred(canceller=cancel)
-    ex = _UDPExchange(reactor, host, port, expect, qid, d)
-    try:
-        ex.start(with_id(template, qid), timeout, max_fd)
-    except NoDescriptorError as e:
-        ex._fail(e)
-    except OSError as e:  # EMFILE, ENETUNREACH, ECONNREFUSED from an earlier ICMP...
-        cls = NoDescriptorError if e.errno in (errno.EMFILE, errno.ENFILE) else ConnectionFailedError
-        ex._fail(cls(f"{ex._label()}: {e.strerror or e}"))
-    return d
 
 
 # -- TCP / TLS ---------------------------------------------------------------------------------
