@@ -5,8 +5,12 @@ of a query whose OPT record asks for more, before anything else sees the query, 
 
 - the answer over UDP is cut (TC) to fit SIZE instead of the client's larger size, and no large
   answer is fragmented on its way back;
-- a forwarded query advertises SIZE upstream (the upstream's answer is sized to fit it too);
 - the query log's ``{>bufsize}`` shows SIZE, as CoreDNS's (it logs the changed request).
+
+Upstream, kubedns's forwarder advertises 1232 whatever the client asked (its own fixed size,
+:mod:`kubedns.forward.message`), so the path to the upstream never needs more than the default;
+CoreDNS's forward passes the capped client size on instead, so there a SIZE below 1232 also
+shrinks what the upstream may send (kubedns relays its answer cut to SIZE either way).
 
 A query without OPT (512 bytes) and one asking for less are left alone: it can only lower the
 size.  TCP answers are not cut either way.  Our own OPT keeps advertising 1232, the size kubedns
