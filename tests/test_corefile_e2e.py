@@ -23,6 +23,7 @@ import dns.rcode
 import pytest
 
 from kubedns.config import load
+from kubedns.corefile import SUPPORTED
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.workers import TWISTD
@@ -270,14 +271,13 @@ def test_reload_plugin_and_sighup_reread_imported_files(start, tmp_path: Path) -
 
 def test_invalid_corefile_stops_the_start_with_one_line(tmp_path: Path) -> None:
     core = tmp_path / "Corefile"
-    core.write_text(".:53 {\n    errors\n    rewrite name a.example b.example\n    forward . 127.0.0.1:5300\n}\n")
+    core.write_text(".:53 {\n    errors\n    etcd example.org\n    forward . 127.0.0.1:5300\n}\n")
     r = subprocess.run([*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(core)], cwd=REPO,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        f"kubedns: invalid config: {core}:3: rewrite: expected a plugin kubedns has (bind, cache, debug, errors, "
-        "forward, health, hosts, import, kubernetes, loadbalance, log, loop, prometheus, ready, reload); "
-        "'rewrite' is not one"
+        f"kubedns: invalid config: {core}:3: etcd: expected a plugin kubedns has ({', '.join(SUPPORTED)}); "
+        "'etcd' is not one"
     ]
 
 
