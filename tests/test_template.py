@@ -174,6 +174,8 @@ SEARCH_NX = {"class": "ANY", "type": "ANY", "zones": ["cluster.local"],
              "rcode": "NXDOMAIN",
              "authority": ["{{ .Zone }} 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. (1 7200 1800 86400 30)"],
              "fallthrough": True}
+FOOGLE = {"class": "IN", "type": "ANY", "zones": ["foogle.com"], "match": "^foogle\\.com\\.$",
+          "answer": "foogle.com 60 IN CNAME google.com"}
 IP_A = {"class": "IN", "type": "A", "zones": ["example"],
         "match": ["(^|[.])ip-(?P<a>[0-9]*)-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]$"],
         "answer": ["{{ .Name }} 60 IN A {{ .Group.a }}.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}"],
@@ -274,6 +276,27 @@ def test_templated_fast_bytes_equal_slow_bytes(name, rdtype, rcode, edns):
     assert fast[:2] == b"\x22\x22" and fast[2:] == slow[2:]
 
 
+def test_a_templated_cname_is_followed_through_the_chain():
+    """``answer "... CNAME target"`` for A: the block's chain answers the target (here the
+    cluster), its records follow the CNAME, and the whole answer may be kept (the cluster's is);
+    a template that CNAMEs to itself forever stops after 8 lookups."""
+    disp, proto, tr = _dispatcher([
+        {"class": "IN", "type": "ANY", "zones": ["db.example"], "answer": "db.example. 60 IN CNAME nginx.default.svc.cluster.local."},
+        {"class": "IN", "type": "ANY", "zones": ["loop.example"], "answer": "{{ .Name }} 60 IN CNAME x{{ .Name }}"},
+    ])
+    proto.datagramReceived(_wire("db.example", "A", 1, False), ("127.0.0.1", 5000))
+    slow = tr.socket.sent[-1][0]
+    assert rrset_text(dns.message.from_wire(slow)) == ["db.example CNAME nginx.default.svc.cluster.local.",
+                                                       "nginx.default.svc.cluster.local A 10.96.0.100"]
+    assert len(disp.fast.entries) == 1
+    proto.datagramReceived(_wire("db.example", "A", 2, False), ("127.0.0.1", 5000))
+    assert tr.socket.sent[-1][0][2:] == slow[2:]
+    proto.datagramReceived(_wire("db.example", "TXT", 3, False), ("127.0.0.1", 5000))
+    assert len(dns.message.from_wire(tr.socket.sent[-1][0]).answer) == 1  # only A and AAAA follow
+    proto.datagramReceived(_wire("a.loop.example", "A", 4, False), ("127.0.0.1", 5000))
+    assert len(dns.message.from_wire(tr.socket.sent[-1][0]).answer) == 9
+
+
 def test_an_answer_using_remote_is_not_kept():
     disp, proto, tr = _dispatcher([{"class": "IN", "type": "TXT", "answer": "{{ .Name }} 5 TXT {{ .Remote }}"}])
     for i, peer in enumerate((("127.0.0.1", 5000), ("127.0.0.2", 5000))):
@@ -306,6 +329,8 @@ def _check(port: int, upstream: DNSUpstream) -> None:
     assert rrset_text(query(port, "google.com")) == ["google.com A 192.0.2.10"]
     assert upstream.count("google.com", "AAAA") == 0 and upstream.count("google.com", "A") == 1
     assert rrset_text(query(port, "nginx.default.svc.cluster.local")) == ["nginx.default.svc.cluster.local A 10.96.0.100"]
+    # a CNAME made up for one name, its target's records from the upstream (CoreDNS's example)
+    assert rrset_text(query(port, "foogle.com")) == ["foogle.com CNAME google.com.", "google.com A 192.0.2.10"]
     # search-path expansions of an external name: NXDOMAIN with the SOA, nobody else asked
     for name in ("google.com.default.svc.cluster.local", "google.com.svc.cluster.local", "google.com.cluster.local"):
         r = query(port, name)
@@ -313,7 +338,7 @@ def _check(port: int, upstream: DNSUpstream) -> None:
         assert rrset_text(r, "authority") == ["cluster.local SOA ns.dns.cluster.local. hostmaster.cluster.local. "
                                               "1 7200 1800 86400 30"]
     assert query(port, "missing.default.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN  # the cluster's own
-    assert len(upstream.queries) == 1
+    assert len(upstream.queries) == 2
 
 
 @pytest.mark.timeout(60)
@@ -321,7 +346,7 @@ def test_server_templates_yaml(kubedns_process, tmp_path, upstream):
     port = free_port()
     p = kubedns_process({"servers": [{
         "zones": ["."], "listen": f"127.0.0.1:{port}",
-        "template": [AAAA_NODATA, SEARCH_NX],
+        "template": [AAAA_NODATA, SEARCH_NX, FOOGLE],
         "kubernetes": {"zones": ["cluster.local"], "manifests": _manifests(tmp_path)},
         "forward": {"to": [upstream.address]},
     }]})
@@ -344,6 +369,10 @@ def test_server_templates_corefile(tmp_path, upstream):
         rcode NXDOMAIN
         authority "{{{{ .Zone }}}} 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. (1 7200 1800 86400 30)"
         fallthrough
+    }}
+    template IN ANY foogle.com {{
+        match "^foogle\\.com\\.$"
+        answer "foogle.com 60 IN CNAME google.com"
     }}
     kubernetes cluster.local {{
         manifests {_manifests(tmp_path)}

@@ -43,7 +43,8 @@ from kubedns.plugins.gotext import CLASSES, TYPES, expand_groups, fqdn, go_regex
 from kubedns.query import Request
 from kubedns.records import Answer
 
-__all__ = ["MATCHES", "AnswerRule", "RewritePlugin", "RewriteRule", "parse_rewrite_config", "rule_from_words"]
+__all__ = ["MATCHES", "AnswerRule", "RewritePlugin", "RewriteRule", "parse_rewrite_config", "rule_from_words",
+           "with_question"]
 
 MATCHES = ("exact", "prefix", "suffix", "substring", "regex")
 FIELDS = ("name", "type", "class", "ttl")
@@ -430,15 +431,16 @@ class RewritePlugin:
         wire = parse_name(name)
         assert wire is not None
         if wire != q.qname.lower() or qtype != q.qtype or qclass != q.qclass:
-            req = _rewritten(req, wire if wire != q.qname.lower() else q.qname, qtype, qclass)
+            req = with_question(req, wire if wire != q.qname.lower() else q.qname, qtype, qclass)
         if not back.rules:
             return next(req)
         return then(next(req), lambda reply: back.reply(reply, ttl_rule))
 
 
-def _rewritten(req: Request, qname: bytes, qtype: int, qclass: int) -> Request:
-    """``req`` asking ``qname`` (lower-cased) ``qtype`` ``qclass`` instead: what the plugins after
-    this one see.  The server still encodes the answer with the client's own question."""
+def with_question(req: Request, qname: bytes, qtype: int, qclass: int) -> Request:
+    """``req`` asking ``qname`` ``qtype`` ``qclass`` instead: what the plugins after a rewrite see
+    (and a template's CNAME target is looked up with).  The server still encodes the answer with
+    the client's own question."""
     labels = qname.split(b".") if qname else []
     qname_wire = b"".join(bytes([len(lab)]) + lab for lab in labels) + b"\x00"
     q = req.q._replace(qname=qname, qname_wire=qname_wire, qtype=qtype, qclass=qclass)

@@ -17,12 +17,15 @@ com.default.svc.cluster.local { rcode NXDOMAIN }``).  The semantics are CoreDNS'
   ``.Zone``, ``.Class``, ``.Type``, ``.Match``, ``.Group``, ``.Remote`` and ``.Regex``
   (:mod:`kubedns.plugins.gotext`); ``rcode SERVFAIL`` answers a bare SERVFAIL; a template that
   fails or renders something that is not a record is SERVFAIL with the reason (``errors``);
+- an A or AAAA query answered with a CNAME also gets the target's records, looked up through
+  the block's chain from the top (CoreDNS's ``upstream``, which asks the whole server), at most
+  8 templated CNAMEs deep;
 - after the last template, the next plugin.
 
 A templated answer depends only on the query, so it may be pre-encoded on the fast path
-(the fast path is dropped on every reload) unless a record uses ``.Remote``.  Not done here:
-CoreDNS's ``var``/``expr`` expressions and ``ederror`` are refused when the config is read, and
-a templated CNAME is not followed to its target's addresses.
+(the fast path is dropped on every reload) unless a record uses ``.Remote``; with a CNAME
+followed, only as long as the target's answer may be.  Not done here: CoreDNS's ``var``/``expr``
+expressions and ``ederror`` are refused when the config is read.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.configbase import Node
-from kubedns.plugins.base import Next, Reply, Result
+from kubedns.plugins.base import Next, Reply, Result, then
 from kubedns.plugins.gotext import (
     CLASSES,
     TYPES,
@@ -56,6 +59,8 @@ __all__ = ["RCODES", "TemplateConfig", "TemplatePlugin", "parse_template_config"
 RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5,
           "YXDOMAIN": 6, "YXRRSET": 7, "NXRRSET": 8, "NOTAUTH": 9, "NOTZONE": 10}
 _ANY = 255
+_CHASE = (dns.A, dns.AAAA)
+MAX_CHASE = 8  # templated CNAMEs followed within one query
 _KEYS = {"class", "type", "zones", "match", "answer", "additional", "authority", "rcode", "fallthrough"}
 
 
@@ -173,6 +178,7 @@ class TemplatePlugin:
     def __init__(self, configs: tuple[TemplateConfig, ...], block_zones: tuple[str, ...]):
         self.templates = [_Template(c, block_zones) for c in configs]
         self.zones = tuple(dict.fromkeys(z for t in self.templates for z in t.zones))
+        self._depth = 0  # CNAME lookups under way (a lookup starts synchronously, so this bounds it)
 
     def serve(self, req: Request, next: Next) -> Result:  # noqa: A002 (CoreDNS's word)
         lname = req.lname
@@ -198,7 +204,7 @@ class TemplatePlugin:
         return next(req)
 
     def _answer(self, req: Request, t: _Template, zone: str, name: str, rx: re.Pattern[str],
-                m: re.Match[str]) -> Reply:
+                m: re.Match[str]) -> Result:
         if t.config.rcode == dns.ESERVER:
             return Reply(Answer(rcode=dns.ESERVER, authoritative=False), zone, self.name)
         q = req.q
@@ -227,4 +233,33 @@ class TemplatePlugin:
                     return Reply(Answer(rcode=dns.ESERVER, authoritative=False), zone, self.name,
                                  error=f"template: {section} {tmpl.text!r}: {e}")
         ans = Answer(rcode=t.config.rcode, answers=sections[0], additional=sections[1], authority=sections[2])
-        return Reply(ans, zone, self.name, cacheable=not t.remote)
+        reply = Reply(ans, zone, self.name, cacheable=not t.remote)
+        if q.qtype in _CHASE and req.block is not None and self._depth < MAX_CHASE:
+            for rr in sections[0]:
+                if rr.type == dns.CNAME:
+                    return self._chase(req, reply, rr.payload.name.name)
+        return reply
+
+    def _chase(self, req: Request, reply: Reply, target: bytes) -> Result:
+        """``reply`` with the records the block answers ``target`` with appended (its rcode and
+        sections otherwise kept); kept on the fast path only as long as that answer may be."""
+        from kubedns.plugins.rewrite import with_question
+
+        block = req.block
+        assert block is not None
+        sub = with_question(req, target, req.q.qtype, dns.IN)
+        self._depth += 1
+        try:
+            result = block.serve(sub)
+        finally:
+            self._depth -= 1
+
+        def merge(up: Reply) -> Reply:
+            ans = reply.answer
+            merged = Answer(rcode=ans.rcode, answers=[*ans.answers, *up.answer.answers], authority=ans.authority,
+                            additional=ans.additional, authoritative=ans.authoritative)
+            keep = reply.cacheable and (up.cacheable or up.lifetime > 0)
+            return Reply(merged, reply.zone, self.name, cacheable=keep and up.cacheable,
+                         lifetime=up.lifetime if keep and not up.cacheable else 0.0)
+
+        return then(result, merge)
