@@ -79,10 +79,11 @@ class FastCache:
     #: Bounds on what clients can make us keep: entries, and bytes.  Case variants and EDNS sizes
     #: of one name each get an entry, so the byte budget matters more than the count.  An entry
     #: costs its answer and key bytes plus :attr:`entry_overhead` (dict slot, key and answer
-    #: objects, the entry list, its QueryInfo), all counted in :attr:`bytes`.
+    #: objects, the entry list, its QueryInfo, its dependency keys and their index slot), all
+    #: counted in :attr:`bytes`.
     max_entries = 50000
     max_bytes = 8 << 20
-    entry_overhead = 600
+    entry_overhead = 850
     #: Forwarded answers larger than this are left to the block's cache (decoded, size-bounded).
     max_forwarded_answer = 4096
     #: Computed cluster answers kept for the normal path (TCP, odd EDNS...), also per generation,
@@ -103,9 +104,10 @@ class FastCache:
         #: server puts the query's case back when encoding).
         self.computed: OrderedDict[tuple[Any, bytes, int], Any] = OrderedDict()
         self.computed_bytes = 0
-        #: dependency key → keys of the entries / computed answers tagged with it
-        self.tags: dict[Any, set[bytes]] = {}
-        self.computed_tags: dict[Any, set[tuple[Any, bytes, int]]] = {}
+        #: dependency key → the key of the entry / computed answer tagged with it, or a set of
+        #: them when there are several (most keys tag one name: no set for those)
+        self.tags: dict[Any, Any] = {}
+        self.computed_tags: dict[Any, Any] = {}
         #: computed answer key → its dependency keys
         self.computed_deps: dict[tuple[Any, bytes, int], tuple[Any, ...]] = {}
         #: hits of dropped entries, by the QueryInfo fields metrics label on (bounded)
@@ -128,11 +130,7 @@ class FastCache:
         self.computed_deps[key] = tags
         index = self.computed_tags
         for t in tags:
-            held = index.get(t)
-            if held is None:
-                index[t] = {key}
-            else:
-                held.add(key)
+            _tag(index, t, key)
 
     def _drop_computed(self, key: tuple[Any, bytes, int]) -> None:
         res = self.computed.pop(key, _MISSING)
@@ -141,11 +139,7 @@ class FastCache:
         self.computed_bytes -= computed_cost(key, res)
         index = self.computed_tags
         for t in self.computed_deps.pop(key, ()):
-            held = index.get(t)
-            if held is not None:
-                held.discard(key)
-                if not held:
-                    del index[t]
+            _untag(index, t, key)
 
     def store_changed(self, store: Any) -> None:
         """``store`` changed: drop what its change (:attr:`Store.last_change`) can alter, and
@@ -161,12 +155,12 @@ class FastCache:
         tags, ctags = self.tags, self.computed_tags
         for k in keys:
             held = tags.pop(k, None)
-            if held:
-                for key in held:
+            if held is not None:
+                for key in held if type(held) is set else (held,):
                     self._drop(key)
             cheld = ctags.pop(k, None)
-            if cheld:
-                for ckey in cheld:
+            if cheld is not None:
+                for ckey in cheld if type(cheld) is set else (cheld,):
                     self._drop_computed(ckey)
 
     def drop_cluster(self) -> None:
@@ -232,11 +226,7 @@ class FastCache:
         if tags:
             index = self.tags
             for t in tags:
-                held = index.get(t)
-                if held is None:
-                    index[t] = {key}
-                else:
-                    held.add(key)
+                _tag(index, t, key)
         if aging is not None:
             self.forwarded[key] = None
 
@@ -251,11 +241,7 @@ class FastCache:
             if entry[4]:
                 index = self.tags
                 for t in entry[4]:
-                    held = index.get(t)
-                    if held is not None:
-                        held.discard(key)
-                        if not held:
-                            del index[t]
+                    _untag(index, t, key)
 
     def aged(self, key: bytes, entry: list[Any], now: float) -> bytes | None:
         """The body of an entry that changes per hit: a forwarded one with TTLs counted down to
@@ -335,6 +321,30 @@ class FastCache:
 _MISSING = object()
 
 
+def _tag(index: dict[Any, Any], tag: Any, key: Any) -> None:
+    """Add ``key`` under ``tag``: a lone key stays bare, several become a set (keys are bytes or
+    tuples, never sets)."""
+    held = index.get(tag)
+    if held is None:
+        index[tag] = key
+    elif type(held) is set:
+        held.add(key)
+    elif held != key:
+        index[tag] = {held, key}
+
+
+def _untag(index: dict[Any, Any], tag: Any, key: Any) -> None:
+    held = index.get(tag)
+    if held is None:
+        return
+    if type(held) is set:
+        held.discard(key)
+        if not held:
+            del index[tag]
+    elif held == key:
+        del index[tag]
+
+
 def fast_key(info: QueryInfo) -> tuple[Any, ...]:
     """The QueryInfo fields that metrics and summaries group fast-path hits by (types metrics
     call ``other`` all count as 0, so clients cannot multiply the keys with made-up types)."""
@@ -343,8 +353,9 @@ def fast_key(info: QueryInfo) -> tuple[Any, ...]:
 
 #: Estimated bytes of a kept computed answer: what tracemalloc shows for twisted records built by
 #: :class:`kubedns.records.ClusterZones` (about 380 bytes per SRV record with its glue, 220 per
-#: address record, 610 for a lone record with its Answer), rounded up; ``bench/memory.py`` checks it.
-COMPUTED_BASE = 512
+#: address record, 610 for a lone record with its Answer; its dependency keys and their index
+#: slots about 160 more), rounded up; ``bench/memory.py`` checks it.
+COMPUTED_BASE = 700
 COMPUTED_PER_RECORD = 400
 
 

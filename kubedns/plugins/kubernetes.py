@@ -59,6 +59,7 @@ class KubernetesPlugin:
         clusters = self.clusters
         q = req.q
         res = None
+        deps: tuple[Any, ...] | None = None
         if q.qclass in _CLASSES:
             lower = q.qname.lower()
             memo = req.memo
@@ -74,11 +75,13 @@ class KubernetesPlugin:
                     if res is None:
                         memo.keep_computed(mkey, None, ())  # not our zones: no store change alters that
                     elif res[1].rcode != SERVFAIL:  # SERVFAIL: not synced, ask again
-                        memo.keep_computed(mkey, res, cluster_deps(clusters, res[0], _lname(req, lower)))
+                        deps = cluster_deps(clusters, res[0], _lname(req, lower))
+                        memo.keep_computed(mkey, res, deps)
         if res is None:
             return next(req)
         zone, ans = res
-        deps = cluster_deps(clusters, zone, _lname(req, lower))
+        if deps is None:
+            deps = cluster_deps(clusters, zone, _lname(req, lower))
         if clusters.falls_through(zone, ans):
             fell = Reply(_owned(ans, q.qname), zone, self.name)
             return then(next(req), lambda r: fell if unserved(r) else _depending(r, deps))
