@@ -312,3 +312,53 @@ def test_random_changes_never_leave_a_stale_answer(seed: int) -> None:
             m = dns.message.from_wire(b"\x00\x07" + key)
             q = (m.question[0].name.to_text(), m.question[0].rdtype)
             assert w.udp(*q) == w.fresh(*q), q
+
+
+def _forwarding_world() -> tuple[World, Any]:
+    """A World whose block forwards (a fake upstream answering every name) and falls through
+    from ``in-addr.arpa``."""
+    from kubedns.cache import Cache
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.config import CacheConfig
+    from tests.test_fastpath import _FakeForwarder
+
+    w = World()
+    clock = task.Clock()
+    clock.advance(1000)
+    fwd = _FakeForwarder()
+    chain = ForwardChain(fwd, cache=Cache(CacheConfig(ttl=30), reactor=clock), reactor=clock)
+    kcfg = KubernetesConfig(pods="verified", ttl=5, zones=(Z, "in-addr.arpa"), fallthrough=("in-addr.arpa",))
+    block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg),
+                  ClusterZones(w.store, kcfg), chain)
+    w.disp.blocks = [block]
+    w.disp.reactor = clock
+    w.disp.fast.clear()
+    w.proto.startProtocol()  # the fast path reads the dispatcher's clock
+    return w, fwd
+
+
+def test_forwarded_answers_stay_through_cluster_changes() -> None:
+    w, fwd = _forwarding_world()
+    w.udp("www.example.com", A)
+    assert w.kept("www.example.com", A) and fwd.asked == 1
+    _nginx_moved(w)
+    _ns("newns", True)(w)
+    assert w.kept("www.example.com", A)
+    w.udp("www.example.com", A)
+    assert fwd.asked == 1 and w.disp.fast.hits() == 1
+
+
+def test_a_fallen_through_answer_goes_when_its_cluster_name_starts_answering() -> None:
+    """A PTR the cluster did not have went upstream (fallthrough) and was kept: once a Service
+    takes that IP, the cluster's PTR answers from the next query on; other changes keep it."""
+    w, fwd = _forwarding_world()
+    q = ("7.7.96.10.in-addr.arpa", PTR)
+    w.udp(*q)
+    assert w.kept(*q) and fwd.asked == 1
+    _ns("newns", True)(w)
+    assert w.kept(*q)
+    w.put("services", *_svc("newsvc", "default", cluster_ip="10.96.7.7"))
+    assert not w.kept(*q)
+    m = dns.message.from_wire(w.udp(*q))
+    assert m.answer and m.answer[0][0].target.to_text() == f"newsvc.default.svc.{Z}."
+    assert fwd.asked == 1
