@@ -260,6 +260,7 @@ class TemplatePlugin:
                             additional=ans.additional, authoritative=ans.authoritative)
             keep = reply.cacheable and (up.cacheable or up.lifetime > 0)
             return Reply(merged, reply.zone, self.name, cacheable=keep and up.cacheable,
-                         lifetime=up.lifetime if keep and not up.cacheable else 0.0)
+                         lifetime=up.lifetime if keep and not up.cacheable else 0.0,
+                         deps=up.deps)  # what the target's answer depends on (kubedns.depends)
 
         return then(result, merge)
