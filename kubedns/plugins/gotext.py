@@ -76,11 +76,17 @@ def _present_label(label: bytes) -> str:
     return "".join(out)
 
 
+_PLAIN_NAME = re.compile(rb"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+
+
 def present(qname: bytes) -> str:
     """A dotted query name (labels joined by dots, no trailing dot) as ``state.Name()`` gives it:
     lower-cased, fully qualified, odd bytes escaped; the root is ``"."``."""
     if not qname:
         return "."
+    if _PLAIN_NAME.fullmatch(qname):  # the usual name: nothing to escape
+        return qname.lower().decode("ascii") + "."
     return ".".join(_present_label(lab) for lab in qname.lower().split(b".")) + "."
 
 
@@ -90,6 +96,11 @@ def parse_name(text: str) -> bytes | None:
     a label holding a dot, which no question here can carry)."""
     if text in (".", ""):
         return b""
+    if _PLAIN_TEXT.fullmatch(text):  # the usual name: no escapes
+        wire = text.rstrip(".").encode("ascii")
+        if len(wire) + 2 > 255 or any(len(lab) > 63 for lab in wire.split(b".")):
+            return None
+        return wire
     labels: list[bytes] = []
     cur = bytearray()
     i, n = 0, len(text)

@@ -383,6 +383,7 @@ class RewritePlugin:
         qtype, qclass = q.qtype, q.qclass
         back = _Back()
         done = ttl_rule = False
+        renamed: bytes | None = None  # the new name, when a rule renamed the query
         for c in self.rules:
             r = c.rule
             field = r.field
@@ -400,7 +401,8 @@ class RewritePlugin:
                     new = name.replace(r.source, r.target)
                 else:
                     new = expand_groups(r.target, m)  # type: ignore[arg-type]
-                if parse_name(new) is None:
+                wire = parse_name(new)
+                if wire is None:
                     return Reply(Answer(rcode=dns.ESERVER, authoritative=False), "", self.name,
                                  error=f"rewrite: invalid name after rewrite: {new}")
                 if r.match == "suffix":
@@ -410,6 +412,7 @@ class RewritePlugin:
                     back.rules += [("name", _remap(new, shown)), ("value", _remap(new, shown))]
                 back.rules += c.answers
                 name = shown = new
+                renamed = wire
             elif field == "ttl":
                 if not c.matches(name):
                     continue
@@ -428,10 +431,10 @@ class RewritePlugin:
                 break
         if not done:
             return next(req)
-        wire = parse_name(name)
-        assert wire is not None
-        if wire != q.qname.lower() or qtype != q.qtype or qclass != q.qclass:
-            req = with_question(req, wire if wire != q.qname.lower() else q.qname, qtype, qclass)
+        if renamed is not None and renamed == q.qname.lower():
+            renamed = None
+        if renamed is not None or qtype != q.qtype or qclass != q.qclass:
+            req = with_question(req, q.qname if renamed is None else renamed, qtype, qclass)
         if not back.rules:
             return next(req)
         return then(next(req), lambda reply: back.reply(reply, ttl_rule))
