@@ -90,15 +90,16 @@ class ForwardChain:
             stale = self.cache.get_stale(key)
             if stale is not None:
                 return stale
-        if self.cache.put(key, response):
-            # answer as later hits will (TTLs capped by the cache config), as CoreDNS does, but
-            # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE)
-            served = self.cache.peek(key)
-            if served is not None:
-                served.additional = [rr for rr in served.additional if rr.type != dns.OPT]
-                served.additional.extend(rr for rr in response.additional if rr.type == dns.OPT)
-                return served
-        return response
+        # answer as later hits will (TTLs capped by the cache config), as CoreDNS does, but
+        # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE)
+        served = self.cache.store(key, response)
+        if served is None:
+            return response
+        additional = served.additional
+        if additional and additional[-1].type == dns.OPT:  # the kept options: the live ones instead
+            additional.pop()
+        additional.extend(rr for rr in response.additional if rr.type == dns.OPT)
+        return served
 
     def _stale_or_fail(self, failure: Failure, key: CacheKey) -> Any:
         assert self.cache is not None

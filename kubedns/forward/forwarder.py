@@ -295,24 +295,20 @@ class Forwarder:
         def cancel(d: defer.Deferred) -> None:
             if d in f.waiters:
                 f.waiters.remove(d)
+                self._inflight -= 1
             if not f.waiters and f.inner is not None and not f.inner.called:
                 f.inner.cancel()
 
         waiter: defer.Deferred = defer.Deferred(canceller=cancel)
         flight.waiters.append(waiter)
-        self._inflight += 1
-
-        def done(result: Any) -> Any:
-            self._inflight -= 1
-            return result
-
-        waiter.addBoth(done)
+        self._inflight += 1  # until _land fires it, or it is cancelled
         return waiter
 
     def _land(self, result: Any, key: tuple, flight: _Flight) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         waiters, flight.waiters = flight.waiters, []
+        self._inflight -= len(waiters)
         if isinstance(result, Failure):
             if result.check(defer.CancelledError):
                 result = Failure(UpstreamsFailed("forwarding cancelled (stopping)"))
@@ -575,7 +571,7 @@ class _Exchange:
             self.errors.append((up.name, describe(f)))
             self._next()
         elif f.check(TransportError):
-            self._transport_failed(up, f.value)
+            self._transport_failed(up, f.value or TransportError("failed"))
         elif not self.d.called:  # cancelled (stopping), or a bug: the request ends with it
             self.d.errback(f)
 

@@ -6,14 +6,17 @@ CPU.  As unbound keeps its outgoing ports open, a socket here is kept after a go
 reused by a later query, and it is still used by one query at a time: a descriptor per query in
 flight, exactly as before, so the descriptor reserve and its refusals are unchanged.
 
-What is kept per query: a fresh random ID (``secrets``), a source port the kernel picked at random
+What is kept per query: a fresh random ID (``os.urandom``), a source port the kernel picked at random
 (the socket is taken at random among the idle ones), the socket ``connect()``-ed to the upstream
 (the kernel drops datagrams from anyone else, and an ICMP port-unreachable fails the try at once),
 and the answer checks on the raw bytes (source address, ID, QR, question; mismatches ignored).
 Ports are re-randomised all the time: a socket is closed after ``MAX_USES`` answers or
 ``MAX_AGE`` seconds, after a timeout (a late answer must not meet the next query) and after any
-error; at most ``MAX_IDLE`` idle sockets are kept per upstream.  While idle, a socket stays
-registered with the reactor and drops whatever arrives.
+error.  At most ``MAX_IDLE`` idle sockets are kept per upstream (enough for the bursts of a few
+hundred misses in flight: fewer made the pool open and close sockets all the time), and idle
+ones past ``MAX_AGE`` are closed by a sweep every ``MAX_AGE`` seconds.  While idle, a socket stays
+registered with the reactor and drops whatever arrives.  IDs come from ``os.urandom``, read
+``_IDS`` at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import secrets
 import socket
 from typing import Any
 
@@ -37,7 +39,8 @@ __all__ = ["MAX_AGE", "MAX_IDLE", "MAX_USES", "UDPPool"]
 
 MAX_USES = 100  # answers one socket (one source port) carries before it is closed
 MAX_AGE = 30.0  # seconds a socket may live, however few queries it carried
-MAX_IDLE = 64  # idle sockets kept per upstream; more are closed as they come back
+MAX_IDLE = 256  # idle sockets kept per upstream; more are closed as they come back
+_IDS = 256  # random IDs read from the kernel at a time (one getrandom call, not one per query)
 
 
 @implementer(IReadDescriptor)
@@ -145,6 +148,8 @@ class UDPPool:
         self.label = f"[{host}]:{port}" if self.v6 else f"{host}:{port}"
         self._idle: list[_PooledSocket] = []
         self._closed = False
+        self._sweep: Any = None  # the DelayedCall closing aged idle sockets, while any are idle
+        self._ids: list[int] = []
         self.opened = 0  # sockets opened (tests, metrics)
 
     def query(self, template: bytes, expect: Expect, timeout: float, max_fd: int = 0) -> defer.Deferred:
@@ -162,7 +167,11 @@ class UDPPool:
         d: defer.Deferred = defer.Deferred(canceller=cancel)
         try:
             s = self._take(max_fd)
-            qid = secrets.randbits(16)
+            ids = self._ids
+            if not ids:
+                raw = os.urandom(2 * _IDS)
+                ids.extend(int.from_bytes(raw[i : i + 2], "big") for i in range(0, 2 * _IDS, 2))
+            qid = ids.pop()
             s.send(qid.to_bytes(2, "big") + template[2:], qid, expect, d, timeout)
         except (OSError, NoDescriptorError) as e:  # EMFILE, ENETUNREACH, ECONNREFUSED from an earlier ICMP...
             if s is not None:
@@ -174,6 +183,10 @@ class UDPPool:
     def close(self) -> None:
         """Close the idle sockets; sockets in use close when their query ends."""
         self._closed = True
+        if self._sweep is not None:
+            if self._sweep.active():
+                self._sweep.cancel()
+            self._sweep = None
         idle, self._idle = self._idle, []
         for s in idle:
             s.close()
@@ -222,6 +235,21 @@ class UDPPool:
             s.close()
         else:
             self._idle.append(s)
+            if self._sweep is None:
+                self._sweep = self.reactor.callLater(MAX_AGE, self._sweep_aged)
+
+    def _sweep_aged(self) -> None:
+        self._sweep = None
+        now = self.reactor.seconds()
+        keep = []
+        for s in self._idle:
+            if s.sock is not None and now - s.born < MAX_AGE:
+                keep.append(s)
+            else:
+                s.close()
+        self._idle = keep
+        if keep and not self._closed:
+            self._sweep = self.reactor.callLater(MAX_AGE, self._sweep_aged)
 
     def error(self, e: OSError | NoDescriptorError) -> Exception:
         if isinstance(e, NoDescriptorError):
