@@ -61,6 +61,7 @@ RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4,
 _ANY = 255
 _CHASE = (dns.A, dns.AAAA)
 MAX_CHASE = 8  # templated CNAMEs followed within one query
+MAX_PARSED = 512  # rendered record texts kept read (per plugin): a record made from .Zone is read once
 _KEYS = {"class", "type", "zones", "match", "answer", "additional", "authority", "rcode", "fallthrough"}
 
 
@@ -179,6 +180,8 @@ class TemplatePlugin:
         self.templates = [_Template(c, block_zones) for c in configs]
         self.zones = tuple(dict.fromkeys(z for t in self.templates for z in t.zones))
         self._depth = 0  # CNAME lookups under way (a lookup starts synchronously, so this bounds it)
+        #: rendered text → record (records are never changed once made: rewrite makes new ones)
+        self._parsed: dict[str, dns.RRHeader] = {}
 
     def serve(self, req: Request, next: Next) -> Result:  # noqa: A002 (CoreDNS's word)
         lname = req.lname
@@ -224,11 +227,19 @@ class TemplatePlugin:
             "Regex": rx.pattern,
         }
         sections: list[list[Any]] = [[], [], []]
+        parsed = self._parsed
         for out, section, templates in zip(sections, ("answer", "additional", "authority"),
                                            (t.answer, t.additional, t.authority), strict=True):
             for tmpl in templates:
                 try:
-                    out.append(parse_rr(tmpl.render(data)))
+                    text = tmpl.render(data)
+                    rr = parsed.get(text)
+                    if rr is None:
+                        rr = parse_rr(text)
+                        if len(parsed) >= MAX_PARSED:
+                            parsed.clear()
+                        parsed[text] = rr
+                    out.append(rr)
                 except (TemplateError, ValueError) as e:
                     return Reply(Answer(rcode=dns.ESERVER, authoritative=False), zone, self.name,
                                  error=f"template: {section} {tmpl.text!r}: {e}")
