@@ -172,9 +172,9 @@ def _serve(rules: list[Any], name: str, rdtype: str | int = "A", nxt: _Next | No
     ("name prefix foo bar answer auto", "foo.example.com", "bar.example.com",
      ["foo.example.com A 192.0.2.1 60", "example.com SOA ns.example.com 30"]),
     # suffix answer auto: the new suffix back to the old one, owners and values
-    ("name suffix .corp.example. .svc.cluster.local. answer auto", "nginx.default.corp.example",
+    ("name suffix .corp.example. .svc.cluster.local. answer auto", "Nginx.default.corp.example",
      "nginx.default.svc.cluster.local",
-     ["nginx.default.corp.example A 192.0.2.1 60", "cluster.local SOA ns.cluster.local 30"]),
+     ["Nginx.default.corp.example A 192.0.2.1 60", "cluster.local SOA ns.cluster.local 30"]),
     ("name substring service.us-west-1.example.org service.us-west-1.consul answer auto",
      "ftp.service.us-west-1.example.org", "ftp.service.us-west-1.consul",
      ["ftp.service.us-west-1.example.org A 192.0.2.1 60", "us-west-1.consul SOA ns.us-west-1.consul 30"]),

@@ -442,7 +442,7 @@ def _pod_name_fast(ref: _Ref) -> str:
 
 def endpointslice_from_struct(obj: _EndpointSliceObj) -> tuple[str, EndpointSlice | None]:
     ns, name, meta = _meta_fast(obj)
-    eps = []
+    eps: list[Endpoint] = []
     if obj.addressType in ("IPv4", "IPv6") and obj.endpoints:
         append = eps.append
         for ep in obj.endpoints:

@@ -180,7 +180,7 @@ class Store:
                 for ip in _slice_ips(sl):
                     t.add(("ip", ip))
         elif kind == "endpointslices":
-            sl: EndpointSlice = rec
+            sl = rec  # an EndpointSlice
             if sl.service:
                 t.add(("svc", sl.namespace, sl.service))
                 for ip in _slice_ips(sl):

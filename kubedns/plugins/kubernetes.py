@@ -33,7 +33,7 @@ from kubedns.records import Answer, ClusterZones
 __all__ = ["KubernetesPlugin", "Upstream", "echo_case"]
 
 SERVFAIL = dns.ESERVER
-_UNSEEN = object()  # not yet in the memo (None there means "not our name")
+_UNSEEN: Any = object()  # not yet in the memo (None there means "not our name"); Any: it stands in for an entry
 _CLASSES = (dns.IN, dns.ANY)
 _NO_CHASE = (dns.CNAME, dns.ANY)
 

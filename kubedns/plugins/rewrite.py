@@ -406,8 +406,9 @@ class RewritePlugin:
                     return Reply(Answer(rcode=dns.ESERVER, authoritative=False), "", self.name,
                                  error=f"rewrite: invalid name after rewrite: {new}")
                 if r.match == "suffix":
-                    if r.auto:
-                        back.rules += [("name", _suffix(r.target, r.source)), ("value", _suffix(r.target, r.source))]
+                    if r.auto:  # the suffix back; the name itself back to the spelling asked
+                        back.rules += [("name", _suffix(r.target, r.source)), ("value", _suffix(r.target, r.source)),
+                                       ("name", _remap(new, shown))]
                 elif r.auto:
                     back.rules += [("name", _remap(new, shown)), ("value", _remap(new, shown))]
                 back.rules += c.answers
