@@ -12,7 +12,8 @@ spread over the same namespaces: a DNS-visible change every time) at RATE per se
 
 For each RATE, ``--rounds`` times: a static phase (dnsperf, no changes), then a churn phase
 (dnsperf while the changes run), on the same server; it prints the mean QPS of each, the ratio
-(the figure to read: both halves share the machine's noise), kubedns's CPU per query, and how
+(the figure to read: both halves share the machine's noise), kubedns's CPU per query and its
+ratio (steadier than QPS when other processes share the CPUs), and how
 many changes the API made and whether the last one reached the answers.  kubedns is pinned to
 CPU 0; dnsperf, the fake API and the change loop to CPU 1.  ``--baseline TREE`` (a source tree,
 e.g. ``git archive <commit> | tar -x -C /tmp/base``) runs the same first, for before/after figures
@@ -213,10 +214,12 @@ def main(argv: list[str]) -> None:
           f"{N_CHURN} unqueried Services through the API watch")
     print(f"kubedns on CPU 0, dnsperf + API on CPU 1; {args.rounds} x ({args.seconds:g}s static, {args.seconds:g}s churn) per rate")
     print(f"{'tree':<11}{'changes/s':>10}{'QPS static':>12}{'QPS churn':>11}{'ratio':>7}{'us/q static':>13}"
-          f"{'us/q churn':>12}{'made/s':>8}{'applied':>9}")
+          f"{'us/q churn':>12}{'cpu ratio':>11}{'made/s':>8}{'applied':>9}")
     for label, r in table:
         ratio = r.churn.mean_qps / r.static.mean_qps if r.static.mean_qps else float("nan")
         print(f"{label:<11}{r.rate:>10g}{r.static.mean_qps:>12.0f}{r.churn.mean_qps:>11.0f}{ratio:>7.2f}"
-              f"{r.static.mean_cpu:>13.1f}{r.churn.mean_cpu:>12.1f}{r.changes / r.churn_s if r.churn_s else 0:>8.1f}{'yes' if r.applied else 'NO':>9}")
+              f"{r.static.mean_cpu:>13.1f}{r.churn.mean_cpu:>12.1f}{r.static.mean_cpu / r.churn.mean_cpu:>11.2f}{r.changes / r.churn_s if r.churn_s else 0:>8.1f}{'yes' if r.applied else 'NO':>9}")
     print("ratio = QPS churn / QPS static of the same server (the figure to compare: the machine is shared);")
+    print("us/q = kubedns CPU per answered query; cpu ratio = us/q static / us/q churn (the QPS one saturated core")
+    print("would keep under churn, steadier than QPS when other processes share the CPUs);")
     print("made/s = changes the API made per second of churn phase; applied = the last change reached the answers")
