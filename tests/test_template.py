@@ -12,6 +12,7 @@ NXDOMAIN at once, both without asking the upstream, from YAML and from a Corefil
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import dns.flags
@@ -33,7 +34,7 @@ from kubedns.query import Request
 from kubedns.records import Answer, ClusterZones
 from kubedns.server import Block, Dispatcher
 from kubedns.wire import parse_question
-from tests.conftest import KubeDNSProcess, free_port, query, rrset_text
+from tests.conftest import KubeDNSProcess, free_port, query, rrset_text, wait_for
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj
 from tests.support.cluster import write_manifests
@@ -352,6 +353,23 @@ def test_server_templates_yaml(kubedns_process, tmp_path, upstream):
     }]})
     p.wait_listening(port)
     _check(port, upstream)
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_drops_templated_answers_kept_on_the_fast_path(kubedns_process, tmp_path, upstream):
+    """Templated answers are pre-encoded; a reload that changes the template answers anew."""
+    port = free_port()
+    cfg = {"servers": [{"zones": ["."], "listen": f"127.0.0.1:{port}", "template": [AAAA_NODATA],
+                        "forward": {"to": [upstream.address]}}]}
+    p = kubedns_process(cfg)
+    p.wait_listening(port)
+    for _ in range(3):  # the second and third come from the fast path
+        assert query(port, "google.com", "AAAA").rcode() == dns.rcode.NOERROR
+    cfg["servers"][0]["template"] = [{**AAAA_NODATA, "rcode": "NXDOMAIN"}]
+    p.write_config(cfg)
+    p.signal(signal.SIGHUP)
+    wait_for(lambda: query(port, "google.com", "AAAA").rcode() == dns.rcode.NXDOMAIN, timeout=15)
+    assert upstream.count("google.com", "AAAA") == 0
 
 
 @pytest.mark.timeout(60)
