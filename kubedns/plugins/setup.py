@@ -8,17 +8,22 @@ the forward chain with its cache, the loop detector) are made and kept across re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kubedns.config import ServerBlock
 from kubedns.plugins.base import Plugin
 from kubedns.plugins.kubernetes import KubernetesPlugin
 
+if TYPE_CHECKING:
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.loop import LoopDetector
+    from kubedns.plugins.hosts import HostsPlugin
+
 __all__ = ["block_plugins"]
 
 
-def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forward: Any = None,
-                  loop: Any = None, hosts: Any = None) -> list[Plugin]:
+def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forward: ForwardChain | None = None,
+                  loop: LoopDetector | None = None, hosts: HostsPlugin | None = None) -> list[Plugin]:
     """The plugins of one block (in any order: the chain sorts them); ``hosts`` is the block's
     running :class:`~kubedns.plugins.hosts.HostsPlugin`, kept across reloads like ``forward``."""
     out: list[Plugin] = []
