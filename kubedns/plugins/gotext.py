@@ -153,7 +153,7 @@ def go_regex(pattern: str) -> re.Pattern[str]:
     if len(pattern) > MAX_REGEX:
         raise ValueError(f"a regex pattern of at most {MAX_REGEX} characters, got {len(pattern)}")
     try:
-        return re.compile(_GO_NAMED.sub("(?P<", pattern))
+        return re.compile(_GO_NAMED.sub("(?P<", pattern), re.ASCII)  # RE2's \d, \w, \s are ASCII
     except re.error as e:
         raise ValueError(f"a valid regular expression, got {pattern!r} ({e})") from None
 
