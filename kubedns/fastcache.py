@@ -29,6 +29,7 @@ from kubedns.counters import FoldedHits, known_type
 from kubedns.depends import ANY, SerialPatch, soa_serial_offsets
 
 if TYPE_CHECKING:
+    from kubedns.cache import Cache
     from kubedns.query import QueryInfo
 
 __all__ = ["Aging", "FastCache", "Rotation", "SerialPatch", "fast_key"]
@@ -46,7 +47,7 @@ class Aging:
     stored: float  # reactor time it was stored
     expires: float  # reactor time it stops being served from here
     age: int = 0  # whole seconds the current bytes are aged by
-    cache: Any = None  # the block's Cache: a fast-path hit is one of its hits (coredns_cache_hits_total)
+    cache: Cache | None = None  # the block's: a fast-path hit is one of its hits (coredns_cache_hits_total)
 
 
 @dataclass(slots=True)
