@@ -234,6 +234,22 @@ def question_compression(qname: bytes) -> dict[bytes, int]:
     return comp
 
 
+#: The largest offset a compression pointer holds (14 bits).
+_POINTER_MAX = 0x3FFF
+
+
+class _Compression(dict[bytes, int]):
+    """Twisted's compression table, refusing names written past :data:`_POINTER_MAX`: twisted's
+    ``Name.encode`` would store them and later write ``0xC000 | offset``, whose high bits are
+    lost, pointing a later name at the wrong place (a corrupt answer past 16 KB)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, name: bytes, offset: int) -> None:
+        if offset <= _POINTER_MAX:
+            dict.__setitem__(self, name, offset)
+
+
 def _opt_bytes(ext_rcode: int, do: bool, options: bytes = b"") -> bytes:
     ttl = ((ext_rcode >> 4) & 0xFF) << 24 | (0x8000 if do else 0)
     return _OPT_FIXED.pack(0, dns.OPT, EDNS_UDP_SIZE, ttl, len(options)) + options
@@ -300,6 +316,8 @@ def encode_response(
     strio = BytesIO()  # the body: twisted's Name.encode adds the 12-byte header to offsets itself
     strio.write(question)
     comp = question_compression(qname) if question else {}
+    if limit > _POINTER_MAX:  # names past 16 KB cannot be pointed at (a zone transfer, a big TCP answer)
+        comp = _Compression(comp)
     ends = [strio.tell()]
     for rr in (*answers, *authority, *additional):
         rr.encode(strio, comp)

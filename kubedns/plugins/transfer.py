@@ -113,15 +113,18 @@ def zone_records(clusters: ClusterZones, zone: str) -> list[dns.RRHeader]:
     """SOA, every record the cluster zone ``zone`` answers (see the module docstring), SOA."""
     soa = clusters.soa(zone)
     out: list[dns.RRHeader] = [soa]
+    ttl = clusters.ttl
     suffix = f".{zone}" if zone else ""
 
-    def add(name: str, *qtypes: int) -> None:
+    def add(name: str, *qtypes: int) -> bool:
+        """The records a query for ``name`` answers per type; False when the name does not exist."""
         owner = name.encode()
         for qtype in qtypes:
             res = clusters.answer(owner, qtype, name)
             if res is None or res[1].rcode != dns.OK:
-                return
+                return False
             out.extend(rr for rr in res[1].answers if rr.type == qtype and rr.name.name == owner)
+        return True
 
     add(zone, dns.NS)
     add(f"ns.dns{suffix}", dns.A, dns.AAAA)
@@ -136,20 +139,31 @@ def zone_records(clusters: ClusterZones, zone: str) -> list[dns.RRHeader]:
         if svc.external_name:
             add(base, dns.CNAME)
             continue
-        add(base, dns.A, dns.AAAA, dns.SRV)
+        if not add(base, dns.A, dns.AAAA, dns.SRV):
+            continue  # hidden (namespaces, ignore empty_service) or without endpoints: nothing below
         ports: dict[tuple[str, str], None] = {(p.name, p.protocol): None for p in svc.ports if p.name}
-        hosts: dict[str, None] = {}
+        hosts: dict[str, dict[str, None]] = {}
         if not clusters.noendpoints:
             for ep, sl in store.endpoints(ns, name):
                 ports.update(((p.name, p.protocol), None) for p in sl.ports if p.name)
                 if endpoint_published(ep, svc):
-                    hosts.update((endpoint_host(ep, ip, clusters.pod_names), None) for ip in ep.addresses)
+                    for ip in ep.addresses:
+                        hosts.setdefault(endpoint_host(ep, ip, clusters.pod_names), {})[ip] = None
         for pname, proto in ports:
             add(f"_{pname}._{proto}.{base}", dns.SRV)
-        for host in hosts:
-            add(f"{host}.{base}", dns.A, dns.AAAA)
+        # each endpoint name's addresses in one pass (a query per name would walk every
+        # endpoint of the Service again: quadratic for a large headless Service)
+        for host, ips in hosts.items():
+            owner = f"{host}.{base}".encode()
+            for family in (4, 6):
+                out.extend(_address(owner, ip, ttl) for ip in ips if (":" in ip) == (family == 6))
     out.append(soa)
     return out
+
+
+def _address(owner: bytes, ip: str, ttl: int) -> dns.RRHeader:
+    payload = dns.Record_AAAA(ip, ttl) if ":" in ip else dns.Record_A(ip, ttl)
+    return dns.RRHeader(owner, payload.TYPE, dns.IN, ttl, payload, auth=True)
 
 
 def split(records: list[Any], limit: int = MESSAGE_BYTES) -> list[list[Any]]:
