@@ -24,6 +24,7 @@ from twisted.names import dns as tdns
 from kubedns.config import KubernetesConfig, ServerBlock, parse_data
 from kubedns.configbase import Address, ConfigError, Node
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.base import Reply
 from kubedns.plugins.rewrite import RewritePlugin, parse_rewrite_config, rule_from_words
@@ -34,6 +35,7 @@ from kubedns.server import Block, Dispatcher
 from kubedns.wire import parse_question
 from tests.conftest import KubeDNSProcess, free_port, query, rrset_text
 from tests.dnsupstream import DNSUpstream
+from tests.support import kubeobj
 from tests.support.cluster import write_manifests
 from tests.support.dispatch import CapturingTransport
 from tests.support.records_table import fill
@@ -274,7 +276,6 @@ def _dispatcher(rules: list[Any]) -> tuple[Dispatcher, DNSDatagramProtocol, Capt
     cfg = ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg,
                       rewrite=parse_rewrite_config(Node(rules, "f.yaml", "rewrite")))
     disp = Dispatcher("dns://127.0.0.1:53", [Block(cfg, ClusterZones(store, kcfg))], reactor=task.Clock())
-    store.add_listener(disp.fast.clear)
     proto = DNSDatagramProtocol(disp)
     tr = CapturingTransport()
     proto.transport = tr
@@ -311,6 +312,25 @@ def test_cluster_answers_renamed_back_and_fast_bytes_equal_slow_bytes(name, rdty
     assert fast[:2] == b"\x22\x22" and fast[2:] == slow[2:]
 
 
+def test_a_rewritten_cluster_answer_goes_when_its_service_changes_only():
+    """The kept answer of ``db.example.com`` depends on the Service it was rewritten to: a change
+    of another Service leaves it, a change of that one drops it and the next query sees it."""
+    disp, proto, tr = _dispatcher(["name db.example.com nginx.default.svc.cluster.local"])
+    store = disp.blocks[0].clusters.store
+    proto.datagramReceived(_wire("db.example.com", "A", 1), ("127.0.0.1", 5000))
+    assert len(disp.fast.entries) == 1
+    store.upsert("services", *objects.service_from_raw(kubeobj.service("other", "default", cluster_ip="10.96.9.9")))
+    disp.fast.store_changed(store)
+    assert len(disp.fast.entries) == 1
+    store.upsert("services", *objects.service_from_raw(kubeobj.service(
+        "nginx", "default", cluster_ip="10.96.0.101",
+        ports=[{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}])))
+    disp.fast.store_changed(store)
+    assert not disp.fast.entries
+    proto.datagramReceived(_wire("db.example.com", "A", 2), ("127.0.0.1", 5000))
+    assert rrset_text(dns.message.from_wire(tr.socket.sent[-1][0])) == ["db.example.com A 10.96.0.101"]
+
+
 def test_a_name_only_the_rewrite_makes_known_is_refused_without_it():
     disp, proto, tr = _dispatcher(["name other.example nginx.default.svc.cluster.local"])
     proto.datagramReceived(_wire("db.example.com", "A", 1), ("127.0.0.1", 5000))
@@ -330,8 +350,6 @@ def upstream():
 
 
 def _manifests(tmp_path) -> str:
-    from tests.support import kubeobj
-
     objs = [kubeobj.namespace("default"), kubeobj.namespace("prod"),
             kubeobj.service("nginx", "default", cluster_ip="10.96.0.100",
                             ports=[{"name": "http", "port": 80, "protocol": "TCP"}]),

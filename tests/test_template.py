@@ -25,6 +25,7 @@ from twisted.names import dns as tdns
 from kubedns.config import KubernetesConfig, ServerBlock, parse_data
 from kubedns.configbase import Address, ConfigError, Node
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.base import Reply
 from kubedns.plugins.gotext import GoTemplate, TemplateError, parse_name, parse_rr, present
@@ -296,6 +297,20 @@ def test_a_templated_cname_is_followed_through_the_chain():
     assert len(dns.message.from_wire(tr.socket.sent[-1][0]).answer) == 1  # only A and AAAA follow
     proto.datagramReceived(_wire("a.loop.example", "A", 4, False), ("127.0.0.1", 5000))
     assert len(dns.message.from_wire(tr.socket.sent[-1][0]).answer) == 9
+
+
+def test_templated_answers_stay_through_store_changes_unless_they_hold_an_soa():
+    """A templated answer depends on no store: a cluster change leaves it on the fast path (one
+    with an SOA goes, as any kept answer with an SOA kubedns cannot keep current)."""
+    disp, proto, tr = _dispatcher([AAAA_NODATA, SEARCH_NX])
+    store = disp.blocks[0].clusters.store
+    for i, (name, rdtype) in enumerate((("google.com", "AAAA"), ("google.com.default.svc.cluster.local", "A"))):
+        proto.datagramReceived(_wire(name, rdtype, i, False), ("127.0.0.1", 5000))
+    assert len(disp.fast.entries) == 2
+    store.upsert("services", *objects.service_from_raw(kubeobj.service("new", "default", cluster_ip="10.96.9.9")))
+    disp.fast.store_changed(store)
+    assert [dns.message.from_wire(b"\0\0" + e[0]).question[0].name.to_text() for e in disp.fast.entries.values()] == [
+        "google.com."]
 
 
 def test_an_answer_using_remote_is_not_kept():

@@ -244,7 +244,8 @@ class TemplatePlugin:
                     return Reply(Answer(rcode=dns.ESERVER, authoritative=False), zone, self.name,
                                  error=f"template: {section} {tmpl.text!r}: {e}")
         ans = Answer(rcode=t.config.rcode, answers=sections[0], additional=sections[1], authority=sections[2])
-        reply = Reply(ans, zone, self.name, cacheable=not t.remote)
+        # depends on no store: a store change leaves it (an SOA in it still counts as depending on all)
+        reply = Reply(ans, zone, self.name, cacheable=not t.remote, deps=())
         if q.qtype in _CHASE and req.block is not None and self._depth < MAX_CHASE:
             for rr in sections[0]:
                 if rr.type == dns.CNAME:
