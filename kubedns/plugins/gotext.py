@@ -421,7 +421,10 @@ def _rdata(rtype: str, args: list[tuple[str, bool]], ttl: int) -> Any:
         return (dns.Record_TXT if rtype == "TXT" else dns.Record_SPF)(*data, ttl=ttl)
     if rtype == "HINFO":
         need(2, "CPU OS")
-        return dns.Record_HINFO(words[0].encode(), words[1].encode(), ttl)
+        cpu, os_ = words[0].encode("utf-8"), words[1].encode("utf-8")
+        if len(cpu) > 255 or len(os_) > 255:
+            raise ValueError("HINFO strings of at most 255 bytes")
+        return dns.Record_HINFO(cpu, os_, ttl)
     if rtype == "SOA":
         need(7, "MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM")
         serial, refresh, retry, expire, minimum = (
