@@ -12,6 +12,8 @@ NXDOMAIN at once, both without asking the upstream, from YAML and from a Corefil
 
 from __future__ import annotations
 
+import io
+import random
 import signal
 from typing import Any
 
@@ -42,6 +44,7 @@ from tests.support.cluster import write_manifests
 from tests.support.dispatch import CapturingTransport
 from tests.support.records_table import fill
 
+TYPES_READ = ["A", "AAAA", "CNAME", "DNAME", "NS", "PTR", "MX", "SRV", "TXT", "SPF", "HINFO", "SOA"]
 DATA = {"Name": "ip-10-1-2-3.example.", "Zone": "example.", "Class": "IN", "Type": "A",
         "Match": ["ip-10-1-2-3.example.", "10", "1"], "Group": {"0": "ip-10-1-2-3.example.", "a": "10", "b": "ff"},
         "Remote": "10.0.0.1", "Regex": ".*"}
@@ -111,6 +114,25 @@ def test_record_text(text, want):
 def test_record_text_refused(text, why):
     with pytest.raises(ValueError, match=why):
         parse_rr(text)
+
+
+def test_any_text_is_a_record_that_encodes_or_one_value_error():
+    """Rendered templates come from query names: whatever the text, reading it either gives a
+    record that encodes or raises ValueError (the query is then SERVFAIL), never anything else."""
+    rnd = random.Random(12)
+    toks = ["a.b", "1", "65536", "300", "1h", '"x y"', "(", ")", "1.2.3.4", "::1", "@", ".", "a..b", "x" * 70,
+            "IN", "CH", ";c", "\\046", '"' + "y" * 300 + '"', "{{", "é", *TYPES_READ]
+    made = 0
+    for _ in range(5000):
+        text = " ".join(rnd.choice(toks) for _ in range(rnd.randint(2, 10)))
+        try:
+            rr = parse_rr(text)
+        except ValueError as e:
+            assert "\n" not in str(e)
+            continue
+        rr.encode(io.BytesIO(), {})
+        made += 1
+    assert made > 100
 
 
 def test_names_in_presentation_form():
