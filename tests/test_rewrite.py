@@ -331,6 +331,60 @@ def test_a_rewritten_cluster_answer_goes_when_its_service_changes_only():
     assert rrset_text(dns.message.from_wire(tr.socket.sent[-1][0])) == ["db.example.com A 10.96.0.101"]
 
 
+class _Upstream:
+    """A forwarder answering every name with a CNAME to ``web.<name's last two labels>`` and its
+    A record (TTL 300), counting what it was asked."""
+
+    disabled_reason = None
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+
+    def handles(self, name: bytes) -> bool:
+        return True
+
+    def resolve(self, query: Any, tcp: bool = False) -> Any:
+        name = query.queries[0].name.name
+        self.asked.append(name)
+        web = b"web." + b".".join(name.split(b".")[-2:])
+        m = tdns.Message(answer=1, recAv=1)
+        m.answers = [tdns.RRHeader(name, tdns.CNAME, ttl=300, payload=tdns.Record_CNAME(web, 300)),
+                     tdns.RRHeader(web, tdns.A, ttl=300, payload=tdns.Record_A("192.0.2.1", 300))]
+        return defer.succeed(m)
+
+
+def test_forwarded_answers_renamed_back_fast_bytes_equal_slow_bytes_as_ttls_count_down():
+    from kubedns.cache import Cache
+    from kubedns.forward.chain import ForwardChain
+    from kubedns.forward.config import CacheConfig
+
+    clock = task.Clock()
+    clock.advance(1000)
+    up = _Upstream()
+    chain = ForwardChain(up, cache=Cache(CacheConfig(ttl=30), reactor=clock), reactor=clock)
+    cfg = ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), rewrite=parse_rewrite_config(
+        Node(["name suffix .corp.example. .example.net. answer auto"], "f.yaml", "rewrite")))
+    disp = Dispatcher("dns://127.0.0.1:53", [Block(cfg, None, chain)], reactor=clock)
+    proto = DNSDatagramProtocol(disp)
+    proto.transport = tr = CapturingTransport()
+    proto.startProtocol()
+    proto.datagramReceived(_wire("www.Corp.example", "A", 1), ("127.0.0.1", 5000))
+    first = dns.message.from_wire(tr.socket.sent[-1][0])
+    assert up.asked == [b"www.example.net"]
+    assert [r.to_text() for r in first.answer] == ["www.Corp.example. 30 IN CNAME web.corp.example.",
+                                                   "web.corp.example. 30 IN A 192.0.2.1"]
+    assert len(disp.fast.entries) == 1
+    for elapsed in (0, 10, 12):
+        clock.advance(elapsed)
+        proto.datagramReceived(_wire("www.Corp.example", "A", 2), ("127.0.0.1", 5000))
+        fast = tr.socket.sent[-1][0]
+        saved, disp.fast.enabled = disp.fast.enabled, False
+        slow = disp.handle(_wire("www.Corp.example", "A", 3), "udp", ("127.0.0.1", 1)).result
+        disp.fast.enabled = saved
+        assert fast[2:] == slow[2:], elapsed
+    assert dns.message.from_wire(fast).answer[0].ttl == 8 and up.asked == [b"www.example.net"]
+
+
 def test_a_name_only_the_rewrite_makes_known_is_refused_without_it():
     disp, proto, tr = _dispatcher(["name other.example nginx.default.svc.cluster.local"])
     proto.datagramReceived(_wire("db.example.com", "A", 1), ("127.0.0.1", 5000))
