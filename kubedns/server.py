@@ -31,6 +31,7 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 
 from kubedns.config import ServerBlock
+from kubedns.explain import EXPLAIN_OPTION_BYTES, annotate
 from kubedns.fastcache import Aging, FastCache
 from kubedns.plugins.base import Next, Reply, build_chain
 from kubedns.plugins.kubernetes import KubernetesPlugin
@@ -201,6 +202,8 @@ class Dispatcher:
         """
         if reply.drop:  # acl's drop: no answer at all
             return None
+        if req.edns is not None and EXPLAIN_OPTION_BYTES in req.packet:  # kubedns explain: who answered
+            reply = annotate(req, reply)
         block = req.block
         ra = reply.ra
         if ra is None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from twisted.names import dns
 
+from kubedns.explain import EXPLAIN_OPTION
+
 __all__ = [
     "EDNS_UDP_SIZE",
     "Expect",
@@ -52,8 +54,9 @@ _DO = 0x8000  # in the OPT record's TTL field
 _OPTION = struct.Struct("!HH")  # option code, option length
 
 ECS, COOKIE, TCP_KEEPALIVE = 8, 10, 11
-#: Options that belong to one hop and are never relayed (see the module docstring).
-HOP_BY_HOP = frozenset((COOKIE, TCP_KEEPALIVE))
+#: Options that belong to one hop and are never relayed (see the module docstring), and kubedns
+#: explain's, answered by this server only (kubedns.explain).
+HOP_BY_HOP = frozenset((COOKIE, TCP_KEEPALIVE, EXPLAIN_OPTION))
 
 EdnsOptions = bytes  # an OPT record's rdata: (code, length, data) triples back to back
 
