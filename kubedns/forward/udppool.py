@@ -22,6 +22,7 @@ registered with the reactor and drops whatever arrives.  IDs come from ``os.uran
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import random
 import socket
@@ -47,7 +48,7 @@ _IDS = 256  # random IDs read from the kernel at a time (one getrandom call, not
 class _PooledSocket:
     """One connected UDP socket on a random port, registered with the reactor for its lifetime."""
 
-    __slots__ = ("pool", "sock", "fd", "born", "uses", "qid", "expect", "d", "timer", "ignored")
+    __slots__ = ("pool", "sock", "fd", "born", "uses", "qid", "expect", "d", "ignored")
 
     def __init__(self, pool: UDPPool, sock: socket.socket, born: float) -> None:
         self.pool = pool
@@ -58,7 +59,6 @@ class _PooledSocket:
         self.qid = -1
         self.expect: Expect | None = None
         self.d: defer.Deferred | None = None  # the query in flight, None while idle
-        self.timer: Any = None
         self.ignored = 0  # datagrams that did not match (wrong ID / question / source, or idle)
 
     # IReadDescriptor
@@ -107,21 +107,15 @@ class _PooledSocket:
         self.qid = qid
         self.expect = expect
         self.d = d
-        self.timer = self.pool.reactor.callLater(timeout, self.timed_out)
+        self.pool.time_out(self, d, timeout)
         self.sock.send(data)
 
     def release(self) -> None:
         """Forget the query in flight (its Deferred is fired by the caller)."""
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            if timer.active():
-                timer.cancel()
         self.d = None
         self.expect = None
 
     def timed_out(self) -> None:
-        self.timer = None
         self.fail_with(UpstreamTimeoutError(f"{self.pool.label}: no answer over UDP"))
 
     def fail_with(self, err: Exception) -> None:
@@ -150,6 +144,13 @@ class UDPPool:
         self._closed = False
         self._sweep: Any = None  # the DelayedCall closing aged idle sockets, while any are idle
         self._ids: list[int] = []
+        #: (deadline, n, socket, query) per query sent, earliest first, and one DelayedCall for the
+        #: earliest: a timer per query (callLater and cancel) cost more than the rest of the send.
+        #: Entries of answered queries stay until their deadline and are skipped then.
+        self._deadlines: list[tuple[float, int, _PooledSocket, defer.Deferred]] = []
+        self._n = 0
+        self._timer: Any = None
+        self._timer_at = 0.0
         self.opened = 0  # sockets opened (tests, metrics)
 
     def query(self, template: bytes, expect: Expect, timeout: float, max_fd: int = 0) -> defer.Deferred:
@@ -180,9 +181,47 @@ class UDPPool:
                 d.errback(Failure(self.error(e)))
         return d
 
+    def time_out(self, s: _PooledSocket, d: defer.Deferred, timeout: float) -> None:
+        """Fail ``s``'s query ``d`` after ``timeout`` seconds unless it ended before."""
+        at = self.reactor.seconds() + timeout
+        self._n += 1
+        heapq.heappush(self._deadlines, (at, self._n, s, d))
+        timer = self._timer
+        if timer is None:
+            self._timer = self.reactor.callLater(timeout, self._expire)
+            self._timer_at = at
+        elif at < self._timer_at:
+            timer.reset(timeout)
+            self._timer_at = at
+
+    def _expire(self) -> None:
+        self._timer = None
+        heap = self._deadlines
+        now = self.reactor.seconds()
+        while heap and heap[0][0] <= now:
+            _, _, s, d = heapq.heappop(heap)
+            if s.d is d:
+                s.timed_out()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        heap = self._deadlines
+        while heap and heap[0][2].d is not heap[0][3]:  # ended already
+            heapq.heappop(heap)
+        if heap and self._timer is None:
+            self._timer_at = heap[0][0]
+            self._timer = self.reactor.callLater(max(0.0, self._timer_at - self.reactor.seconds()), self._expire)
+        elif not heap and self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
         """Close the idle sockets; sockets in use close when their query ends."""
         self._closed = True
+        self._deadlines = [e for e in self._deadlines if e[2].d is e[3]]  # only queries in flight
+        heapq.heapify(self._deadlines)
+        self._schedule()
         if self._sweep is not None:
             if self._sweep.active():
                 self._sweep.cancel()
