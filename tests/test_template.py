@@ -152,7 +152,9 @@ def test_names_in_presentation_form():
     ({"class": "IN", "type": "A", "match": ["(x"]}, "template\\[0\\].match\\[0\\]: expected a regular expression"),
     ({"class": "IN", "type": "A", "answer": "{{ if .Name }}"}, "template\\[0\\].answer\\[0\\]: expected a record template"),
     ({"class": "IN", "type": "A", "answer": "a. 60 IN A nope"}, "an IPv4 address"),
-    ({"class": "IN", "type": "A", "ederror": 21}, "one of the keys"),
+    ({"class": "IN", "type": "A", "ederror": 70000}, "template\\[0\\].ederror.code: expected a whole number from 0 to 65535"),
+    ({"class": "IN", "type": "A", "ederror": {"code": 21, "text": "x"}}, "one of the keys code, reason"),
+    ({"class": "IN", "type": "A", "var": "ip"}, "one of the keys"),
 ])
 def test_config_refused_with_the_key(item, why):
     with pytest.raises(ConfigError, match=why):
@@ -335,6 +337,30 @@ def test_templated_answers_stay_through_store_changes_unless_they_hold_an_soa():
         "google.com."]
 
 
+INVALID = {"class": "ANY", "type": "ANY", "zones": ["invalid"], "rcode": "NXDOMAIN",
+           "authority": "invalid. 60 {{ .Class }} SOA ns.invalid. hostmaster.invalid. (1 60 60 60 60)",
+           "ederror": {"code": 21, "reason": "Blocked according to RFC2606"}}
+
+
+@pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns"])
+def test_ederror_goes_to_clients_that_sent_edns_and_fast_bytes_equal_slow_bytes(edns):
+    """CoreDNS's "Resolve .invalid as NXDOMAIN" example: NXDOMAIN, its SOA, and the Extended
+    DNS Error 21 with its text for a client with EDNS (one without gets no OPT at all)."""
+    disp, proto, tr = _dispatcher([INVALID])
+    proto.datagramReceived(_wire("Host.invalid", "A", 1, edns), ("127.0.0.1", 5000))
+    slow = tr.socket.sent[-1][0]
+    msg = dns.message.from_wire(slow)
+    assert msg.rcode() == dns.rcode.NXDOMAIN and rrset_text(msg, "authority") == [
+        "invalid SOA ns.invalid. hostmaster.invalid. 1 60 60 60 60"]
+    if edns:
+        (ede,) = msg.options
+        assert (ede.otype, ede.code, ede.text) == (15, 21, "Blocked according to RFC2606")
+    else:
+        assert msg.edns < 0
+    proto.datagramReceived(_wire("Host.invalid", "A", 2, edns), ("127.0.0.1", 5000))
+    assert len(disp.fast.entries) == 1 and tr.socket.sent[-1][0][2:] == slow[2:]
+
+
 def test_an_answer_using_remote_is_not_kept():
     disp, proto, tr = _dispatcher([{"class": "IN", "type": "TXT", "answer": "{{ .Name }} 5 TXT {{ .Remote }}"}])
     for i, peer in enumerate((("127.0.0.1", 5000), ("127.0.0.2", 5000))):
@@ -467,7 +493,8 @@ def test_corefile_and_yaml_give_the_same_templates(tmp_path):
 @pytest.mark.parametrize("body,why", [
     ("template IN", "Corefile:2: template: expected CLASS TYPE"),
     ("template IN A {\n        var ip group('ip')\n    }", "Corefile:3: template: var: CoreDNS's expression options"),
-    ("template IN A {\n        ederror 21\n    }", "Corefile:3: template: ederror: extended DNS errors"),
+    ("template IN A {\n        ederror\n    }", "Corefile:3: template: ederror: expected EXTENDED_ERROR_CODE"),
+    ("template IN A {\n        ederror x\n    }", "Corefile:3: template: ederror: code: expected a whole number"),
     ("template IN A {\n        bogus 1\n    }", "Corefile:3: template: expected match, answer"),
     ("template IN BOGUS", "Corefile:2: template: TYPE: expected a query type"),
     ("template IN A {\n        answer \"{{ if .Name }}x{{ end }}\"\n    }", "Corefile:3: template: answer: expected a record"),

@@ -6,7 +6,8 @@ CoreDNS's setup reads it: the rule on the directive's line, or, with at most one
 (``rewrite stop {``), every word of its block joined into one rule; the words are turned into
 the YAML's rule mapping by :func:`kubedns.plugins.rewrite.rule_from_words`.  ``template CLASS
 TYPE [ZONE...]`` takes its block's ``match``, ``answer``, ``additional``, ``authority`` (each
-repeatable, each word one item), ``rcode`` and ``fallthrough [ZONE...]`` lines.
+repeatable, each word one item), ``rcode``, ``ederror CODE [REASON]`` and ``fallthrough
+[ZONE...]`` lines.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ _TEMPLATE_LISTS = ("match", "answer", "additional", "authority")
 _TEMPLATE_REFUSED = {
     "var": "CoreDNS's expression options (var, expr) are not supported by kubedns",
     "expr": "CoreDNS's expression options (var, expr) are not supported by kubedns",
-    "ederror": "extended DNS errors (ederror) are not supported by kubedns",
 }
 
 
@@ -94,12 +94,21 @@ def map_template(b: Any, d: Directive) -> None:
                 raise _err(opt.name, label, "one response code such as NXDOMAIN")
             out["rcode"] = opt.args[0].text
             b.note(f"{key}.rcode", opt.args[0], label)
+        elif name == "ederror":
+            if not 1 <= len(opt.args) <= 2:
+                raise _err(opt.name, label, "EXTENDED_ERROR_CODE [EXTRA_REASON]")
+            code = opt.args[0].text
+            ede: dict[str, Any] = {"code": int(code) if code.isascii() and code.isdigit() else code}
+            if len(opt.args) == 2:
+                ede["reason"] = opt.args[1].text
+            out["ederror"] = ede
+            b.note(f"{key}.ederror", opt.name, label)
         elif name == "fallthrough":
             out["fallthrough"] = [t.text for t in opt.args] if opt.args else True
             b.note(f"{key}.fallthrough", opt.name, label)
         elif name == "upstream":  # deprecated in CoreDNS, ignored there too
             continue
         else:
-            raise _err(opt.name, "template", "match, answer, additional, authority, rcode or fallthrough, "
-                       f"got {name!r}")
+            raise _err(opt.name, "template", "match, answer, additional, authority, rcode, ederror or "
+                       f"fallthrough, got {name!r}")
     items.append(out)

@@ -24,13 +24,15 @@ com.default.svc.cluster.local { rcode NXDOMAIN }``).  The semantics are CoreDNS'
 
 A templated answer depends only on the query, so it may be pre-encoded on the fast path
 (the fast path is dropped on every reload) unless a record uses ``.Remote``; with a CNAME
-followed, only as long as the target's answer may be.  Not done here: CoreDNS's ``var``/``expr``
-expressions and ``ederror`` are refused when the config is read.
+followed, only as long as the target's answer may be.  ``ederror CODE [REASON]`` adds an Extended DNS
+Error option (RFC 8914) to the answer of a client that sent EDNS.  Not done here: CoreDNS's
+``var``/``expr`` expressions are refused when the config is read.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +64,8 @@ _ANY = 255
 _CHASE = (dns.A, dns.AAAA)
 MAX_CHASE = 8  # templated CNAMEs followed within one query
 MAX_PARSED = 512  # rendered record texts kept read (per plugin): a record made from .Zone is read once
-_KEYS = {"class", "type", "zones", "match", "answer", "additional", "authority", "rcode", "fallthrough"}
+_KEYS = {"class", "type", "zones", "match", "answer", "additional", "authority", "rcode", "fallthrough", "ederror"}
+EDE = 15  # the EDNS option code of an Extended DNS Error (RFC 8914)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class TemplateConfig:
     rcode: int = 0
     #: zones whose names no regexp matches go to the next template ("" = every name); empty: none
     fallthrough: tuple[str, ...] = ()
+    ederror: tuple[int, str] | None = None  # Extended DNS Error: INFO-CODE, EXTRA-TEXT
 
 
 def _texts(node: Node, what: str, check: Callable[[str], Any]) -> tuple[str, ...]:
@@ -133,11 +137,23 @@ def parse_template_config(node: Node) -> tuple[TemplateConfig, ...]:
             fallthrough = ()
         else:
             fallthrough = ft.zones(allow_empty=True) or ("",)
+        ede = _ederror(item.get("ederror")) if item.has("ederror") else None
         out.append(TemplateConfig(qclass, qtype, zones, match, sections["answer"], sections["additional"],
-                                  sections["authority"], rcode, fallthrough))
+                                  sections["authority"], rcode, fallthrough, ede))
     if not out:
         raise node.error("one or more templates")
     return tuple(out)
+
+
+def _ederror(node: Node) -> tuple[int, str]:
+    """``ederror: 21``, or ``{code: 21, reason: "Blocked"}`` (CoreDNS's ``ederror CODE [REASON]``)."""
+    if not isinstance(node.value, dict):
+        node = Node({"code": node.value}, node.path, node.key)
+    node.mapping({"code", "reason"})
+    reason = node.get("reason", "").string(allow_empty=True)
+    if len(reason.encode("utf-8")) > 1000:
+        raise node.get("reason").error("a reason of at most 1000 bytes")
+    return node.get("code").integer(0, 65535), reason
 
 
 def _zone_of(zones: tuple[str, ...], lname: str) -> str | None:
@@ -152,7 +168,7 @@ def _zone_of(zones: tuple[str, ...], lname: str) -> str | None:
 class _Template:
     """One template, compiled: regexps and record templates."""
 
-    __slots__ = ("authority", "additional", "answer", "config", "fallthrough", "qclass", "qtype", "regex",
+    __slots__ = ("authority", "additional", "answer", "config", "ede", "fallthrough", "qclass", "qtype", "regex",
                  "remote", "zones")
 
     def __init__(self, config: TemplateConfig, block_zones: tuple[str, ...]):
@@ -166,6 +182,11 @@ class _Template:
         self.additional = [GoTemplate(t) for t in config.additional]
         self.authority = [GoTemplate(t) for t in config.authority]
         self.remote = any(t.remote for t in (*self.answer, *self.additional, *self.authority))
+        self.ede = b""  # the EDNS option bytes of ``ederror``
+        if config.ederror is not None:
+            code, reason = config.ederror
+            text = reason.encode("utf-8")
+            self.ede = struct.pack("!HHH", EDE, 2 + len(text), code) + text
 
     def falls(self, lname: str) -> bool:
         return _zone_of(self.fallthrough, lname) is not None
@@ -245,7 +266,7 @@ class TemplatePlugin:
                                  error=f"template: {section} {tmpl.text!r}: {e}")
         ans = Answer(rcode=t.config.rcode, answers=sections[0], additional=sections[1], authority=sections[2])
         # depends on no store: a store change leaves it (an SOA in it still counts as depending on all)
-        reply = Reply(ans, zone, self.name, cacheable=not t.remote, deps=())
+        reply = Reply(ans, zone, self.name, cacheable=not t.remote, deps=(), edns_options=t.ede)
         if q.qtype in _CHASE and req.block is not None and self._depth < MAX_CHASE:
             for rr in sections[0]:
                 if rr.type == dns.CNAME:
@@ -273,6 +294,7 @@ class TemplatePlugin:
             keep = reply.cacheable and (up.cacheable or up.lifetime > 0)
             return Reply(merged, reply.zone, self.name, cacheable=keep and up.cacheable,
                          lifetime=up.lifetime if keep and not up.cacheable else 0.0,
-                         deps=up.deps)  # what the target's answer depends on (kubedns.depends)
+                         deps=up.deps,  # what the target's answer depends on (kubedns.depends)
+                         edns_options=reply.edns_options)
 
         return then(result, merge)
