@@ -428,13 +428,13 @@ def alternatives(w: Walk, send: Ask, *, qtypes: Sequence[str] = ("A", "AAAA")) -
         alt = walk(answered.name, w.search, w.ndots, send, musl=musl, qtypes=qtypes)
         out.append(f"a trailing dot: '{answered.name}' (the name that answered, fully qualified) is sent once, "
                    f"as is: {alt.queries} queries instead of {w.queries}")
-    elif not name.endswith(".") and answered is None:
+    elif not name.endswith(".") and answered is None and len(w.steps) > 1:
         alt = walk(bare + ".", w.search, w.ndots, send, musl=musl, qtypes=qtypes)
         out.append(f"a trailing dot: '{bare}.' is sent once, as is: {alt.queries} queries, {_result(alt)}")
     if not name.endswith(".") and 0 < dots < w.ndots:
         alt = walk(name, w.search, dots, send, musl=musl, qtypes=qtypes)
-        out.append(f"ndots:{dots} (the Pod's dnsConfig options) sends '{bare}.' first: {alt.queries} queries, "
-                   f"{_result(alt)}")
+        out.append(f"ndots:{dots} (the Pod's dnsConfig options) sends '{bare}.' first: {alt.queries} queries "
+                   f"instead of {w.queries}, {_result(alt)}")
     elif not name.endswith(".") and dots >= w.ndots and dots and w.search:
         alt = walk(name, w.search, dots + 1, send, musl=musl, qtypes=qtypes)
         out.append(f"ndots:{dots + 1} would try the search list first: {alt.queries} queries, {_result(alt)}")
