@@ -205,6 +205,7 @@ class KubeDNSCollector(Collector):
         yield from self._cache_and_forward(m)
         yield from self._process(kd)
         yield from _hosts_families(kd)
+        yield from _acl_families(kd)
 
     # -- coredns_dns_* ---------------------------------------------------------------------------
     def _queries(self, m: Metrics, servers: _Servers) -> Iterator[Metric]:
@@ -400,6 +401,36 @@ def _hosts_families(kd: KubeDNS) -> Iterator[Metric]:
     yield fam
     yield GaugeMetricFamily("coredns_hosts_reload_timestamp_seconds", "The timestamp of the last reload of hosts file.",
                             value=newest)
+
+
+_ACL_METRICS = (
+    ("allow", "coredns_acl_allowed_requests_total", "Counter of DNS requests being allowed."),
+    ("block", "coredns_acl_blocked_requests_total", "Counter of DNS requests being blocked."),
+    ("filter", "coredns_acl_filtered_requests_total", "Counter of DNS requests being filtered."),
+    ("drop", "coredns_acl_dropped_requests_total", "Counter of DNS requests being dropped."),
+)
+
+
+def _acl_families(kd: KubeDNS) -> Iterator[Metric]:
+    """``coredns_acl_*_requests_total`` as CoreDNS's *acl* exports them, when a block has ``acl``
+    (``view`` is always empty: kubedns has no *view* plugin)."""
+    accs = {action: _Acc() for action, _, _ in _ACL_METRICS}
+    seen = False
+    for disp in kd.dispatchers.values():
+        for b in disp.blocks:
+            for p in b.plugins:
+                counts = getattr(p, "counts", None) if p.name == "acl" else None
+                if counts is None:
+                    continue
+                seen = True
+                for (action, zone), n in counts.items():
+                    labels = (disp.server_label, "") if action == "allow" else (disp.server_label, _zone_fqdn(zone), "")
+                    accs[action].add(labels, n)
+    if not seen:
+        return
+    for action, name, doc in _ACL_METRICS:
+        names = ["server", "view"] if action == "allow" else ["server", "zone", "view"]
+        yield _counter(name, doc, names, accs[action])
 
 
 def _gauge(name: str, doc: str, labels: list[str], acc: _Acc) -> GaugeMetricFamily:

@@ -24,12 +24,14 @@ from kubedns.config import ConfigError, parse
 from kubedns.configbase import Node
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
 from kubedns.plugins.acl import AclPlugin, AclPolicy, parse_acl
-from tests.conftest import free_port
+from tests.conftest import free_port, http_get
 from tests.support.cluster import NGINX_OBJS, write_manifests
+from tests.support.ops import metric
 from tests.support.policy import PluginDispatcher
 
 COREFILE_ACL = """\
 .:{port} {{
+    prometheus 127.0.0.1:{metrics}
     acl cluster.local {{
         allow net 127.0.0.2
         drop net 127.0.0.4
@@ -45,9 +47,9 @@ COREFILE_ACL = """\
 """
 
 
-def _yaml_acl(port: int, manifests: str) -> dict:
+def _yaml_acl(port: int, manifests: str, metrics: int = 9153) -> dict:
     return {"servers": [{
-        "zones": ["."], "listen": f"127.0.0.1:{port}",
+        "zones": ["."], "listen": f"127.0.0.1:{port}", "prometheus": f"127.0.0.1:{metrics}",
         "kubernetes": {"zones": ["cluster.local"], "manifests": manifests},
         "acl": [
             {"action": "allow", "net": "127.0.0.2", "zones": ["cluster.local"]},
@@ -63,7 +65,7 @@ def test_corefile_and_yaml_give_the_same_policies(tmp_path):
     import yaml
 
     manifests = write_manifests(tmp_path / "c.yaml", NGINX_OBJS)
-    core = parse_corefile_config(COREFILE_ACL.format(port=1053, manifests=manifests), "Corefile")
+    core = parse_corefile_config(COREFILE_ACL.format(port=1053, manifests=manifests, metrics=9153), "Corefile")
     yml = parse(yaml.safe_dump(_yaml_acl(1053, manifests)), str(tmp_path / "c.yaml"))
     assert core.servers[0].acl == yml.servers[0].acl
     assert core.servers[0].acl == (
@@ -198,8 +200,9 @@ def _ask(port: int, source: str, name: str, rdtype: str = "A", tcp: bool = False
 @pytest.mark.parametrize("syntax", ["yaml", "corefile"])
 def test_server_applies_policies_by_source_address(kubedns_process, tmp_path, syntax):
     manifests = write_manifests(tmp_path / "cluster.yaml", NGINX_OBJS)
-    port = free_port()
-    config = _yaml_acl(port, manifests) if syntax == "yaml" else COREFILE_ACL.format(port=port, manifests=manifests)
+    port, metrics = free_port(), free_port()
+    config = (_yaml_acl(port, manifests, metrics) if syntax == "yaml"
+              else COREFILE_ACL.format(port=port, manifests=manifests, metrics=metrics))
     p = kubedns_process(config)
     name = "nginx.default.svc.cluster.local"
 
@@ -239,3 +242,10 @@ def test_server_applies_policies_by_source_address(kubedns_process, tmp_path, sy
     finally:
         s.close()
     assert _ask(port, "127.0.0.2", name).answer  # still answering
+
+    # CoreDNS's acl metrics: blocked/filtered/dropped by the zone of the line that matched
+    _, text = http_get(metrics, "/metrics")
+    assert metric(text, "coredns_acl_blocked_requests_total", zone=".", view="") == 7  # 6 from .3, 1 from .5
+    assert metric(text, "coredns_acl_filtered_requests_total", zone="cluster.local.") == 1
+    assert metric(text, "coredns_acl_dropped_requests_total", zone="cluster.local.") == 2  # UDP and TCP
+    assert metric(text, "coredns_acl_allowed_requests_total", view="") >= 8

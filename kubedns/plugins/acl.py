@@ -179,15 +179,20 @@ class AclPlugin:
         self.policies = tuple((p, p.zones or block_zones) for p in policies)
         #: some policy depends on the client's address: nothing may be pre-encoded
         self.by_client = any(p.nets for p in policies)
-        #: counted per action (CoreDNS's coredns_acl_*_requests_total, without labels)
-        self.counts = dict.fromkeys(ACTIONS, 0)
+        #: ``(action, zone) → queries``: CoreDNS's ``coredns_acl_{allowed,blocked,filtered,dropped}
+        #: _requests_total`` (zone "" for allowed, which CoreDNS counts without one)
+        self.counts: dict[tuple[str, str], int] = {}
 
     def decide(self, req: Request) -> str:
         """The action for ``req``: the first matching policy's, else ``allow``."""
+        return self._decide(req)[0]
+
+    def _decide(self, req: Request) -> tuple[str, str]:
         qtype = req.q.qtype
         ip: Any = None
         for policy, zones in self.policies:
-            if _zone_match(zones, req.lname) is None:
+            zone = _zone_match(zones, req.lname)
+            if zone is None:
                 continue
             if policy.types and qtype not in policy.types:
                 continue
@@ -195,15 +200,16 @@ class AclPlugin:
                 if ip is None:
                     ip = client_address(req.peer)
                     if ip is None:  # CoreDNS blocks what it cannot place
-                        return "block"
+                        return "block", zone
                 if not any(ip.version == n.version and ip in n for n in policy.nets):
                     continue
-            return policy.action
-        return "allow"
+            return policy.action, ("" if policy.action == "allow" else zone)
+        return "allow", ""
 
     def serve(self, req: Request, next: Next) -> Result:  # noqa: A002 (CoreDNS's word)
-        action = self.decide(req)
-        self.counts[action] += 1
+        action, zone = self._decide(req)
+        key = (action, zone)
+        self.counts[key] = self.counts.get(key, 0) + 1
         cacheable = not self.by_client
         if action == "allow":
             return next(req) if cacheable else then(next(req), _uncacheable)
