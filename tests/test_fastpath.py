@@ -24,7 +24,7 @@ from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
 from tests.support import kubeobj
-from tests.support.dispatch import CapturingTransport, udp_dispatcher
+from tests.support.dispatch import CapturingTransport, FakeForwarder, udp_dispatcher
 from tests.support.records_table import TABLE
 
 
@@ -118,41 +118,6 @@ def test_servfail_before_sync_is_not_cached() -> None:
     assert not disp.fast.entries
 
 
-class _FakeForwarder:
-    """Answers every name with one A record (TTL 300) and counts what it was asked."""
-
-    def __init__(self) -> None:
-        self.asked = 0
-        self.disabled_reason = None
-
-    def handles(self, name: bytes) -> bool:
-        return True
-
-    def resolve(self, query: Any, tcp: bool = False) -> Any:
-        from twisted.internet import defer
-        from twisted.names import dns as tdns
-
-        self.asked += 1
-        m = tdns.Message(answer=1, recAv=1)
-        name = query.queries[0].name.name
-        if name.lower().startswith(b"nx"):
-            m.rCode = tdns.ENAME
-            m.authority = [tdns.RRHeader(b"example.com", tdns.SOA, ttl=60, payload=tdns.Record_SOA(
-                b"ns.example.com", b"h.example.com", 1, 2, 3, 4, 45, ttl=60))]
-        elif name.lower().startswith(b"many"):
-            m.answers = [tdns.RRHeader(name, tdns.A, ttl=300, payload=tdns.Record_A(f"192.0.2.{i}", 300))
-                         for i in range(1, 7)]
-        else:
-            m.answers = [tdns.RRHeader(name, tdns.A, ttl=300, payload=tdns.Record_A("192.0.2.1", 300))]
-        return defer.succeed(m)
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def _forward_setup(loadbalance: bool = False, **cache_kw: Any):
     from twisted.internet import task
 
@@ -162,7 +127,7 @@ def _forward_setup(loadbalance: bool = False, **cache_kw: Any):
 
     clock = task.Clock()
     clock.advance(1000)
-    fwd = _FakeForwarder()
+    fwd = FakeForwarder()
     chain = ForwardChain(fwd, cache=Cache(CacheConfig(**{"ttl": 30, **cache_kw}), reactor=clock), reactor=clock)
     from kubedns.config import LoadbalanceConfig
 

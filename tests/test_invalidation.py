@@ -320,12 +320,12 @@ def _forwarding_world() -> tuple[World, Any]:
     from kubedns.cache import Cache
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.config import CacheConfig
-    from tests.test_fastpath import _FakeForwarder
+    from tests.support.dispatch import FakeForwarder
 
     w = World()
     clock = task.Clock()
     clock.advance(1000)
-    fwd = _FakeForwarder()
+    fwd = FakeForwarder()
     chain = ForwardChain(fwd, cache=Cache(CacheConfig(ttl=30), reactor=clock), reactor=clock)
     kcfg = KubernetesConfig(pods="verified", ttl=5, zones=(Z, "in-addr.arpa"), fallthrough=("in-addr.arpa",))
     block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53), kubernetes=kcfg),
