@@ -24,14 +24,15 @@ a name, JSON only Python's parser accepts such as ``NaN``) is handed down, never
    with exactly one ``items`` list (or ``null``, a Go nil slice).
 
 A page with no ``items`` list must never be mistaken for an empty list, because the caller prunes
-the store against it.
+the store against it.  Two things msgspec does not check, where the stdlib path did: a repeated
+top-level ``items`` key (the last one counts, as with ``json.loads``; the stdlib path, which
+yields items as it goes, refuses it) and bytes that are not UTF-8 inside a field DNS does not read
+(skipped unread; in a field it reads they still refuse the page).  An API server sends neither.
 
-``json.loads`` of a page holds every raw object of the page at once (several KB of dicts per Pod,
-tens of MB per page); this walks the top-level object with the stdlib's own C scanner and yields
-each element of ``items`` as soon as it is parsed, so the caller can turn it into a slim record
-and drop the raw dict before the next one exists.  Anything that is not a List page with exactly
-one ``items`` list (or ``null``, a Go nil slice) is refused with ``ValueError``: such a page must
-never be mistaken for an empty list, because the caller prunes the store against it.
+Why :func:`list_items` streams: ``json.loads`` of a page holds every raw object of the page at
+once (several KB of dicts per Pod, tens of MB per page); it walks the top-level object with the
+stdlib's own C scanner and yields each element of ``items`` as soon as it is parsed, so the caller
+can turn it into a slim record and drop the raw dict before the next one exists.
 """
 
 from __future__ import annotations
