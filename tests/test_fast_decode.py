@@ -277,3 +277,15 @@ def test_trigger_annotation_sets_the_event_time() -> None:
                               on_event=lambda kind, etype, lag, rec: seen.append(lag))
     watcher._handle_lines([json.dumps({"type": "ADDED", "object": slice_}).encode()])
     assert len(seen) == 1 and seen[0] > 365 * 86400  # measured from 2020, not from receipt
+
+
+def test_what_msgspec_takes_that_the_stdlib_path_refused() -> None:
+    """Documented in kubedns/k8s/listparse.py: a repeated top-level ``items`` key means what it
+    means to json.loads (the last one; nothing of the page was used before it was all read), and
+    bytes that are not UTF-8 in a field DNS never reads are skipped unread."""
+    text = b'{"items": [{"metadata": {"name": "a"}}], "items": [{"metadata": {"name": "b"}}]}'
+    assert page_records(text, FAST_KINDS["namespaces"], KINDS["namespaces"], {}) == [
+        KINDS["namespaces"](raw) for raw in json.loads(text)["items"]]
+    body = b'{"items": [{"metadata": {"name": "a", "annotations": {"x": "\xff"}}}]}'
+    assert page_records(body, FAST_KINDS["namespaces"], KINDS["namespaces"], {}) == [
+        KINDS["namespaces"]({"metadata": {"name": "a"}})]
