@@ -202,3 +202,19 @@ def test_server_any_minimal_and_bufsize(kubedns_process, tmp_path, upstream):
         assert rrset_text(got) == ['example.org TXT "hello"']
     sizes = [r.edns_payload for r in upstream.queries if r.name == "example.org" and r.rdtype == "TXT"]
     assert sizes and set(sizes) == {1232}
+
+
+@pytest.mark.timeout(60)
+def test_server_from_a_corefile(kubedns_process, tmp_path):
+    """The same three plugins written in a Corefile, in another order than CoreDNS runs them."""
+    manifests = write_manifests(tmp_path / "cluster.yaml", cluster_objects(n_big=120))
+    port = free_port()
+    p = kubedns_process(f".:{port} {{\n    minimal\n    kubernetes cluster.local {{\n        manifests {manifests}\n"
+                        f"    }}\n    bufsize 1100\n    any\n}}\n")
+    p.wait_listening(port)
+    got = query(port, "pg.data.svc.cluster.local", "ANY")
+    assert rrset_text(got) == ['pg.data.svc.cluster.local HINFO "ANY obsoleted" "See RFC 8482"']
+    srv = query(port, "_pg._tcp.pg.data.svc.cluster.local", "SRV")
+    assert len(srv.answer[0]) == 2 and not srv.additional
+    cut = query(port, "big.default.svc.cluster.local", "A", use_edns=0, payload=4096)
+    assert cut.flags & dns.flags.TC and len(cut.to_wire()) <= 1100
