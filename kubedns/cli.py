@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--server", type=_server, default=("127.0.0.1", 53),
                    help="the DNS server to ask, HOST:PORT (default 127.0.0.1:53); nothing else is asked")
     e.add_argument("--cluster-domain", default="cluster.local", help="default: cluster.local")
-    e.add_argument("--search", nargs="+", metavar="DOMAIN",
-                   help="the search list (default: NS.svc.DOMAIN svc.DOMAIN DOMAIN, as the kubelet writes it)")
+    e.add_argument("--search", nargs="*", metavar="DOMAIN",
+                   help="the search list (default: NS.svc.DOMAIN svc.DOMAIN DOMAIN, as the kubelet writes it; "
+                        "--search alone: none, as dnsPolicy Default on a node without one)")
     e.add_argument("--ndots", type=_ndots, default=5, help="default 5, as the kubelet writes it")
     e.add_argument("--musl", action="store_true", help="musl's rules (Alpine) instead of glibc's")
     e.add_argument("--type", choices=("A", "AAAA", "both"), default="both",

@@ -108,13 +108,15 @@ def _loopback(peer: Any) -> bool:
 
 def annotate(req: Request, reply: Reply) -> Reply:
     """``reply`` with the explain option added when the query asked for it and may be told
-    (a loopback client, or a block with ``debug``); such a reply is never kept on the fast path.
+    (a loopback client, or a block with ``debug``).  A reply to a query that asked is never kept
+    on the fast path, told or not: its key (the query's bytes) does not hold the client's address,
+    so one kept for a client not told would be served without the option to one that is.
     The server calls this only for EDNS queries holding :data:`EXPLAIN_OPTION_BYTES`."""
     if not _asked(req):
         return reply
     block = req.block
     if not (_loopback(req.peer) or (block is not None and block.config.debug)):
-        return reply
+        return dataclasses.replace(reply, cacheable=False, lifetime=0.0)
     zone = reply.zone or (block.zones[0] if block is not None else "")
     text = f"plugin={reply.plugin} zone={zone or '.'}".encode("ascii", "replace")
     option = struct.pack("!HH", EXPLAIN_OPTION, len(text)) + text

@@ -299,19 +299,22 @@ def _told(data: bytes) -> list[bytes]:
 
 
 def test_the_plugin_is_told_to_loopback_or_with_debug_only():
-    """In-process: a client off loopback is not told (and its answer is kept on the fast path as
-    any other); on loopback, or in a block with ``debug``, it is, and the answer is not kept."""
+    """In-process: a client off loopback is not told; on loopback, or in a block with ``debug``,
+    it is.  No answer to a query that asked is kept on the fast path (whose key has no client
+    address): a loopback client asking after another client is still told."""
     import dataclasses
 
     from tests.support.dispatch import udp_dispatcher
 
     disp, proto, tr, _ = udp_dispatcher()
+    plain = dns.message.make_query("nginx.default.svc.cluster.local", "A", use_edns=0)
+    proto.datagramReceived(plain.to_wire(), ("127.0.0.1", 5353))
+    assert _told(tr.socket.sent[-1][0]) == [] and len(disp.fast.entries) == 1  # kept: its own key
     proto.datagramReceived(_explain_query(1), ("10.1.2.3", 5353))
     assert _told(tr.socket.sent[-1][0]) == [] and len(disp.fast.entries) == 1
-    disp.fast.clear()
     proto.datagramReceived(_explain_query(2), ("127.0.0.1", 5353))
-    assert _told(tr.socket.sent[-1][0]) == [b"plugin=kubernetes zone=cluster.local"] and not disp.fast.entries
+    assert _told(tr.socket.sent[-1][0]) == [b"plugin=kubernetes zone=cluster.local"] and len(disp.fast.entries) == 1
     block = disp.blocks[0]
     block.config = dataclasses.replace(block.config, debug=True)
     proto.datagramReceived(_explain_query(3), ("10.1.2.3", 5353))
-    assert _told(tr.socket.sent[-1][0]) == [b"plugin=kubernetes zone=cluster.local"] and not disp.fast.entries
+    assert _told(tr.socket.sent[-1][0]) == [b"plugin=kubernetes zone=cluster.local"] and len(disp.fast.entries) == 1
