@@ -217,9 +217,9 @@ class AclPlugin:
             return Reply(Answer(rcode=dns.OK, authoritative=False), "", self.name, ra=False, drop=True)
         if action == "block":
             return Reply(Answer(rcode=dns.EREFUSED, authoritative=False), "", self.name, ra=False,
-                         cacheable=cacheable, edns_options=ede_option(EDE_BLOCKED))
+                         cacheable=cacheable, deps=(), edns_options=ede_option(EDE_BLOCKED))
         return Reply(Answer(rcode=dns.OK, authoritative=False), "", self.name, ra=False,
-                     cacheable=cacheable, edns_options=ede_option(EDE_FILTERED))
+                     cacheable=cacheable, deps=(), edns_options=ede_option(EDE_FILTERED))
 
 
 def _uncacheable(reply: Reply) -> Reply:

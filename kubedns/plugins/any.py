@@ -31,4 +31,5 @@ class AnyPlugin:
         if q.qtype != dns.ALL_RECORDS:
             return next(req)
         rr = dns.RRHeader(q.qname, dns.HINFO, dns.IN, HINFO_TTL, dns.Record_HINFO(_CPU, _OS, HINFO_TTL))
-        return Reply(Answer(answers=[rr], authoritative=False), "", self.name, cacheable=True)
+        # constant: kept on the fast path until it is cleared, whatever a store does (deps=())
+        return Reply(Answer(answers=[rr], authoritative=False), "", self.name, cacheable=True, deps=())
