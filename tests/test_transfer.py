@@ -231,3 +231,5 @@ def test_server_transfers_the_cluster_zone_to_listed_peers_only(kubedns_process,
     assert sum(len(rr) for m in older for rr in m.answer) == sum(len(rr) for m in messages for rr in m.answer)
     assert _ixfr(port, None).rcode() == dns.rcode.SERVFAIL
     assert _tcp(port, "nginx.default.svc.cluster.local", "A").answer  # still answering
+    records = sum(len(rr) for m in messages for rr in m.answer)
+    assert f"Outgoing transfer of {records} records of zone 'cluster.local' to 127.0.0.2 for {serial} SOA serial" in p.log()

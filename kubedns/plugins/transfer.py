@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
 from twisted.names import dns
 
 from kubedns.configbase import Node, parse_address
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from kubedns.plugins.kubernetes import KubernetesPlugin
 
 __all__ = ["MESSAGE_BYTES", "TransferPlugin", "TransferRule", "parse_transfer", "split", "zone_records"]
+
+log = Logger()
 
 AXFR, IXFR = dns.AXFR, dns.IXFR
 #: Records per message stop before this many (uncompressed) bytes, as CoreDNS's batches.
@@ -266,9 +269,16 @@ class TransferPlugin:
         if not clusters.store.synced:
             return self._error(dns.ESERVER, "transfer: the cluster zone is not synced yet")
         soa = clusters.soa(zone)
-        if serial and serial == soa.payload.serial:  # type: ignore[union-attr]
+        current = soa.payload.serial  # type: ignore[union-attr]
+        peer = req.peer[0] if isinstance(req.peer, tuple) else req.peer
+        if serial and serial == current:
+            log.info("Outgoing noop, incremental transfer for up to date zone {zone!r} to {peer} for {serial} SOA "
+                     "serial", zone=zone, peer=peer, serial=current)
             return Reply(Answer(answers=[soa], authoritative=False), zone, self.name)
-        return Reply(Answer(answers=zone_records(clusters, zone)), zone, self.name)
+        records = zone_records(clusters, zone)
+        log.info("Outgoing transfer of {n} records of zone {zone!r} to {peer} for {serial} SOA serial",
+                 n=len(records), zone=zone, peer=peer, serial=current)
+        return Reply(Answer(answers=records), zone, self.name)
 
     def _error(self, rcode: int, error: str = "") -> Reply:
         return Reply(Answer(rcode=rcode, authoritative=False), "", self.name, error=error)
