@@ -2,6 +2,8 @@
 
     python bench/run.py --forward [--names 400000] [--seconds 6] [--only kubedns,dnsmasq,unbound]
     python bench/forward_miss.py ...            (the same)
+    ... --baseline /tmp/old    also runs the kubedns of another source tree (``git archive REV``)
+                               as ``kubedns-base``, for a before/after in the same run
 
 Why: a miss is what every name outside the cluster costs the first time (and the long tail of
 external names always), so its CPU is measured on its own, apart from the fast path.
@@ -20,6 +22,7 @@ Nothing leaves loopback.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
@@ -112,12 +115,18 @@ def measure(row: Row, proc, port: int, up_pid: int, warm: Path, queries: Path, s
     return row
 
 
+def _profile_format(path: str) -> str:
+    """py-spy's output format from the file name: .txt collapsed stacks, .json speedscope, else SVG."""
+    return "raw" if path.endswith(".txt") else "speedscope" if path.endswith(".json") else "flamegraph"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--names", type=int, default=400_000, help="distinct names (each asked once at most)")
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--only", default="", help="comma list: kubedns,dnsmasq,unbound")
-    ap.add_argument("--profile", default="", help="run kubedns under py-spy and write its flame SVG here")
+    ap.add_argument("--baseline", default="", help="a kubedns source tree to run too, as kubedns-base")
+    ap.add_argument("--profile", default="", help="profile kubedns with py-spy into this file (.txt: collapsed stacks, .svg: flame graph)")
     args = ap.parse_args(argv)
     for tool in ("dnsperf", "taskset", "dnsmasq"):
         if not shutil.which(tool):
@@ -140,15 +149,18 @@ def main(argv: list[str] | None = None) -> None:
         try:
             wait_udp(up_port, f"h0.{ZONE}", timeout=60)
 
-            def run(label: str, cmd: list[str], port: int, env: dict | None = None) -> None:
-                p = start(cmd, env=env, log=d / f"{label}.log")
+            def run(label: str, cmd: list[str], port: int, env: dict | None = None, cwd: str = "") -> None:
+                if cwd:
+                    p = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=cwd, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
+                else:
+                    p = start(cmd, env=env, log=d / f"{label}.log")
                 spy = None
                 try:
                     if label == "kubedns" and args.profile:
                         wait_udp(port, warm.read_text().split(" ", 1)[0])
                         spy = subprocess.Popen(["py-spy", "record", "-r", "250", "-o", args.profile,
-                                                "-p", str(p.pid), "-f", "speedscope" if args.profile.endswith(".json")
-                                                else "flamegraph"],
+                                                "-p", str(p.pid), "-f", _profile_format(args.profile)],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     rows.append(measure(Row(label), p, port, auth.pid, warm, queries, args.seconds))
                 finally:
@@ -157,13 +169,19 @@ def main(argv: list[str] | None = None) -> None:
                         spy.wait(30)
                     stop(p)
 
-            if "kubedns" in only:
+            def kubedns(label: str, tree: str = "") -> None:
                 port = free_port()
-                cfg = d / "kubedns.yaml"
+                cfg = d / f"{label}.yaml"
                 cfg.write_text("servers:\n"
                                f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
                                f"    forward: '127.0.0.1:{up_port}'\n    cache: 30\n")
-                run("kubedns", [*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)], port)
+                env = {"PYTHONPATH": tree} if tree else None
+                run(label, [*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)], port, env, tree)
+
+            if args.baseline:
+                kubedns("kubedns-base", str(Path(args.baseline).resolve()))
+            if "kubedns" in only:
+                kubedns("kubedns")
             if "dnsmasq" in only:
                 port = free_port()
                 run("dnsmasq", ["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r.name:<12}{r.qps:>9.0f}{r.cpu_us:>10.1f}{r.sys_us:>10.1f}{r.up_us:>15.1f}{r.lost:>7}{r.rss_mb:>8.1f}")
     by = {r.name: r for r in rows}
-    for other in ("dnsmasq", "unbound"):
+    for other in ("kubedns-base", "dnsmasq", "unbound"):
         if "kubedns" in by and other in by and by[other].cpu_us:
             k, o = by["kubedns"], by[other]
             print(f"kubedns/{other}: CPU per miss {k.cpu_us / o.cpu_us:.2f}x, QPS {k.qps / o.qps:.2f}x")
