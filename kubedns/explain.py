@@ -33,7 +33,7 @@ answers are never kept on the fast path (so each explained query is really answe
 chain, and its time is the chain's), and the option is never forwarded upstream.  The query
 log knows the plugin too, but reading it needs access to the server's output and a way to match
 lines to queries; an EDNS option answers on the same socket, for this query only, and costs the
-other queries one byte search of EDNS packets.
+other queries a look for an OPT record with options, and a byte search of those.
 
 The network side (:func:`ask`) uses blocking sockets and sends only to the ``--server`` given.
 """

@@ -202,7 +202,8 @@ class Dispatcher:
         """
         if reply.drop:  # acl's drop: no answer at all
             return None
-        if req.edns is not None and EXPLAIN_OPTION_BYTES in req.packet:  # kubedns explain: who answered
+        # kubedns explain: who answered; looked for only in an OPT record with options (rdata)
+        if req.edns is not None and len(req.packet) > req.q.end + 11 and EXPLAIN_OPTION_BYTES in req.packet:
             reply = annotate(req, reply)
         block = req.block
         ra = reply.ra
