@@ -2,6 +2,7 @@
 
     python bench/run.py --forward [--names 400000] [--seconds 6] [--only kubedns,dnsmasq,unbound]
     python bench/forward_miss.py ...            (the same)
+    ... --repeat 3             three rounds over all servers, the median round printed
     ... --baseline /tmp/old    also runs the kubedns of another source tree (``git archive REV``)
                                as ``kubedns-base``, for a before/after in the same run
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--names", type=int, default=400_000, help="distinct names (each asked once at most)")
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--only", default="", help="comma list: kubedns,dnsmasq,unbound")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds over all servers; medians are printed")
     ap.add_argument("--baseline", default="", help="a kubedns source tree to run too, as kubedns-base")
     ap.add_argument("--profile", default="", help="profile kubedns with py-spy into this file (.txt: collapsed stacks, .svg: flame graph)")
     args = ap.parse_args(argv)
@@ -178,45 +180,51 @@ def main(argv: list[str] | None = None) -> None:
                 env = {"PYTHONPATH": tree} if tree else None
                 run(label, [*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)], port, env, tree)
 
-            if args.baseline:
-                kubedns("kubedns-base", str(Path(args.baseline).resolve()))
-            if "kubedns" in only:
-                kubedns("kubedns")
-            if "dnsmasq" in only:
-                port = free_port()
-                run("dnsmasq", ["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
-                                "--bind-interfaces", "--no-resolv", "--no-hosts", f"--server=127.0.0.1#{up_port}",
-                                "--cache-size=10000", "--dns-forward-max=1000", "--user=root"], port)
-            if "unbound" in only:
-                if not shutil.which("unbound"):
-                    print("unbound not found (apt-get install unbound): skipped")
-                else:
+            for _round in range(args.repeat):  # alternate the servers: load on the machine hits all alike
+                if args.baseline:
+                    kubedns("kubedns-base", str(Path(args.baseline).resolve()))
+                if "kubedns" in only:
+                    kubedns("kubedns")
+                if "dnsmasq" in only:
                     port = free_port()
-                    conf = d / "unbound.conf"
-                    conf.write_text(
-                        "server:\n"
-                        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: 1\n  username: \"\"\n"
-                        f"  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n"
-                        "  verbosity: 0\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n"
-                        "  access-control: 127.0.0.0/8 allow\n  so-reuseport: no\n  do-ip6: no\n"
-                        "  qname-minimisation: no\n  local-zone: \"test.\" nodefault\n  msg-cache-size: 64m\n  rrset-cache-size: 64m\n"
-                        "forward-zone:\n  name: \".\"\n"
-                        f"  forward-addr: 127.0.0.1@{up_port}\n")
-                    run("unbound", ["unbound", "-d", "-c", str(conf)], port)
+                    run("dnsmasq", ["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
+                                    "--bind-interfaces", "--no-resolv", "--no-hosts", f"--server=127.0.0.1#{up_port}",
+                                    "--cache-size=10000", "--dns-forward-max=1000", "--user=root"], port)
+                if "unbound" in only:
+                    if not shutil.which("unbound"):
+                        print("unbound not found (apt-get install unbound): skipped")
+                    else:
+                        port = free_port()
+                        conf = d / "unbound.conf"
+                        conf.write_text(
+                            "server:\n"
+                            f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: 1\n  username: \"\"\n"
+                            f"  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n"
+                            "  verbosity: 0\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n"
+                            "  access-control: 127.0.0.0/8 allow\n  so-reuseport: no\n  do-ip6: no\n"
+                            "  qname-minimisation: no\n  local-zone: \"test.\" nodefault\n  msg-cache-size: 64m\n  rrset-cache-size: 64m\n"
+                            "forward-zone:\n  name: \".\"\n"
+                            f"  forward-addr: 127.0.0.1@{up_port}\n")
+                        run("unbound", ["unbound", "-d", "-c", str(conf)], port)
         finally:
             stop(auth)
 
     print(f"\nforwarded misses: {args.names} distinct names of {ZONE} (each asked once), forwarder on CPU 0,")
     print(f"dnsperf and the authoritative dnsmasq on CPU 1, {args.seconds:g}s runs")
-    print(f"{'forwarder':<12}{'QPS':>9}{'CPU us/q':>10}{'sys us/q':>10}{'upstream us/q':>15}{'lost':>7}{'RSS MB':>8}")
-    for r in rows:
-        print(f"{r.name:<12}{r.qps:>9.0f}{r.cpu_us:>10.1f}{r.sys_us:>10.1f}{r.up_us:>15.1f}{r.lost:>7}{r.rss_mb:>8.1f}")
-    by = {r.name: r for r in rows}
+    print(f"{'forwarder':<13}{'QPS':>8}{'CPU us/q':>10}{'sys us/q':>10}{'upstream us/q':>15}{'lost':>6}{'RSS MB':>8}"
+          + ("   CPU us/q per round" if args.repeat > 1 else ""))
+    by: dict[str, Row] = {}
+    for name in dict.fromkeys(r.name for r in rows):
+        mine = [r for r in rows if r.name == name]
+        med = sorted(mine, key=lambda r: r.cpu_us)[(len(mine) - 1) // 2]  # the median round (lower middle)
+        by[name] = med
+        rounds = "   " + " ".join(f"{r.cpu_us:.0f}" for r in mine) if args.repeat > 1 else ""
+        print(f"{name:<13}{med.qps:>8.0f}{med.cpu_us:>10.1f}{med.sys_us:>10.1f}{med.up_us:>15.1f}{med.lost:>6}"
+              f"{med.rss_mb:>8.1f}{rounds}")
     for other in ("kubedns-base", "dnsmasq", "unbound"):
         if "kubedns" in by and other in by and by[other].cpu_us:
             k, o = by["kubedns"], by[other]
             print(f"kubedns/{other}: CPU per miss {k.cpu_us / o.cpu_us:.2f}x, QPS {k.qps / o.qps:.2f}x")
-
 
 if __name__ == "__main__":
     main()
