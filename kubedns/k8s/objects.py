@@ -68,6 +68,9 @@ class Service:
     external_name: str  # "" unless type ExternalName
     ports: tuple[Port, ...]
     publish_not_ready: bool
+    #: ``spec.externalIPs`` then each ``status.loadBalancer.ingress`` IP (or its hostname, lower-case,
+    #: when it has no IP), in that order, as CoreDNS keeps them: what ``k8s_external`` answers with
+    external: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,30 @@ def _addresses(raw_ips: Any) -> tuple[str, ...]:
     return ips if all(_valid_ip(ip) for ip in ips) else tuple(ip for ip in ips if _valid_ip(ip))
 
 
+def _hostname(name: Any) -> str:
+    """A load balancer's hostname as a CNAME target: lower-case, no trailing dot; "" if unusable."""
+    if type(name) is not str:
+        return ""
+    name = name.rstrip(".").lower()
+    return name if name and name.isascii() and len(name) <= 253 and " " not in name else ""
+
+
+def _external(ext_ips: Any, ingress: Any) -> tuple[str, ...]:
+    """What ``k8s_external`` serves of a Service (see :attr:`Service.external`); invalid entries skipped."""
+    out = list(_addresses(ext_ips)) if ext_ips else []
+    if isinstance(ingress, list):
+        for lb in ingress:
+            if not isinstance(lb, dict):
+                continue
+            ip = lb.get("ip")
+            if ip:
+                if _valid_ip(ip):
+                    out.append(ip)
+            elif (host := _hostname(lb.get("hostname"))):
+                out.append(host)
+    return tuple(out) if out else ()
+
+
 def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:
     ns, name = _meta(raw)
     spec = raw.get("spec") or {}
@@ -181,6 +208,7 @@ def service_from_raw(raw: dict[str, Any]) -> tuple[str, Service | None]:
         external_name=ext,
         ports=_ports(spec.get("ports")),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+        external=_external(spec.get("externalIPs"), ((raw.get("status") or {}).get("loadBalancer") or {}).get("ingress")),
     )
     return f"{ns}/{name}", rec
 
@@ -296,11 +324,25 @@ class _Port(_S, frozen=True):
 
 class _SvcSpec(_S, frozen=True):
     type: str | None = None
+    externalIPs: list[str] | None = None  # noqa: N815
     externalName: str | None = None  # noqa: N815
     clusterIP: str | None = None  # noqa: N815
     clusterIPs: list[str] | None = None  # noqa: N815
     ports: list[_Port] | None = None
     publishNotReadyAddresses: bool | None = None  # noqa: N815
+
+
+class _Ingress(_S, frozen=True):
+    ip: str | None = None
+    hostname: str | None = None
+
+
+class _LoadBalancer(_S, frozen=True):
+    ingress: list[_Ingress] | None = None
+
+
+class _SvcStatus(_S, frozen=True):
+    loadBalancer: _LoadBalancer | None = None  # noqa: N815
 
 
 class _Conditions(_S, frozen=True):
@@ -338,6 +380,7 @@ class _NamespaceObj(_Obj, frozen=True):
 
 class _ServiceObj(_Obj, frozen=True):
     spec: _SvcSpec | None = None
+    status: _SvcStatus | None = None
 
 
 class _EndpointSliceObj(_Obj, frozen=True):
@@ -426,11 +469,28 @@ def service_from_struct(obj: _ServiceObj) -> tuple[str, Service | None]:
         external_name=ext,
         ports=_ports_fast(spec.ports),
         publish_not_ready=bool(spec.publishNotReadyAddresses),
+        external=_external_fast(spec.externalIPs, obj.status),
     )
     return f"{ns}/{name}", rec
 
 
 _NO_SPEC = _SvcSpec()
+
+
+def _external_fast(ext_ips: list[str] | None, status: _SvcStatus | None) -> tuple[str, ...]:
+    """_external from the structs (nearly every Service has neither: two attribute reads)."""
+    lb = status.loadBalancer if status is not None else None
+    ingress = lb.ingress if lb is not None else None
+    if not ext_ips and not ingress:
+        return ()
+    out = list(_addresses_fast(ext_ips)) if ext_ips else []
+    for ing in ingress or ():
+        if ing.ip:
+            if _is_ip(ing.ip):
+                out.append(ing.ip)
+        elif (host := _hostname(ing.hostname)):
+            out.append(host)
+    return tuple(out) if out else ()
 
 
 def _pod_name_fast(ref: _Ref) -> str:
