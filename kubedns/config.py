@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from kubedns.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
 if TYPE_CHECKING:  # for the types only: their modules are imported where the keys are parsed
     from kubedns.forward.config import CacheConfig, ForwardConfig, LoopConfig
     from kubedns.plugins.acl import AclPolicy
+    from kubedns.plugins.autopath import AutopathConfig
     from kubedns.plugins.hoststable import HostsConfig
     from kubedns.plugins.rewrite import RewriteRule
     from kubedns.plugins.template import TemplateConfig
@@ -89,11 +90,14 @@ class KubernetesConfig:
     endpoint: tuple[str, ...] = ()
     tls: TlsConfig | None = None
     context: str | None = None
+    #: the block has ``autopath @kubernetes``: Pods are watched (their IP → namespace index) as
+    #: with ``pods verified``, whatever ``pods`` says about the answers
+    autopath: bool = False
 
     def resources(self) -> tuple[str, ...]:
         """The API resources the informer has to list and watch for this config."""
         base = ("namespaces", "services") if self.noendpoints else ("namespaces", "services", "endpointslices")
-        return base + ("pods",) if self.pods == "verified" else base
+        return base + ("pods",) if self.pods == "verified" or self.autopath else base
 
     def api(self) -> ApiConfig:
         """Where the API is and how to authenticate (see :class:`ApiConfig` for the precedence)."""
@@ -183,6 +187,7 @@ class ServerBlock:
     bufsize: int | None = None
     minimal: bool = False
     transfer: tuple[TransferRule, ...] | None = None
+    autopath: AutopathConfig | None = None  # kubedns.plugins.autopath
     index: int = 0
 
 
@@ -215,6 +220,7 @@ _BLOCK_KEYS = {
     "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance", "debug",
     "rewrite", "template",
     "any", "acl", "bufsize", "minimal", "transfer",
+    "autopath",
 }
 _K8S_KEYS = {
     "zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough", "namespaces", "labels",
@@ -385,6 +391,9 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
     log = parse_log(node.get("log")) if node.has("log") else None
     errors = parse_errors(node.get("errors")) if node.has("errors") else None
     loadbalance = _parse_loadbalance(node.get("loadbalance")) if node.has("loadbalance") else None
+    autopath = _parse_autopath(node, config_path, kube is not None)
+    if autopath is not None and autopath.kubernetes and kube is not None:
+        kube = replace(kube, autopath=True)  # its Pods are watched: their IPs say who asks
     return ServerBlock(
         zones=zones,
         listen=listen,
@@ -403,6 +412,7 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         debug=_parse_debug(node),
         rewrite=_parse_rewrite(node),
         template=template,
+        autopath=autopath,
         index=index,
         **parse_policies(node),
     )
@@ -412,6 +422,17 @@ def _parse_rewrite(node: Node) -> tuple[RewriteRule, ...]:
     from kubedns.plugins.rewrite import parse_rewrite_config
 
     return parse_rewrite_config(node.get("rewrite")) if node.has("rewrite") else ()
+
+
+def _parse_autopath(node: Node, config_path: str, has_kubernetes: bool) -> AutopathConfig | None:
+    if not node.has("autopath"):
+        return None
+    from kubedns.plugins.autopath import check_block, parse_autopath_config
+
+    an = node.get("autopath")
+    config = parse_autopath_config(an, lambda p: _resolve_path(config_path, p))
+    check_block(config, has_kubernetes, config_path, an.key)
+    return config
 
 
 def _parse_template(node: Node) -> tuple[TemplateConfig, ...]:

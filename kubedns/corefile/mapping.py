@@ -34,6 +34,7 @@ SUPPORTED = (
     "loadbalance", "log", "loop", "prometheus", "ready", "reload",
     "rewrite", "template",
     "acl", "any", "bufsize", "minimal", "transfer",
+    "autopath",
 )
 #: plugins CoreDNS lets a server block use more than once
 _REPEATABLE = ("bind", "acl", "transfer", "rewrite", "template")

@@ -479,7 +479,22 @@ def _map_debug(b: Block, d: Directive) -> None:
     b.data["debug"] = {}
 
 
+def _map_autopath(b: Block, d: Directive) -> None:
+    """``autopath [ZONE...] RESOLV-CONF`` → ``autopath: {resolv_conf, zones}`` (kubedns.plugins.autopath)."""
+    _no_block(d)
+    if not d.args:
+        raise err(d.name, "autopath", "[ZONE...] RESOLV-CONF (a resolv.conf file or @kubernetes)")
+    out: dict[str, Any] = {"resolv_conf": d.args[-1].text}
+    b.note("autopath", d.name, "autopath")
+    b.note("autopath.resolv_conf", d.args[-1], "autopath: RESOLV-CONF")
+    if len(d.args) > 1:
+        out["zones"] = _zones_arg(b, d.args[:-1], "autopath")
+        b.note("autopath.zones", d.args[0], "autopath: ZONES")
+    b.data["autopath"] = out
+
+
 MAPPERS = {
+    "autopath": _map_autopath,
     "bind": _map_bind,
     "errors": _map_errors,
     "health": _map_health,

@@ -53,6 +53,10 @@ def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forw
 
         out.append(TemplatePlugin(config.template, config.zones))
     out.extend(_policy_plugins(config, kubernetes))
+    if config.autopath is not None:
+        from kubedns.plugins.autopath import AutopathPlugin
+
+        out.append(AutopathPlugin(config.autopath, config.zones, kubernetes))
     return out
 
 
