@@ -656,10 +656,11 @@ def parse_cpu(tree: Path, url: str) -> dict[str, Any]:
     return json.loads(res.stdout)
 
 
-def measure(tree: Path, api: ScaleFakeAPI, cl: dict[str, Any], args: argparse.Namespace, events: bool
-            ) -> dict[str, Any]:
-    """One kubedns, run from ``tree``: sync (time, CPU), steady RSS, 410 relist, optionally events."""
-    results: dict[str, Any] = {"tree": str(tree)}
+def measure(tree: Path, api: ScaleFakeAPI, cl: dict[str, Any], args: argparse.Namespace, events: bool,
+            autopath: bool = False) -> dict[str, Any]:
+    """One kubedns, run from ``tree``: sync (time, CPU), steady RSS, 410 relist, optionally events;
+    ``autopath``: with ``autopath @kubernetes`` in the block."""
+    results: dict[str, Any] = {"tree": str(tree) + (" with autopath @kubernetes" if autopath else "")}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         kc = kubeobj.kubeconfig(d / "kubeconfig", api.url)
@@ -672,6 +673,7 @@ def measure(tree: Path, api: ScaleFakeAPI, cl: dict[str, Any], args: argparse.Na
             "servers:\n"
             f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
             f"    kubernetes: {{zones: [{ZONE}, in-addr.arpa], kubeconfig: '{kc}', pods: verified, ttl: 5}}\n"
+            + ("    autopath: '@kubernetes'\n" if autopath else "")
         )
         log = d / "kubedns.log"
         logf = open(log, "wb")
@@ -765,6 +767,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, metavar="TREE",
                     help="also measure the kubedns in TREE (e.g. `git archive HEAD~3 | tar -x -C /tmp/base`) "
                          "on the same cluster first, and print both side by side (no event phase for it)")
+    ap.add_argument("--autopath", action="store_true",
+                    help="measure this tree with `pods: verified` alone first (the baseline), then with "
+                         "`autopath @kubernetes` too; target: RSS with autopath <= 1.05 x without")
     ap.add_argument("--rate", type=float, default=500.0, help="Service changes per second in the event phase")
     ap.add_argument("--event-seconds", type=float, default=20.0)
     ap.add_argument("--create-share", type=float, default=0.1, help="share of creates among the changes")
@@ -798,8 +803,11 @@ def main() -> None:
           f"built in {time.monotonic() - t:.1f}s")
 
     try:
-        base = measure(args.baseline.resolve(), api, cl, args, events=False) if args.baseline else None
-        results = measure(REPO, api, cl, args, events=True)
+        if args.autopath:
+            base = measure(REPO, api, cl, args, events=False)
+        else:
+            base = measure(args.baseline.resolve(), api, cl, args, events=False) if args.baseline else None
+        results = measure(REPO, api, cl, args, events=True, autopath=args.autopath)
     finally:
         api.stop()
 
@@ -817,6 +825,11 @@ def main() -> None:
          "<= 1.25 x steady", ratio <= 1.25),
         ("event → answer p99", f"{ev['p99']:.1f} ms", "<= 100 ms", ev["p99"] <= 100.0 and ev["misses"] == 0),
     ]
+    if args.autopath and base is not None:
+        ap_ratio = results["rss_steady"] / base["rss_steady"]
+        rows.append(("RSS with autopath / pods verified alone",
+                     f"{results['rss_steady']:.1f} / {base['rss_steady']:.1f} MB (x{ap_ratio:.3f})", "<= 1.05",
+                     ap_ratio <= 1.05))
     print()
     for label, r in (("baseline", base), ("this tree", results)):
         if r is None:
