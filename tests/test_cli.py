@@ -167,6 +167,16 @@ def test_glibc_walk():
     send, sent = _fake({"n.default.svc.cluster.local.": "SERVFAIL"})
     walk("n", SEARCH, 5, send)
     assert len(sent) == 4
+    # a trailing dot: once, whatever came back
+    send, sent = _fake({})
+    assert walk("nginx.", SEARCH, 5, send).queries == 2 and sent == ["nginx."]
+    # "." in the search list is the name as is: not tried again at the end
+    send, sent = _fake({})
+    walk("x", ("a.svc", "."), 5, send)
+    assert sent == ["x.a.svc.", "x."]
+    # an answer to the name tried first (dots >= ndots) ends the walk at once
+    send, sent = _fake({"google.com.": "answer"})
+    assert walk("google.com", SEARCH, 1, send).queries == 2 and sent == ["google.com."]
 
 
 def test_musl_walk():
@@ -178,6 +188,12 @@ def test_musl_walk():
     send, sent = _fake({"x.y.svc.cluster.local.": "answer"})
     w = walk("x.y", SEARCH, 1, send, musl=True)
     assert sent == ["x.y."] and w.answered is None
+    # SERVFAIL stops musl too (EAI_AGAIN); NXDOMAIN goes on to the name as is
+    send, sent = _fake({"s.default.svc.cluster.local.": "SERVFAIL"})
+    walk("s", SEARCH, 5, send, musl=True)
+    assert sent == ["s.default.svc.cluster.local."]
+    send, sent = _fake({"google.com.": "answer"})
+    assert walk("google.com", SEARCH, 5, send, musl=True).answered and len(sent) == 4
 
 
 # -- explain against a running server ------------------------------------------------------------
