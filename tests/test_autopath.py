@@ -291,6 +291,8 @@ def test_what_every_client_gets_stays_on_the_fast_path() -> None:
     assert _rrs(r) == ["web.shop.svc.cluster.local. 5 A 10.96.0.7"]
     key = [k for k in s.disp.fast.entries if b"web" in k]
     assert key, "a positive first-step answer is kept"
+    r = s.ask("WEB.Shop.svc.cluster.LOCAL", OTHER_POD_IP)  # the client's spelling, as without autopath
+    assert _rrs(r) == ["WEB.Shop.svc.cluster.LOCAL. 5 A 10.96.0.7"]
     # not in the cluster zones, no "<ns>.svc" below them, or positive: declined, the reply untouched
     plugin = next(p for p in s.disp.blocks[0].plugins if p.name == "autopath")
     for name, rcode in (("google.com", tdns.ENAME), ("google.com.cluster.local", tdns.ENAME),

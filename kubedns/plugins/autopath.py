@@ -224,9 +224,11 @@ class _Walk:
         self.first: Reply | None = None
 
     def step(self, i: int) -> Result:
-        q = self.req.q
+        req = self.req
+        q = req.q
         while i < len(self.names):
-            r = self.next(with_question(self.req, self.names[i], q.qtype, q.qclass))
+            # the first step is the query itself, as the client spelled it
+            r = self.next(req if i == 0 else with_question(req, self.names[i], q.qtype, q.qclass))
             if isinstance(r, Deferred):
                 return r.addCallback(self._later, i)
             done = self._judge(r, i)
