@@ -109,6 +109,11 @@ def _explain(args: argparse.Namespace) -> int:
     w = walk(name, search, args.ndots, send, musl=args.musl, qtypes=qtypes)
     hints = alternatives(w, send, qtypes=qtypes)
     data = _walk_data(w, args, hints)
+    if all(r.rcode == "TIMEOUT" for s in w.steps for r in s.replies):
+        host, port = args.server
+        print(f"kubedns explain: no reply from {data['server']} within {args.timeout:g}s "
+              "(is a DNS server listening there?)", file=sys.stderr)
+        return 1
     print(json.dumps(data, indent=2) if args.json else _walk_text(data))
     return 0 if w.answered is not None else 1
 

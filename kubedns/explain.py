@@ -14,8 +14,10 @@ and waits for both, ``single-request`` off):
   outcome comes from the A reply's rcode, or the AAAA reply's when A's is NOERROR: NXDOMAIN and
   NODATA go on to the next domain (NODATA too: "a wildcard of another type could keep us from
   finding this entry higher up"), SERVFAIL goes on when the A reply is SERVFAIL, anything else
-  (REFUSED, FORMERR, NOTIMP, a SERVFAIL for AAAA only, no reply at all) stops the search list;
+  (REFUSED, FORMERR, NOTIMP, a SERVFAIL for AAAA only) stops the search list;
 * last, the name as is, unless it was tried first or "." is in the search list.
+* no reply at all ends the walk here (glibc gives up on a refused port at once; after a timeout
+  it would still try the name as is, with the same server, after ``timeout`` x ``attempts``).
 
 musl (``src/network/lookup_name.c``, ``name_from_dns_search`` and ``name_from_dns``):
 
@@ -265,7 +267,10 @@ def ask(server: tuple[str, int], timeout: float = 2.0) -> Ask:
                     qid = random.getrandbits(16)
                 packet = _query_bytes(qid, name, qtype)
                 pending[qid] = (qtype, packet, time.perf_counter())
-                s.send(packet)
+                try:
+                    s.send(packet)
+                except OSError:  # refused (an ICMP error from the first query): nobody listens
+                    break
             deadline = time.monotonic() + timeout
             while pending:
                 left = deadline - time.monotonic()
@@ -286,9 +291,7 @@ def ask(server: tuple[str, int], timeout: float = 2.0) -> Ask:
                         out[qtype] = Reply1(name, qtype, "TIMEOUT", ms=(time.perf_counter() - sent) * 1000, tcp=True)
                         continue
                 out[qtype] = _parse(name, qtype, raw, (time.perf_counter() - sent) * 1000, tcp)
-            for qtype, _packet, _sent in pending.values():
-                out[qtype] = Reply1(name, qtype, "TIMEOUT", ms=timeout * 1000)
-        return tuple(out[t] for t in qtypes)
+        return tuple(out.get(t) or Reply1(name, t, "TIMEOUT", ms=timeout * 1000) for t in qtypes)
 
     return send
 
@@ -349,6 +352,9 @@ def walk(name: str, search: Sequence[str], ndots: int, send: Ask, *, musl: bool 
         w.stop = f"{s.name} ({s.why}): {why}"
         return w
 
+    def silent(s: Step) -> bool:
+        return s.outcome == "no reply"
+
     first_as_is = trailing or dots >= ndots
     if musl:
         if first_as_is:
@@ -365,7 +371,7 @@ def walk(name: str, search: Sequence[str], ndots: int, send: Ask, *, musl: bool 
     tried_as_is = root_on_list = False
     if first_as_is:
         s = step(bare + ".", "as is")
-        if s.outcome == "answer":
+        if s.outcome == "answer" or silent(s):
             return done(s, _stop_text(s, "the name has dots >= ndots, so it is tried as is first"))
         if trailing:
             return done(s, _stop_text(s, "a trailing dot: the name is tried once, as is"))
@@ -375,6 +381,8 @@ def walk(name: str, search: Sequence[str], ndots: int, send: Ask, *, musl: bool 
         s = step(f"{bare}.{d}." if d else f"{bare}.", f"search domain {d or '.'}")
         if s.outcome == "answer":
             return done(s, _stop_text(s, "the first name with an answer ends the walk"))
+        if silent(s):
+            return done(s, _stop_text(s, "the server is not answering"))
         if not s.goes_on:
             break
     if not (tried_as_is or root_on_list):
@@ -394,7 +402,7 @@ def _stop_text(s: Step, why: str) -> str:
     if s.outcome == "NODATA":
         return f"NODATA (the name exists, without records of the type asked); {why}; no address"
     if s.outcome == "no reply":
-        return f"no reply within the timeout; {why}; the stub retries (attempts) and then fails (EAI_AGAIN)"
+        return f"no reply within the timeout; {why}; the lookup fails (EAI_AGAIN) after the stub's retries"
     return f"{s.outcome}; {why}; the lookup fails"
 
 

@@ -334,3 +334,12 @@ def test_the_plugin_is_told_to_loopback_or_with_debug_only():
     block.config = dataclasses.replace(block.config, debug=True)
     proto.datagramReceived(_explain_query(3), ("10.1.2.3", 5353))
     assert _told(tr.socket.sent[-1][0]) == [b"plugin=kubernetes zone=cluster.local"] and len(disp.fast.entries) == 1
+
+
+def test_explain_without_a_server_says_so():
+    """Nothing listening on the port: one step, one clear line, exit 1 (nothing else is asked)."""
+    port = free_port()
+    r = run("explain", "nginx", "--server", f"127.0.0.1:{port}", "--timeout", "0.5")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == f"kubedns explain: no reply from 127.0.0.1:{port} within 0.5s " \
+                               "(is a DNS server listening there?)"
