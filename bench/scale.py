@@ -827,7 +827,7 @@ def main() -> None:
     ]
     if args.autopath and base is not None:
         ap_ratio = results["rss_steady"] / base["rss_steady"]
-        rows.append(("RSS with autopath / pods verified alone",
+        rows.append(("RSS autopath / pods verified alone",
                      f"{results['rss_steady']:.1f} / {base['rss_steady']:.1f} MB (x{ap_ratio:.3f})", "<= 1.05",
                      ap_ratio <= 1.05))
     print()
