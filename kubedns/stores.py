@@ -12,7 +12,8 @@ rebuild one it does not have to, and must not let a new one answer before it is 
   ``endpoint_pod_names``, ``ignore_empty_service``) keep the running store and watch; the block
   gets a new :class:`~kubedns.records.ClusterZones` over it at once.
 - A block that needs a new store (another kubeconfig or manifests file, API endpoint or
-  certificate, ``labels``, ``noendpoints``, ``pods: verified`` turned on or off) keeps answering from the one it had, with its previous settings, until the new
+  certificate, ``labels``, ``noendpoints``, ``pods: verified`` or ``autopath @kubernetes`` (which
+  watches Pods too, :attr:`KubernetesConfig.autopath`) turned on or off) keeps answering from the one it had, with its previous settings, until the new
   store has synced; then the block's answers switch in one assignment on the reactor thread and
   the old store and watch are stopped (make before break).  A new store that never syncs (an
   unreachable API, a wrong kubeconfig) is logged after :attr:`ClusterSources.sync_warning`

@@ -374,3 +374,58 @@ def test_corefile(tmp_path: Path) -> None:
     cf.write_text(".:1053 {\n    autopath @kubernetes\n    forward . 127.0.0.1\n}\n")
     with pytest.raises(Exception, match="Corefile:2: autopath"):
         parse_corefile_config(cf.read_text(), str(cf))
+
+
+# -- a running server over loopback: the Pod is 127.0.0.5 -------------------------------------------
+def test_running_server_walks_for_a_pod_on_loopback(kubedns_process: Any, tmp_path: Path) -> None:
+    """A real ``twistd kubedns`` with ``autopath @kubernetes`` and a real forward to a
+    tests/dnsupstream.py server; the Pod's IP is a loopback address the client sends from."""
+    import dns.query
+
+    from tests.conftest import free_port
+    from tests.dnsupstream import DNSUpstream
+
+    pod_ip = "127.0.0.5"
+    cluster = tmp_path / "cluster.yaml"
+    import yaml
+
+    cluster.write_text(yaml.safe_dump_all([
+        kubeobj.namespace("default"),
+        kubeobj.service("kubernetes", "default", cluster_ip="10.96.0.1"),
+        kubeobj.pod("client", "default", pod_ip),
+    ]))
+    node_rc = tmp_path / "node-resolv.conf"
+    node_rc.write_text("search corp.example\n")
+    with DNSUpstream(host="127.0.0.1") as up:
+        up.add("google.com", "A", "192.0.2.80", ttl=120).set_soa("com")
+        port = free_port()
+        p = kubedns_process({"servers": [{
+            "zones": ["."], "listen": f"127.0.0.1:{port}",
+            "kubernetes": {"zones": ["cluster.local"], "manifests": str(cluster), "pods": "disabled"},
+            "autopath": {"resolv_conf": "@kubernetes", "node_resolv_conf": str(node_rc)},
+            "forward": {"to": [up.address]}, "cache": {"ttl": 30},
+        }]})
+        p.wait_listening(port)
+
+        def ask(src: str) -> dns.message.Message:
+            q = dns.message.make_query("google.com.default.svc.cluster.local", "A")
+            return dns.query.udp(q, "127.0.0.1", port=port, source=src, timeout=3)
+
+        for _ in range(3):  # the Pod's answer is never replaced by one kept for someone else
+            r = ask(pod_ip)
+            cname, a = r.answer  # the CNAME carries the TTL of the record it points at (the cache's)
+            assert (cname.name.to_text(), cname[0].target.to_text()) == ("google.com.default.svc.cluster.local.",
+                                                                         "google.com."), p.log()
+            assert a.name.to_text() == "google.com." and a[0].address == "192.0.2.80"
+            assert cname.ttl == a.ttl <= 30
+            assert ask("127.0.0.1").rcode() == dns.rcode.NXDOMAIN  # not a Pod: the name as asked
+        assert up.count("google.com.corp.example", "A") == 1  # the node's search domain was tried once
+
+
+def test_turning_autopath_on_watches_pods_from_a_new_store() -> None:
+    """``autopath @kubernetes`` needs the Pod index: a reload turning it on or off makes a store
+    that watches Pods (or not), as turning ``pods verified`` on does (kubedns.stores)."""
+    plain, with_ap = KubernetesConfig(pods="insecure"), KubernetesConfig(pods="insecure", autopath=True)
+    assert "pods" not in plain.resources() and "pods" in with_ap.resources()
+    assert plain.watch_key() != with_ap.watch_key()
+    assert with_ap.watch_key() == KubernetesConfig(pods="verified", autopath=True).watch_key()
