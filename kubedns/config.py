@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # for the types only: their modules are imported where the ke
     from kubedns.plugins.acl import AclPolicy
     from kubedns.plugins.autopath import AutopathConfig
     from kubedns.plugins.hoststable import HostsConfig
+    from kubedns.plugins.k8s_external import K8sExternalConfig
     from kubedns.plugins.rewrite import RewriteRule
     from kubedns.plugins.template import TemplateConfig
     from kubedns.plugins.transfer import TransferRule
@@ -188,6 +189,7 @@ class ServerBlock:
     minimal: bool = False
     transfer: tuple[TransferRule, ...] | None = None
     autopath: AutopathConfig | None = None  # kubedns.plugins.autopath
+    k8s_external: K8sExternalConfig | None = None  # kubedns.plugins.k8s_external
     index: int = 0
 
 
@@ -220,7 +222,7 @@ _BLOCK_KEYS = {
     "health", "ready", "prometheus", "reload", "log", "errors", "loadbalance", "debug",
     "rewrite", "template",
     "any", "acl", "bufsize", "minimal", "transfer",
-    "autopath",
+    "autopath", "k8s_external",
 }
 _K8S_KEYS = {
     "zones", "kubeconfig", "manifests", "pods", "ttl", "fallthrough", "namespaces", "labels",
@@ -413,6 +415,7 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
         rewrite=_parse_rewrite(node),
         template=template,
         autopath=autopath,
+        k8s_external=_parse_k8s_external(node, kube is not None),
         index=index,
         **parse_policies(node),
     )
@@ -433,6 +436,17 @@ def _parse_autopath(node: Node, config_path: str, has_kubernetes: bool) -> Autop
     config = parse_autopath_config(an, lambda p: _resolve_path(config_path, p))
     check_block(config, has_kubernetes, config_path, an.key)
     return config
+
+
+def _parse_k8s_external(node: Node, has_kubernetes: bool) -> K8sExternalConfig | None:
+    if not node.has("k8s_external"):
+        return None
+    from kubedns.plugins.k8s_external import parse_k8s_external_config
+
+    en = node.get("k8s_external")
+    if not has_kubernetes:  # CoreDNS: "kubernetes plugin not loaded"
+        raise en.error("k8s_external in a block with kubernetes (it answers from its Services)", show=False)
+    return parse_k8s_external_config(en)
 
 
 def _parse_template(node: Node) -> tuple[TemplateConfig, ...]:

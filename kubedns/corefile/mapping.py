@@ -34,7 +34,7 @@ SUPPORTED = (
     "loadbalance", "log", "loop", "prometheus", "ready", "reload",
     "rewrite", "template",
     "acl", "any", "bufsize", "minimal", "transfer",
-    "autopath",
+    "autopath", "k8s_external",
 )
 #: plugins CoreDNS lets a server block use more than once
 _REPEATABLE = ("bind", "acl", "transfer", "rewrite", "template")
@@ -47,6 +47,7 @@ _OPTION_NAMES: dict[str, dict[str, str | None]] = {
     "ready": {"listen": None},
     "prometheus": {"listen": None},
     "hosts": {"file": None, "zones": None, "entries": None},
+    "k8s_external": {"zones": None},
     "log": {"classes": "class", "names": "NAMES", "format": "FORMAT"},
     "reload": {"interval": "INTERVAL", "jitter": "JITTER"},
 }
@@ -62,6 +63,7 @@ _COREDNS_OPTIONS = {
     "errors": "consolidate stacktrace",
     "health": "lameduck",
     "hosts": "ttl reload no_reverse fallthrough",
+    "k8s_external": "apex ttl headless fallthrough",
     "reload": "JITTER",
 }
 _SCHEMES_REFUSED = ("tls://", "grpc://", "https://", "quic://")

@@ -493,8 +493,34 @@ def _map_autopath(b: Block, d: Directive) -> None:
     b.data["autopath"] = out
 
 
+def _map_k8s_external(b: Block, d: Directive) -> None:
+    """``k8s_external [ZONE...] { apex APEX; ttl TTL; headless; fallthrough [ZONE...] }`` →
+    ``k8s_external: {zones, apex, ttl, headless, fallthrough}`` (kubedns.plugins.k8s_external)."""
+    out: dict[str, Any] = {}
+    b.note("k8s_external", d.name, "k8s_external")
+    if d.args:
+        out["zones"] = _zones_arg(b, d.args, "k8s_external")
+        b.note("k8s_external.zones", d.args[0], "k8s_external: ZONES")
+
+    def fallthrough(opt: Directive) -> None:
+        b.note("k8s_external.fallthrough", opt.name, "k8s_external: fallthrough")
+        out["fallthrough"] = _zones_arg(b, opt.args, "k8s_external: fallthrough") if opt.args else True
+
+    def one(name: str) -> Any:
+        def fn(opt: Directive) -> None:
+            if len(opt.args) != 1 or opt.block is not None:
+                raise err(opt.name, f"k8s_external: {name}", f"one {name.upper()}")
+            b.note(f"k8s_external.{name}", opt.args[0], f"k8s_external: {name}")
+            out[name] = _scalar(opt.args[0]) if name == "ttl" else opt.args[0].text
+        return fn
+
+    _options(b, d, "k8s_external", out, {"fallthrough": fallthrough, "apex": one("apex"), "ttl": one("ttl")})
+    b.data["k8s_external"] = out
+
+
 MAPPERS = {
     "autopath": _map_autopath,
+    "k8s_external": _map_k8s_external,
     "bind": _map_bind,
     "errors": _map_errors,
     "health": _map_health,

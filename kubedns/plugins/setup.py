@@ -57,6 +57,10 @@ def block_plugins(config: ServerBlock, kubernetes: KubernetesPlugin | None, forw
         from kubedns.plugins.autopath import AutopathPlugin
 
         out.append(AutopathPlugin(config.autopath, config.zones, kubernetes))
+    if config.k8s_external is not None and kubernetes is not None:
+        from kubedns.plugins.k8s_external import K8sExternalPlugin
+
+        out.append(K8sExternalPlugin(config.k8s_external, config.zones, kubernetes))
     return out
 
 
