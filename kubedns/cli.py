@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--type", choices=("A", "AAAA", "both"), default="both",
                    help="what getaddrinfo asks: both (AF_UNSPEC, the default), A or AAAA")
     e.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each step's replies (default 2)")
+    e.add_argument("--config", metavar="FILE",
+                   help="the server's Corefile or YAML config: says whether its block has autopath")
     e.add_argument("--json", action="store_true", help="the walk as JSON")
     return p
 
@@ -105,9 +107,18 @@ def _explain(args: argparse.Namespace) -> int:
     if not name.strip(".") or ".." in name or len(name.rstrip(".")) > 253:
         print(f"kubedns explain: {name!r} is not a host name", file=sys.stderr)
         return 2
+    autopath = None
+    if args.config is not None:
+        from kubedns.config import ConfigError
+
+        try:
+            autopath = _has_autopath(args.config, f"{name.rstrip('.')}.{search[0]}" if search else name)
+        except ConfigError as e:
+            print(" ".join(str(e).split()), file=sys.stderr)
+            return 2
     send = memo(ask(args.server, args.timeout))
     w = walk(name, search, args.ndots, send, musl=args.musl, qtypes=qtypes)
-    hints = alternatives(w, send, qtypes=qtypes)
+    hints = alternatives(w, send, qtypes=qtypes, autopath=autopath)
     data = _walk_data(w, args, hints)
     if all(r.rcode == "TIMEOUT" for s in w.steps for r in s.replies):
         host, port = args.server
@@ -116,6 +127,20 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(data, indent=2) if args.json else _walk_text(data))
     return 0 if w.answered is not None else 1
+
+
+def _has_autopath(path: str, first: str) -> bool:
+    """Whether the block of the config at ``path`` that serves ``first`` (the longest zone holding
+    it, as the server routes) has ``autopath``."""
+    from kubedns.config import load
+
+    lname = first.rstrip(".").lower()
+    best, best_len = None, -1
+    for b in load(path).servers:
+        for z in b.zones:
+            if (z == "" or lname == z or lname.endswith("." + z)) and len(z) > best_len:
+                best, best_len = b, len(z)
+    return best is not None and getattr(best, "autopath", None) is not None
 
 
 def _walk_data(w: Any, args: argparse.Namespace, hints: list[str]) -> dict[str, Any]:

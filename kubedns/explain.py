@@ -427,8 +427,10 @@ def _result(w: Walk) -> str:
     return f"answered by {s.name}" if s is not None else (w.steps[-1].outcome if w.steps else "nothing sent")
 
 
-def alternatives(w: Walk, send: Ask, *, qtypes: Sequence[str] = ("A", "AAAA")) -> list[str]:
-    """What would change the walk ``w``: a trailing dot, ``ndots``, autopath, the other libc."""
+def alternatives(w: Walk, send: Ask, *, qtypes: Sequence[str] = ("A", "AAAA"),
+                 autopath: bool | None = None) -> list[str]:
+    """What would change the walk ``w``: a trailing dot, ``ndots``, autopath, the other libc.
+    ``autopath``: whether the server's block has it (None: unknown, no config given)."""
     out: list[str] = []
     musl = w.stub == "musl"
     name, bare = w.name, w.name.rstrip(".")
@@ -454,10 +456,16 @@ def alternatives(w: Walk, send: Ask, *, qtypes: Sequence[str] = ("A", "AAAA")) -
         out.append(f"autopath answered {by_autopath[0].name} for the whole search list: the walk ended "
                    f"after {w.queries} queries")
     elif answered is not None and searched:
-        out.append(f"autopath (`autopath @kubernetes` in the server block, with pods verified) answers the first "
-                   f"search-list query from a Pod with a CNAME to {answered.name} and its records: "
-                   f"{len(qtypes)} queries instead of {w.queries} (it knows the Pod by its source IP: a "
-                   f"query from here is not a Pod's)")
+        gain = (f"answers the first search-list query from a Pod with a CNAME to {answered.name} and its "
+                f"records: {len(qtypes)} queries instead of {w.queries}")
+        if autopath:
+            out.append(f"the server's block has autopath: it {gain} (it knows a Pod by its source IP; "
+                       f"these queries are not a Pod's, so they were walked as without it)")
+        elif autopath is None:
+            out.append(f"autopath (`autopath @kubernetes` in the server block) {gain} (it knows the Pod by its "
+                       f"source IP: a query from here is not a Pod's)")
+        else:
+            out.append(f"autopath is not in the server's block: with `autopath @kubernetes` it {gain}")
     last = w.steps[-1] if w.steps else None
     if musl and last is not None and last.outcome in ("NODATA", "SERVFAIL") and last.why.startswith("search"):
         out.append(f"glibc goes on past {last.outcome} from a search domain; musl stops there")

@@ -211,7 +211,7 @@ def server(kubedns_process, tmp_path):
         "forward": {"to": [up.address]}, "cache": 30,
     }]})
     p.wait_listening(port)
-    yield port, up
+    yield port, up, p.config_path
     up.stop()
 
 
@@ -227,7 +227,7 @@ def _flat(d: dict) -> list[tuple[str, str, str, str | None]]:
 
 @pytest.mark.timeout(90)
 def test_explain_against_a_running_server(server):
-    port, up = server
+    port, up, config = server
     # a short Service name in the Pod's namespace: the first search domain answers
     rc, d = explain(port, "nginx", "--namespace", "default")
     assert rc == 0 and d["answered"] == "nginx.default.svc.cluster.local."
@@ -259,6 +259,16 @@ def test_explain_against_a_running_server(server):
     assert {q.name for q in up.queries} == {"google.com", "db.otherns"}
     assert all(code != EXPLAIN_OPTION for q in up.queries for code, _ in q.options)
 
+    # --config says whether the server's block has autopath (this one has not; another has)
+    rc, d = explain(port, "google.com", "--config", str(config))
+    assert any(h.startswith("autopath is not in the server's block") for h in d["would_change"])
+    with_autopath = config.parent / "Corefile.autopath"
+    with_autopath.write_text(".:53 {\n    kubernetes cluster.local {\n        pods verified\n    }\n"
+                             "    autopath @kubernetes\n    forward . 127.0.0.7\n}\n")
+    rc, d = explain(port, "google.com", "--config", str(with_autopath))
+    assert any(h.startswith("the server's block has autopath") and "2 queries instead of 8" in h
+               for h in d["would_change"])
+
     # a trailing dot: one step
     rc, d = explain(port, "google.com.")
     assert rc == 0 and [s["name"] for s in d["steps"]] == ["google.com."] and d["queries"] == 2
@@ -273,7 +283,7 @@ def test_explain_against_a_running_server(server):
 
 @pytest.mark.timeout(90)
 def test_explain_text_output(server):
-    port, _ = server
+    port, _, _ = server
     r = run("explain", "google.com", "--namespace", "default", "--server", f"127.0.0.1:{port}")
     assert r.returncode == 0, r.stderr
     assert "1 dot(s) < ndots:5: the search list first" in r.stdout
@@ -285,7 +295,7 @@ def test_explain_text_output(server):
 def test_the_plugin_option_only_for_loopback_or_debug(server):
     """The server tells which plugin answered only when asked, and such answers are not kept on
     the fast path (each one is answered by the chain): asked twice, both carry it."""
-    port, _ = server
+    port, _, _ = server
     for _ in range(2):
         q = dns.message.make_query("nginx.default.svc.cluster.local", "A",
                                    options=[dns.edns.GenericOption(EXPLAIN_OPTION, b"")])
