@@ -206,6 +206,7 @@ class KubeDNSCollector(Collector):
         yield from self._process(kd)
         yield from _hosts_families(kd)
         yield from _acl_families(kd)
+        yield from _autopath_families(kd)
 
     # -- coredns_dns_* ---------------------------------------------------------------------------
     def _queries(self, m: Metrics, servers: _Servers) -> Iterator[Metric]:
@@ -431,6 +432,21 @@ def _acl_families(kd: KubeDNS) -> Iterator[Metric]:
     for action, name, doc in _ACL_METRICS:
         names = ["server", "view"] if action == "allow" else ["server", "zone", "view"]
         yield _counter(name, doc, names, accs[action])
+
+
+def _autopath_families(kd: KubeDNS) -> Iterator[Metric]:
+    """``coredns_autopath_success_total{server}`` as CoreDNS's *autopath* exports it, when a block
+    has ``autopath`` (kubedns.plugins.autopath; counted from the last reload)."""
+    acc = _Acc()
+    seen = False
+    for disp in kd.dispatchers.values():
+        for b in disp.blocks:
+            for p in b.plugins:
+                if p.name == "autopath":
+                    seen = True
+                    acc.add((disp.server_label,), getattr(p, "successes", 0))
+    if seen:
+        yield _counter("coredns_autopath_success_total", "Counter of requests that did autopath.", ["server"], acc)
 
 
 def _gauge(name: str, doc: str, labels: list[str], acc: _Acc) -> GaugeMetricFamily:

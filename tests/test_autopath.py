@@ -382,7 +382,7 @@ def test_running_server_walks_for_a_pod_on_loopback(kubedns_process: Any, tmp_pa
     tests/dnsupstream.py server; the Pod's IP is a loopback address the client sends from."""
     import dns.query
 
-    from tests.conftest import free_port
+    from tests.conftest import free_port, http_get
     from tests.dnsupstream import DNSUpstream
 
     pod_ip = "127.0.0.5"
@@ -398,12 +398,12 @@ def test_running_server_walks_for_a_pod_on_loopback(kubedns_process: Any, tmp_pa
     node_rc.write_text("search corp.example\n")
     with DNSUpstream(host="127.0.0.1") as up:
         up.add("google.com", "A", "192.0.2.80", ttl=120).set_soa("com")
-        port = free_port()
+        port, mport = free_port(), free_port()
         p = kubedns_process({"servers": [{
             "zones": ["."], "listen": f"127.0.0.1:{port}",
             "kubernetes": {"zones": ["cluster.local"], "manifests": str(cluster), "pods": "disabled"},
             "autopath": {"resolv_conf": "@kubernetes", "node_resolv_conf": str(node_rc)},
-            "forward": {"to": [up.address]}, "cache": {"ttl": 30},
+            "forward": {"to": [up.address]}, "cache": {"ttl": 30}, "prometheus": f"127.0.0.1:{mport}",
         }]})
         p.wait_listening(port)
 
@@ -420,6 +420,9 @@ def test_running_server_walks_for_a_pod_on_loopback(kubedns_process: Any, tmp_pa
             assert cname.ttl == a.ttl <= 30
             assert ask("127.0.0.1").rcode() == dns.rcode.NXDOMAIN  # not a Pod: the name as asked
         assert up.count("google.com.corp.example", "A") == 1  # the node's search domain was tried once
+        status, text = http_get(mport, "/metrics")
+        assert status == 200
+        assert f'coredns_autopath_success_total{{server="dns://127.0.0.1:{port}"}} 3.0' in text
 
 
 def test_turning_autopath_on_watches_pods_from_a_new_store() -> None:

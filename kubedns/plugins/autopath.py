@@ -163,7 +163,8 @@ class AutopathPlugin:
         self.zones = config.zones or block_zones
         self.kubernetes = kubernetes if config.kubernetes else None
         self.search = config.search
-        #: answers the walk found past the first step (CoreDNS's coredns_autopath_success_total)
+        #: walks that found an answer, the first step's included (CoreDNS's
+        #: ``coredns_autopath_success_total``; repeats answered from the fast path are not walks)
         self.successes = 0
 
     def serve(self, req: Request, next: Next) -> Result:  # noqa: A002 (CoreDNS's word)
@@ -252,9 +253,9 @@ class _Walk:
             return replace(r, cacheable=False, lifetime=0.0)
         if rcode in _GO_ON:
             return None
+        self.plugin.successes += 1
         if i == 0:
             return r  # what every client gets for this name: the fast path may keep it
-        self.plugin.successes += 1
         return replace(r, answer=cnamer(r.answer, self.req.q.qname), plugin=self.plugin.name,
                        cacheable=False, lifetime=0.0, deps=None, serial_of=None)
 
