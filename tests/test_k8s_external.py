@@ -30,7 +30,7 @@ from kubedns.plugins.k8s_external import K8sExternalConfig
 from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
-from tests.conftest import free_port, query, rrset_text, wait_for
+from tests.conftest import free_port, query, wait_for
 from tests.support import kubeobj
 from tests.support.cluster import write_manifests
 from tests.support.dispatch import CapturingTransport
