@@ -313,6 +313,13 @@ def test_without_autopath_the_same_query_is_nxdomain_and_kept() -> None:
     assert s.upstream.asked == []
 
 
+def test_nothing_is_walked_before_the_store_has_synced() -> None:
+    s = Served()
+    s.store.synced_kinds.discard("services")  # as after start, before the Services list is in
+    assert s.ask("google.com.default.svc.cluster.local", POD_IP).rcode() == dns.rcode.SERVFAIL
+    assert s.upstream.asked == []
+
+
 def test_a_pod_that_left_is_no_longer_walked_for() -> None:
     s = Served(pods="disabled")  # autopath alone: Pods watched, pod answers still off
     assert _rrs(s.ask("google.com.default.svc.cluster.local", POD_IP))[0].endswith("CNAME google.com.")

@@ -31,6 +31,8 @@ How it differs from CoreDNS:
   CoreDNS takes the first Pod its index returns.
 - A query for the first search domain itself (``<ns>.svc.<zone>``) is answered as without
   autopath; CoreDNS answers SERVFAIL (nothing is left of the name once the domain is cut off).
+- Nothing is walked before every watched kind has been listed (the cluster steps would be
+  SERVFAIL, and an outside name could answer for a Service not yet seen).
 
 Answers that depend on who asked never go on the fast path, whose key has no client address: a
 walked answer is not kept unless the first step answered (then it is what every client gets).
@@ -194,7 +196,7 @@ class AutopathPlugin:
         store = clusters.store
         peer = req.peer
         ip = _ip(peer[0]) if isinstance(peer, tuple) and peer else None
-        if ip is None or not store.pod_in_namespace(ip, ns):
+        if ip is None or not store.pod_in_namespace(ip, ns) or not store.synced:
             return then(next(req), lambda r: _guarded(r, store, ns))
         svc = "svc." + zone if zone else "svc"
         search = [f"{ns}.{svc}", svc]
