@@ -31,6 +31,7 @@ from kubedns.protocols import DNSDatagramProtocol
 from kubedns.records import ClusterZones
 from kubedns.server import Block, Dispatcher
 from tests.conftest import free_port, query, wait_for
+from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj
 from tests.support.cluster import write_manifests
 from tests.support.dispatch import CapturingTransport
@@ -343,35 +344,49 @@ COREFILE = """\
     k8s_external example.org {{
         headless
     }}
+    forward . {upstream}
 }}
 """
 
 
 @pytest.mark.parametrize("syntax", ["yaml", "corefile"])
 def test_running_server(kubedns_process: Any, tmp_path: Path, syntax: str) -> None:
-    manifests = write_manifests(tmp_path / "cluster.yaml", cluster())
+    objs = cluster()
+    manifests = write_manifests(tmp_path / "cluster.yaml", objs)
     port = free_port()
-    if syntax == "corefile":
-        config: Any = COREFILE.format(port=port, manifests=manifests)
-    else:
-        config = {"servers": [{"zones": ["."], "listen": f"127.0.0.1:{port}",
-                               "kubernetes": {"zones": ["cluster.local"], "manifests": manifests},
-                               "k8s_external": {"zones": ["example.org"], "headless": True}}]}
-    p = kubedns_process(config)
-    p.wait_listening(port)
-    r = wait_for(lambda: (m := query(port, "web.default.example.org", "A")).answer and m)
-    assert (_texts(r)) == ["web.default.example.org. 5 IN A 192.0.2.10",
-                                     "web.default.example.org. 5 IN A 203.0.113.10"]
-    r = query(port, "_https._tcp.web.default.example.org", "SRV")
-    assert _texts(r) == ["_https._tcp.web.default.example.org. 5 IN SRV 0 33 443 web.default.example.org."]
-    r = query(port, "db-0.db.default.example.org", "A")
-    assert _texts(r) == ["db-0.db.default.example.org. 5 IN A 10.244.0.5"]
-    r = query(port, "example.org", "NS")
-    assert _texts(r) == ["example.org. 5 IN NS ns1.dns.example.org."]
-    assert (_texts(r, "additional")) == ["ns1.dns.example.org. 5 IN A 192.0.2.53",
-                                                   "ns1.dns.example.org. 5 IN AAAA 2001:db8::53"]
-    r = query(port, "plain.default.example.org", "A")
-    assert r.rcode() == dns.rcode.NXDOMAIN and r.flags & dns.flags.AA
-    assert _texts(r, "authority")[0].startswith("example.org. 5 IN SOA ns1.dns.example.org. hostmaster.dns")
-    r = query(port, "web.default.svc.cluster.local", "A")
-    assert _texts(r) == ["web.default.svc.cluster.local. 5 IN A 10.96.1.1"]
+    with DNSUpstream(host="127.0.0.1") as up:  # the load balancer's hostname lives there
+        up.add("lb.example.net", "A", "198.51.100.7", ttl=120)
+        if syntax == "corefile":
+            config: Any = COREFILE.format(port=port, manifests=manifests, upstream=up.address)
+        else:
+            config = {"servers": [{"zones": ["."], "listen": f"127.0.0.1:{port}",
+                                   "kubernetes": {"zones": ["cluster.local"], "manifests": manifests},
+                                   "k8s_external": {"zones": ["example.org"], "headless": True},
+                                   "forward": {"to": [up.address]}}]}
+        p = kubedns_process(config)
+        p.wait_listening(port)
+        r = wait_for(lambda: (m := query(port, "web.default.example.org", "A")).answer and m)
+        assert _texts(r) == ["web.default.example.org. 5 IN A 192.0.2.10", "web.default.example.org. 5 IN A 203.0.113.10"]
+        r = query(port, "_https._tcp.web.default.example.org", "SRV")
+        assert _texts(r) == ["_https._tcp.web.default.example.org. 5 IN SRV 0 33 443 web.default.example.org."]
+        r = query(port, "db-0.db.default.example.org", "A")
+        assert _texts(r) == ["db-0.db.default.example.org. 5 IN A 10.244.0.5"]
+        r = query(port, "example.org", "NS")
+        assert _texts(r) == ["example.org. 5 IN NS ns1.dns.example.org."]
+        assert _texts(r, "additional") == ["ns1.dns.example.org. 5 IN A 192.0.2.53",
+                                           "ns1.dns.example.org. 5 IN AAAA 2001:db8::53"]
+        r = query(port, "lb.default.example.org", "A")  # CNAME, then the address from upstream
+        assert [rr.to_text() for rr in r.answer] == ["lb.default.example.org. 5 IN CNAME lb.example.net.",
+                                                     "lb.example.net. 120 IN A 198.51.100.7"]
+        r = query(port, "web.default.svc.cluster.local", "A")
+        assert _texts(r) == ["web.default.svc.cluster.local. 5 IN A 10.96.1.1"]
+        r = query(port, "plain.default.example.org", "A")
+        assert r.rcode() == dns.rcode.NXDOMAIN and r.flags & dns.flags.AA
+        assert _texts(r, "authority")[0].startswith("example.org. 5 IN SOA ns1.dns.example.org. hostmaster.dns")
+        # the Service gains an external IP: the next query after the file is read again has it
+        plain = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "plain")
+        plain["spec"]["externalIPs"] = ["192.0.2.77"]
+        write_manifests(tmp_path / "cluster.yaml", objs)
+        r = wait_for(lambda: (m := query(port, "plain.default.example.org", "A")).answer and m)
+        assert _texts(r) == ["plain.default.example.org. 5 IN A 192.0.2.77"]
+        assert up.count("lb.example.net", "A") >= 1 and not up.count("plain.default.example.org")
