@@ -40,10 +40,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.names import dns
 
 from kubedns.configbase import Node
-from kubedns.plugins.base import Next, Reply, Result, then
+from kubedns.plugins.base import Next, Reply, Result, then, unserved
 from kubedns.query import Request
 from kubedns.records import Answer
 
@@ -358,11 +359,16 @@ class K8sExternalPlugin:
                 self._depth -= 1
             j = i
 
-            def merged(up: Reply, j: int = j) -> Any:
-                acc.add(up)
-                out.extend(up.answer.answers)
+            def merged(up: Reply | None, j: int = j) -> Any:
+                if up is None:  # the lookup failed: the CNAME alone, as CoreDNS on an error
+                    acc.cacheable = False
+                else:
+                    acc.add(up)
+                    out.extend(up.answer.answers)
                 return self._fill(req, items, acc, j, out)
 
+            if isinstance(result, Deferred):
+                result.addErrback(lambda _f: None)
             return then(result, merged)
         return out
 
@@ -379,7 +385,7 @@ class _Acc:
 
     def add(self, up: Reply | None) -> None:
         """Fold in a lookup's reply (None: none was made, nothing changes)."""
-        if up is None:
+        if up is None or unserved(up):  # nobody serves the name: that holds until a reload
             return
         if up.cacheable:  # from a store: dropped with what it depends on (None: any change)
             self.deps = None if up.deps is None or self.deps is None else self.deps + up.deps
