@@ -297,6 +297,29 @@ def test_objects_keep_external_addresses_on_both_decoding_paths() -> None:
     assert none is not None and none.external == ()
 
 
+@pytest.mark.parametrize("spec_ips, status", [
+    ("192.0.2.1", {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}),  # not a list: ignored
+    ([1, "192.0.2.1"], {}),
+    (["192.0.2.1"], {"loadBalancer": {"ingress": "203.0.113.1"}}),
+    (["192.0.2.1"], {"loadBalancer": {"ingress": [{"ip": 7}, {"hostname": ["x"]}, {"hostname": "ok.example."}]}}),
+    (None, None),
+])
+def test_odd_shapes_decode_alike_on_a_list_page(spec_ips: Any, status: Any) -> None:
+    """A LIST page through the production parser (the structs, or the reference for what they
+    cannot take) gives what the reference converter gives."""
+    import json
+
+    from kubedns.k8s.listparse import page_records
+
+    obj = _svc("odd")
+    obj["spec"]["externalIPs"] = spec_ips
+    obj["status"] = status
+    body = json.dumps({"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                       "items": [obj]})
+    got = page_records(body, objects.FAST_KINDS["services"], objects.service_from_raw, {})
+    assert got == [objects.service_from_raw(obj)]
+
+
 # -- config -------------------------------------------------------------------------------------
 def test_corefile_and_yaml_agree() -> None:
     core = parse_corefile_config(
