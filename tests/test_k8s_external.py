@@ -18,6 +18,7 @@ from typing import Any
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import pytest
 import yaml
 from twisted.internet import task
@@ -218,6 +219,26 @@ def test_options_apex_ttl_and_several_zones() -> None:
     assert r.rcode() == dns.rcode.NXDOMAIN
     r = dns.message.from_wire(ask(proto, tr, "web.default.ext.test", "A"))
     assert _texts(r, "answer") == ["web.default.ext.test. 60 IN A 192.0.2.10", "web.default.ext.test. 60 IN A 203.0.113.10"]
+
+
+def test_ptr_of_external_addresses_in_a_reverse_zone() -> None:
+    proto, tr, store, disp = dispatcher({"zones": ["example.org", "in-addr.arpa", "ip6.arpa"]})
+    r = dns.message.from_wire(ask(proto, tr, "10.113.0.203.in-addr.arpa", "PTR"))  # a load balancer IP
+    assert _texts(r) == ["10.113.0.203.in-addr.arpa. 5 IN PTR web.default.example.org."]
+    v6 = dns.reversename.from_address("2001:db8::10").to_text(omit_final_dot=True)
+    r = dns.message.from_wire(ask(proto, tr, v6, "PTR"))
+    assert _texts(r) == [f"{v6}. 5 IN PTR web.default.example.org."]
+    r = dns.message.from_wire(ask(proto, tr, "99.2.0.192.in-addr.arpa", "PTR"))  # hidden by namespaces
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert _texts(r, "authority") == [f"in-addr.arpa. 5 IN SOA ns1.dns.in-addr.arpa. hostmaster.dns.in-addr.arpa. "
+                                      f"{store.serial} 7200 1800 86400 5"]
+    assert dns.message.from_wire(ask(proto, tr, "77.2.0.192.in-addr.arpa", "PTR")).rcode() == dns.rcode.NXDOMAIN
+    assert len(disp.fast.entries) == 4
+    obj = next(o for o in cluster() if o["kind"] == "Service" and o["metadata"]["name"] == "plain")
+    obj["spec"]["externalIPs"] = ["192.0.2.77"]
+    store.upsert("services", *objects.service_from_raw(obj))
+    r = dns.message.from_wire(ask(proto, tr, "77.2.0.192.in-addr.arpa", "PTR"))
+    assert _texts(r) == ["77.2.0.192.in-addr.arpa. 5 IN PTR plain.default.example.org."]
 
 
 def test_fallthrough_only_for_nxdomain() -> None:

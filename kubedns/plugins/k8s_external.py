@@ -26,8 +26,9 @@ plugin's ``namespaces`` hides the others here too.  ``fallthrough`` passes NXDOM
 
 CoreDNS quirks kept: without ``headless`` a third label is ignored (``x.<svc>.<ns>.<zone>`` is
 ``<svc>``'s addresses); SRV records carry the kubernetes plugin's TTL, addresses the plugin's.
-Not done: a CNAME is written once per hostname (CoreDNS repeats it per port), PTR of external IPs
-(CoreDNS needs a reverse zone in ``k8s_external`` for it) and zone transfers of this zone.
+A reverse name in a reverse zone of the plugin's (``k8s_external example.org in-addr.arpa``) has
+a PTR to ``<svc>.<ns>.<first zone>`` for each Service with that external address.  Not done: a
+CNAME is written once per hostname (CoreDNS repeats it per port), and zone transfers of this zone.
 
 Answers come from the store (no memo: computing one is a dict lookup or two) and are tagged with
 the Service's and namespace's dependency keys (:mod:`kubedns.depends`), so the fast path keeps
@@ -46,7 +47,7 @@ from twisted.names import dns
 from kubedns.configbase import Node
 from kubedns.plugins.base import Next, Reply, Result, then, unserved
 from kubedns.query import Request
-from kubedns.records import Answer
+from kubedns.records import Answer, _ip_from_reverse
 
 if TYPE_CHECKING:
     from kubedns.plugins.kubernetes import KubernetesPlugin
@@ -174,6 +175,8 @@ class K8sExternalPlugin:
             if lname == sub or lname.endswith("." + sub):
                 return self._sub_apex(req, zone, lname, clusters, serial)
         qtype = req.q.qtype
+        if qtype == _PTR and (ip := _ip_from_reverse(lname)) is not None:
+            return self._ptr(req, zone, ip, clusters, serial)
         svcs, rcode, deps = self._external(clusters, zone, lname, qtype)
         if not svcs:
             if rcode == NXDOMAIN and _zone_of(self.config.fallthrough, lname) is not None:
@@ -192,6 +195,24 @@ class K8sExternalPlugin:
         return then(self._fill(req, answers, acc), lambda ans: then(
             self._fill(req, extra, acc), lambda add: acc.reply(self.name, zone, Answer(answers=ans, additional=add),
                                                                store)))
+
+    def _ptr(self, req: Request, zone: str, ip: str, clusters: ClusterZones, serial: int) -> Reply:
+        """A reverse name in a reverse zone of ours: the Services with that external address, as
+        ``<svc>.<ns>.<first zone>`` (CoreDNS's ExternalReverse).  No index is kept for this rare
+        query: the Services are scanned, and the answer is dropped by any store change."""
+        store = clusters.store
+        names: list[str] = []
+        for key in store.keys("services"):
+            ns, _, name = key.partition("/")
+            svc = store.service(ns, name)
+            if svc is None or ip not in svc.external or (clusters.namespaces and ns not in clusters.namespaces):
+                continue
+            names.append(_join(svc.name, ns, self.zones[0]))
+        if not names:
+            ans = Answer(rcode=NXDOMAIN, authority=[self._soa(zone, serial)])
+        else:
+            ans = Answer(answers=[self._rr(req.q.qname, dns.Record_PTR(n, self.ttl)) for n in dict.fromkeys(names)])
+        return Reply(ans, zone, self.name, cacheable=True, deps=None, serial_of=store)
 
     def _done(self, zone: str, ans: Answer, deps: tuple[Any, ...]) -> Reply:
         return Reply(ans, zone, self.name, cacheable=True, deps=deps, serial_of=self.kubernetes.clusters.store)
