@@ -99,7 +99,7 @@ def dispatcher(ext: Any = "example.org", objs: list[dict] | None = None):
     store.add_listener(lambda: disp.fast.store_changed(store))  # as kubedns.stores does
     proto = DNSDatagramProtocol(disp)
     tr = CapturingTransport()
-    proto.transport = tr
+    proto.transport = tr  # type: ignore[assignment]  # writes land in a list
     proto.startProtocol()
     return proto, tr, store, disp
 
@@ -274,7 +274,7 @@ def test_fast_bytes_equal_slow_bytes(name: str, rdtype: str) -> None:
     proto, tr, _, disp = dispatcher()
     slow = ask(proto, tr, name, rdtype, 0x1111)
     assert len(disp.fast.entries) == 1
-    disp.handle = None  # type: ignore[assignment]  # the slow path must not be reached now
+    disp.handle = None  # the slow path must not be reached now
     fast = ask(proto, tr, name, rdtype, 0x2222)
     assert fast[:2] == b"\x22\x22" and fast[2:] == slow[2:]
     assert disp.fast.hits() == 1

@@ -38,8 +38,9 @@ them until that Service changes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.names import dns
@@ -192,9 +193,12 @@ class K8sExternalPlugin:
         if not answers:
             return self._done(zone, Answer(authority=[self._soa(zone, serial)]), deps)
         acc = _Acc(deps)
-        return then(self._fill(req, answers, acc), lambda ans: then(
-            self._fill(req, extra, acc), lambda add: acc.reply(self.name, zone, Answer(answers=ans, additional=add),
-                                                               store)))
+
+        def with_answers(ans: list[dns.RRHeader]) -> Any:
+            return _then(self._fill(req, extra, acc),
+                         lambda add: acc.reply(self.name, zone, Answer(answers=ans, additional=add), store))
+
+        return cast(Result, _then(self._fill(req, answers, acc), with_answers))
 
     def _ptr(self, req: Request, zone: str, ip: str, clusters: ClusterZones, serial: int) -> Reply:
         """A reverse name in a reverse zone of ours: the Services with that external address, as
@@ -390,7 +394,7 @@ class K8sExternalPlugin:
 
             if isinstance(result, Deferred):
                 result.addErrback(lambda _f: None)
-            return then(result, merged)
+            return _then(result, merged)
         return out
 
 
@@ -423,6 +427,13 @@ class _Acc:
         if self.lifetime:
             return Reply(ans, zone, plugin, lifetime=self.lifetime, deps=self.deps, ra=True)
         return Reply(ans, zone, plugin, cacheable=True, deps=self.deps, serial_of=store)
+
+
+def _then(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """:func:`~kubedns.plugins.base.then` for the record lists put together here."""
+    if isinstance(value, Deferred):
+        return value.addCallback(fn)
+    return fn(value)
 
 
 def _is_ip(host: str) -> bool:
