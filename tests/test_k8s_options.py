@@ -55,7 +55,7 @@ class _Sources:
         self.made: list[_Source] = []
         parent = service.MultiService()
         parent.startService()
-        self.cs = stores.ClusterSources(parent, self._make, lambda: None, task.Clock())
+        self.cs = stores.ClusterSources(parent, self._make, lambda _store: None, task.Clock())
         self.blocks: dict[int, Block] = {}
 
     def _make(self, store: Store, k8s: Any) -> _Source:
