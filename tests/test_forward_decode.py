@@ -4,7 +4,8 @@ Answers built with dnspython (A, AAAA, CNAME chains, MX with additional records,
 an unknown type, NXDOMAIN with SOA, with and without EDNS and options), every truncation of
 each, and a few hundred single-byte corruptions each, are decoded both ways and compared
 field by field (header, question, every record's owner, type, class, TTL and payload), or by the
-exception's type.  A compression loop is refused as Twisted refuses it.
+exception's type.  A compression loop is refused as Twisted refuses it.  Also: the question an
+answer must echo, read from our query's bytes, is the one encoded from the name.
 """
 
 from __future__ import annotations
@@ -93,3 +94,11 @@ def test_a_compression_loop_is_refused_as_twisted_refuses_it() -> None:
     assert data[pos:pos + 2] == b"\xc0\x0c"
     data[pos:pos + 2] = bytes([0xC0, pos])  # a pointer to itself
     assert _outcome(decode_message, bytes(data)) == _outcome(_twisted, bytes(data)) == ("error", "ValueError")
+
+
+@pytest.mark.parametrize("name", [b"Example.COM", b"", b"a.b.c.d.e", b"x" * 63 + b".y"])
+def test_the_question_expected_back_read_from_the_query_equals_the_encoded_one(name: bytes) -> None:
+    from kubedns.forward.message import Expect, build_query
+
+    query = build_query(name, tdns.AAAA, tdns.IN, rd=True, cd=False, do=True, options=b"\x00\x08\x00\x02ab")
+    assert Expect.for_query(query) == Expect.for_question(name, tdns.AAAA, tdns.IN)

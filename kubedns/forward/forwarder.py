@@ -93,7 +93,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.waiters: list[defer.Deferred] = []
-        self.inner: defer.Deferred | None = None
+        self.inner: _Exchange | None = None
 
 
 _PROBE_QUERY = build_query(b"", dns.NS, dns.IN, rd=True, cd=False, do=False)
@@ -259,13 +259,12 @@ class Forwarder:
         flight = self._flights[key]
         try:
             template = build_query(name, q.type, q.cls, rd=rd, cd=cd, do=do, ad=ad, options=options)
-            expect = Expect.for_question(name, q.type, q.cls)
         except ValueError as e:
-            inner: defer.Deferred = defer.fail(UpstreamsFailed(f"cannot forward {name!r}: {e}"))
-        else:
-            inner = _Exchange(self, template, expect, tcp, only).start()
-        flight.inner = inner
-        inner.addBoth(self._land, key, flight)
+            self._land(Failure(UpstreamsFailed(f"cannot forward {name!r}: {e}")), key, flight)
+            return waiter
+        expect = Expect.for_query(template)
+        flight.inner = ex = _Exchange(self, template, expect, tcp, only, key, flight)
+        ex.start()
         return waiter
 
     def send_to(self, index: int, name: bytes, qtype: int, timeout: float | None = None) -> defer.Deferred:
@@ -476,10 +475,11 @@ class _Exchange:
     :class:`UpstreamsFailed` or :class:`Refused`; cancelling cancels the try in flight.
     """
 
-    __slots__ = ("fwd", "template", "expect", "tcp", "order", "i", "deadline", "errors", "local", "d", "up",
-                 "t0", "try_d")
+    __slots__ = ("fwd", "template", "expect", "tcp", "order", "i", "deadline", "errors", "local", "up",
+                 "t0", "try_d", "key", "flight", "called")
 
-    def __init__(self, fwd: Forwarder, template: bytes, expect: Expect, tcp: bool, only: _Upstream | None) -> None:
+    def __init__(self, fwd: Forwarder, template: bytes, expect: Expect, tcp: bool, only: _Upstream | None,
+                 key: tuple, flight: _Flight) -> None:
         self.fwd = fwd
         self.template = template
         self.expect = expect
@@ -489,23 +489,33 @@ class _Exchange:
         self.deadline = fwd._reactor.seconds() + fwd._budget
         self.errors: list[tuple[str, str]] = []
         self.local = 0  # tries not made for a local limit (upstream at its share, no descriptor)
-        self.d: defer.Deferred = defer.Deferred(canceller=self._cancel)
         self.up: _Upstream | None = None
         self.t0 = 0.0
         self.try_d: defer.Deferred | None = None
+        self.key = key
+        self.flight = flight
+        self.called = False  # the result went to the flight (Forwarder._land)
 
-    def start(self) -> defer.Deferred:
+    def start(self) -> None:
         if not self.order:
             fwd = self.fwd
-            self.d.errback(UpstreamsFailed(fwd.disabled_reason or
-                                           "every upstream to ask is isolated: it forwards back to us"))
+            self._finish(Failure(UpstreamsFailed(fwd.disabled_reason or
+                                                 "every upstream to ask is isolated: it forwards back to us")))
         else:
             self._next()
-        return self.d
 
-    def _cancel(self, _: defer.Deferred) -> None:
+    def cancel(self) -> None:
+        """Cancel the try in flight; the flight fails with CancelledError (as a Deferred would)."""
         if self.try_d is not None:
             self.try_d.cancel()
+        if not self.called:
+            self._finish(Failure(defer.CancelledError()))
+
+    def _finish(self, result: Any) -> None:
+        """The request's end: (answer bytes, Message) or a Failure, handed to the flight once."""
+        if not self.called:
+            self.called = True
+            self.fwd._land(result, self.key, self.flight)
 
     def _next(self) -> None:
         fwd = self.fwd
@@ -534,9 +544,9 @@ class _Exchange:
             return
         if self.local and self.local == len(errors):
             fwd.stats.max_concurrent_rejects += 1
-            self.d.errback(Refused("; ".join(f"{u}: {e}" for u, e in errors)))
+            self._finish(Failure(Refused("; ".join(f"{u}: {e}" for u, e in errors))))
         else:
-            self.d.errback(UpstreamsFailed("no upstream answered", tuple(errors)))
+            self._finish(Failure(UpstreamsFailed("no upstream answered", tuple(errors))))
 
     def _done_trying(self) -> _Upstream:
         up = self.up
@@ -558,7 +568,7 @@ class _Exchange:
         stats.responses[rcode] = stats.responses.get(rcode, 0) + 1
         stats.observe(rcode, time.perf_counter() - self.t0, self.fwd._bounds)
         self.fwd._succeeded(up)
-        self.d.callback((data, msg))
+        self._finish((data, msg))
 
     def _failed(self, f: Failure) -> None:
         up = self._done_trying()
@@ -572,8 +582,8 @@ class _Exchange:
             self._next()
         elif f.check(TransportError):
             self._transport_failed(up, f.value or TransportError("failed"))
-        elif not self.d.called:  # cancelled (stopping), or a bug: the request ends with it
-            self.d.errback(f)
+        else:  # cancelled (stopping), or a bug: the request ends with it
+            self._finish(f)
 
     def _transport_failed(self, up: _Upstream, e: BaseException) -> None:
         up.stats.failures += 1

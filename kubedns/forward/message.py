@@ -175,6 +175,16 @@ class Expect:
     def for_question(cls, name: bytes, qtype: int, qclass: int) -> Expect:
         return cls(encode_name(name.lower()), _TAIL.pack(qtype, qclass))
 
+    @classmethod
+    def for_query(cls, query: bytes) -> Expect:
+        """The question of a query from :func:`build_query` (its name is uncompressed at 12),
+        without encoding the name again: label length bytes are below 64, so ``lower()`` leaves
+        them be."""
+        pos = 12
+        while query[pos]:
+            pos += query[pos] + 1
+        return cls(query[12 : pos + 1].lower(), query[pos + 1 : pos + 5])
+
     def matches(self, data: bytes, qid: int) -> bool:
         """True if ``data`` is a response with ID ``qid`` echoing our question.
 
