@@ -515,7 +515,9 @@ class _Exchange:
         """The request's end: (answer bytes, Message) or a Failure, handed to the flight once."""
         if not self.called:
             self.called = True
-            self.fwd._land(result, self.key, self.flight)
+            flight = self.flight
+            flight.inner = None  # no cycle left for the garbage collector to find
+            self.fwd._land(result, self.key, flight)
 
     def _next(self) -> None:
         fwd = self.fwd

@@ -115,6 +115,11 @@ class _PooledSocket:
         self.d = None
         self.expect = None
 
+    def cancel(self, d: defer.Deferred) -> None:
+        """The canceller of query ``d``: close the socket if ``d`` is still its query."""
+        if self.d is d:
+            self.close()
+
     def timed_out(self) -> None:
         self.fail_with(UpstreamTimeoutError(f"{self.pool.label}: no answer over UDP"))
 
@@ -159,24 +164,22 @@ class UDPPool:
         Fails with UpstreamTimeoutError, ConnectionFailedError or (no socket to spare below
         ``max_fd``, or none at all) NoDescriptorError; cancelling closes the socket.
         """
-        s: _PooledSocket | None = None
-
-        def cancel(_: defer.Deferred) -> None:
-            if s is not None and s.d is d:
-                s.close()
-
-        d: defer.Deferred = defer.Deferred(canceller=cancel)
         try:
             s = self._take(max_fd)
+        except (OSError, NoDescriptorError) as e:
+            return defer.fail(self.error(e))
+        # the canceller is a method of the socket, not a closure over the Deferred: no cycle
+        # outlives the query for the garbage collector to find
+        d: defer.Deferred = defer.Deferred(canceller=s.cancel)
+        try:
             ids = self._ids
             if not ids:
                 raw = os.urandom(2 * _IDS)
                 ids.extend(int.from_bytes(raw[i : i + 2], "big") for i in range(0, 2 * _IDS, 2))
             qid = ids.pop()
             s.send(qid.to_bytes(2, "big") + template[2:], qid, expect, d, timeout)
-        except (OSError, NoDescriptorError) as e:  # EMFILE, ENETUNREACH, ECONNREFUSED from an earlier ICMP...
-            if s is not None:
-                s.close()
+        except OSError as e:  # ENETUNREACH, ECONNREFUSED from an earlier ICMP...
+            s.close()
             if not d.called:
                 d.errback(Failure(self.error(e)))
         return d
