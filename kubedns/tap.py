@@ -11,13 +11,26 @@ line and exit 1.  Heavy imports wait for ``makeService``.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
-from twisted.python import usage
+# No cyclic garbage collection during start-up: see kubedns.k8s.informer.hold_gc (this is the
+# first kubedns module twistd imports, so the hold covers our imports and the first sync).
+if gc.isenabled():
+    gc.disable()
+    _GC_HELD_AT_IMPORT = True
+else:
+    _GC_HELD_AT_IMPORT = False
 
-from kubedns import __version__
-from kubedns.config import ConfigError, load
+#: Seconds after which the start-up hold on the garbage collector ends if the first sync of the
+#: cluster has not ended it (an unreachable API server, a huge cluster).
+GC_HOLD_BOUND = 60.0
+
+from twisted.python import usage  # noqa: E402 (after the hold above: it covers these imports)
+
+from kubedns import __version__  # noqa: E402
+from kubedns.config import ConfigError, load  # noqa: E402
 
 DEFAULT_CONFIG = "/etc/kubedns/corefile.yaml"
 
@@ -63,4 +76,19 @@ def makeService(options: Options) -> Any:  # noqa: N802
         # logged before twistd's logging starts: it is buffered and comes out as the first line
         Logger(namespace="kubedns").info("{banner}", banner=banner(config))
     raise_fd_limit()  # process start-up: as Go does for CoreDNS, before any socket is opened
-    return build(config)
+    service = build(config)
+    _hold_gc_until_synced(service)
+    return service
+
+
+def _hold_gc_until_synced(service: Any) -> None:
+    """Keep the start-up hold on the collector until the first sync, if an informer will end it."""
+    if not _GC_HELD_AT_IMPORT:
+        return
+    from kubedns.k8s import informer
+
+    informer.hold_gc()  # owned by the informer module from here on
+    if not any(isinstance(s, informer.Informer) for s in service.sources):
+        informer.release_gc()  # nothing to sync: collect as usual at once
+        return
+    service.reactor.callLater(GC_HOLD_BOUND, informer.release_gc)
