@@ -140,7 +140,7 @@ def _has_autopath(path: str, first: str) -> bool:
         for z in b.zones:
             if (z == "" or lname == z or lname.endswith("." + z)) and len(z) > best_len:
                 best, best_len = b, len(z)
-    return best is not None and getattr(best, "autopath", None) is not None
+    return best is not None and best.autopath is not None
 
 
 def _walk_data(w: Any, args: argparse.Namespace, hints: list[str]) -> dict[str, Any]:

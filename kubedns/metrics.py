@@ -415,16 +415,17 @@ _ACL_METRICS = (
 def _acl_families(kd: KubeDNS) -> Iterator[Metric]:
     """``coredns_acl_*_requests_total`` as CoreDNS's *acl* exports them, when a block has ``acl``
     (``view`` is always empty: kubedns has no *view* plugin)."""
+    from kubedns.plugins.acl import AclPlugin
+
     accs = {action: _Acc() for action, _, _ in _ACL_METRICS}
     seen = False
     for disp in kd.dispatchers.values():
         for b in disp.blocks:
             for p in b.plugins:
-                counts = getattr(p, "counts", None) if p.name == "acl" else None
-                if counts is None:
+                if not isinstance(p, AclPlugin):
                     continue
                 seen = True
-                for (action, zone), n in counts.items():
+                for (action, zone), n in p.counts.items():
                     labels = (disp.server_label, "") if action == "allow" else (disp.server_label, _zone_fqdn(zone), "")
                     accs[action].add(labels, n)
     if not seen:
@@ -437,14 +438,16 @@ def _acl_families(kd: KubeDNS) -> Iterator[Metric]:
 def _autopath_families(kd: KubeDNS) -> Iterator[Metric]:
     """``coredns_autopath_success_total{server}`` as CoreDNS's *autopath* exports it, when a block
     has ``autopath`` (kubedns.plugins.autopath; counted from the last reload)."""
+    from kubedns.plugins.autopath import AutopathPlugin
+
     acc = _Acc()
     seen = False
     for disp in kd.dispatchers.values():
         for b in disp.blocks:
             for p in b.plugins:
-                if p.name == "autopath":
+                if isinstance(p, AutopathPlugin):
                     seen = True
-                    acc.add((disp.server_label,), getattr(p, "successes", 0))
+                    acc.add((disp.server_label,), p.successes)
     if seen:
         yield _counter("coredns_autopath_success_total", "Counter of requests that did autopath.", ["server"], acc)
 
