@@ -3,6 +3,7 @@
     python bench/run.py --forward [--names 400000] [--seconds 6] [--only kubedns,dnsmasq,unbound]
     python bench/forward_miss.py ...            (the same)
     ... --repeat 3             three rounds over all servers, the median round printed
+    ... --profile /tmp/p.txt   kubedns under py-spy (pip install py-spy): where its CPU per miss goes
     ... --baseline /tmp/old    also runs the kubedns of another source tree (``git archive REV``)
                                as ``kubedns-base``, for a before/after in the same run
 
@@ -116,6 +117,53 @@ def measure(row: Row, proc, port: int, up_pid: int, warm: Path, queries: Path, s
     return row
 
 
+#: Where a miss's CPU goes, for --profile FILE.txt: each py-spy sample counts for the first of
+#: these whose markers one of its frames holds, leaf first (a sample in a Deferred's machinery
+#: under the cache's code is the Deferred's).
+WHERE = [
+    ("upstream socket: take/open/close, epoll, timer", ["socket.__init__", "_real_close", "UDPPool", "_PooledSocket.send",
+                                                        "_PooledSocket.close", "EPollReactor.addReader",
+                                                        "EPollReactor.removeReader", "ReactorBase.callLater",
+                                                        "DelayedCall.cancel", "udp_exchange", "_UDPExchange.start",
+                                                        "_UDPExchange._finish"]),
+    ("upstream answer read + checks (ID, source, question)", ["_UDPExchange.doRead", "_PooledSocket.doRead",
+                                                               "Expect.matches"]),
+    ("answer decode to dns.Message", ["decode_response", "decode_message", "Message.fromStr", "Message.decode",
+                                      "decode.py"]),
+    ("query build (template, Expect, client EDNS, cache key)", ["build_query", "Expect.for_", "client_edns",
+                                                               "cache_key", "forward_query", "encode_name"]),
+    ("cache store (copies, TTL scan), lifetime", ["cache.py", "ForwardPlugin.lifetime"]),
+    ("reply build + encode", ["ForwardPlugin._relay", "Dispatcher._encode", "encode_response"]),
+    ("fast-path remember (aging, TTL offsets)", ["Dispatcher._aging", "FastCache.remember", "ttl_fields", "QueryInfo"]),
+    ("request parse + route + send", ["parse_question", "read_edns_raw", "Dispatcher._route", "Block.covers",
+                                      "DNSDatagramProtocol._send"]),
+    ("Twisted Deferred machinery (defer.py)", ["defer.py"]),
+    ("forwarder + chain own code (de-dup, order, budget, stats)", ["forwarder.py", "exchange.py", "chain.py",
+                                                                   "stats.py", "random.py"]),
+    ("server dispatch glue", ["server.py", "protocols.py", "plugins/"]),
+    ("reactor loop, epoll", ["epollreactor", "base.py", "log.py", "context.py", "posixbase", "udp.py"]),
+]
+
+
+def where_it_goes(path: str, cpu_us: float) -> list[tuple[str, float, float]]:
+    """(where, share, µs per miss) from py-spy's collapsed stacks, largest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        where = "other"
+        for frame in reversed(stack.split(";")):
+            hit = next((w for w, marks in WHERE if any(m in frame for m in marks)), None)
+            if hit is not None:
+                where = hit
+                break
+        counts[where] = counts.get(where, 0) + int(n)
+    return sorted(((w, c / total, c / total * cpu_us) for w, c in counts.items()), key=lambda r: -r[1]) if total else []
+
+
 def _profile_format(path: str) -> str:
     """py-spy's output format from the file name: .txt collapsed stacks, .json speedscope, else SVG."""
     return "raw" if path.endswith(".txt") else "speedscope" if path.endswith(".json") else "flamegraph"
@@ -221,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
         rounds = "   " + " ".join(f"{r.cpu_us:.0f}" for r in mine) if args.repeat > 1 else ""
         print(f"{name:<13}{med.qps:>8.0f}{med.cpu_us:>10.1f}{med.sys_us:>10.1f}{med.up_us:>15.1f}{med.lost:>6}"
               f"{med.rss_mb:>8.1f}{rounds}")
+    if args.profile.endswith(".txt") and "kubedns" in by:
+        print(f"\nwhere kubedns's CPU per miss goes (py-spy, {args.profile}; the profiler adds a little):")
+        for w, share, us in where_it_goes(args.profile, by["kubedns"].cpu_us):
+            print(f"  {w:<58}{share:>7.1%}{us:>7.0f} us")
     for other in ("kubedns-base", "dnsmasq", "unbound"):
         if "kubedns" in by and other in by and by[other].cpu_us:
             k, o = by["kubedns"], by[other]

@@ -25,7 +25,6 @@ endpoints.  A request refused by any of the three is answered REFUSED and counte
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 from twisted.internet import defer
@@ -35,13 +34,13 @@ from twisted.python.failure import Failure
 
 from kubedns.counters import TIME_BUCKETS
 from kubedns.forward.config import ForwardConfig
+from kubedns.forward.errors import Refused, UpstreamsFailed
+from kubedns.forward.exchange import Exchange
 from kubedns.forward.message import Expect, build_query, client_edns, decode_response, is_truncated
 from kubedns.forward.stats import ForwarderStats, UpstreamStats
 from kubedns.forward.transport import (
-    NoDescriptorError,
     StreamClient,
     TransportError,
-    describe,
     fd_reserve,
 )
 from kubedns.forward.udppool import UDPPool
@@ -53,21 +52,6 @@ _log = Logger()
 
 REQUEST_BUDGET = 5.0  # CoreDNS's per-request deadline across all tries (raised to one timeout if larger)
 PROBE_TIMEOUT = 1.0  # a health probe waits at most this long (or the per-try timeout if shorter)
-
-
-class UpstreamsFailed(Exception):  # noqa: N818 (name fixed by the server interface)
-    """No upstream produced an answer (timeouts, refused connections, TLS errors): answer SERVFAIL."""
-
-    def __init__(self, reason: str, errors: tuple[tuple[str, str], ...] = ()) -> None:
-        self.reason = reason
-        self.errors = errors  # (upstream, what went wrong) per try
-        detail = "; ".join(f"{u}: {e}" for u, e in errors)
-        super().__init__(f"{reason} ({detail})" if detail else reason)
-
-
-class Refused(Exception):  # noqa: N818 (name fixed by the server interface)
-    """More than ``max_concurrent`` queries in flight, every upstream to ask at its share of them, or
-    no descriptor to spare: answer REFUSED (not a health failure)."""
 
 
 class _Upstream:
@@ -93,7 +77,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.waiters: list[defer.Deferred] = []
-        self.inner: _Exchange | None = None
+        self.inner: Exchange | None = None
 
 
 _PROBE_QUERY = build_query(b"", dns.NS, dns.IN, rd=True, cd=False, do=False)
@@ -263,7 +247,7 @@ class Forwarder:
             self._land(Failure(UpstreamsFailed(f"cannot forward {name!r}: {e}")), key, flight)
             return waiter
         expect = Expect.for_query(template)
-        flight.inner = ex = _Exchange(self, template, expect, tcp, only, key, flight)
+        flight.inner = ex = Exchange(self, template, expect, tcp, only, key, flight)
         ex.start()
         return waiter
 
@@ -465,130 +449,3 @@ class Forwarder:
                 self._schedule_probe(up)
 
         d.addCallbacks(ok, bad)
-
-
-class _Exchange:
-    """One forwarded request: its tries at the upstreams in order, within one request budget.
-
-    Callbacks rather than a coroutine: a coroutine's Deferred plumbing was a fifth of a
-    forwarded cache miss's CPU.  Fires with (answer bytes, decoded Message); fails with
-    :class:`UpstreamsFailed` or :class:`Refused`; cancelling cancels the try in flight.
-    """
-
-    __slots__ = ("fwd", "template", "expect", "tcp", "order", "i", "deadline", "errors", "local", "up",
-                 "t0", "try_d", "key", "flight", "called")
-
-    def __init__(self, fwd: Forwarder, template: bytes, expect: Expect, tcp: bool, only: _Upstream | None,
-                 key: tuple, flight: _Flight) -> None:
-        self.fwd = fwd
-        self.template = template
-        self.expect = expect
-        self.tcp = tcp
-        self.order = fwd._order(only)
-        self.i = 0
-        self.deadline = fwd._reactor.seconds() + fwd._budget
-        self.errors: list[tuple[str, str]] = []
-        self.local = 0  # tries not made for a local limit (upstream at its share, no descriptor)
-        self.up: _Upstream | None = None
-        self.t0 = 0.0
-        self.try_d: defer.Deferred | None = None
-        self.key = key
-        self.flight = flight
-        self.called = False  # the result went to the flight (Forwarder._land)
-
-    def start(self) -> None:
-        if not self.order:
-            fwd = self.fwd
-            self._finish(Failure(UpstreamsFailed(fwd.disabled_reason or
-                                                 "every upstream to ask is isolated: it forwards back to us")))
-        else:
-            self._next()
-
-    def cancel(self) -> None:
-        """Cancel the try in flight; the flight fails with CancelledError (as a Deferred would)."""
-        if self.try_d is not None:
-            self.try_d.cancel()
-        if not self.called:
-            self._finish(Failure(defer.CancelledError()))
-
-    def _finish(self, result: Any) -> None:
-        """The request's end: (answer bytes, Message) or a Failure, handed to the flight once."""
-        if not self.called:
-            self.called = True
-            flight = self.flight
-            flight.inner = None  # no cycle left for the garbage collector to find
-            self.fwd._land(result, self.key, flight)
-
-    def _next(self) -> None:
-        fwd = self.fwd
-        order = self.order
-        errors = self.errors
-        cap = fwd._per_upstream
-        while self.i < len(order):
-            up = order[self.i]
-            self.i += 1
-            remaining = self.deadline - fwd._reactor.seconds()
-            if remaining <= 0.001:
-                errors.append((up.name, "request budget exhausted"))
-                break
-            if cap and up.inflight >= cap:
-                self.local += 1
-                errors.append((up.name, f"{up.inflight} queries in flight to it, its share of max_concurrent"))
-                continue
-            up.stats.requests += 1
-            up.inflight += 1
-            fwd._tries += 1
-            self.up = up
-            self.t0 = time.perf_counter()
-            d = self.try_d = fwd._try(up, self.template, self.expect, self.tcp, min(fwd.config.timeout, remaining),
-                                      self.deadline)
-            d.addCallbacks(self._answered, self._failed)
-            return
-        if self.local and self.local == len(errors):
-            fwd.stats.max_concurrent_rejects += 1
-            self._finish(Failure(Refused("; ".join(f"{u}: {e}" for u, e in errors))))
-        else:
-            self._finish(Failure(UpstreamsFailed("no upstream answered", tuple(errors))))
-
-    def _done_trying(self) -> _Upstream:
-        up = self.up
-        assert up is not None
-        self.try_d = None
-        up.inflight -= 1
-        self.fwd._tries -= 1
-        return up
-
-    def _answered(self, data: bytes) -> None:
-        up = self._done_trying()
-        try:
-            msg = decode_response(data)
-        except ValueError as e:
-            self._transport_failed(up, e)
-            return
-        rcode = msg.rCode
-        stats = up.stats
-        stats.responses[rcode] = stats.responses.get(rcode, 0) + 1
-        stats.observe(rcode, time.perf_counter() - self.t0, self.fwd._bounds)
-        self.fwd._succeeded(up)
-        self._finish((data, msg))
-
-    def _failed(self, f: Failure) -> None:
-        up = self._done_trying()
-        fwd = self.fwd
-        if f.check(NoDescriptorError):
-            up.stats.requests -= 1  # nothing was sent
-            fwd._fd_tries = fwd._tries
-            fwd._fd_full_at = fwd._reactor.seconds()
-            self.local += 1
-            self.errors.append((up.name, describe(f)))
-            self._next()
-        elif f.check(TransportError):
-            self._transport_failed(up, f.value or TransportError("failed"))
-        else:  # cancelled (stopping), or a bug: the request ends with it
-            self._finish(f)
-
-    def _transport_failed(self, up: _Upstream, e: BaseException) -> None:
-        up.stats.failures += 1
-        self.errors.append((up.name, describe(e)))
-        self.fwd._failed(up)
-        self._next()
