@@ -415,6 +415,12 @@ class KubeDNS(service.MultiService):
         self.reload(force=True)
 
     # -- lifecycle --------------------------------------------------------------------------
+    def add_first(self, child: service.Service) -> None:
+        """A child started before the listeners and stopped after them (node-local networking)."""
+        child.setServiceParent(self)
+        self.services.remove(child)
+        self.services.insert(0, child)
+
     def privilegedStartService(self) -> None:  # noqa: N802
         """Bind every listener (twistd calls this first); an address that cannot be bound ends
         the process with one line on stderr naming the config key and the address, and exit 1."""

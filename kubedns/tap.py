@@ -42,6 +42,14 @@ class Options(usage.Options):
         ["config", "c", DEFAULT_CONFIG,
          "Path to the config: a Corefile (CoreDNS's syntax, e.g. the cluster's ConfigMap coredns), "
          "or kubedns's YAML (.yaml/.yml). Told apart by content."],
+        ["node-local-interface", None, "nodelocaldns",
+         "With --node-local: the dummy interface that carries the addresses."],
+    ]
+    optFlags = [  # noqa: N815 (Twisted API)
+        ["node-local", None,
+         "Node-local cache mode (NodeLocal DNSCache's role): put every address the config "
+         "listens on (bind) on a dummy interface with NOTRACK rules, removed on exit. "
+         "See conf/nodelocal.Corefile."],
     ]
 
     def opt_version(self) -> None:
@@ -62,6 +70,15 @@ class Options(usage.Options):
             sys.stderr.write(f"kubedns: invalid config: {e}\n")
             sys.stderr.flush()
             raise SystemExit(1) from None
+        if self["node-local"]:
+            from kubedns.nodelocal import plan
+
+            try:
+                self["node-local-plan"] = plan(self["parsed"], self["node-local-interface"])
+            except ValueError as e:
+                sys.stderr.write(f"kubedns: {e}\n")
+                sys.stderr.flush()
+                raise SystemExit(1) from None
 
 
 def makeService(options: Options) -> Any:  # noqa: N802
@@ -77,6 +94,10 @@ def makeService(options: Options) -> Any:  # noqa: N802
         Logger(namespace="kubedns").info("{banner}", banner=banner(config))
     raise_fd_limit()  # process start-up: as Go does for CoreDNS, before any socket is opened
     service = build(config)
+    if options.get("node-local-plan") is not None and worker_index() == 0:
+        from kubedns.nodelocal import NodeLocalNetwork
+
+        service.add_first(NodeLocalNetwork(options["node-local-plan"]))
     _hold_gc_until_synced(service)
     return service
 
