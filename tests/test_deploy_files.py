@@ -19,6 +19,9 @@ Covers:
   systemd steps are the same commands: a venv at /opt/kubedns whose twistd is ExecStart, the
   plugin cache built after pip, files that exist, and a kubeconfig readable by root and the
   service's group only.
+* ``conf/kubernetes/node-local/`` and ``conf/kubedns-nodelocal.service``: the node-local cache's
+  DaemonSet, Services and ConfigMap (the same Corefile as ``conf/nodelocal.Corefile``), validated
+  the same way, and its unit through ``systemd-analyze verify``.
 * ``Containerfile`` and its ignore files: non-root USER, twistd ENTRYPOINT,
   pip install and a prebuilt Twisted plugin dropin cache.
 
@@ -979,3 +982,89 @@ def test_ignore_files() -> None:
         assert required in patterns, f"build context does not exclude {required}"
     for needed in ("pyproject.toml", "kubedns", "twisted"):
         assert needed not in patterns, f"build context must keep {needed} for pip install"
+
+
+# ----------------------------------------------------------- node-local cache (conf/kubernetes/node-local)
+
+NODE_LOCAL_DIR = K8S_DIR / "node-local"
+NODE_LOCAL_FILES = sorted(p.name for p in NODE_LOCAL_DIR.glob("*.yaml") if p.name != KUSTOMIZATION)
+NODE_LOCAL_COREFILE = REPO / "conf" / "nodelocal.Corefile"
+NODE_LOCAL_UNIT = REPO / "conf" / "kubedns-nodelocal.service"
+
+
+def _node_local(kind: str) -> list[Obj]:
+    return [d for n in NODE_LOCAL_FILES for d in _load_yaml_docs((NODE_LOCAL_DIR / n).read_text()) if d["kind"] == kind]
+
+
+def test_node_local_kustomization_lists_every_manifest() -> None:
+    (kustomization,) = _load_yaml_docs((NODE_LOCAL_DIR / KUSTOMIZATION).read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert sorted(kustomization["resources"]) == NODE_LOCAL_FILES
+    for name in NODE_LOCAL_FILES:
+        assert (NODE_LOCAL_DIR / name).read_text().startswith("# "), f"{name}: no comment header"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", NODE_LOCAL_FILES)
+def test_node_local_manifest_validates_against_openapi_schema(name: str, version: str) -> None:
+    for doc in _load_yaml_docs((NODE_LOCAL_DIR / name).read_text()):
+        assert doc["metadata"]["namespace"] == "kube-system"
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_node_local_configmap_is_conf_nodelocal_corefile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubedns.config import load
+    from kubedns.nodelocal import plan
+
+    (cm,) = _node_local("ConfigMap")
+    assert cm["data"]["Corefile"] == NODE_LOCAL_COREFILE.read_text()
+    monkeypatch.setenv("KUBE_DNS_UPSTREAM_SERVICE_HOST", "10.96.0.10")
+    config = load(str(NODE_LOCAL_COREFILE))
+    assert plan(config).ips == ("169.254.20.10",)
+    by_zone = {z: server for server in config.servers for z in server.zones}
+    for zone in ("cluster.local", "in-addr.arpa", "ip6.arpa"):  # over TCP to the cluster DNS Service
+        fwd = by_zone[zone].forward
+        assert fwd is not None and fwd.force_tcp, zone
+    root = by_zone[""].forward  # the root zone "."
+    assert root is not None and not root.force_tcp  # the rest: the node's resolv.conf
+
+
+def test_node_local_daemonset() -> None:
+    (ds,) = _node_local("DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "Default"
+    (container,) = spec["containers"]
+    assert "--node-local" in container["args"]
+    assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
+    # the config it runs is the ConfigMap's Corefile, mounted where --config points
+    config_path = Path(container["args"][container["args"].index("--config") + 1])
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == config_path.parent]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    (cm,) = _node_local("ConfigMap")
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    assert volume["configMap"]["items"] == [{"key": "Corefile", "path": config_path.name}]
+    assert container["livenessProbe"]["httpGet"]["host"] == "169.254.20.10"
+    # the Services: kube-dns-upstream in front of the cluster DNS (KUBE_DNS_UPSTREAM_SERVICE_HOST
+    # in the Corefile) and a headless one for the metrics on every node
+    services = {s["metadata"]["name"]: s for s in _node_local("Service")}
+    assert services["kube-dns-upstream"]["spec"]["selector"] == {"k8s-app": "kube-dns"}
+    assert "{$KUBE_DNS_UPSTREAM_SERVICE_HOST}" in NODE_LOCAL_COREFILE.read_text()
+    metrics = services["kubedns-node-local"]["spec"]
+    assert metrics["clusterIP"] == "None"
+    assert metrics["selector"] == ds["spec"]["selector"]["matchLabels"]
+    assert [p["port"] for p in metrics["ports"]] == [9253]
+
+
+def test_node_local_unit_verifies(tmp_path: Path) -> None:
+    unit = _parse_unit(NODE_LOCAL_UNIT.read_text())
+    exec_start = shlex.split(_unit_value(unit, "Service", "ExecStart"))
+    assert exec_start[-1] == "--node-local"
+    assert "CAP_NET_ADMIN" in _unit_value(unit, "Service", "CapabilityBoundingSet")
+    assert "AF_NETLINK" in _unit_value(unit, "Service", "RestrictAddressFamilies")
+    assert "PrivateNetwork" not in unit["Service"]
+    analyze = _systemd_analyze()
+    true_bin = shutil.which("true") or "/bin/true"
+    copy_path = tmp_path / NODE_LOCAL_UNIT.name
+    copy_path.write_text(re.sub(r"(?m)^ExecStart=\S+", f"ExecStart={true_bin}", NODE_LOCAL_UNIT.read_text()))
+    result = _run_verify(analyze, copy_path)
+    assert result.returncode == 0, result.stdout + result.stderr
