@@ -174,12 +174,24 @@ def test_node_local_in_a_namespace(node_netns: str, tmp_path: Path) -> None:
         assert sum(v for k, v in counters.items() if "raw-prerouting" in k) >= 3, counters
         assert sum(v for k, v in counters.items() if "filter-input" in k) >= 3, counters
 
+        if shutil.which("nft"):  # as the operator sees them (nftables installed by scripts/test)
+            listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", netsetup.TABLE],
+                                    capture_output=True, text=True, timeout=20, check=True).stdout
+            assert "type filter hook prerouting priority raw" in listed
+            assert f"ip daddr {LOCAL_IP} udp dport 53 counter packets" in listed
+            assert f"ip saddr {LOCAL_IP} tcp sport 53 counter packets" in listed and "notrack" in listed
+            assert "dport 5353" not in listed
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM), logtext()  # twistd ends by its signal
         with inside(ns):
             assert netsetup.interface_addresses("nodelocaldns") is None
             assert netsetup.rule_counters() == {}
         assert "interface nodelocaldns and its rules removed" in logtext()
+        if shutil.which("nft"):
+            tables = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
+                                    capture_output=True, text=True, timeout=20, check=True).stdout
+            assert netsetup.TABLE not in tables
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
