@@ -59,6 +59,12 @@ def test_rules_are_node_caches() -> None:
     assert "filter-input: ip daddr 169.254.20.10 tcp dport 53 counter accept" in text
     assert "filter-output: ip saddr 169.254.20.10 udp sport 53 counter accept" in text
     assert len(text) == 10
+    six = [str(r) for r in netsetup.rules_for(["fd00::10"], [53])]
+    assert "raw-prerouting: ip6 daddr fd00::10 tcp dport 53 counter notrack" in six
+    # the IPv6 addresses and the port are matched at their offsets in the headers
+    (rule,) = [r for r in netsetup.rules_for(["fd00::10"], [5353]) if r.chain == "raw-prerouting" and r.proto == "udp"]
+    loads = [e["attrs"][1][1]["attrs"] for e in netsetup._expressions(rule) if e["attrs"][0][1] == "payload"]
+    assert [dict(x)["NFTA_PAYLOAD_OFFSET"] for x in loads] == [24, 2]  # ip6 daddr, udp dport
 
 
 def test_network_up_before_listeners_and_down_after(tmp_path: Path) -> None:
