@@ -15,22 +15,14 @@ import gc
 import sys
 from typing import Any
 
-# No cyclic garbage collection during start-up: see kubedns.k8s.informer.hold_gc (this is the
-# first kubedns module twistd imports, so the hold covers our imports and the first sync).
-if gc.isenabled():
-    gc.disable()
-    _GC_HELD_AT_IMPORT = True
-else:
-    _GC_HELD_AT_IMPORT = False
+from twisted.python import usage
+
+from kubedns import __version__
+from kubedns.config import ConfigError, load
 
 #: Seconds after which the start-up hold on the garbage collector ends if the first sync of the
 #: cluster has not ended it (an unreachable API server, a huge cluster).
 GC_HOLD_BOUND = 60.0
-
-from twisted.python import usage  # noqa: E402 (after the hold above: it covers these imports)
-
-from kubedns import __version__  # noqa: E402
-from kubedns.config import ConfigError, load  # noqa: E402
 
 DEFAULT_CONFIG = "/etc/kubedns/corefile.yaml"
 
@@ -62,6 +54,10 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:  # noqa: N802 (Twisted API)
+        # No cyclic garbage collection from here (twistd parsing our options: the process is
+        # starting) until the first sync: see kubedns.k8s.informer.hold_gc and makeService.
+        self["gc_held"] = gc.isenabled()
+        gc.disable()
         try:
             self["parsed"] = load(self["config"])
         except ConfigError as e:
@@ -98,14 +94,15 @@ def makeService(options: Options) -> Any:  # noqa: N802
         from kubedns.nodelocal import NodeLocalNetwork
 
         service.add_first(NodeLocalNetwork(options["node-local-plan"]))
-    _hold_gc_until_synced(service)
+    _hold_gc_until_synced(service, options.get("gc_held", False))
     return service
 
 
-def _hold_gc_until_synced(service: Any) -> None:
-    """Keep the start-up hold on the collector until the first sync, if an informer will end it."""
-    if not _GC_HELD_AT_IMPORT:
-        return
+def _hold_gc_until_synced(service: Any, held: bool) -> None:
+    """Keep the start-up hold on the collector (``held``: taken by ``postOptions``) until the
+    first sync, if an informer will end it; else end it now."""
+    if not held:
+        return  # the collector was off before kubedns: not ours to turn on
     from kubedns.k8s import informer
 
     informer.hold_gc()  # owned by the informer module from here on

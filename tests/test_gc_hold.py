@@ -1,7 +1,7 @@
 """The start-up hold on the cyclic garbage collector (:func:`kubedns.k8s.informer.hold_gc`).
 
-kubedns turns the collector off when twistd imports :mod:`kubedns.tap` and keeps it off until
-the first full sync of the cluster, where it collects once, freezes the heap and turns it back
+kubedns turns the collector off when twistd parses its options (:class:`kubedns.tap.Options`)
+and keeps it off until the first full sync of the cluster, where it collects once, freezes the heap and turns it back
 on.  These tests hold it to the three ways the hold may end: the informer's first sync against
 :class:`tests.fakeapi.FakeKubeAPI` over real HTTP (and not before), at once when the config has
 no informer to wait for, and after :data:`kubedns.tap.GC_HOLD_BOUND` when no sync comes.  Each
@@ -79,27 +79,36 @@ class TapHoldTests(_GCState):
         return SimpleNamespace(sources=sources, reactor=clock)
 
     def test_released_at_once_without_an_informer(self) -> None:
-        self.patch(tap, "_GC_HELD_AT_IMPORT", True)
         gc.disable()
         clock = task.Clock()
-        tap._hold_gc_until_synced(self._service([], clock))
+        tap._hold_gc_until_synced(self._service([], clock), True)
         self.assertTrue(gc.isenabled())
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_released_after_the_bound_when_no_sync_comes(self) -> None:
-        self.patch(tap, "_GC_HELD_AT_IMPORT", True)
         gc.disable()
         clock = task.Clock()
         never_started = Informer(Store(required=ALL), ALL, "/nonexistent/kubeconfig", reactor=clock)
-        tap._hold_gc_until_synced(self._service([never_started], clock))
+        tap._hold_gc_until_synced(self._service([never_started], clock), True)
         clock.advance(tap.GC_HOLD_BOUND - 1)
         self.assertFalse(gc.isenabled())
         clock.advance(1)
         self.assertTrue(gc.isenabled())
 
     def test_left_alone_when_the_collector_was_off_before_kubedns(self) -> None:
-        self.patch(tap, "_GC_HELD_AT_IMPORT", False)
         gc.disable()
         clock = task.Clock()
-        tap._hold_gc_until_synced(self._service([], clock))
+        tap._hold_gc_until_synced(self._service([], clock), False)
         self.assertFalse(gc.isenabled(), "someone else turned it off: not ours to turn on")
+
+    def test_option_parsing_starts_the_hold(self) -> None:
+        cfg = Path(self.mktemp())
+        cfg.write_text("servers:\n  - zones: ['.']\n    listen: '127.0.0.1:5353'\n    forward: {to: ['127.0.0.1:5300']}\n")
+        opts = tap.Options()
+        opts.parseOptions(["--config", str(cfg)])
+        self.assertTrue(opts["gc_held"])
+        self.assertFalse(gc.isenabled())
+        gc.disable()
+        opts = tap.Options()
+        opts.parseOptions(["--config", str(cfg)])
+        self.assertFalse(opts["gc_held"], "already off before kubedns: not a hold of ours")
