@@ -276,6 +276,23 @@ def interface_addresses(name: str) -> list[str] | None:
         return sorted(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]))
 
 
+def missing(name: str, ips: Sequence[str]) -> list[str]:
+    """What of the set-up is gone (an interface deleted by hand, a ruleset flushed): [] if nothing."""
+    have = interface_addresses(name)
+    if have is None:
+        out = [f"interface {name}"]
+    else:
+        out = [f"address {ip}" for ip in ips if str(ipaddress.ip_address(ip)) not in have]
+    for version in sorted({ipaddress.ip_address(ip).version for ip in ips}):
+        nft = _nft(version)
+        try:
+            if not _table_exists(nft):
+                out.append(f"table {_FAMILY_NAME[version]} {TABLE}")
+        finally:
+            nft.close()
+    return out
+
+
 def setup(name: str, ips: Sequence[str], ports: Iterable[int]) -> list[Rule]:
     """Interface, then rules (both idempotent); returns the rules installed.
 

@@ -14,6 +14,9 @@ disagree (node-cache takes ``-localip`` and the Corefile separately); a listener
 (``.:53`` without ``bind``) is refused in this mode, since there would be nothing to put on the
 interface.  The interface is set up at start: a reload that changes ``bind`` does not change it.
 Only the process twistd started (worker 0) touches the network; workers bind the same addresses.
+While serving, the set-up is checked every ``--node-local-check`` seconds (60 by default), as
+node-cache re-checks its interface and rules, and written again if something removed part of it
+(an iptables/nftables flush by another agent, the interface deleted by hand).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import task
 from twisted.logger import Logger
 
 from kubedns import netsetup
@@ -66,18 +70,24 @@ class NodeLocalNetwork(service.Service):
 
     Put first among the DNS service's children (:meth:`kubedns.service.KubeDNS.add_first`): it is
     then set up before any listener binds and removed after the listeners' stop has begun.
-    ``setup``/``teardown`` are injected for tests of the ordering without netlink.
+    ``setup``/``teardown``/``missing`` and the reactor are injected for tests without netlink.
     """
 
     name = "node-local"
 
-    def __init__(self, plan: NodeLocalPlan,
+    def __init__(self, plan: NodeLocalPlan, *, check_interval: float = 60.0, reactor: Any = None,
                  setup: Callable[[str, Sequence[str], Sequence[int]], Any] = netsetup.setup,
-                 teardown: Callable[[str], None] = netsetup.teardown):
+                 teardown: Callable[[str], None] = netsetup.teardown,
+                 missing: Callable[[str, Sequence[str]], list[str]] = netsetup.missing):
         self.plan = plan
+        self.check_interval = check_interval
+        self.reactor = reactor
         self._setup = setup
         self._teardown = teardown
+        self._missing = missing
+        self._loop: task.LoopingCall | None = None
         self.installed = False
+        self.repairs = 0
 
     def privilegedStartService(self) -> None:  # noqa: N802 (Twisted API)
         p = self.plan
@@ -95,8 +105,32 @@ class NodeLocalNetwork(service.Service):
                  iface=p.interface, ips=", ".join(p.ips), ports=", ".join(map(str, p.ports)))
         super().privilegedStartService()
 
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        if self.installed and self.check_interval > 0:
+            self._loop = task.LoopingCall(self.check)
+            if self.reactor is not None:
+                self._loop.clock = self.reactor
+            self._loop.start(self.check_interval, now=False)
+
+    def check(self) -> None:
+        """Write the set-up again if part of it is gone; errors are logged, the next check retries."""
+        p = self.plan
+        try:
+            gone = self._missing(p.interface, p.ips)
+            if not gone:
+                return
+            log.warn("kubedns node-local: {gone} gone; setting up again", gone=", ".join(gone))
+            self._setup(p.interface, p.ips, p.ports)
+            self.repairs += 1
+        except (netsetup.NetSetupError, OSError) as e:
+            log.error("kubedns node-local: check failed: {err}", err=e)
+
     def stopService(self) -> None:  # noqa: N802 (Twisted API)
         super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
         if not self.installed:
             return
         self.installed = False

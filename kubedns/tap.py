@@ -36,6 +36,9 @@ class Options(usage.Options):
          "or kubedns's YAML (.yaml/.yml). Told apart by content."],
         ["node-local-interface", None, "nodelocaldns",
          "With --node-local: the dummy interface that carries the addresses."],
+        ["node-local-check", None, "60",
+         "With --node-local: seconds between checks that the interface and rules are still "
+         "there (written again if not); 0: no checks."],
     ]
     optFlags = [  # noqa: N815 (Twisted API)
         ["node-local", None,
@@ -71,10 +74,22 @@ class Options(usage.Options):
 
             try:
                 self["node-local-plan"] = plan(self["parsed"], self["node-local-interface"])
+                self["node-local-check"] = _seconds("--node-local-check", self["node-local-check"])
             except ValueError as e:
                 sys.stderr.write(f"kubedns: {e}\n")
                 sys.stderr.flush()
                 raise SystemExit(1) from None
+
+
+def _seconds(flag: str, text: str) -> float:
+    """A non-negative finite number of seconds, or a ValueError naming ``flag``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{flag}: seconds (0 or more), got {text!r}")
+    return value
 
 
 def makeService(options: Options) -> Any:  # noqa: N802
@@ -93,7 +108,8 @@ def makeService(options: Options) -> Any:  # noqa: N802
     if options.get("node-local-plan") is not None and worker_index() == 0:
         from kubedns.nodelocal import NodeLocalNetwork
 
-        service.add_first(NodeLocalNetwork(options["node-local-plan"]))
+        service.add_first(NodeLocalNetwork(options["node-local-plan"], check_interval=options["node-local-check"],
+                                           reactor=service.reactor))
     _hold_gc_until_synced(service, options.get("gc_held", False))
     return service
 

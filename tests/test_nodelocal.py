@@ -86,6 +86,28 @@ def test_network_up_before_listeners_and_down_after(tmp_path: Path) -> None:
     assert events == ["setup", "teardown"]
 
 
+def test_network_checked_and_repaired_while_serving() -> None:
+    """As node-cache does: a flushed ruleset or a deleted interface is written again."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    gone: list[str] = []
+    setups: list[tuple[str, tuple[str, ...]]] = []
+    net = NodeLocalNetwork(NodeLocalPlan("nodelocaldns", (LOCAL_IP,), (53,)), check_interval=60, reactor=clock,
+                           setup=lambda n, ips, ports: setups.append((n, tuple(ips))),
+                           teardown=lambda n: None, missing=lambda n, ips: list(gone))
+    net.privilegedStartService()
+    net.startService()
+    clock.advance(60)
+    assert len(setups) == 1 and net.repairs == 0  # all there: nothing done
+    gone.append("table ip kubedns-nodelocal")
+    clock.advance(60)
+    assert len(setups) == 2 and net.repairs == 1
+    net.stopService()
+    clock.advance(600)
+    assert len(setups) == 2  # no checks after stop
+
+
 # -- in a network namespace -----------------------------------------------------------------------
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 (ip netns) for a network namespace")
@@ -147,7 +169,7 @@ def test_node_local_in_a_namespace(node_netns: str, tmp_path: Path) -> None:
         log = open(tmp_path / "kubedns.log", "wb")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *TWISTD, "-n", "--pidfile=", "kubedns",
-             "--config", str(COREFILE), "--node-local"],
+             "--config", str(COREFILE), "--node-local", "--node-local-check", "0.5"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "KUBE_DNS_UPSTREAM_SERVICE_HOST": f"127.0.0.2:{cluster.port}"},
         )
@@ -187,6 +209,12 @@ def test_node_local_in_a_namespace(node_netns: str, tmp_path: Path) -> None:
             assert f"ip daddr {LOCAL_IP} udp dport 53 counter packets" in listed
             assert f"ip saddr {LOCAL_IP} tcp sport 53 counter packets" in listed and "notrack" in listed
             assert "dport 5353" not in listed
+
+        # someone flushes the ruleset: the next check writes it again
+        with inside(ns):
+            netsetup.remove_rules()
+            assert wait_for(lambda: len(netsetup.rule_counters()) == 10, timeout=10), logtext()
+        assert "table ip kubedns-nodelocal gone; setting up again" in logtext()
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM), logtext()  # twistd ends by its signal
