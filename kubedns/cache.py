@@ -124,8 +124,10 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
         secs = int(config.servfail_ttl)
         return (SERVFAIL, secs) if secs > 0 else None
     if rcode == dns.OK and response.answers:
-        rrs = [rr for sec in (response.answers, response.authority, response.additional) for rr in sec]
-        low = min((rr.ttl for rr in rrs if rr.type != dns.OPT), default=0)
+        low = min(min((rr.ttl for rr in sec if rr.type != dns.OPT), default=1 << 31)
+                  for sec in (response.answers, response.authority, response.additional))
+        if low == 1 << 31:  # only OPT records
+            low = 0
         ttl = min(config.ttl, max(config.min_ttl, low))
         return (SUCCESS, ttl) if ttl > 0 else None
     # NXDOMAIN or NODATA: cacheable only with an SOA to take the negative TTL from (RFC 2308 §5).
@@ -197,6 +199,13 @@ def _copy_rrs(rrs: list, ttl: int | None = None) -> list:
             c.ttl = ttl
         out.append(c)
     return out
+
+
+def _shared_rrs(rrs: list) -> list:
+    """``rrs`` without OPT, in a list of their own: the records themselves are shared with the
+    message they came from (nothing changes a record but its TTL, which an entry never reads:
+    every hit copies the records with the TTL it serves)."""
+    return [rr for rr in rrs if rr.type != dns.OPT]
 
 
 class Cache:
@@ -310,10 +319,23 @@ class Cache:
         return self._put(key, response) is not None
 
     def store(self, key: CacheKey, response: dns.Message) -> dns.Message | None:
-        """:meth:`put`, then the entry as a hit would return it now (as :meth:`peek`), or None if
-        not stored: one call on a miss instead of a put and a lookup."""
+        """:meth:`put`, then ``response`` itself with the TTLs a hit would carry now (as
+        :meth:`peek`), or None if not stored: one call on a miss instead of a put and a lookup.
+
+        The records are not copied: the entry shares them (it never reads their TTLs, a hit
+        copies them with its own), so the miss only rewrites the TTLs in place; the OPT record
+        (the upstream's live EDNS options) stays as it came.  ``response.cache_ttl`` is set to
+        the TTL it is cached for (what :func:`response_ttl` would say of it now)."""
         e = self._put(key, response)
-        return self._message(e, self._served_ttl(e, e.ttl)) if e is not None else None
+        if e is None:
+            return None
+        ttl = self._served_ttl(e, e.ttl)
+        for section in (response.answers, response.authority, response.additional):
+            for rr in section:
+                if rr.type != dns.OPT:
+                    rr.ttl = ttl
+        response.cache_ttl = e.ttl  # type: ignore[attr-defined]
+        return response
 
     def _put(self, key: CacheKey, response: dns.Message) -> _Entry | None:
         decision = response_ttl(response, self.config)
@@ -338,9 +360,9 @@ class Cache:
             auth=bool(response.auth),
             rec_av=response.recAv,
             ad=getattr(response, "authenticData", 0),
-            answers=_copy_rrs(response.answers),
-            authority=_copy_rrs(response.authority),
-            additional=_copy_rrs(response.additional),
+            answers=_shared_rrs(response.answers),
+            authority=_shared_rrs(response.authority),
+            additional=_shared_rrs(response.additional),
             stored=self._reactor.seconds(),
             ttl=ttl,
             cost=cost,

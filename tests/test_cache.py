@@ -331,6 +331,28 @@ def test_chain_miss_then_hit() -> None:
     assert not ch.handles(b"x.corp") and ch.handles(b"example.com")
 
 
+def test_chain_miss_is_the_response_with_capped_ttls_and_its_live_options() -> None:
+    """A miss answers with the upstream's message itself (no copies), TTLs as a hit would carry
+    them and the upstream's OPT record exactly once; what the caller then does to that message
+    (its TTLs, its lists) does not reach the entry, and a hit still carries the kept options only."""
+    ch, fwd, cache, clock = chain(CacheConfig(ttl=60))
+    d = ch.resolve(query())
+    live = dns.RRHeader(b"", dns.OPT, 1232, 0, dns.UnknownRecord(b"\x00\x03\x00\x02ns"))  # NSID
+    upstream = response(answers=[a(b"example.com", "192.0.2.1", 300)], additional=[live])
+    fwd.calls[0][1].callback(upstream)
+    served = result(d)
+    assert served is upstream
+    assert [rr.ttl for rr in served.answers] == [60]  # capped at the cache's ttl
+    assert served.additional == [live] and live.ttl == 0  # the OPT's TTL field (EDNS flags) untouched
+    assert served.cache_ttl == 60
+    served.answers[0].ttl = 9999
+    served.answers.clear()
+    clock.advance(10)
+    hit = result(ch.resolve(query()))
+    assert [rr.ttl for rr in hit.answers] == [50]
+    assert hit.additional == []  # NSID is per request: not kept with the entry
+
+
 def test_chain_without_cache_just_forwards() -> None:
     fwd = FakeForwarder()
     ch = ForwardChain(fwd, None, reactor=task.Clock())  # type: ignore[arg-type]

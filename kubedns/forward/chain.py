@@ -91,15 +91,10 @@ class ForwardChain:
             if stale is not None:
                 return stale
         # answer as later hits will (TTLs capped by the cache config), as CoreDNS does, but
-        # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE)
+        # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE): the
+        # cache rewrites the response's TTLs in place and leaves its OPT record as it came
         served = self.cache.store(key, response)
-        if served is None:
-            return response
-        additional = served.additional
-        if additional and additional[-1].type == dns.OPT:  # the kept options: the live ones instead
-            additional.pop()
-        additional.extend(rr for rr in response.additional if rr.type == dns.OPT)
-        return served
+        return response if served is None else served
 
     def _stale_or_fail(self, failure: Failure, key: CacheKey) -> Any:
         assert self.cache is not None

@@ -69,6 +69,9 @@ class ForwardPlugin:
         cfg = cache.config if cache is not None else None
         if cfg is None or cfg.prefetch_amount or cfg.keepttl or upstream.rCode not in (dns.OK, dns.ENAME):
             return 0.0  # keepttl: the fast path ages TTLs, the cache serves them as stored
+        stored = getattr(upstream, "cache_ttl", None)  # just stored (Cache.store): no second scan
+        if stored is not None:
+            return float(stored)
         from kubedns.cache import response_ttl
 
         got = response_ttl(upstream, cfg)
