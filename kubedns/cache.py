@@ -124,9 +124,15 @@ def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] 
         secs = int(config.servfail_ttl)
         return (SERVFAIL, secs) if secs > 0 else None
     if rcode == dns.OK and response.answers:
-        low = min(min((rr.ttl for rr in sec if rr.type != dns.OPT), default=1 << 31)
-                  for sec in (response.answers, response.authority, response.additional))
-        if low == 1 << 31:  # only OPT records
+        low = -1  # the smallest TTL but the OPT's (a plain loop: no generator per section)
+        opt = dns.OPT
+        for sec in (response.answers, response.authority, response.additional):
+            for rr in sec:
+                if rr.type != opt:
+                    t = rr.ttl
+                    if low < 0 or t < low:
+                        low = t
+        if low < 0:  # only OPT records
             low = 0
         ttl = min(config.ttl, max(config.min_ttl, low))
         return (SUCCESS, ttl) if ttl > 0 else None
