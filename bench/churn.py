@@ -37,7 +37,7 @@ import dns.message
 import dns.query
 from run import REPO, cpu_seconds, dnsperf, free_port, make_cluster, stop, wait_udp  # type: ignore[import-not-found]
 
-from kubedns.workers import TWISTD
+from kubedns.serve.workers import TWISTD
 from tests import fakeapi
 from tests.support import kubeobj
 
@@ -195,8 +195,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"--churn {args.churn!r}: expected changes per second, e.g. 2,20,100")
     if not rates or any(r <= 0 for r in rates):
         sys.exit(f"--churn {args.churn!r}: rates must be positive")
-    if args.baseline is not None and not (args.baseline / "kubedns" / "fastcache.py").is_file():
-        sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/fastcache.py)")
+    if args.baseline is not None and not any((args.baseline / "kubedns" / p).is_file()
+                                             for p in ("serve/fastcache.py", "fastcache.py")):
+        sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/serve/fastcache.py)")
     os.sched_setaffinity(0, {1})  # the API and the change loop stay off kubedns's CPU
     trees = ([("baseline", args.baseline.resolve())] if args.baseline else []) + [("this tree", REPO)]
     table: list[tuple[str, RateResult]] = []

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from run import cpu_seconds, free_port, rss_mb, start, stop  # noqa: E402
 
-from kubedns.workers import TWISTD  # noqa: E402
+from kubedns.serve.workers import TWISTD  # noqa: E402
 
 ZONE = "fwd.test"
 WARM = 5000  # warm-up names, never asked again

@@ -37,7 +37,7 @@ import dns.edns  # noqa: E402
 import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
 
-from kubedns.wire import scan_name  # noqa: E402
+from kubedns.dns.wire import scan_name  # noqa: E402
 from tests.conftest import KubeDNSProcess, free_port, query, rrset_text  # noqa: E402
 from tests.dnsupstream import closed_port  # noqa: E402
 from tests.support.cluster import cluster_config, cluster_objects, write_manifests  # noqa: E402

@@ -3,10 +3,10 @@
     python3 bench/memory.py [--endpoints 250] [--entries 5000]
 
 In this process, with tracemalloc: the bytes Python holds per fast-path entry (random-case
-spellings of small answers, several EDNS sizes) next to what :class:`kubedns.fastcache.FastCache`
+spellings of small answers, several EDNS sizes) next to what :class:`kubedns.serve.fastcache.FastCache`
 charges against ``max_bytes``; the bytes per kept computed answer (an SRV answer of a headless
 Service with ``--endpoints`` endpoints, an A answer, a negative) next to
-:func:`kubedns.fastcache.computed_cost`; the bytes per shared address record.  A counted figure
+:func:`kubedns.serve.fastcache.computed_cost`; the bytes per shared address record.  A counted figure
 below the measured one means a budget that does not hold: the script says so and exits 1.
 Queries go through the real UDP protocol class with a capturing socket: nothing is sent anywhere.
 
@@ -38,12 +38,12 @@ from twisted.internet import task  # noqa: E402
 
 from kubedns.config import KubernetesConfig, ServerBlock  # noqa: E402
 from kubedns.configbase import Address  # noqa: E402
-from kubedns.fastcache import computed_cost  # noqa: E402
+from kubedns.dns.records import ClusterZones  # noqa: E402
 from kubedns.k8s import objects  # noqa: E402
 from kubedns.k8s.store import Store  # noqa: E402
-from kubedns.protocols import DNSDatagramProtocol  # noqa: E402
-from kubedns.records import ClusterZones  # noqa: E402
-from kubedns.server import Block, Dispatcher  # noqa: E402
+from kubedns.serve.fastcache import computed_cost  # noqa: E402
+from kubedns.serve.protocols import DNSDatagramProtocol  # noqa: E402
+from kubedns.serve.server import Block, Dispatcher  # noqa: E402
 from tests.support import kubeobj  # noqa: E402
 from tests.support.records_table import fill  # noqa: E402
 
@@ -96,7 +96,7 @@ def scale(queries: int, cpu: str) -> int:
 
     from bench.run import stop
     from bench.scale import RSSSampler, ScaleFakeAPI, build_cluster, pod_ip, rss_kb, svc_ip, wait_synced
-    from kubedns.workers import TWISTD
+    from kubedns.serve.workers import TWISTD
 
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         os.environ.pop(var, None)

@@ -18,12 +18,12 @@ import timeit
 import dns.message
 
 from kubedns.configbase import Node
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
+from kubedns.dns.wire import parse_question
 from kubedns.plugins.base import Reply
 from kubedns.plugins.rewrite import RewritePlugin, parse_rewrite_config
 from kubedns.plugins.template import TemplatePlugin, parse_template_config
-from kubedns.query import Request
-from kubedns.records import Answer
-from kubedns.wire import parse_question
 
 SEARCH_NX = {
     "class": "ANY", "type": "ANY", "zones": ["cluster.local"],

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kubedns.workers import TWISTD  # noqa: E402
+from kubedns.serve.workers import TWISTD  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run import stop  # noqa: E402
-from kubedns.workers import TWISTD  # noqa: E402
+from kubedns.serve.workers import TWISTD  # noqa: E402
 from tests import fakeapi  # noqa: E402
 from tests.support import kubeobj  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The cluster zones as a twisted.names resolver, for use in standard resolver chains.
 
-kubedns's own server asks :class:`~kubedns.records.ClusterZones` directly (synchronously, to keep
+kubedns's own server asks :class:`~kubedns.dns.records.ClusterZones` directly (synchronously, to keep
 the per-query cost low and to keep rcodes exact).  This adapter exposes the same answers through
 twisted.names' ``IResolver`` so they compose with the rest of twisted.names: a
 ``ResolverChain([KubernetesAuthority(...), client.Resolver(...)])``, ``DNSServerFactory``
@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DomainError
 
-from kubedns.records import ClusterZones
+from kubedns.dns.records import ClusterZones
 
 __all__ = ["ClusterNameError", "ClusterNotSyncedError", "ClusterTransferRefusedError", "KubernetesAuthority"]
 

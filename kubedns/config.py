@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from kubedns.configbase import Address, ConfigError, Node, key_name, short_repr
-from kubedns.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
+from kubedns.ops.logconfig import ErrorsConfig, LogConfig, parse_errors, parse_log
 
 if TYPE_CHECKING:  # for the types only: their modules are imported where the keys are parsed
     from kubedns.forward.config import CacheConfig, ForwardConfig, LoopConfig

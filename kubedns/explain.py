@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.names import dns
 
 if TYPE_CHECKING:
+    from kubedns.dns.query import Request
     from kubedns.plugins.base import Reply
-    from kubedns.query import Request
 
 __all__ = [
     "EXPLAIN_OPTION",
@@ -86,7 +86,7 @@ RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
 
 def _asked(req: Request) -> bool:
     """Whether the query's OPT record holds :data:`EXPLAIN_OPTION` (options walked exactly)."""
-    from kubedns.wire import query_edns_options
+    from kubedns.dns.wire import query_edns_options
 
     rdata = query_edns_options(req.packet, req.q)
     pos, n = 0, len(rdata)

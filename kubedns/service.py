@@ -3,7 +3,7 @@
 ``build(config)`` returns a :class:`KubeDNS` ``MultiService`` holding, for each ``kubernetes``
 block, a :class:`~kubedns.k8s.store.Store` fed by an informer (or a manifests file), for each
 block with ``forward`` its forward chain, and for each distinct listen address a UDP and a TCP
-listener sharing one :class:`~kubedns.server.Dispatcher`.  Tests and twistd both go through here.
+listener sharing one :class:`~kubedns.serve.server.Dispatcher`.  Tests and twistd both go through here.
 
 Reload (SIGHUP, or the ``reload`` key's periodic check) parses the file again; an invalid file is
 logged and counted and the running config keeps serving.  So is a valid one that cannot be
@@ -37,19 +37,27 @@ from kubedns.config import Config, ConfigError, KubernetesConfig, ReloadConfig, 
 from kubedns.configbase import Address
 from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
-from kubedns.listen import ListenError, TCPListener, UDPListener, fd_limit, http_addresses, http_listen_error, interface
 from kubedns.plugins.hosts import HostsPlugins
 from kubedns.plugins.observe import QueryObservers
-from kubedns.protocols import DNSDatagramProtocol, DNSStreamFactory
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.listen import (
+    ListenError,
+    TCPListener,
+    UDPListener,
+    fd_limit,
+    http_addresses,
+    http_listen_error,
+    interface,
+)
+from kubedns.serve.protocols import DNSDatagramProtocol, DNSStreamFactory
+from kubedns.serve.server import Block, Dispatcher
+from kubedns.serve.workers import WorkerPool, announce_ready, worker_index
 from kubedns.stores import ClusterSources
-from kubedns.workers import WorkerPool, announce_ready, worker_index
 
 if TYPE_CHECKING:
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.config import ForwardConfig
     from kubedns.forward.loop import LoopDetector
-    from kubedns.health import Ops
+    from kubedns.ops.health import Ops
 
     #: a block's forwarding: its chain (forwarder and cache) and its loop detector, if any
     Forwarding = tuple[ForwardChain, LoopDetector | None]
@@ -153,7 +161,7 @@ class KubeDNS(service.MultiService):
         return out
 
     def _build_ops(self) -> None:
-        from kubedns.health import build_ops
+        from kubedns.ops.health import build_ops
 
         self.ops = build_ops(self)
 
@@ -176,7 +184,7 @@ class KubeDNS(service.MultiService):
 
         cache = None
         if block.cache is not None:
-            from kubedns.cache import Cache
+            from kubedns.forward.cache import Cache
 
             cache = Cache(block.cache, reactor=self.reactor)
         chain = ForwardChain(Forwarder(forward, reactor=self.reactor), cache=cache, reactor=self.reactor)
@@ -285,7 +293,7 @@ class KubeDNS(service.MultiService):
         for lst in self._listeners.values():
             if store is None:
                 lst.dispatcher.fast.drop_cluster()
-            else:  # only the answers the change can alter (kubedns.depends)
+            else:  # only the answers the change can alter (kubedns.dns.depends)
                 lst.dispatcher.fast.store_changed(store)
         self._maybe_announce()
 
@@ -484,7 +492,7 @@ def _programming_hook(store: Store, now: Any = time.time) -> Any:
     so a new Service's slice often lands first; its names only become answerable when the Service
     does, so the slice's start time is held (bounded) and observed when the Service arrives.
     """
-    from kubedns.counters import observe_programming
+    from kubedns.ops.counters import observe_programming
 
     pending: dict[tuple[str, str], float] = {}
 

@@ -10,7 +10,7 @@ rebuild one it does not have to, and must not let a new one answer before it is 
   ``kubernetes`` block.  Options that only change how answers are made (``ttl``,
   ``fallthrough``, ``zones``, ``pods`` between ``insecure`` and ``disabled``, ``namespaces``,
   ``endpoint_pod_names``, ``ignore_empty_service``) keep the running store and watch; the block
-  gets a new :class:`~kubedns.records.ClusterZones` over it at once.
+  gets a new :class:`~kubedns.dns.records.ClusterZones` over it at once.
 - A block that needs a new store (another kubeconfig or manifests file, API endpoint or
   certificate, ``labels``, ``noendpoints``, ``pods: verified`` or ``autopath @kubernetes`` (which
   watches Pods too, :attr:`KubernetesConfig.autopath`) turned on or off) keeps answering from the one it had, with its previous settings, until the new
@@ -34,14 +34,14 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from kubedns.config import Config, KubernetesConfig
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
-from kubedns.records import ClusterZones
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from kubedns.server import Block
+    from kubedns.serve.server import Block
 
 __all__ = ["ClusterSources", "Plan"]
 

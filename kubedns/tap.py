@@ -70,7 +70,7 @@ class Options(usage.Options):
             sys.stderr.flush()
             raise SystemExit(1) from None
         if self["node-local"]:
-            from kubedns.nodelocal import plan
+            from kubedns.node.nodelocal import plan
 
             try:
                 self["node-local-plan"] = plan(self["parsed"], self["node-local-interface"])
@@ -95,9 +95,9 @@ def _seconds(flag: str, text: str) -> float:
 def makeService(options: Options) -> Any:  # noqa: N802
     from twisted.logger import Logger
 
-    from kubedns.listen import raise_fd_limit
+    from kubedns.serve.listen import raise_fd_limit
+    from kubedns.serve.workers import worker_index
     from kubedns.service import banner, build
-    from kubedns.workers import worker_index
 
     config = options["parsed"]
     if worker_index() == 0:
@@ -106,7 +106,7 @@ def makeService(options: Options) -> Any:  # noqa: N802
     raise_fd_limit()  # process start-up: as Go does for CoreDNS, before any socket is opened
     service = build(config)
     if options.get("node-local-plan") is not None and worker_index() == 0:
-        from kubedns.nodelocal import NodeLocalNetwork
+        from kubedns.node.nodelocal import NodeLocalNetwork
 
         service.add_first(NodeLocalNetwork(options["node-local-plan"], check_interval=options["node-local-check"],
                                            reactor=service.reactor))

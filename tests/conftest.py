@@ -24,7 +24,7 @@ import dns.rdatatype
 import pytest
 import yaml
 
-from kubedns.workers import TWISTD
+from kubedns.serve.workers import TWISTD
 
 REPO = Path(__file__).resolve().parent.parent
 

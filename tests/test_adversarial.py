@@ -532,7 +532,7 @@ def test_http_idle_and_half_sent_connections_are_capped_and_closed(kubedns_proce
     every 0.4 s, against /health: at most 100 are held (the oldest waiting one makes room for a
     new one), /health keeps answering meanwhile, and every one is closed within the 10 s request
     timeout plus a margin, the trickled one included (twisted.web alone keeps them 12 hours)."""
-    from kubedns.health import HTTP_MAX_CONNECTIONS, HTTP_TIMEOUT
+    from kubedns.ops.health import HTTP_MAX_CONNECTIONS, HTTP_TIMEOUT
 
     manifests = tmp_path / "cluster.yaml"
     write_manifests(manifests, _objects())

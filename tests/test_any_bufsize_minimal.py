@@ -24,8 +24,8 @@ from twisted.names import dns as tdns
 
 from kubedns.config import ConfigError, parse
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.dns.records import Answer
 from kubedns.plugins.minimal import positive
-from kubedns.records import Answer
 from tests.conftest import free_port, query, rrset_text
 from tests.dnsupstream import DNSUpstream
 from tests.support.cluster import cluster_objects, write_manifests

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 
 from kubedns.authority import ClusterNameError, ClusterNotSyncedError, ClusterTransferRefusedError, KubernetesAuthority
 from kubedns.config import KubernetesConfig
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s.store import Store
-from kubedns.records import ClusterZones
 from tests.support.records_table import fill
 
 

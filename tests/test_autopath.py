@@ -24,15 +24,15 @@ from twisted.names import dns as tdns
 from kubedns.config import KubernetesConfig, ServerBlock, parse
 from kubedns.configbase import Address, ConfigError
 from kubedns.corefile import parse_corefile_config
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, ClusterZones
+from kubedns.dns.wire import parse_question
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.autopath import AutopathConfig, AutopathPlugin, cnamer, read_search
 from kubedns.plugins.base import Reply, build_chain
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.query import Request
-from kubedns.records import Answer, ClusterZones
-from kubedns.server import Block, Dispatcher
-from kubedns.wire import parse_question
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.support import kubeobj
 from tests.support.dispatch import CapturingTransport
 

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.names import dns
 
-from kubedns.cache import Cache, cache_key, response_ttl
+from kubedns.forward.cache import Cache, cache_key, response_ttl
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig
 from kubedns.forward.forwarder import Refused, UpstreamsFailed

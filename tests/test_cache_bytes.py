@@ -17,8 +17,8 @@ import pytest
 from twisted.internet import task
 from twisted.names import dns as tdns
 
-from kubedns.cache import ENTRY_COST, Cache, entry_cost
 from kubedns.configbase import ConfigError, Node
+from kubedns.forward.cache import ENTRY_COST, Cache, entry_cost
 from kubedns.forward.config import CacheConfig, parse_cache
 from kubedns.forward.message import decode_response
 

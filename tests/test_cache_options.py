@@ -20,8 +20,8 @@ import yaml
 from twisted.internet import task
 from twisted.names import dns as tdns
 
-from kubedns.cache import Cache, response_ttl
 from kubedns.configbase import ConfigError, Node
+from kubedns.forward.cache import Cache, response_ttl
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import KIND_SIZE, CacheConfig, parse_cache
 from kubedns.plugins.forward import ForwardPlugin

@@ -21,14 +21,14 @@ from twisted.names import dns as tdns
 
 from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, ClusterZones
+from kubedns.dns.wire import parse_question
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.base import END, ORDER, Reply, build_chain, refused, then, unserved
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.query import Request
-from kubedns.records import Answer, ClusterZones
-from kubedns.server import Block, Dispatcher
-from kubedns.wire import parse_question
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.support import kubeobj
 
 
@@ -195,8 +195,8 @@ def test_a_failing_deferred_answers_servfail() -> None:
 
 
 def test_query_records_live_below_the_server() -> None:
-    """QueryInfo and Request come from kubedns.query; nothing imports them from server.py."""
+    """QueryInfo and Request come from kubedns.dns.query; nothing imports them from server.py."""
     root = Path(__file__).resolve().parent.parent / "kubedns"
     for path in root.rglob("*.py"):
         text = path.read_text()
-        assert "from kubedns.server import QueryInfo" not in text and "from kubedns.server import Request" not in text, path
+        assert "from kubedns.serve.server import QueryInfo" not in text and "from kubedns.serve.server import Request" not in text, path

@@ -21,7 +21,7 @@ import pytest
 
 from kubedns.config import ConfigError, load
 from kubedns.configbase import Address, key_name, parse_address, parse_duration
-from kubedns.workers import TWISTD
+from kubedns.serve.workers import TWISTD
 from tests.conftest import REPO
 
 UP = "127.0.0.1:5300"  # a loopback port nothing listens on; nothing here is started anyway

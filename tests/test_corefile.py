@@ -25,11 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.names import dns
 
-from kubedns.cache import response_ttl
 from kubedns.config import ConfigError, file_digest, load, parse
 from kubedns.corefile import is_corefile, parse_corefile
 from kubedns.corefile.lexer import tokenize
 from kubedns.corefile.mapping import map_corefile
+from kubedns.forward.cache import response_ttl
 from kubedns.forward.config import CacheConfig
 
 CASES = Path(__file__).resolve().parent / "corefiles"

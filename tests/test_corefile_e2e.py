@@ -26,7 +26,7 @@ from kubedns.config import load
 from kubedns.corefile import SUPPORTED
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
-from kubedns.workers import TWISTD
+from kubedns.serve.workers import TWISTD
 from tests import fakeapi
 from tests.conftest import REPO, KubeDNSProcess, free_port, http_get, query, wait_for
 from tests.dnsupstream import DNSUpstream

@@ -1014,7 +1014,7 @@ def test_node_local_manifest_validates_against_openapi_schema(name: str, version
 
 def test_node_local_configmap_is_conf_nodelocal_corefile(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubedns.config import load
-    from kubedns.nodelocal import plan
+    from kubedns.node.nodelocal import plan
 
     (cm,) = _node_local("ConfigMap")
     assert cm["data"]["Corefile"] == NODE_LOCAL_COREFILE.read_text()

@@ -18,11 +18,11 @@ from twisted.internet import task
 
 from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.support import kubeobj
 from tests.support.dispatch import CapturingTransport, FakeForwarder, udp_dispatcher
 from tests.support.records_table import TABLE
@@ -121,7 +121,7 @@ def test_servfail_before_sync_is_not_cached() -> None:
 def _forward_setup(loadbalance: bool = False, **cache_kw: Any):
     from twisted.internet import task
 
-    from kubedns.cache import Cache
+    from kubedns.forward.cache import Cache
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.config import CacheConfig
 
@@ -214,7 +214,7 @@ def test_case_spellings_share_one_computed_answer_and_echo_their_case() -> None:
     """The normal path computes a name once whatever its case; each answer carries the query's
     spelling in its owner names and is byte for byte what an answer computed for that very
     spelling encodes to (compression included)."""
-    from kubedns.wire import encode_response, parse_question
+    from kubedns.dns.wire import encode_response, parse_question
 
     disp, proto, tr, store = udp_dispatcher()
     disp.fast.enabled = False
@@ -242,7 +242,7 @@ def test_case_spellings_share_one_computed_answer_and_echo_their_case() -> None:
 def test_computed_answers_are_bounded_in_bytes() -> None:
     """Distinct names past the byte budget push the oldest computed answers out; the count of
     bytes is what the kept answers cost."""
-    from kubedns.fastcache import computed_cost
+    from kubedns.serve.fastcache import computed_cost
 
     disp, proto, tr, store = udp_dispatcher()
     disp.fast.enabled = False

@@ -17,8 +17,8 @@ from twisted.internet import defer, reactor, task
 from twisted.names import dns
 from twisted.trial import unittest
 
-from kubedns.cache import Cache
 from kubedns.configbase import ConfigError, Node
+from kubedns.forward.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import (
     CacheConfig,

@@ -19,7 +19,7 @@ import dns.rrset
 import pytest
 from twisted.names import dns as tdns
 
-from kubedns.cache import cache_key
+from kubedns.forward.cache import cache_key
 from kubedns.forward.message import answer_options, build_query, client_edns, decode_response, relay_options
 from tests.conftest import free_port, rrset_text
 from tests.dnsupstream import DNSUpstream
@@ -232,7 +232,7 @@ def test_query_edns_options_reads_the_opt_whatever_the_shape() -> None:
     """The usual query (OPT last and alone) and one with a TSIG after the OPT (walked by hand)."""
     import dns.tsigkeyring
 
-    from kubedns.wire import parse_question, query_edns_options
+    from kubedns.dns.wire import parse_question, query_edns_options
 
     ecs = dns.edns.ECSOption("192.0.2.0", 24)
     q = dns.message.make_query("example.org", "A", use_edns=0, options=[ecs])

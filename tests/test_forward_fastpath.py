@@ -21,14 +21,14 @@ import pytest
 from twisted.internet import defer, task
 from twisted.names import dns as tdns
 
-from kubedns.cache import Cache
 from kubedns.config import ServerBlock
 from kubedns.configbase import Address
+from kubedns.forward.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig
 from kubedns.forward.message import client_edns, option_data, options_record
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 
 ECS = 8
 

@@ -28,7 +28,7 @@ from twisted.trial import unittest
 from kubedns.forward.config import ForwardConfig
 from kubedns.forward.forwarder import Forwarder, Refused, fd_reserve
 from kubedns.forward.upstream import parse_upstream
-from kubedns.listen import fd_limit
+from kubedns.serve.listen import fd_limit
 from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj

@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import reactor, task
 from twisted.names import dns
 
-from kubedns.cache import Cache
+from kubedns.forward.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig
 from kubedns.forward.forwarder import UpstreamsFailed

@@ -7,7 +7,7 @@ queries built with dnspython (any case, type, flags, EDNS size, version and opti
 queries mutated (bit flips, truncation, inserted bytes, forged section counts, junk appended)
 and plain random bytes.  The properties:
 
-- the walker (``kubedns.wire``) never raises: a malformed packet is None, never an exception,
+- the walker (``kubedns.dns.wire``) never raises: a malformed packet is None, never an exception,
   and what it reads from a valid query is what dnspython reads;
 - every answer, from the slow path or the fast path, is a well-formed DNS message (dnspython
   parses it) with the query's ID and, when the query has a readable question, that question
@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from kubedns import wire
-from kubedns.protocols import DNSStreamFactory
+from kubedns.dns import wire
+from kubedns.serve.protocols import DNSStreamFactory
 from tests.support.dispatch import udp_dispatcher
 from tests.support.records_table import TABLE
 

@@ -18,6 +18,8 @@ from twisted.names import dns as tdns
 
 from kubedns.config import ServerBlock, parse
 from kubedns.configbase import Address, ConfigError, Node
+from kubedns.dns.query import Request
+from kubedns.dns.wire import parse_question
 from kubedns.plugins.base import Reply
 from kubedns.plugins.hosts import HostsPlugin, HostsPlugins
 from kubedns.plugins.hoststable import (
@@ -28,10 +30,8 @@ from kubedns.plugins.hoststable import (
     parse_hosts,
     parse_hosts_config,
 )
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.query import Request
-from kubedns.server import Block, Dispatcher
-from kubedns.wire import parse_question
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 
 HOSTS = """\
 # The following lines are desirable for IPv4 capable hosts

@@ -5,7 +5,7 @@ watches, a malformed object in a list, the API down at start, stopping) and
 tests/test_watch_e2e.py.  Same set-up: the real informer threads and the official client talk
 HTTP to :class:`tests.fakeapi.FakeKubeAPI`, whose scripted faults (:meth:`fail_next`,
 :meth:`inject_watch_lines`, :meth:`poison_history`) play the misbehaving server.  Each test checks
-what a DNS client would see (answers computed by :class:`~kubedns.records.ClusterZones` from the
+what a DNS client would see (answers computed by :class:`~kubedns.dns.records.ClusterZones` from the
 store: SERVFAIL before the first sync, the last known state during trouble, the change after
 recovery) and that the watcher threads survive.  The last tests run the real ``twistd`` process.
 """
@@ -28,9 +28,9 @@ from twisted.names import dns as tdns
 from twisted.trial import unittest
 
 from kubedns.config import KubernetesConfig
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s.informer import Informer
 from kubedns.k8s.store import Store
-from kubedns.records import ClusterZones
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, rrset_text, wait_for, wait_until
 from tests.support import kubeobj

@@ -22,11 +22,11 @@ from twisted.internet import task
 
 from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.support import kubeobj
 from tests.support.dispatch import CapturingTransport
 from tests.support.records_table import TABLE, fill
@@ -228,7 +228,7 @@ def test_a_change_drops_only_the_names_it_touches() -> None:
 def test_unknown_dependencies_are_dropped_by_any_change() -> None:
     """A kept answer nobody gave dependency keys for goes with every store change."""
     w = World()
-    from kubedns.query import QueryInfo
+    from kubedns.dns.query import QueryInfo
 
     info = QueryInfo("s", "", "udp", None, b"x", 1, 1, 0, 0, 0, 0, 0, 0.0, False)
     packet = w.wire("odd.example", A)
@@ -317,7 +317,7 @@ def test_random_changes_never_leave_a_stale_answer(seed: int) -> None:
 def _forwarding_world() -> tuple[World, Any]:
     """A World whose block forwards (a fake upstream answering every name) and falls through
     from ``in-addr.arpa``."""
-    from kubedns.cache import Cache
+    from kubedns.forward.cache import Cache
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.config import CacheConfig
     from tests.support.dispatch import FakeForwarder

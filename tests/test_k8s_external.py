@@ -25,12 +25,12 @@ from twisted.internet import task
 
 from kubedns.config import ConfigError, parse
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.k8s_external import K8sExternalConfig
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.conftest import free_port, query, wait_for
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj

@@ -26,7 +26,7 @@ from kubedns import stores
 from kubedns.config import Config, parse
 from kubedns.k8s import labels
 from kubedns.k8s.store import Store
-from kubedns.server import Block
+from kubedns.serve.server import Block
 from tests import fakeapi
 from tests.conftest import free_port, query, rrset_text, wait_for
 from tests.support import kubeobj

@@ -25,12 +25,12 @@ from twisted.names import dns as tdns
 
 from kubedns.config import ConfigError, KubernetesConfig, LoadbalanceConfig, ServerBlock, parse
 from kubedns.configbase import Address
+from kubedns.dns.records import Answer, ClusterZones
 from kubedns.k8s.store import Store
 from kubedns.plugins.base import Reply
 from kubedns.plugins.loadbalance import LoadbalancePlugin, arrange, rotations
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.records import Answer, ClusterZones
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.conftest import free_port, query
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj

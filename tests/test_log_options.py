@@ -22,9 +22,9 @@ from twisted.logger import Logger
 
 from kubedns.config import ConfigError, load, parse
 from kubedns.configbase import Node
-from kubedns.logconfig import COMMON_FORMAT, LOG_CLASSES, parse_errors, parse_log
-from kubedns.query import QueryInfo
-from kubedns.querylog import (
+from kubedns.dns.query import QueryInfo
+from kubedns.ops.logconfig import COMMON_FORMAT, LOG_CLASSES, parse_errors, parse_log
+from kubedns.ops.querylog import (
     ErrorLog,
     QueryLog,
     common_line,
@@ -34,7 +34,7 @@ from kubedns.querylog import (
     response_class,
     response_type,
 )
-from kubedns.server import Block
+from kubedns.serve.server import Block
 from tests.conftest import free_port, query
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj

@@ -166,8 +166,8 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 def test_counters_do_not_grow_with_types_and_sizes() -> None:
     """Query counters and retired fast-path hits are keyed by what metrics label, not by the raw
     type and sizes a client picks; the size histograms and their sums stay exact."""
-    from kubedns.counters import SIZE_BUCKETS, FoldedHits, QueryStats
-    from kubedns.server import QueryInfo
+    from kubedns.ops.counters import SIZE_BUCKETS, FoldedHits, QueryStats
+    from kubedns.serve.server import QueryInfo
 
     rng = random.Random(3)
     stats, folded = QueryStats(), FoldedHits()

@@ -25,9 +25,9 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from kubedns import netsetup
 from kubedns.config import load
-from kubedns.nodelocal import NodeLocalNetwork, NodeLocalPlan, plan
+from kubedns.node import netsetup
+from kubedns.node.nodelocal import NodeLocalNetwork, NodeLocalPlan, plan
 from tests.conftest import REPO, TWISTD, wait_for
 from tests.dnsupstream import DNSUpstream
 

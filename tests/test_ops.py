@@ -5,7 +5,7 @@ Three layers, as everywhere in this project:
 - pure checks of the formats (CoreDNS's Common Log Format, metric names, labels and buckets) and
   of the error consolidation on a ``task.Clock``;
 - in-process trial tests: a :class:`~kubedns.service.KubeDNS` built from a parsed config, its ops
-  from :func:`kubedns.health.build_ops`, real sockets on 127.0.0.1, real HTTP and DNS clients;
+  from :func:`kubedns.ops.health.build_ops`, real sockets on 127.0.0.1, real HTTP and DNS clients;
 - the real ``twistd kubedns`` process (skipped while ``service.py`` does not call ``build_ops``).
 
 Everything listens and is asked on 127.0.0.1 only; HTTP goes through an opener without proxies.
@@ -28,9 +28,9 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from kubedns.config import parse
-from kubedns.health import Readiness, build_ops
-from kubedns.metrics import TIME_BUCKETS, observe_programming, record_reload_failure
-from kubedns.querylog import ErrorLog, common_line, format_duration, json_line
+from kubedns.ops.health import Readiness, build_ops
+from kubedns.ops.metrics import TIME_BUCKETS, observe_programming, record_reload_failure
+from kubedns.ops.querylog import ErrorLog, common_line, format_duration, json_line
 from kubedns.service import build
 from tests import fakeapi
 from tests.conftest import free_port, http_get, query, wait_until
@@ -106,7 +106,7 @@ def _errors_block(consolidate: float) -> Any:
     cfg = parse(
         f"servers: [{{zones: ['.'], listen: '127.0.0.1:53', forward: {{to: ['127.0.0.1:5300']}}, errors: {{consolidate: {consolidate}}}}}]"
     )
-    from kubedns.server import Block
+    from kubedns.serve.server import Block
 
     return Block(cfg.servers[0], None, chain=None, loop=None)
 
@@ -275,7 +275,7 @@ servers:
         self.assertFalse(disp.fast.enabled)
         for _ in range(3):
             await self.ask("nginx.default.svc.cluster.local")
-        lines = [e["line"] for e in events if e.get("log_namespace") == "kubedns.querylog"]
+        lines = [e["line"] for e in events if e.get("log_namespace") == "kubedns.ops.querylog"]
         self.assertEqual(len(lines), 3)
         self.assertRegex(lines[0], r'^127\.0\.0\.1:\d+ - \d+ "A IN nginx\.default\.svc\.cluster\.local\. udp \d+ false \d+" NOERROR qr,aa,rd \d+ [0-9.]+s$')
 
@@ -302,7 +302,7 @@ servers:
         (disp,) = self.kd.dispatchers.values()
         self.assertFalse(disp.fast.enabled)
         await self.ask("nginx.default.svc.cluster.local")
-        self.assertEqual(len([e for e in events if e.get("log_namespace") == "kubedns.querylog"]), 1)
+        self.assertEqual(len([e for e in events if e.get("log_namespace") == "kubedns.ops.querylog"]), 1)
         _, body = await self.get(self.metrics_port, "/metrics")
         self.assertEqual(metric(body, "coredns_dns_requests_total", server=f"dns://127.0.0.1:{other}", type="A"), 4)
         self.assertEqual(metric(body, "coredns_plugin_enabled", name="log"), 1)
@@ -535,9 +535,9 @@ def test_process_forward_cache_metrics_json_log_and_errors(kubedns_process: Any,
 
 def test_programming_latency_waits_for_a_late_service() -> None:
     """A slice that lands before its Service is timed when the Service makes it answerable."""
-    from kubedns import metrics
     from kubedns.k8s.objects import EndpointSlice, Service
     from kubedns.k8s.store import Store
+    from kubedns.ops import metrics
     from kubedns.service import _programming_hook
 
     clock = [1000.0]

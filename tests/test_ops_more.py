@@ -193,8 +193,8 @@ def test_json_query_log_is_one_bare_object_per_line_on_the_stream() -> None:
     from twisted.logger import Logger
 
     from kubedns.config import parse
-    from kubedns.querylog import QueryLog
-    from kubedns.server import Block
+    from kubedns.ops.querylog import QueryLog
+    from kubedns.serve.server import Block
     from tests.support.ops import query_info
 
     def block(fmt: str) -> Any:
@@ -223,7 +223,7 @@ def test_worker_json_query_log_lines_pass_through_bare() -> None:
     import io
     import json
 
-    from kubedns.workers import _WorkerProtocol
+    from kubedns.serve.workers import _WorkerProtocol
 
     proto = _WorkerProtocol(pool=None, index=1)  # type: ignore[arg-type]
     proto.out = io.StringIO()

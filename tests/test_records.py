@@ -11,9 +11,9 @@ import pytest
 from twisted.names import dns
 
 from kubedns.config import KubernetesConfig
+from kubedns.dns.records import ClusterZones, _ip_from_dashes
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
-from kubedns.records import ClusterZones, _ip_from_dashes
 from tests.support import kubeobj
 from tests.support.records_table import NX, OK, TABLE, fill
 

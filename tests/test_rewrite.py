@@ -24,15 +24,15 @@ from twisted.names import dns as tdns
 from kubedns.config import KubernetesConfig, ServerBlock, parse_data
 from kubedns.configbase import Address, ConfigError, Node
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, ClusterZones
+from kubedns.dns.wire import parse_question
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.base import Reply
 from kubedns.plugins.rewrite import RewritePlugin, parse_rewrite_config, rule_from_words
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.query import Request
-from kubedns.records import Answer, ClusterZones
-from kubedns.server import Block, Dispatcher
-from kubedns.wire import parse_question
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.conftest import KubeDNSProcess, free_port, query, rrset_text
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj
@@ -354,7 +354,7 @@ class _Upstream:
 
 
 def test_forwarded_answers_renamed_back_fast_bytes_equal_slow_bytes_as_ttls_count_down():
-    from kubedns.cache import Cache
+    from kubedns.forward.cache import Cache
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.config import CacheConfig
 

@@ -2,7 +2,7 @@
 objects (no scrape, no socket).
 
 ``coredns_plugin_enabled`` lists ``loop`` only when the block's loop detection is on; the cache
-counters come from the chain's real :class:`~kubedns.cache.Cache` and forwarder; a SERVFAIL of a
+counters come from the chain's real :class:`~kubedns.forward.cache.Cache` and forwarder; a SERVFAIL of a
 block whose every upstream loops is explained as such in the error log.  Pure logic: nothing is
 sent anywhere (the upstream is a loopback address never asked).
 """
@@ -19,14 +19,14 @@ from twisted.internet import task
 from twisted.logger import Logger
 from twisted.names import dns as tdns
 
-from kubedns.cache import Cache
 from kubedns.config import ServerBlock, parse
+from kubedns.forward.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.forwarder import Forwarder
 from kubedns.forward.message import decode_response
-from kubedns.metrics import _chain_counters, _plugins_of
-from kubedns.querylog import ErrorLog
-from kubedns.server import Block, Dispatcher
+from kubedns.ops.metrics import _chain_counters, _plugins_of
+from kubedns.ops.querylog import ErrorLog
+from kubedns.serve.server import Block, Dispatcher
 from tests.support.ops import query_info
 
 pytestmark = pytest.mark.timeout(30)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kubedns import __version__
-from kubedns.workers import TWISTD
+from kubedns.serve.workers import TWISTD
 from tests.conftest import REPO, free_port, http_get, query, wait_for
 from tests.support.cluster import NGINX_OBJS, manifests_config, write_manifests
 

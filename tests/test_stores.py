@@ -20,7 +20,7 @@ from kubedns import stores
 from kubedns.config import Config, parse
 from kubedns.k8s.source import ClusterSource
 from kubedns.k8s.store import Store
-from kubedns.server import Block
+from kubedns.serve.server import Block
 
 
 class _Source(ClusterSource):

@@ -5,7 +5,7 @@ answers per turn are bounded and the rest wait for the next reactor turn, a full
 stops reading until it drains, the factory refuses connections past its cap unless a client
 that stopped reading can make room, and the idle timeout aborts a connection whose answers
 were never read instead of waiting for them to drain.  The HTTP endpoints' connections
-(kubedns/health.py) follow the same rules: a deadline per request that trickled bytes do not
+(kubedns/ops/health.py) follow the same rules: a deadline per request that trickled bytes do not
 push back, an abort for an unread response, and a cap where the oldest waiting connection
 makes room.
 """
@@ -21,7 +21,7 @@ import pytest
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
-from kubedns.protocols import CLOSE_GRACE, DNSStreamFactory, DNSStreamProtocol
+from kubedns.serve.protocols import CLOSE_GRACE, DNSStreamFactory, DNSStreamProtocol
 from tests.support.dispatch import udp_dispatcher
 
 
@@ -154,7 +154,7 @@ def test_at_the_cap_a_client_that_stopped_reading_makes_room() -> None:
 def test_fd_limit_is_raised_and_bounds_tcp_connections() -> None:
     import resource
 
-    from kubedns.listen import raise_fd_limit
+    from kubedns.serve.listen import raise_fd_limit
 
     soft = raise_fd_limit()
     now_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -188,12 +188,12 @@ def test_the_process_raises_its_open_files_limit_at_start(kubedns_process: Any) 
     assert int(line.split()[3]) > 1024, line
 
 
-# -- the HTTP endpoints' connections (kubedns/health.py), same mechanics ----------------------
+# -- the HTTP endpoints' connections (kubedns/ops/health.py), same mechanics ----------------------
 
 def _http_site(clock: task.Clock, cap: int = 100) -> Any:
     from twisted.web import resource
 
-    from kubedns.health import _QuietSite, _Text
+    from kubedns.ops.health import _QuietSite, _Text
 
     root = resource.Resource()
     root.putChild(b"health", _Text(lambda: (200, "OK")))

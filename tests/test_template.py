@@ -27,16 +27,16 @@ from twisted.names import dns as tdns
 from kubedns.config import KubernetesConfig, ServerBlock, parse_data
 from kubedns.configbase import Address, ConfigError, Node
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, ClusterZones
+from kubedns.dns.wire import parse_question
 from kubedns.k8s import objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.base import Reply
 from kubedns.plugins.gotext import GoTemplate, TemplateError, parse_name, parse_rr, present
 from kubedns.plugins.template import TemplatePlugin, parse_template_config
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.query import Request
-from kubedns.records import Answer, ClusterZones
-from kubedns.server import Block, Dispatcher
-from kubedns.wire import parse_question
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.conftest import KubeDNSProcess, free_port, query, rrset_text, wait_for
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj

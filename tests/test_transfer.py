@@ -26,9 +26,9 @@ from twisted.names import dns as tdns
 
 from kubedns.config import ConfigError, parse
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
+from kubedns.dns.query import Request
+from kubedns.dns.wire import encode_response, parse_question
 from kubedns.plugins.transfer import TransferRule, ixfr_serial, split
-from kubedns.query import Request
-from kubedns.wire import encode_response, parse_question
 from tests.conftest import free_port, wait_for
 from tests.dnsupstream import DNSUpstream
 from tests.support.cluster import cluster_objects, write_manifests

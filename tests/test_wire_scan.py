@@ -1,4 +1,4 @@
-"""The hand walk over a query's extra records (kubedns.wire.scan_name / scan_query_records).
+"""The hand walk over a query's extra records (kubedns.dns.wire.scan_name / scan_query_records).
 
 Pure logic over byte strings built here: names must stay within 255 octets and point strictly
 backwards, records must fit, an OPT must be a single root-owned additional record, and no more
@@ -14,7 +14,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.tsigkeyring
 
-from kubedns.wire import parse_question, scan_name, scan_query_records
+from kubedns.dns.wire import parse_question, scan_name, scan_query_records
 
 HDR = struct.Struct("!HHHHHH")
 RR = struct.Struct("!HHIH")

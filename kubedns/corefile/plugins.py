@@ -172,7 +172,7 @@ def _map_errors(b: Block, d: Directive) -> None:
     b.note("errors", d.name, "errors")
 
     def consolidate(opt: Directive) -> None:
-        # CoreDNS's DURATION REGEXP [LEVEL] [show_first]; kubedns.logconfig checks the values
+        # CoreDNS's DURATION REGEXP [LEVEL] [show_first]; kubedns.ops.logconfig checks the values
         if not 2 <= len(opt.args) <= 4:
             raise err(opt.name, "errors: consolidate", "DURATION REGEXP [LEVEL] [show_first]")
         rule: dict[str, Any] = {"duration": _duration(opt.args[0]), "regexp": opt.args[1].text}

@@ -4,7 +4,7 @@ outside the cluster zones.
 Composition only: lookup → hit (aged TTLs, maybe a background prefetch) or miss → forwarder →
 store → answer; when the forwarder fails or the upstream answers SERVFAIL (any rcode but
 NOERROR/NXDOMAIN) and ``serve_stale`` is on, an expired good answer (TTL 0) instead.  Kept out
-of :mod:`kubedns.cache` so the cache stays a pure data structure that knows nothing about
+of :mod:`kubedns.forward.cache` so the cache stays a pure data structure that knows nothing about
 upstreams, and out of the forwarder so forwarding works without a cache.
 """
 
@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from kubedns.cache import Cache, CacheKey, cache_key
+from kubedns.forward.cache import Cache, CacheKey, cache_key
 from kubedns.forward.forwarder import Forwarder, Refused, UpstreamsFailed
 
 __all__ = ["ForwardChain"]

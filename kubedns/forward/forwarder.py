@@ -32,7 +32,6 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from kubedns.counters import TIME_BUCKETS
 from kubedns.forward.config import ForwardConfig
 from kubedns.forward.errors import Refused, UpstreamsFailed
 from kubedns.forward.exchange import Exchange
@@ -45,6 +44,7 @@ from kubedns.forward.transport import (
 )
 from kubedns.forward.udppool import UDPPool
 from kubedns.forward.upstream import UpstreamSpec
+from kubedns.ops.counters import TIME_BUCKETS
 
 __all__ = ["Forwarder", "ForwarderStats", "Refused", "UpstreamStats", "UpstreamsFailed", "fd_reserve"]
 
@@ -114,7 +114,7 @@ class Forwarder:
         self._bounds = TIME_BUCKETS
         limit = config.max_concurrent
         self._per_upstream = -(-limit // len(self.upstreams)) if limit and self.upstreams else 0
-        from kubedns.listen import fd_limit
+        from kubedns.serve.listen import fd_limit
 
         soft = fd_limit()
         self.max_fd = soft - fd_reserve(soft)  # UDP sockets are never numbered this high

@@ -31,7 +31,7 @@ garbage collector has to traverse.
 
 Each change also says what it touched (:attr:`Store.last_change`, read by the listeners): the
 dependency keys of the names whose answers it can alter, so the server drops only those answers
-(:mod:`kubedns.fastcache`).  ``("svc", ns, name)`` covers every name at and under a Service (its
+(:mod:`kubedns.serve.fastcache`).  ``("svc", ns, name)`` covers every name at and under a Service (its
 slices too), ``("ns", ns)`` a namespace's existence, ``("ip", ip)`` the PTR of an IP, ``("pod",
 ip)`` the pod names of an IP.  A change too broad to list (sync, a large relist page) is None:
 everything.

@@ -36,9 +36,9 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.configbase import Node
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result, then
-from kubedns.query import Request
-from kubedns.records import Answer
 
 __all__ = ["ACTIONS", "AclPlugin", "AclPolicy", "ede_option", "parse_acl", "type_code"]
 

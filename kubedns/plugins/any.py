@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from twisted.names import dns
 
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result
-from kubedns.query import Request
-from kubedns.records import Answer
 
 __all__ = ["AnyPlugin", "HINFO_TTL"]
 

@@ -52,13 +52,13 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns
 
 from kubedns.configbase import ConfigError, Node
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result, then
 from kubedns.plugins.rewrite import with_question
-from kubedns.records import Answer
 
 if TYPE_CHECKING:
+    from kubedns.dns.query import Request
     from kubedns.plugins.kubernetes import KubernetesPlugin
-    from kubedns.query import Request
 
 __all__ = ["KUBERNETES", "AutopathConfig", "AutopathPlugin", "cnamer", "parse_autopath_config", "read_search"]
 

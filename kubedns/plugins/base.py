@@ -13,7 +13,7 @@ the way back) is decided here only.  Plugins that only configure the process (he
 prometheus, reload, bind, debug, import) have no ``serve`` and are not in a chain.
 
 The header, EDNS and routing checks that come before any plugin stay in the server
-(:class:`kubedns.server.Dispatcher`), as in CoreDNS's ``dnsserver``.
+(:class:`kubedns.serve.server.Dispatcher`), as in CoreDNS's ``dnsserver``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Protocol, Union
 from twisted.internet.defer import Deferred
 from twisted.names import dns
 
-from kubedns.query import Request
-from kubedns.records import Answer
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 
 __all__ = ["END", "ORDER", "Next", "Plugin", "Reply", "Result", "build_chain", "refused", "then", "unserved"]
 
@@ -52,7 +52,7 @@ class Reply:
     edns_options: bytes = b""  # the upstream's EDNS options to relay
     #: loadbalance: every answer must reorder A/AAAA/MX (the fast path keeps rotations)
     rotate: bool = False
-    #: the store data the kept bytes depend on (:mod:`kubedns.depends`); None: unknown (a
+    #: the store data the kept bytes depend on (:mod:`kubedns.dns.depends`); None: unknown (a
     #: cacheable answer is then dropped by any store change, a forwarded one by none)
     deps: tuple[Any, ...] | None = None
     #: the store whose SOA serial the answer's SOA records carry (kept bytes follow it)

@@ -21,9 +21,9 @@ fast path may keep what comes back.
 from __future__ import annotations
 
 from kubedns.configbase import Node
+from kubedns.dns.query import Request
+from kubedns.dns.wire import Edns
 from kubedns.plugins.base import Next, Result
-from kubedns.query import Request
-from kubedns.wire import Edns
 
 __all__ = ["DEFAULT_BUFSIZE", "BufsizePlugin", "parse_bufsize"]
 

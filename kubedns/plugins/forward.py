@@ -18,12 +18,12 @@ from twisted.internet import defer
 from twisted.names import dns
 from twisted.python.failure import Failure
 
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
+from kubedns.dns.wire import query_edns_options
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.forwarder import Refused
 from kubedns.plugins.base import Next, Reply, Result
-from kubedns.query import Request
-from kubedns.records import Answer
-from kubedns.wire import query_edns_options
 
 __all__ = ["ForwardPlugin", "forward_query"]
 
@@ -72,7 +72,7 @@ class ForwardPlugin:
         stored = getattr(upstream, "cache_ttl", None)  # just stored (Cache.store): no second scan
         if stored is not None:
             return float(stored)
-        from kubedns.cache import response_ttl
+        from kubedns.forward.cache import response_ttl
 
         got = response_ttl(upstream, cfg)
         return float(got[1]) if got is not None else 0.0

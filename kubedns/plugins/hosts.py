@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.names import dns
 
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result
 from kubedns.plugins.hoststable import HostsConfig, HostsTable, address_from_reverse
-from kubedns.query import Request
-from kubedns.records import Answer
 
 if TYPE_CHECKING:
     from kubedns.config import Config

@@ -31,7 +31,7 @@ a PTR to ``<svc>.<ns>.<first zone>`` for each Service with that external address
 CNAME is written once per hostname (CoreDNS repeats it per port), and zone transfers of this zone.
 
 Answers come from the store (no memo: computing one is a dict lookup or two) and are tagged with
-the Service's and namespace's dependency keys (:mod:`kubedns.depends`), so the fast path keeps
+the Service's and namespace's dependency keys (:mod:`kubedns.dns.depends`), so the fast path keeps
 them until that Service changes.
 """
 
@@ -46,13 +46,13 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns
 
 from kubedns.configbase import Node
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, _ip_from_reverse
 from kubedns.plugins.base import Next, Reply, Result, then, unserved
-from kubedns.query import Request
-from kubedns.records import Answer, _ip_from_reverse
 
 if TYPE_CHECKING:
+    from kubedns.dns.records import ClusterZones
     from kubedns.plugins.kubernetes import KubernetesPlugin
-    from kubedns.records import ClusterZones
 
 __all__ = ["K8sExternalConfig", "K8sExternalPlugin", "parse_k8s_external_config"]
 

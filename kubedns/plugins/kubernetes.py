@@ -1,6 +1,6 @@
 """The ``kubernetes`` plugin: a block's cluster zones answered from the store.
 
-It answers names in its zones synchronously from :class:`~kubedns.records.ClusterZones` (exact
+It answers names in its zones synchronously from :class:`~kubedns.dns.records.ClusterZones` (exact
 rcodes: NXDOMAIN with the SOA, SERVFAIL until synced), passes names outside them on, and on a
 miss in a ``fallthrough`` zone asks the rest of the chain, answering with its own NXDOMAIN when
 nobody after it serves the name.  An ExternalName's CNAME is chased as CoreDNS does: a target in
@@ -8,7 +8,7 @@ the cluster zones from the store, one outside through the block's forwarding (it
 
 Answers are computed once per lower-cased name and kept in the listener's memo
 (``Request.memo``, the fast path's ``computed`` half: bounded in bytes, dropped when the store data
-they depend on changes, :mod:`kubedns.depends`; one whose SOA serial moved is computed again).
+they depend on changes, :mod:`kubedns.dns.depends`; one whose SOA serial moved is computed again).
 Every reply carries those dependency keys for the fast path, a chased ExternalName's with its
 target's, a fallen-through forwarded one's with the cluster name's; the query's spelling goes back into the owner names of each answer here, so case
 spellings of one name share one computed answer and each still sees its own case (as CoreDNS).
@@ -25,10 +25,10 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.names import dns
 
-from kubedns.depends import cluster_deps, serial_current
+from kubedns.dns.depends import cluster_deps, serial_current
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, ClusterZones
 from kubedns.plugins.base import Next, Reply, Result, then, unserved
-from kubedns.query import Request
-from kubedns.records import Answer, ClusterZones
 
 __all__ = ["KubernetesPlugin", "Upstream", "echo_case"]
 

@@ -11,7 +11,7 @@ MX records shuffled.
 The fast path keeps the encoded bytes of an answer and would serve one order for ever, so a
 shuffled Reply says ``rotate``: the server then encodes :func:`rotations` of it (each address and
 MX group turned by a different offset, the first records spread over the whole group) and the
-fast path serves them in turn, one per hit (:class:`kubedns.fastcache.Rotation`).
+fast path serves them in turn, one per hit (:class:`kubedns.serve.fastcache.Rotation`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 
 from twisted.names import dns
 
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result, then
-from kubedns.query import Request
-from kubedns.records import Answer
 
 __all__ = ["POLICIES", "LoadbalancePlugin", "arrange", "rotations"]
 

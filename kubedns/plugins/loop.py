@@ -9,9 +9,9 @@ from typing import Protocol
 
 from twisted.names import dns
 
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result
-from kubedns.query import Request
-from kubedns.records import Answer
 
 __all__ = ["LoopPlugin"]
 

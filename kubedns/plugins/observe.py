@@ -2,8 +2,8 @@
 blocks name them, and the fast-path switch that query logging needs.
 
 They report on the answer as encoded (its size, flags, duration), so they are not links of a
-block's chain but observers of its :class:`~kubedns.server.Dispatcher`, fed one
-:class:`~kubedns.query.QueryInfo` per answer.  They are wired with the chains, by
+block's chain but observers of its :class:`~kubedns.serve.server.Dispatcher`, fed one
+:class:`~kubedns.dns.query.QueryInfo` per answer.  They are wired with the chains, by
 :class:`kubedns.service.KubeDNS` after every build and reload: the one place where a block's
 config becomes what runs for its queries.
 """
@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kubedns.querylog import ErrorLog, QueryLog
-    from kubedns.server import Dispatcher
+    from kubedns.ops.querylog import ErrorLog, QueryLog
+    from kubedns.serve.server import Dispatcher
 
 __all__ = ["QueryObservers"]
 
@@ -33,7 +33,7 @@ class QueryObservers:
     def wire(self, dispatchers: Iterable[Dispatcher]) -> None:
         """Add or remove each dispatcher's observers as its blocks' ``log``/``errors`` say
         (idempotent; loggers of dispatchers gone are flushed and dropped)."""
-        from kubedns.querylog import ErrorLog, QueryLog
+        from kubedns.ops.querylog import ErrorLog, QueryLog
 
         current = {id(d): d for d in dispatchers}
         for k in [k for k in self._loggers if k not in current]:

@@ -38,10 +38,10 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.configbase import Node
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result, then
 from kubedns.plugins.gotext import CLASSES, TYPES, expand_groups, fqdn, go_regex, group_refs, parse_name, present
-from kubedns.query import Request
-from kubedns.records import Answer
 
 __all__ = ["MATCHES", "AnswerRule", "RewritePlugin", "RewriteRule", "parse_rewrite_config", "rule_from_words",
            "with_question"]

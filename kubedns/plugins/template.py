@@ -40,6 +40,8 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.configbase import Node
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result, then
 from kubedns.plugins.gotext import (
     CLASSES,
@@ -52,8 +54,6 @@ from kubedns.plugins.gotext import (
     present,
     type_name,
 )
-from kubedns.query import Request
-from kubedns.records import Answer
 
 __all__ = ["RCODES", "TemplateConfig", "TemplatePlugin", "parse_template_config"]
 
@@ -294,7 +294,7 @@ class TemplatePlugin:
             keep = reply.cacheable and (up.cacheable or up.lifetime > 0)
             return Reply(merged, reply.zone, self.name, cacheable=keep and up.cacheable,
                          lifetime=up.lifetime if keep and not up.cacheable else 0.0,
-                         deps=up.deps,  # what the target's answer depends on (kubedns.depends)
+                         deps=up.deps,  # what the target's answer depends on (kubedns.dns.depends)
                          edns_options=reply.edns_options)
 
         return then(result, merge)

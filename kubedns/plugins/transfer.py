@@ -37,11 +37,11 @@ from twisted.logger import Logger
 from twisted.names import dns
 
 from kubedns.configbase import Node, parse_address
+from kubedns.dns.query import Request
+from kubedns.dns.records import Answer, ClusterZones
+from kubedns.dns.wire import scan_name
 from kubedns.k8s.store import endpoint_host, endpoint_published
 from kubedns.plugins.base import Next, Reply, Result
-from kubedns.query import Request
-from kubedns.records import Answer, ClusterZones
-from kubedns.wire import scan_name
 
 if TYPE_CHECKING:
     from kubedns.plugins.kubernetes import KubernetesPlugin

@@ -1,6 +1,6 @@
 """A Dispatcher over the record table's store, behind the real UDP protocol, sending into a list.
 
-The fast-path, TCP-flow and fuzz tests drive :class:`~kubedns.protocols.DNSDatagramProtocol`
+The fast-path, TCP-flow and fuzz tests drive :class:`~kubedns.serve.protocols.DNSDatagramProtocol`
 with datagrams and read what it sent from :attr:`CapturingTransport.socket`'s ``sent`` list; the
 Dispatcher runs on a ``task.Clock``, and a store change clears its pre-encoded answers as in
 production.  :class:`FakeForwarder` stands for the upstreams behind a forwarding block.
@@ -14,10 +14,10 @@ from twisted.internet import task
 
 from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s.store import Store
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.support.records_table import fill
 
 __all__ = ["CapturingSocket", "CapturingTransport", "FakeForwarder", "udp_dispatcher"]

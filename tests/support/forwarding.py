@@ -13,7 +13,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.names import dns
 from twisted.trial import unittest
 
-from kubedns.cache import Cache
+from kubedns.forward.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig, ForwardConfig
 from kubedns.forward.forwarder import Forwarder

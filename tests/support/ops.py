@@ -2,7 +2,7 @@
 
 :func:`metric` sums the samples of a scrape of ``/metrics`` (parsed by ``prometheus_client``'s own
 parser, so the text format is checked too); :func:`query_info` is the
-:class:`~kubedns.query.QueryInfo` of CoreDNS's log example, for the query and error log tests.
+:class:`~kubedns.dns.query.QueryInfo` of CoreDNS's log example, for the query and error log tests.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubedns.query import QueryInfo
+from kubedns.dns.query import QueryInfo
 
 __all__ = ["metric", "query_info"]
 

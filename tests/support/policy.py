@@ -11,10 +11,10 @@ from twisted.internet import task
 
 from kubedns.config import KubernetesConfig, ServerBlock
 from kubedns.configbase import Address
+from kubedns.dns.records import ClusterZones
 from kubedns.k8s.store import Store
-from kubedns.protocols import DNSDatagramProtocol
-from kubedns.records import ClusterZones
-from kubedns.server import Block, Dispatcher
+from kubedns.serve.protocols import DNSDatagramProtocol
+from kubedns.serve.server import Block, Dispatcher
 from tests.support.dispatch import CapturingTransport
 from tests.support.records_table import fill
 

@@ -1,11 +1,11 @@
 """What a cluster answer depends on: so a store change drops only the answers it can alter.
 
-A kept answer (a pre-encoded one in :class:`kubedns.fastcache.FastCache`, or a computed one in
+A kept answer (a pre-encoded one in :class:`kubedns.serve.fastcache.FastCache`, or a computed one in
 its memo) is tagged at insert with *dependency keys*; a store change names the keys it touched
 (:attr:`kubedns.k8s.store.Store.last_change`), and only the answers tagged with one of them are
 dropped.  Dropping costs the names touched, not the entries kept.
 
-The keys of a name follow from its labels alone, because :class:`kubedns.records.ClusterZones`
+The keys of a name follow from its labels alone, because :class:`kubedns.dns.records.ClusterZones`
 reads the store through a handful of lookups, each keyed by a part of the name:
 
 * ``<ns>.svc`` and ``<ns>.pod``: the namespace's existence → ``(store, "ns", ns)``;
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.names import dns
 
-from kubedns.records import _ip_from_dashes, _ip_from_reverse
-from kubedns.wire import scan_name
+from kubedns.dns.records import _ip_from_dashes, _ip_from_reverse
+from kubedns.dns.wire import scan_name
 
 if TYPE_CHECKING:
-    from kubedns.records import Answer, ClusterZones
+    from kubedns.dns.records import Answer, ClusterZones
 
 __all__ = ["ANY", "SerialPatch", "cluster_deps", "serial_current", "soa_serial_offsets"]
 

@@ -1,7 +1,7 @@
 """Query logging (``log:``) and error logging (``errors:``), as CoreDNS's *log* and *errors* plugins.
 
-Both are :class:`~kubedns.server.Dispatcher` observers: they receive a
-:class:`~kubedns.query.QueryInfo` per query answered on the slow path.  Which block a query
+Both are :class:`~kubedns.serve.server.Dispatcher` observers: they receive a
+:class:`~kubedns.dns.query.QueryInfo` per query answered on the slow path.  Which block a query
 belongs to is decided again here from the dispatcher's *current* blocks, so a reload that adds or
 removes ``log``/``errors`` in a block takes effect at once, and a dispatcher shared by several
 blocks logs only the queries of the blocks that ask for it.
@@ -19,7 +19,7 @@ fields as exactly one JSON object per line straight to the process's stdout, wit
 (:func:`json_line`).  twistd's own log writes to that same stream object under ``twistd -n``
 (the way it runs in a container and under systemd), so lines never interleave mid-line; with
 ``--logfile`` the JSON lines still go to stdout.  (With ``workers: N``, a worker's stdout is
-relayed by worker 0, which passes lines starting with ``{`` through bare; see kubedns.workers.)
+relayed by worker 0, which passes lines starting with ``{`` through bare; see kubedns.serve.workers.)
 
 As CoreDNS's ``log [NAMES...] [FORMAT] { class CLASSES... }``: only names in ``names`` are
 logged (every name of the block without), only answers of the given classes (CoreDNS's
@@ -52,12 +52,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from kubedns.counters import rcode_name
-from kubedns.logconfig import COMBINED_FORMAT, COMMON_FORMAT, ConsolidateRule
-from kubedns.query import QueryInfo
+from kubedns.dns.query import QueryInfo
+from kubedns.ops.counters import rcode_name
+from kubedns.ops.logconfig import COMBINED_FORMAT, COMMON_FORMAT, ConsolidateRule
 
 if TYPE_CHECKING:
-    from kubedns.server import Block, Dispatcher
+    from kubedns.serve.server import Block, Dispatcher
 
 __all__ = ["ErrorLog", "QueryLog", "common_line", "format_duration", "json_line", "query_fields"]
 
@@ -289,7 +289,7 @@ class QueryLog:
 
     def __init__(self, dispatcher: Dispatcher, logger: Logger | None = None, stream: Any = None):
         self.dispatcher = dispatcher
-        self.log = logger or Logger(namespace="kubedns.querylog")
+        self.log = logger or Logger(namespace="kubedns.ops.querylog")
         #: where ``format: json`` lines go; None: the process's real stdout, looked up per line
         #: (twistd points ``sys.stdout`` at its logger, ``sys.__stdout__`` stays the real one)
         self.stream = stream

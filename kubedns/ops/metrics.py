@@ -2,10 +2,10 @@
 
 Why it is shaped this way: a DNS server's hot path must not pay for metrics.  So nothing here
 touches a ``prometheus_client`` metric object per query.  The slow path's observer
-(:meth:`kubedns.counters.QueryStats.observe`) does a handful of tuple and dict operations: it bumps plain counters
+(:meth:`kubedns.ops.counters.QueryStats.observe`) does a handful of tuple and dict operations: it bumps plain counters
 in a dict keyed by the raw label values (sizes already reduced to their bucket index), and the
 fast path (pre-encoded UDP answers) is not observed at all: its hits are counted inside the
-:class:`~kubedns.fastcache.FastCache` entries.  All Prometheus objects are built at scrape time by
+:class:`~kubedns.serve.fastcache.FastCache` entries.  All Prometheus objects are built at scrape time by
 :class:`KubeDNSCollector`, which folds both sources together, plus the cache, forwarder and process
 counters, into ``CounterMetricFamily`` / ``GaugeMetricFamily`` / ``HistogramMetricFamily``.
 
@@ -25,7 +25,7 @@ reactor thread: the counters belong to the reactor thread, and prometheus_client
 
 Names and labels follow CoreDNS's plugin READMEs (metrics, cache, forward, kubernetes, reload); the
 deviations are listed in :data:`DEVIATIONS` and in the README's design notes.  Process-wide
-counters (reload failures, panics, DNS programming latency) live in :mod:`kubedns.counters`, fed by
+counters (reload failures, panics, DNS programming latency) live in :mod:`kubedns.ops.counters`, fed by
 :func:`record_reload_failure`, :func:`record_panic` and :func:`observe_programming`.
 """
 
@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web import resource
 from twisted.web.server import GzipEncoderFactory
 
-from kubedns.counters import (
+from kubedns.ops.counters import (
     PROCESS,
     PROGRAMMING_BUCKETS,
     SIZE_BUCKETS,
@@ -60,7 +60,7 @@ from kubedns.counters import (
 if TYPE_CHECKING:
     from kubedns.config import ServerBlock
     from kubedns.forward.chain import ForwardChain
-    from kubedns.server import Dispatcher
+    from kubedns.serve.server import Dispatcher
     from kubedns.service import KubeDNS
 
 __all__ = [

@@ -7,7 +7,7 @@ cluster DNS Service over TCP (``force_tcp``) with a cache, everything else to th
 /etc/resolv.conf, listening (``bind``) on the link-local address 169.254.20.10.  ``--node-local``
 adds what node-cache does around it: before the listeners are bound, the ``nodelocaldns`` dummy
 interface carrying every address the config listens on, and the NOTRACK rules for them
-(:mod:`kubedns.netsetup`); after the listeners are closed (SIGTERM, stop), both removed.
+(:mod:`kubedns.node.netsetup`); after the listeners are closed (SIGTERM, stop), both removed.
 
 The addresses are taken from the config's listeners, so the interface and ``bind`` cannot
 disagree (node-cache takes ``-localip`` and the Corefile separately); a listener on every address
@@ -31,10 +31,10 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from kubedns import netsetup
 from kubedns.config import Config
+from kubedns.node import netsetup
 
-log = Logger(namespace="kubedns.nodelocal")
+log = Logger(namespace="kubedns.node.nodelocal")
 
 
 @dataclass(frozen=True, slots=True)

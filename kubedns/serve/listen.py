@@ -101,7 +101,7 @@ _HTTP_KEYS = (("health", "/health"), ("ready", "/ready"), ("prometheus", "/metri
 def http_addresses(config: Config, worker: int = 0) -> list[tuple[str, str, Address]]:
     """(config key, path, address) of every HTTP endpoint this process serves, in config order.
 
-    As :mod:`kubedns.health` does: /health and /ready only in worker 0, /metrics of worker N on
+    As :mod:`kubedns.ops.health` does: /health and /ready only in worker 0, /metrics of worker N on
     the prometheus port plus N.
     """
     out = []

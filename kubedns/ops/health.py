@@ -47,13 +47,13 @@ from twisted.python.failure import Failure
 from twisted.web import http, pages, resource, server
 
 from kubedns.configbase import Address
-from kubedns.protocols import StreamTransport, close_connection
+from kubedns.serve.protocols import StreamTransport, close_connection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from kubedns.config import Config
-    from kubedns.metrics import Metrics
+    from kubedns.ops.metrics import Metrics
     from kubedns.service import KubeDNS
 
 __all__ = ["HTTPBindError", "Ops", "Readiness", "build_ops"]
@@ -143,7 +143,7 @@ class _OpsChannel(http.HTTPChannel):
 
     twisted.web's idle timer restarts on every byte received; the deadline here does not, so a
     request trickled a byte at a time is cut off like an idle connection.  A close aborts the
-    connection when its response is still unread (see :func:`kubedns.protocols.close_connection`).
+    connection when its response is still unread (see :func:`kubedns.serve.protocols.close_connection`).
     """
 
     site: _QuietSite
@@ -254,7 +254,7 @@ class Ops(service.MultiService):
 
     def record_reload_failure(self) -> None:
         """A reload was rejected: count it in ``coredns_reload_failed_total``."""
-        from kubedns.counters import record_reload_failure
+        from kubedns.ops.counters import record_reload_failure
 
         record_reload_failure()
 
@@ -266,7 +266,7 @@ class Ops(service.MultiService):
         """
         config = self.kubedns.config
         if self.metrics is None and any(b.prometheus is not None for b in config.servers):
-            from kubedns.metrics import Metrics
+            from kubedns.ops.metrics import Metrics
 
             self.metrics = Metrics(self.kubedns)
         if self.metrics is not None:

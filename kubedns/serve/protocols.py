@@ -1,13 +1,13 @@
-"""The UDP and TCP protocols in front of a :class:`~kubedns.server.Dispatcher`.
+"""The UDP and TCP protocols in front of a :class:`~kubedns.serve.server.Dispatcher`.
 
-UDP answers from :class:`~kubedns.fastcache.FastCache` before decoding anything and replies
+UDP answers from :class:`~kubedns.serve.fastcache.FastCache` before decoding anything and replies
 with the socket's own ``sendto``; TCP frames length-prefixed messages with flow control so one
 client can neither fill our memory with unread answers nor keep the reactor to itself.
 
 A TCP connection is closed gracefully only when nothing is left to send: ``loseConnection``
 waits for the write buffer to drain, which never happens if the client does not read, so a
 connection with unsent answers is aborted instead (:func:`close_connection`).  The same holds
-for the HTTP endpoints (``kubedns/health.py``).
+for the HTTP endpoints (``kubedns/ops/health.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
     from twisted.internet.udp import Port
 
-    from kubedns.server import Dispatcher
+    from kubedns.serve.server import Dispatcher
 
 __all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "DNSStreamProtocol", "close_connection", "unsent"]
 

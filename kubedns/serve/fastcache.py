@@ -2,8 +2,8 @@
 
 :class:`FastCache` keeps, per listen address, the exact bytes of UDP answers keyed by the
 query's bytes after the ID, so a repeat is a dict lookup, an ID patch and one ``sendto``
-(:class:`kubedns.protocols.DNSDatagramProtocol` does the lookup before anything is decoded).
-Cluster answers are tagged with what they depend on (:mod:`kubedns.depends`) and a store change
+(:class:`kubedns.serve.protocols.DNSDatagramProtocol` does the lookup before anything is decoded).
+Cluster answers are tagged with what they depend on (:mod:`kubedns.dns.depends`) and a store change
 drops only those it can alter (:meth:`FastCache.store_changed`: the cost is the names touched,
 not the entries kept); their SOA serial is rewritten in place when it moves (:class:`SerialPatch`).
 Forwarded answers age in place (:class:`Aging`) and leave when their cache lifetime ends (a
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from kubedns.counters import FoldedHits, known_type
-from kubedns.depends import ANY, SerialPatch, soa_serial_offsets
+from kubedns.dns.depends import ANY, SerialPatch, soa_serial_offsets
+from kubedns.ops.counters import FoldedHits, known_type
 
 if TYPE_CHECKING:
-    from kubedns.cache import Cache
-    from kubedns.query import QueryInfo
+    from kubedns.dns.query import QueryInfo
+    from kubedns.forward.cache import Cache
 
 __all__ = ["Aging", "FastCache", "Rotation", "SerialPatch", "fast_key"]
 
@@ -69,7 +69,7 @@ class FastCache:
     mean equal answers, so a hit is one dict lookup plus an ID patch, and case echo and EDNS
     handling come for free; a query with anything unusual (a cookie, another opcode...) simply
     has a key of its own or never gets stored.  Only answers computed synchronously from the
-    store are stored, tagged with their dependency keys (:mod:`kubedns.depends`; an index from key
+    store are stored, tagged with their dependency keys (:mod:`kubedns.dns.depends`; an index from key
     to entries makes a change cost the names it touched): an entry never outlives the data it was
     built from.  An entry is ``[body, hits, QueryInfo, extra, tags]``: ``extra`` None for the
     plainest hit, else an :class:`Aging`, :class:`Rotation` or :class:`SerialPatch`; ``tags`` None
@@ -178,7 +178,7 @@ class FastCache:
                  deps: tuple[Any, ...] | None = None, serial_of: Any = None) -> None:
         """Store an answer; ``aging`` makes its TTLs count down and the entry expire (forwarded).
 
-        ``deps`` are the dependency keys of the answer (:mod:`kubedns.depends`): a computed one
+        ``deps`` are the dependency keys of the answer (:mod:`kubedns.dns.depends`): a computed one
         without them is dropped by any store change; a forwarded one without them by none.
         ``serial_of``: the store whose SOA serial the answer's SOA records carry (rewritten in
         place when it moves); a computed answer with an SOA and no such store counts as
@@ -353,7 +353,7 @@ def fast_key(info: QueryInfo) -> tuple[Any, ...]:
 
 
 #: Estimated bytes of a kept computed answer: what tracemalloc shows for twisted records built by
-#: :class:`kubedns.records.ClusterZones` (about 380 bytes per SRV record with its glue, 220 per
+#: :class:`kubedns.dns.records.ClusterZones` (about 380 bytes per SRV record with its glue, 220 per
 #: address record, 610 for a lone record with its Answer; its dependency keys and their index
 #: slots about 160 more), rounded up; ``bench/memory.py`` checks it.
 COMPUTED_BASE = 700

@@ -2,7 +2,7 @@
 counters and the transports.
 
 They live here, below all of those modules, so none of them imports them back from
-:mod:`kubedns.server` (which imports the fast path, the plugins and, through the wiring, the
+:mod:`kubedns.serve.server` (which imports the fast path, the plugins and, through the wiring, the
 transports): :class:`Request` is what a plugin sees of a query, :class:`QueryInfo` what observers
 (metrics, the query and error logs) learn once it is answered.
 """
@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kubedns.wire import Edns, Question
+from kubedns.dns.wire import Edns, Question
 
 if TYPE_CHECKING:
-    from kubedns.server import Block
+    from kubedns.serve.server import Block
 
 __all__ = ["ComputedMemo", "Observer", "QueryInfo", "Request"]
 
@@ -52,7 +52,7 @@ Observer = Callable[[QueryInfo], None]
 
 class ComputedMemo(Protocol):
     """Where the server keeps answers computed from a store until it changes
-    (:class:`kubedns.fastcache.FastCache`): bounded in bytes, cleared with the fast path."""
+    (:class:`kubedns.serve.fastcache.FastCache`): bounded in bytes, cleared with the fast path."""
 
     computed: Any
 

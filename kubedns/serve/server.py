@@ -11,12 +11,12 @@ Reply` it ends with.
 
 We do not use twisted.names' ``DNSServerFactory``: it answers NXDOMAIN without SOA or AA, turns
 upstream SERVFAIL into NXDOMAIN, ignores EDNS and truncates mid-record.  Here the response is
-built by :func:`kubedns.wire.encode_response` from the exact rcode and sections, and nothing a
+built by :func:`kubedns.dns.wire.encode_response` from the exact rcode and sections, and nothing a
 client sends can raise out of ``datagramReceived``: a packet that does not decode gets FORMERR
 (or is dropped if it has no header), anything unexpected gets SERVFAIL and a log line.
 
-The UDP/TCP protocols are in :mod:`kubedns.protocols`; the pre-encoded answers of the fast path
-in :mod:`kubedns.fastcache`, filled here by :meth:`Dispatcher._finish`.
+The UDP/TCP protocols are in :mod:`kubedns.serve.protocols`; the pre-encoded answers of the fast path
+in :mod:`kubedns.serve.fastcache`, filled here by :meth:`Dispatcher._finish`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,9 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 
 from kubedns.config import ServerBlock
-from kubedns.explain import EXPLAIN_OPTION_BYTES, annotate
-from kubedns.fastcache import Aging, FastCache
-from kubedns.plugins.base import Next, Reply, build_chain
-from kubedns.plugins.kubernetes import KubernetesPlugin
-from kubedns.plugins.loadbalance import rotations
-from kubedns.plugins.setup import block_plugins
-from kubedns.query import Observer, QueryInfo, Request
-from kubedns.records import TRANSFERS, Answer, ClusterZones
-from kubedns.wire import (
+from kubedns.dns.query import Observer, QueryInfo, Request
+from kubedns.dns.records import TRANSFERS, Answer, ClusterZones
+from kubedns.dns.wire import (
     BADVERS,
     DOTTED_LABEL,
     encode_response,
@@ -50,9 +44,15 @@ from kubedns.wire import (
     ttl_fields,
     udp_limit,
 )
+from kubedns.explain import EXPLAIN_OPTION_BYTES, annotate
+from kubedns.plugins.base import Next, Reply, build_chain
+from kubedns.plugins.kubernetes import KubernetesPlugin
+from kubedns.plugins.loadbalance import rotations
+from kubedns.plugins.setup import block_plugins
+from kubedns.serve.fastcache import Aging, FastCache
 
 if TYPE_CHECKING:
-    from kubedns.cache import Cache
+    from kubedns.forward.cache import Cache
     from kubedns.forward.chain import ForwardChain
     from kubedns.forward.loop import LoopDetector
     from kubedns.plugins.hosts import HostsPlugin

@@ -1,7 +1,7 @@
 """The ``log`` and ``errors`` config sections: YAML nodes → frozen records (CoreDNS's *log* and
 *errors* plugins).
 
-Kept apart from :mod:`kubedns.querylog` (which runs them) so the config loads without Twisted's
+Kept apart from :mod:`kubedns.ops.querylog` (which runs them) so the config loads without Twisted's
 logger, and apart from :mod:`kubedns.config` to keep that module to the server block.  A Corefile
 maps onto the same keys (:mod:`kubedns.corefile.mapping`): ``log [NAMES...] [FORMAT] { class
 CLASSES... }`` becomes ``{names, format, classes}``, ``errors { consolidate DURATION REGEXP

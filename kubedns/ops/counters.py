@@ -3,7 +3,7 @@
 A DNS server's hot path must not pay for metrics, so the slow path's observer
 (:meth:`QueryStats.observe`) only bumps plain counters keyed by raw label values, and the
 process-wide counters (reload failures, panics, DNS programming latency) are module-level
-integers.  :mod:`kubedns.metrics` turns all of it into Prometheus families at scrape time.  Kept
+integers.  :mod:`kubedns.ops.metrics` turns all of it into Prometheus families at scrape time.  Kept
 apart so that the forwarder and the service can count without importing prometheus_client.
 """
 
@@ -17,7 +17,7 @@ from twisted.logger import ILogObserver, LogEvent
 from zope.interface import provider
 
 if TYPE_CHECKING:
-    from kubedns.query import QueryInfo
+    from kubedns.dns.query import QueryInfo
 
 __all__ = [
     "PROCESS",
