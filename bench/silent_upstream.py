@@ -34,19 +34,8 @@ import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.conftest import KubeDNSProcess, free_port, http_get, query  # noqa: E402
+from tests.conftest import LimitedProcess, free_port, http_get, query  # noqa: E402
 from tests.support import kubeobj  # noqa: E402
-
-
-class Limited(KubeDNSProcess):
-    def __init__(self, config: dict, workdir: Path, nofile: int):
-        super().__init__(config, workdir)
-        self.nofile = nofile
-
-    def command(self) -> list[str]:
-        setlimit = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({self.nofile}, {self.nofile})); "
-                    "os.execv(sys.argv[1], sys.argv[1:])")
-        return [sys.executable, "-c", setlimit, *super().command()]
 
 
 def socket_drops(port: int) -> int:
@@ -158,7 +147,7 @@ def main() -> int:
         "health": {"listen": f"127.0.0.1:{hport}", "lameduck": 0},
         "prometheus": f"127.0.0.1:{mport}",
     }]}
-    proc = Limited(cfg, work, args.nofile).start()
+    proc = LimitedProcess(cfg, work, args.nofile).start()
     try:
         proc.wait_listening(port)
         pid = proc.proc.pid

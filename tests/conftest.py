@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -120,6 +121,19 @@ class KubeDNSProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+class LimitedProcess(KubeDNSProcess):
+    """``twistd kubedns`` with a hard open-files limit of ``nofile`` (so start-up cannot raise it)."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, nofile: int):
+        super().__init__(config, workdir)
+        self.nofile = nofile
+
+    def command(self) -> list[str]:
+        setlimit = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({self.nofile}, {self.nofile})); "
+                    "os.execv(sys.argv[1], sys.argv[1:])")
+        return [sys.executable, "-c", setlimit, *super().command()]
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text, wait_for
+from tests.conftest import KubeDNSProcess, LimitedProcess, free_port, http_get, query, rrset_text, wait_for
 from tests.support import kubeobj
 from tests.support.cluster import cluster_config, cluster_objects, write_manifests
 
@@ -483,18 +482,6 @@ def test_silent_clients_that_never_read_are_aborted_at_the_idle_timeout(own_srv:
     assert_healthy(srv)
 
 
-class _LimitedProcess(KubeDNSProcess):
-    """``twistd kubedns`` started with a hard open-files limit of ``nofile``."""
-
-    def __init__(self, config: dict, workdir: Path, nofile: int):
-        super().__init__(config, workdir)
-        self.nofile = nofile
-
-    def command(self) -> list[str]:
-        setlimit = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({self.nofile}, {self.nofile})); "
-                    "os.execv(sys.argv[1], sys.argv[1:])")
-        return [sys.executable, "-c", setlimit, *super().command()]
-
 
 def test_at_the_connection_cap_clients_that_never_read_make_room(tmp_path: Path) -> None:
     """With 64 open files the TCP cap is 32 connections; 32 clients that never read fill it and
@@ -503,7 +490,7 @@ def test_at_the_connection_cap_clients_that_never_read_make_room(tmp_path: Path)
     manifests = tmp_path / "cluster.yaml"
     write_manifests(manifests, _objects())
     port = free_port()
-    proc = _LimitedProcess({**cluster_config(port, manifests), "tcp_idle_timeout": "60s"}, tmp_path, 64).start()
+    proc = LimitedProcess({**cluster_config(port, manifests), "tcp_idle_timeout": "60s"}, tmp_path, 64).start()
     attackers: list[NeverReader] = []
     try:
         proc.wait_listening(port)

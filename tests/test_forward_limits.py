@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from kubedns.forward.config import ForwardConfig
 from kubedns.forward.forwarder import Forwarder, Refused, fd_reserve
 from kubedns.forward.upstream import parse_upstream
 from kubedns.serve.listen import fd_limit
-from tests.conftest import KubeDNSProcess, free_port, http_get, query, rrset_text
+from tests.conftest import LimitedProcess, free_port, http_get, query, rrset_text
 from tests.dnsupstream import DNSUpstream
 from tests.support import kubeobj
 
@@ -161,18 +160,6 @@ class ForwarderLimits(unittest.TestCase):
 # -- the real process at 1024 open files ---------------------------------------------------------------
 
 
-class _LimitedProcess(KubeDNSProcess):
-    """``twistd kubedns`` with a hard open-files limit of ``nofile`` (so start-up cannot raise it)."""
-
-    def __init__(self, config: dict, workdir: Path, nofile: int):
-        super().__init__(config, workdir)
-        self.nofile = nofile
-
-    def command(self) -> list[str]:
-        setlimit = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({self.nofile}, {self.nofile})); "
-                    "os.execv(sys.argv[1], sys.argv[1:])")
-        return [sys.executable, "-c", setlimit, *super().command()]
-
 
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -198,7 +185,7 @@ def test_silent_upstream_burst_leaves_tcp_dns_and_health_working(tmp_path: Path)
         "health": {"listen": f"127.0.0.1:{hport}", "lameduck": 0},
         "prometheus": f"127.0.0.1:{mport}",
     }]}
-    proc = _LimitedProcess(cfg, tmp_path, 1024).start()
+    proc = LimitedProcess(cfg, tmp_path, 1024).start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         proc.wait_listening(port)
