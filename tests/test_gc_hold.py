@@ -38,6 +38,7 @@ class _GCState(unittest.TestCase):
     def setUp(self) -> None:
         was = gc.isenabled()
         self.addCleanup(lambda: (gc.enable() if was else gc.disable()))
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
         self.addCleanup(setattr, informer_mod, "_gc_held", False)
         gc.enable()
 
@@ -71,6 +72,8 @@ class HoldUntilSyncTests(_GCState):
         await wait_until(lambda: store.synced, what="full sync")
         self.assertTrue(gc.isenabled())
         self.assertGreater(gc.get_freeze_count(), frozen_before)
+        # serving: young collections far apart (each miss keeps cache entries alive)
+        self.assertEqual(gc.get_threshold(), informer_mod.SERVING_GC_THRESHOLDS)
         self.assertFalse(release_gc(), "a second release is a no-op")
 
 
