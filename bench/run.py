@@ -3,6 +3,7 @@
     python bench/run.py [--services 1000] [--seconds 8] [--nx 0.1]
     python bench/run.py --forward [--names 400000]   (forwarded cache misses: bench/forward_miss.py)
     python bench/run.py --churn 2,20,100 [--baseline TREE]   (QPS under Service changes: bench/churn.py)
+    python bench/run.py --baseline TREE [--rounds 9] [--seconds 3]   (this tree vs TREE vs dnsmasq, interleaved)
 
 Each server is pinned to CPU 0 with taskset, dnsperf to CPU 1, all on 127.0.0.1.  For each
 server it prints: max QPS (dnsperf, unthrottled), server CPU µs per query (from the process's
@@ -11,6 +12,12 @@ own CPU time: the steadiest figure on a shared machine), p50/p99 latency at a fi
 kubedns is run twice when it has a fast path: with it (default) and with KUBEDNS_FAST_PATH=0.
 ``python-floor`` (bench/floor_server.py) is a bare socket loop answering from a dict: the floor
 any Python UDP server pays on this kernel, to read the CPU figures against.
+``--baseline TREE`` (a source tree, e.g. ``git archive <rev> | tar -x -C /tmp/base``) is the
+before/after measurement that can see a few percent on a noisy machine: this tree's kubedns,
+TREE's and dnsmasq are started once, kept running, all pinned to CPU 0, and dnsperf (CPU 1) takes
+turns between them in short runs, ``--rounds`` times (the order rotates each round).  It prints
+each one's median QPS and median CPU µs per query split user/system, and the medians of the
+per-round ratios (each round's runs are seconds apart, so they share the machine's state).
 Nothing leaves loopback.
 """
 
@@ -59,10 +66,18 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user + system, system) CPU seconds of ``pid`` so far."""
+    """(user + system, system) CPU seconds of ``pid`` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / TICKS, stime / TICKS
+
+
+def parse_dnsperf(out: str) -> tuple[float, int, int]:
+    """(QPS, queries completed, queries lost) from dnsperf's summary."""
+    m = re.search(r"Queries per second:\s+([\d.]+)", out)
+    done = re.search(r"Queries completed:\s+(\d+)", out)
+    lost = re.search(r"Queries lost:\s+(\d+)", out)
+    return (float(m.group(1)) if m else 0.0), (int(done.group(1)) if done else 0), (int(lost.group(1)) if lost else 0)
 
 
 def rss_mb(pid: int) -> float:
@@ -139,12 +154,7 @@ def measure(name: str, proc: subprocess.Popen, port: int, queries: Path, seconds
     c0 = cpu_seconds(proc.pid)
     out = dnsperf(port, queries, seconds)
     c1 = cpu_seconds(proc.pid)
-    m = re.search(r"Queries per second:\s+([\d.]+)", out)
-    done = re.search(r"Queries completed:\s+(\d+)", out)
-    lost = re.search(r"Queries lost:\s+(\d+)", out)
-    r.qps = float(m.group(1)) if m else 0.0
-    completed = int(done.group(1)) if done else 0
-    r.lost = int(lost.group(1)) if lost else 0
+    r.qps, completed, r.lost = parse_dnsperf(out)
     r.cpu_us = (c1[0] - c0[0]) / completed * 1e6 if completed else float("nan")
     r.sys_us = (c1[1] - c0[1]) / completed * 1e6 if completed else float("nan")
     out = dnsperf(port, queries, 4.0, qps=10000, verbose=True)
@@ -171,6 +181,114 @@ def stop(p: subprocess.Popen, timeout: float = 10.0) -> None:
             p.kill()
 
 
+def kubedns_config(d: Path, label: str, port: int, manifests: Path) -> Path:
+    cfg = d / f"{label}.yaml"
+    cfg.write_text(
+        "servers:\n"
+        f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
+        f"    kubernetes: {{zones: [cluster.local], manifests: '{manifests}', ttl: 5}}\n"
+    )
+    return cfg
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """Environment that makes twistd import kubedns from ``tree`` (this checkout: unchanged)."""
+    if tree == REPO:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(x for x in (str(tree), os.environ.get("PYTHONPATH")) if x)}
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    if not n:
+        return float("nan")
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+@dataclass
+class Runs:
+    """One server's short runs in an interleaved comparison."""
+
+    name: str
+    pid: int
+    port: int
+    qps: list[float]
+    user_us: list[float]
+    sys_us: list[float]
+    lost: int = 0
+
+    @property
+    def cpu_us(self) -> list[float]:
+        return [u + s for u, s in zip(self.user_us, self.sys_us, strict=True)]
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    """This tree vs ``--baseline`` TREE (vs dnsmasq): servers kept alive, dnsperf taking turns."""
+    tree = args.baseline.resolve()
+    if not (tree / "kubedns").is_dir():
+        sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/ folder)")
+    procs: list[subprocess.Popen] = []
+    runs: list[Runs] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        manifests, hostsfile, queries = make_cluster(d, args.services, args.nx)
+        try:
+            for label, src in (("kubedns", REPO), ("baseline", tree)):
+                port = free_port()
+                cfg = kubedns_config(d, label, port, manifests)
+                log = open(d / f"{label}.log", "wb")
+                p = subprocess.Popen(["taskset", "-c", "0", *TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)],
+                                     cwd=src, stdout=log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, KUBEDNS_FAST_PATH="1", **tree_env(src)))
+                procs.append(p)
+                runs.append(Runs(label, p.pid, port, [], [], []))
+            if shutil.which("dnsmasq") and "dnsmasq" not in args.skip:
+                port = free_port()
+                p = start(["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
+                           "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hostsfile}",
+                           "--local=/cluster.local/", "--cache-size=10000", "--local-ttl=5", "--user=root"])
+                procs.append(p)
+                runs.append(Runs("dnsmasq", p.pid, port, [], [], []))
+            for r in runs:
+                wait_udp(r.port, timeout=60)
+                dnsperf(r.port, queries, 2.0)  # warm up: every name answered once, pre-encoded
+            for i in range(args.rounds):
+                k = i % len(runs)
+                for r in runs[k:] + runs[:k]:  # the order rotates: no server always runs first
+                    c0 = Path(f"/proc/{r.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    out = dnsperf(r.port, queries, args.seconds)
+                    c1 = Path(f"/proc/{r.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    qps, done, lost = parse_dnsperf(out)
+                    if not done:
+                        sys.exit(f"{r.name}: dnsperf completed no query:\n{out}")
+                    r.qps.append(qps)
+                    r.user_us.append((int(c1[11]) - int(c0[11])) / TICKS / done * 1e6)
+                    r.sys_us.append((int(c1[12]) - int(c0[12])) / TICKS / done * 1e6)
+                    r.lost += lost
+                print(f"round {i + 1}/{args.rounds}: " + "  ".join(f"{r.name} {r.qps[-1]:.0f} QPS {r.cpu_us[-1]:.1f} us/q"
+                                                                   for r in runs), flush=True)
+        finally:
+            for p in procs:
+                stop(p)
+    print(f"\n{args.services} services, {args.nx:.0%} NXDOMAIN; servers kept running on CPU 0, dnsperf on CPU 1 "
+          f"taking turns: {args.rounds} rounds of {args.seconds:g}s runs; baseline = {tree}")
+    print(f"{'server':<10}{'QPS':>10}{'CPU us/q':>10}{'user us/q':>11}{'sys us/q':>10}{'QPS min-max':>18}{'lost':>7}")
+    for r in runs:
+        print(f"{r.name:<10}{median(r.qps):>10.0f}{median(r.cpu_us):>10.2f}{median(r.user_us):>11.2f}"
+              f"{median(r.sys_us):>10.2f}{min(r.qps):>10.0f}-{max(r.qps):<7.0f}{r.lost:>7}")
+    print("medians over the rounds; ratios below are medians of each round's own ratio:")
+    by = {r.name: r for r in runs}
+    for a, b in (("kubedns", "baseline"), ("kubedns", "dnsmasq"), ("baseline", "dnsmasq")):
+        if a in by and b in by:
+            ra, rb = by[a], by[b]
+            q = [x / y for x, y in zip(ra.qps, rb.qps, strict=True) if y]
+            c = [x / y for x, y in zip(ra.cpu_us, rb.cpu_us, strict=True) if y]
+            u = [x / y for x, y in zip(ra.user_us, rb.user_us, strict=True) if y]
+            print(f"{a}/{b}: QPS {median(q):.3f} (rounds {min(q):.2f}-{max(q):.2f})   CPU/query {median(c):.3f} "
+                  f"(rounds {min(c):.2f}-{max(c):.2f})   user CPU/query {median(u):.3f}")
+
+
 def main() -> None:
     if "--forward" in sys.argv[1:]:  # forwarded cache misses: bench/forward_miss.py
         import forward_miss
@@ -187,10 +305,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--nx", type=float, default=0.1, help="fraction of NXDOMAIN queries")
     ap.add_argument("--only", default="", help="comma list: kubedns,kubedns-slow,stock,dnsmasq,floor")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="interleaved comparison: this tree vs the kubedns source tree TREE vs dnsmasq")
+    ap.add_argument("--rounds", type=int, default=9, help="--baseline: runs per server (default 9)")
+    ap.add_argument("--skip", default="", help="--baseline: 'dnsmasq' to leave it out")
     args = ap.parse_args()
     for tool in ("dnsperf", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install dnsperf util-linux")
+    if args.baseline is not None:
+        if args.rounds < 1 or args.seconds <= 0:
+            sys.exit("--rounds must be at least 1 and --seconds positive")
+        interleaved(args)
+        return
     only = set(args.only.split(",")) if args.only else None
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,12 +326,7 @@ def main() -> None:
 
         def kubedns(label: str, fast: bool) -> None:
             port = free_port()
-            cfg = d / f"{label}.yaml"
-            cfg.write_text(
-                "servers:\n"
-                f"  - zones: ['.']\n    listen: '127.0.0.1:{port}'\n"
-                f"    kubernetes: {{zones: [cluster.local], manifests: '{manifests}', ttl: 5}}\n"
-            )
+            cfg = kubedns_config(d, label, port, manifests)
             p = start([*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(cfg)],
                       env={"KUBEDNS_FAST_PATH": "1" if fast else "0"}, log=d / f"{label}.log")
             try:
