@@ -3,7 +3,7 @@
     python bench/run.py [--services 1000] [--seconds 8] [--nx 0.1]
     python bench/run.py --forward [--names 400000]   (forwarded cache misses: bench/forward_miss.py)
     python bench/run.py --churn 2,20,100 [--baseline TREE]   (QPS under Service changes: bench/churn.py)
-    python bench/run.py --baseline TREE [--rounds 9] [--seconds 3]   (this tree vs TREE vs dnsmasq, interleaved)
+    python bench/run.py --baseline TREE [--rounds 9] [--seconds 3] [--qps N] [--together]   (this tree vs TREE vs dnsmasq)
 
 Each server is pinned to CPU 0 with taskset, dnsperf to CPU 1, all on 127.0.0.1.  For each
 server it prints: max QPS (dnsperf, unthrottled), server CPU µs per query (from the process's
@@ -18,6 +18,10 @@ TREE's and dnsmasq are started once, kept running, all pinned to CPU 0, and dnsp
 turns between them in short runs, ``--rounds`` times (the order rotates each round).  It prints
 each one's median QPS and median CPU µs per query split user/system, and the medians of the
 per-round ratios (each round's runs are seconds apart, so they share the machine's state).
+``--qps N`` sends at a fixed rate (every server does the same work per second, so CPU per query
+compares like for like); ``--together`` loads every server at the same time, each with its own
+dnsperf at ``--qps`` (40000 by default): whatever else the machine does then, each server gets the
+same share of it, and the per-round CPU ratios agree to about 1% where turns spread over ±20%.
 Nothing leaves loopback.
 """
 
@@ -223,6 +227,41 @@ class Runs:
         return [u + s for u, s in zip(self.user_us, self.sys_us, strict=True)]
 
 
+def _stat(pid: int) -> tuple[int, int]:
+    """(utime, stime) clock ticks of ``pid``, all threads."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[11]), int(f[12])
+
+
+def _record(r: Runs, out: str, c0: tuple[int, int], c1: tuple[int, int]) -> None:
+    qps, done, lost = parse_dnsperf(out)
+    if not done:
+        sys.exit(f"{r.name}: dnsperf completed no query:\n{out}")
+    r.qps.append(qps)
+    r.user_us.append((c1[0] - c0[0]) / TICKS / done * 1e6)
+    r.sys_us.append((c1[1] - c0[1]) / TICKS / done * 1e6)
+    r.lost += lost
+
+
+def _round_one(r: Runs, queries: Path, args: argparse.Namespace) -> None:
+    c0 = _stat(r.pid)
+    out = dnsperf(r.port, queries, args.seconds, qps=args.qps or None)
+    _record(r, out, c0, _stat(r.pid))
+
+
+def _round_together(runs: list[Runs], queries: Path, args: argparse.Namespace) -> None:
+    """Every server loaded at once, each by its own dnsperf at ``--qps``: whatever else the
+    machine does in those seconds, every server gets the same share of it."""
+    c0 = [_stat(r.pid) for r in runs]
+    perfs = [subprocess.Popen(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(r.port), "-d", str(queries),
+                               "-l", str(args.seconds), "-c", "8", "-q", "500", "-t", "2", "-Q", str(args.qps)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for r in runs]
+    outs = [p.communicate(timeout=args.seconds + 60)[0] for p in perfs]
+    c1 = [_stat(r.pid) for r in runs]
+    for r, out, a, b in zip(runs, outs, c0, c1, strict=True):
+        _record(r, out, a, b)
+
+
 def interleaved(args: argparse.Namespace) -> None:
     """This tree vs ``--baseline`` TREE (vs dnsmasq): servers kept alive, dnsperf taking turns."""
     tree = args.baseline.resolve()
@@ -254,25 +293,21 @@ def interleaved(args: argparse.Namespace) -> None:
                 wait_udp(r.port, timeout=60)
                 dnsperf(r.port, queries, 2.0)  # warm up: every name answered once, pre-encoded
             for i in range(args.rounds):
-                k = i % len(runs)
-                for r in runs[k:] + runs[:k]:  # the order rotates: no server always runs first
-                    c0 = Path(f"/proc/{r.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    out = dnsperf(r.port, queries, args.seconds)
-                    c1 = Path(f"/proc/{r.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    qps, done, lost = parse_dnsperf(out)
-                    if not done:
-                        sys.exit(f"{r.name}: dnsperf completed no query:\n{out}")
-                    r.qps.append(qps)
-                    r.user_us.append((int(c1[11]) - int(c0[11])) / TICKS / done * 1e6)
-                    r.sys_us.append((int(c1[12]) - int(c0[12])) / TICKS / done * 1e6)
-                    r.lost += lost
+                if args.together:
+                    _round_together(runs, queries, args)
+                else:
+                    k = i % len(runs)
+                    for r in runs[k:] + runs[:k]:  # the order rotates: no server always runs first
+                        _round_one(r, queries, args)
                 print(f"round {i + 1}/{args.rounds}: " + "  ".join(f"{r.name} {r.qps[-1]:.0f} QPS {r.cpu_us[-1]:.1f} us/q"
                                                                    for r in runs), flush=True)
         finally:
             for p in procs:
                 stop(p)
+    rate = f"at {args.qps} QPS offered" if args.qps else "unthrottled"
+    how = "all loaded at once (one dnsperf each)" if args.together else "taking turns"
     print(f"\n{args.services} services, {args.nx:.0%} NXDOMAIN; servers kept running on CPU 0, dnsperf on CPU 1 "
-          f"taking turns: {args.rounds} rounds of {args.seconds:g}s runs; baseline = {tree}")
+          f"{how}: {args.rounds} rounds of {args.seconds:g}s runs {rate}; baseline = {tree}")
     print(f"{'server':<10}{'QPS':>10}{'CPU us/q':>10}{'user us/q':>11}{'sys us/q':>10}{'QPS min-max':>18}{'lost':>7}")
     for r in runs:
         print(f"{r.name:<10}{median(r.qps):>10.0f}{median(r.cpu_us):>10.2f}{median(r.user_us):>11.2f}"
@@ -309,6 +344,12 @@ def main() -> None:
                     help="interleaved comparison: this tree vs the kubedns source tree TREE vs dnsmasq")
     ap.add_argument("--rounds", type=int, default=9, help="--baseline: runs per server (default 9)")
     ap.add_argument("--skip", default="", help="--baseline: 'dnsmasq' to leave it out")
+    ap.add_argument("--qps", type=int, default=0,
+                    help="--baseline: send at this fixed rate (dnsperf -Q) instead of as fast as possible: "
+                         "every server then does the same work per second and CPU per query compares like for like")
+    ap.add_argument("--together", action="store_true",
+                    help="--baseline: load every server at the same time, each at --qps (default 40000): "
+                         "the steadiest CPU-per-query comparison on a shared machine")
     args = ap.parse_args()
     for tool in ("dnsperf", "taskset"):
         if not shutil.which(tool):
@@ -316,6 +357,8 @@ def main() -> None:
     if args.baseline is not None:
         if args.rounds < 1 or args.seconds <= 0:
             sys.exit("--rounds must be at least 1 and --seconds positive")
+        if args.together and args.qps <= 0:
+            args.qps = 40000
         interleaved(args)
         return
     only = set(args.only.split(",")) if args.only else None
