@@ -36,6 +36,8 @@ __all__ = [
     "question_compression",
     "read_edns_raw",
     "ttl_fields",
+    "AnswerWalk",
+    "walk_answer",
 ]
 
 #: The UDP payload size we advertise (the 2020 DNS flag day value; avoids IP fragmentation).
@@ -412,3 +414,103 @@ def error_response(data: bytes, rcode: int) -> bytes | None:
         qd = 1
     out_flags = 0x8000 | (flags & 0x7800) | (flags & 0x0100) | (rcode & 0xF)
     return _HEADER.pack(qid, out_flags, qd, 0, 0, 0) + question
+
+
+class AnswerWalk(NamedTuple):
+    """What one walk over an upstream's answer tells (:func:`walk_answer`): all that the forward
+    cache, the fast path, the metrics and the relayed reply need, without decoding a record.
+
+    Offsets are absolute in the walked message; records are the non-OPT ones, in order.
+    """
+
+    rcode: int  # the header's rcode with the OPT's extended bits folded in
+    qend: int  # offset just past the (single) question
+    an: int
+    ns: int
+    ar: int  # additional records, the OPT not counted
+    end: int  # offset just past the last non-OPT record (the OPT, if any, is what follows)
+    ends: list[int]  # offset just past each record
+    ttls: list[int]  # offset of each record's TTL field
+    low: int  # the smallest TTL of any record, -1 without records
+    negative: int  # min(TTL, MINIMUM) of the authority section's first SOA (RFC 2308), -1 without
+    opt: bytes | None  # the OPT record's rdata (its options), None without an OPT
+    reorder: bool  # ``loadbalance`` would change the records' order (a group of A/AAAA/MX of 2+,
+    # or records out of its CNAME, other, address, MX grouping)
+
+
+_LB_STAGE = {dns.CNAME: 0, dns.A: 2, dns.AAAA: 2, dns.MX: 3}
+
+
+def walk_answer(buf: bytes) -> AnswerWalk | None:
+    """One walk over an answer's bytes (names checked as :func:`scan_name` does, nothing decoded).
+
+    None when the message is not of the plain shape a relay keeps as is: not exactly one
+    question, an OPT record that is not the last record (or more than one, or outside the
+    additional section), a record or name running past the end, or trailing bytes.
+    """
+    n = len(buf)
+    if n < 12:
+        return None
+    _, flags, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
+    if qd != 1:
+        return None
+    pos = scan_name(buf, 12)
+    if pos is None or pos + 4 > n:
+        return None
+    qend = pos = pos + 4
+    ends: list[int] = []
+    ttls: list[int] = []
+    low = -1
+    negative = -1
+    opt: bytes | None = None
+    opt_ttl = 0
+    reorder = False
+    unpack = _RR_FIXED.unpack_from
+    total = an + ns + ar
+    bounds = (an, an + ns)
+    stages = _LB_STAGE
+    i = 0
+    stage = 0
+    groups = [0, 0, 0, 0]
+    while i < total:
+        if i == bounds[0] or i == bounds[1]:
+            stage = 0
+            groups = [0, 0, 0, 0]
+        after = scan_name(buf, pos)
+        if after is None or after + 10 > n:
+            return None
+        rtype, _, ttl, rdlen = unpack(buf, after)
+        rdend = after + 10 + rdlen
+        if rdend > n:
+            return None
+        i += 1
+        if rtype == dns.OPT:
+            if i <= an + ns or i != total or opt is not None:
+                return None
+            opt = buf[after + 10 : rdend]
+            opt_ttl = ttl
+            pos = rdend
+            break
+        ttls.append(after + 4)
+        ends.append(rdend)
+        if low < 0 or ttl < low:
+            low = ttl
+        if rtype == dns.SOA and negative < 0 and an <= i - 1 < an + ns and rdlen >= 22:
+            minimum = int.from_bytes(buf[rdend - 4 : rdend], "big")
+            negative = min(ttl, minimum)
+        if not reorder:
+            st = stages.get(rtype, 1)
+            if st < stage:
+                reorder = True
+            stage = st
+            if st >= 2:
+                groups[st] += 1
+                if groups[st] > 1:
+                    reorder = True
+        pos = rdend
+    if pos != n:
+        return None
+    end = ends[-1] if ends else qend
+    rcode = (flags & 0xF) | (((opt_ttl >> 24) & 0xFF) << 4 if opt is not None else 0)
+    return AnswerWalk(rcode, qend, an, ns, ar - (1 if opt is not None else 0), end, ends, ttls, low, negative,
+                      opt, reorder)

@@ -56,22 +56,24 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.forward.config import CacheConfig
-from kubedns.forward.message import ECS, answer_options, client_edns, option_data, options_record
+from kubedns.forward.message import ECS, client_edns, option_data
+from kubedns.forward.relay import Relayed, relayed_from_message
 
-__all__ = ["Cache", "CacheKey", "cache_key", "entry_cost", "response_ttl"]
+__all__ = ["Cache", "CacheKey", "cache_key", "entry_cost", "relayed_cost", "relayed_ttl", "response_ttl"]
 
 #: (qname lower-cased, qtype, qclass, DO, CD, AD, ECS option data or b"")
 CacheKey = tuple[bytes, int, int, bool, bool, bool, bytes]
 
 EDE = 15  # Extended DNS Errors (RFC 8914): describes the answer, so it is kept with it
 _KEPT_OPTIONS = (ECS, EDE)
-#: Memory an entry costs beyond the answer's wire size: the entry, its key and the LRU slot
-#: (ENTRY_COST), and each decoded record (RRHeader, Name, payload objects: RECORD_COST).
-#: Measured with tracemalloc on decoded upstream answers (1 and 4 A records, CNAME + 2 A, 10 SRV:
-#: 1.1, 2.6, 2.2 and 6.7 KB an entry, charged within 10%); tests/test_cache_bytes.py checks a cache
-#: full of large answers stays near its budget.
-ENTRY_COST = 600
-RECORD_COST = 550
+#: Memory an entry costs beyond the answer's bytes (kept without the OPT record): the entry, its
+#: Relayed and walk, its key and the LRU slot (ENTRY_COST), and each record's offsets in the walk
+#: (RECORD_COST).  Measured with tracemalloc on upstream answers kept as bytes (1 and 4 A
+#: records, 10 SRV: 0.92, 0.97 and 1.67 KB an entry, charged within 15%; the decoded records an
+#: entry used to keep cost 1.1, 2.6 and 6.7 KB); tests/test_cache_bytes.py checks a cache full
+#: of large answers stays near its budget.
+ENTRY_COST = 830
+RECORD_COST = 40
 
 SUCCESS, DENIAL, SERVFAIL = "success", "denial", "servfail"
 
@@ -87,28 +89,8 @@ def cache_key(query: dns.Message) -> CacheKey | None:
 
 
 def entry_cost(response: dns.Message) -> int:
-    """Bytes an entry for ``response`` is charged: wire size plus object overheads (see above)."""
-    wire = getattr(response, "wire_size", None)
-    if wire is None:  # not from decode_response (tests, refreshes built by hand): encode it once
-        try:
-            wire = len(response.toStr())
-        except Exception:
-            wire = 512
-    records = len(response.answers) + len(response.authority) + len(response.additional)
-    return ENTRY_COST + RECORD_COST * records + wire
-
-
-def _kept_options(response: dns.Message) -> bytes:
-    """The upstream's options worth keeping with the answer (ECS scope, EDE), as OPT rdata."""
-    opts = answer_options(response)
-    if not opts:
-        return b""
-    out = []
-    for code in _KEPT_OPTIONS:
-        data = option_data(opts, code)
-        if data is not None:
-            out.append(code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data)
-    return b"".join(out)
+    """Bytes an entry for ``response`` is charged (:func:`relayed_cost` of its bytes)."""
+    return relayed_cost(relayed_from_message(response))
 
 
 def response_ttl(response: dns.Message, config: CacheConfig) -> tuple[str, int] | None:
@@ -163,20 +145,82 @@ def _excluded(response: dns.Message, config: CacheConfig) -> bool:
     return _in_zones(name, config.disable_success if positive else config.disable_denial)
 
 
+def relayed_ttl(r: Relayed, config: CacheConfig) -> tuple[str, int] | None:
+    """:func:`response_ttl` of an answer as bytes, from its walk (no record decoded)."""
+    if r.truncated:
+        return None
+    walk = r.walk
+    rcode = walk.rcode
+    if rcode not in (dns.OK, dns.ENAME, dns.ESERVER):
+        return None
+    if config.zones or config.disable_success or config.disable_denial:
+        name = _wire_name(r.wire, walk.qend).lower()
+        if config.zones and not _in_zones(name, config.zones):
+            return None
+        positive = rcode == dns.OK and walk.an > 0
+        if _in_zones(name, config.disable_success if positive else config.disable_denial):
+            return None
+    if rcode == dns.ESERVER:
+        secs = int(config.servfail_ttl)
+        return (SERVFAIL, secs) if secs > 0 else None
+    if rcode == dns.OK and walk.an:
+        low = max(walk.low, 0)
+        ttl = min(config.ttl, max(config.min_ttl, low))
+        return (SUCCESS, ttl) if ttl > 0 else None
+    neg = walk.negative
+    if neg < 0:
+        return None
+    floor = config.min_ttl if config.denial_min_ttl is None else config.denial_min_ttl
+    ttl = min(config.denial_ttl, max(floor, neg))
+    return (DENIAL, ttl) if ttl > 0 else None
+
+
+def _wire_name(wire: bytes, qend: int) -> str:
+    """The question's name as lower-case-able text without the trailing dot (uncompressed at 12)."""
+    labels = []
+    pos = 12
+    end = qend - 4
+    while pos < end and wire[pos]:
+        n = wire[pos]
+        labels.append(wire[pos + 1 : pos + 1 + n])
+        pos += 1 + n
+    return b".".join(labels).decode("ascii", "replace")
+
+
+def relayed_cost(r: Relayed) -> int:
+    """Bytes an entry for ``r`` is charged: its stored bytes plus object overheads (see above)."""
+    return ENTRY_COST + RECORD_COST * len(r.walk.ends) + r.walk.end
+
+
+def _kept(options: bytes) -> bytes:
+    """The options worth keeping with the answer (ECS scope, EDE), as OPT rdata."""
+    if not options:
+        return b""
+    out = []
+    for code in _KEPT_OPTIONS:
+        data = option_data(options, code)
+        if data is not None:
+            out.append(code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data)
+    return b"".join(out)
+
+
+def _stored(r: Relayed) -> Relayed:
+    """What an entry keeps of ``r``: the message without its OPT (the counts fixed), the kept
+    options beside it; the walk is shared (its offsets hold: only the OPT, last, is cut)."""
+    walk = r.walk
+    wire = r.wire
+    if walk.opt is not None:
+        wire = wire[:10] + (walk.ar).to_bytes(2, "big") + wire[12 : walk.end]
+    return Relayed(wire, walk, _kept(r.options))
+
+
 @dataclass(slots=True)
 class _Entry:
     kind: str
-    rcode: int
-    auth: bool
-    rec_av: int
-    ad: int
-    answers: list
-    authority: list
-    additional: list
     stored: float
     ttl: int
+    data: Relayed  # the answer without its OPT, TTLs as the upstream sent them
     cost: int = 0  # bytes charged against max_bytes
-    options: bytes = b""  # EDNS options kept with the answer (ECS, EDE)
     hits: int = 0
     last_hit: float = 0.0
     used: int = 0  # the cache's tick at the last store or hit: LRU order across both kinds
@@ -186,34 +230,6 @@ class _Entry:
         return self.stored + self.ttl
 
 
-_new_rr = dns.RRHeader.__new__
-
-
-def _copy_rrs(rrs: list, ttl: int | None = None) -> list:
-    """Shallow copies of ``rrs`` without OPT (``ttl`` set if given).
-
-    A new RRHeader with the same attributes, not ``copy.copy`` (whose ``__reduce_ex__`` path cost
-    a few µs per record on every miss and hit); the payload is shared, never changed.
-    """
-    out = []
-    for rr in rrs:
-        if rr.type == dns.OPT:
-            continue
-        c = _new_rr(dns.RRHeader)
-        c.__dict__.update(rr.__dict__)
-        if ttl is not None:
-            c.ttl = ttl
-        out.append(c)
-    return out
-
-
-def _shared_rrs(rrs: list) -> list:
-    """``rrs`` without OPT, in a list of their own: the records themselves are shared with the
-    message they came from (nothing changes a record but its TTL, which an entry never reads:
-    every hit copies the records with the TTL it serves)."""
-    return [rr for rr in rrs if rr.type != dns.OPT]
-
-
 class Cache:
     """Bounded positive/negative answer cache; see the module docstring.
 
@@ -221,6 +237,10 @@ class Cache:
     success and a denial cache: each kind may have a capacity of its own (``success_size``,
     ``denial_size``), evicting its own least recently used entry, while ``size`` (all entries)
     and ``max_bytes`` evict the least recently used entry of either kind.
+
+    The entries are bytes (:class:`~kubedns.forward.relay.Relayed`): :meth:`lookup`,
+    :meth:`stale`, :meth:`keep` and :meth:`save` are the forward chain's; :meth:`get`,
+    :meth:`get_stale`, :meth:`put`, :meth:`store` and :meth:`peek` take and give Messages.
     """
 
     def __init__(self, config: CacheConfig, reactor: Any = None) -> None:
@@ -249,8 +269,8 @@ class Cache:
         return self._neg, self._neg.get(key)
 
     # -- reading -------------------------------------------------------------------------------
-    def get(self, key: CacheKey) -> tuple[dns.Message, bool] | None:
-        """A fresh entry as (message with aged TTLs, prefetch now?), or None (counted as a miss)."""
+    def lookup(self, key: CacheKey) -> tuple[Relayed, bool] | None:
+        """A fresh entry as (answer with aged TTLs, prefetch now?), or None (counted as a miss)."""
         order = self._pos
         e = order.get(key)
         if e is None:
@@ -271,13 +291,18 @@ class Cache:
         e.used = self._tick
         self.hits += 1
         remaining = e.ttl - int(max(age, 0.0))
-        return self._message(e, self._served_ttl(e, remaining)), self._should_prefetch(e, now, remaining)
+        return e.data.with_ttl(self._served_ttl(e, remaining)), self._should_prefetch(e, now, remaining)
+
+    def get(self, key: CacheKey) -> tuple[dns.Message, bool] | None:
+        """:meth:`lookup` as a Message."""
+        hit = self.lookup(key)
+        return None if hit is None else (hit[0].message(), hit[1])
 
     def _served_ttl(self, e: _Entry, remaining: int) -> int:
         """The TTL a hit carries: what is left, or with ``keepttl`` the TTL as stored."""
         return e.ttl if self.config.keepttl else remaining
 
-    def get_stale(self, key: CacheKey) -> dns.Message | None:
+    def stale(self, key: CacheKey) -> Relayed | None:
         """A good entry still inside the ``serve_stale`` window, with TTL 0 (CoreDNS's stale TTL);
         else None.  A cached SERVFAIL is never served stale."""
         if not self.config.serve_stale:
@@ -291,7 +316,12 @@ class Cache:
                 self._pop(key)
             return None
         self.stale_served += 1
-        return self._message(e, 0)
+        return e.data.with_ttl(0)
+
+    def get_stale(self, key: CacheKey) -> dns.Message | None:
+        """:meth:`stale` as a Message."""
+        r = self.stale(key)
+        return None if r is None else r.message()
 
     def _stale_usable(self, e: _Entry, age: float) -> bool:
         """May ``e`` (``age`` seconds old) be served stale?  Only a good answer, in the window."""
@@ -309,46 +339,40 @@ class Cache:
         threshold = max(1, math.ceil(cfg.prefetch_percentage / 100 * e.ttl))
         return e.hits >= cfg.prefetch_amount and remaining <= threshold
 
-    @staticmethod
-    def _message(e: _Entry, ttl: int) -> dns.Message:
-        m = dns.Message(answer=1, auth=e.auth, recAv=e.rec_av, rCode=e.rcode, authenticData=e.ad)
-        m.answers = _copy_rrs(e.answers, ttl)
-        m.authority = _copy_rrs(e.authority, ttl)
-        m.additional = _copy_rrs(e.additional, ttl)
-        if e.options:
-            m.additional.append(options_record(e.options))
-        return m
-
     # -- writing -------------------------------------------------------------------------------
+    def keep(self, key: CacheKey, r: Relayed) -> bool:
+        """Store ``r`` if cacheable (see :func:`relayed_ttl`); True if stored."""
+        return self._put(key, r) is not None
+
     def put(self, key: CacheKey, response: dns.Message) -> bool:
-        """Store ``response`` if cacheable (see :func:`response_ttl`); True if stored."""
-        return self._put(key, response) is not None
+        """:meth:`keep` for a Message."""
+        return self._put(key, relayed_from_message(response)) is not None
 
-    def store(self, key: CacheKey, response: dns.Message) -> dns.Message | None:
-        """:meth:`put`, then ``response`` itself with the TTLs a hit would carry now (as
-        :meth:`peek`), or None if not stored: one call on a miss instead of a put and a lookup.
-
-        The records are not copied: the entry shares them (it never reads their TTLs, a hit
-        copies them with its own), so the miss only rewrites the TTLs in place; the OPT record
-        (the upstream's live EDNS options) stays as it came.  ``response.cache_ttl`` is set to
-        the TTL it is cached for (what :func:`response_ttl` would say of it now)."""
-        e = self._put(key, response)
+    def save(self, key: CacheKey, r: Relayed) -> Relayed | None:
+        """:meth:`keep`, then ``r`` with the TTLs a hit would carry now (and every EDNS option the
+        upstream sent this time), or None if not stored: one call on a miss.  Its ``cache_ttl`` is
+        the TTL it is cached for."""
+        e = self._put(key, r)
         if e is None:
             return None
-        ttl = self._served_ttl(e, e.ttl)
-        for section in (response.answers, response.authority, response.additional):
-            for rr in section:
-                if rr.type != dns.OPT:
-                    rr.ttl = ttl
-        response.cache_ttl = e.ttl  # type: ignore[attr-defined]
-        return response
+        return r.with_ttl(self._served_ttl(e, e.ttl), e.ttl)
 
-    def _put(self, key: CacheKey, response: dns.Message) -> _Entry | None:
-        decision = response_ttl(response, self.config)
+    def store(self, key: CacheKey, response: dns.Message) -> dns.Message | None:
+        """:meth:`save` for a Message: a new Message with the TTLs a hit would carry now, its
+        ``cache_ttl`` set, or None if not stored."""
+        r = self.save(key, relayed_from_message(response))
+        if r is None:
+            return None
+        m = r.message()
+        m.cache_ttl = r.cache_ttl  # type: ignore[attr-defined]
+        return m
+
+    def _put(self, key: CacheKey, r: Relayed) -> _Entry | None:
+        decision = relayed_ttl(r, self.config)
         if decision is None:
             return None
         kind, ttl = decision
-        cost = entry_cost(response)
+        cost = relayed_cost(r)
         cfg = self.config
         limit = cfg.max_bytes
         if cost > limit:
@@ -360,21 +384,7 @@ class Cache:
                 if -1.0 <= age < old.ttl or self._stale_usable(old, age):
                     return None  # keep the good answer (fresh, or for serving stale)
         self._tick += 1
-        entry = _Entry(
-            kind=kind,
-            rcode=response.rCode,
-            auth=bool(response.auth),
-            rec_av=response.recAv,
-            ad=getattr(response, "authenticData", 0),
-            answers=_shared_rrs(response.answers),
-            authority=_shared_rrs(response.authority),
-            additional=_shared_rrs(response.additional),
-            stored=self._reactor.seconds(),
-            ttl=ttl,
-            cost=cost,
-            options=_kept_options(response),
-            used=self._tick,
-        )
+        entry = _Entry(kind, self._reactor.seconds(), ttl, _stored(r), cost, used=self._tick)
         old = self._pop(key)
         if old is not None:  # a refresh keeps the popularity it earned
             entry.hits, entry.last_hit = old.hits, old.last_hit
@@ -415,7 +425,7 @@ class Cache:
         age = self._reactor.seconds() - e.stored
         if age >= e.ttl or age < -1.0:
             return None
-        return self._message(e, self._served_ttl(e, e.ttl - int(max(age, 0.0))))  # as get() would
+        return e.data.with_ttl(self._served_ttl(e, e.ttl - int(max(age, 0.0)))).message()  # as get() would
 
     def clear(self) -> None:
         self._pos.clear()

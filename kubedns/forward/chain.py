@@ -17,10 +17,19 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from kubedns.forward.cache import Cache, CacheKey, cache_key
+from kubedns.forward.cache import Cache, CacheKey
 from kubedns.forward.forwarder import Forwarder, Refused, UpstreamsFailed
+from kubedns.forward.relay import ForwardQuery, Relayed, query_from_message
 
 __all__ = ["ForwardChain"]
+
+
+def _message(r: Relayed) -> dns.Message:
+    """A relayed answer as a Message, with ``cache_ttl`` when the cache stored it."""
+    m = r.message()
+    if r.cache_ttl is not None:
+        m.cache_ttl = r.cache_ttl  # type: ignore[attr-defined]
+    return m
 
 _log = Logger()
 
@@ -61,50 +70,60 @@ class ForwardChain:
     def resolve(self, query: dns.Message, *, tcp: bool = False) -> defer.Deferred:
         """Fire with an answer Message (aged TTLs on a hit); fail with UpstreamsFailed or Refused.
 
-        The server sets the ID and the question (with the client's case) on the result itself.
+        :meth:`relay` for a question built as a Message (a CNAME chase, a plugin's upstream).
         """
-        cache = self.cache
-        key = cache_key(query) if cache is not None else None
-        if cache is None or key is None:
+        if not query.queries:
             return self.forwarder.resolve(query, tcp=tcp)
-        hit = cache.get(key)
+        try:
+            fq = query_from_message(query)
+        except ValueError:
+            return self.forwarder.resolve(query, tcp=tcp)  # fails with the reason
+        return self.relay(fq, tcp=tcp).addCallback(_message)
+
+    def relay(self, fq: ForwardQuery, *, tcp: bool = False) -> defer.Deferred:
+        """Fire with the answer as bytes (:class:`Relayed`; aged TTLs on a hit); fail with
+        UpstreamsFailed or Refused.  The server puts the client's ID and question on it."""
+        cache = self.cache
+        if cache is None:
+            return self.forwarder.relay(fq, tcp=tcp)
+        key = fq.cache_key
+        hit = cache.lookup(key)
         if hit is not None:
-            msg, prefetch = hit
-            if prefetch and self._refresh(key, query, tcp):
+            r, prefetch = hit
+            if prefetch and self._refresh(key, fq, tcp):
                 cache.prefetches += 1
-            return defer.succeed(msg)
+            return defer.succeed(r)
         if cache.config.serve_stale and cache.config.serve_stale_mode == "immediate":
-            stale = cache.get_stale(key)
+            stale = cache.stale(key)
             if stale is not None:
-                self._refresh(key, query, tcp)
+                self._refresh(key, fq, tcp)
                 return defer.succeed(stale)
-        d = self.forwarder.resolve(query, tcp=tcp)
+        d = self.forwarder.relay(fq, tcp=tcp)
         d.addCallbacks(self._store, self._stale_or_fail, callbackArgs=(key,), errbackArgs=(key,))
         return d
 
-    def _store(self, response: dns.Message, key: CacheKey) -> dns.Message:
+    def _store(self, response: Relayed, key: CacheKey) -> Relayed:
         assert self.cache is not None
-        if response.rCode not in (dns.OK, dns.ENAME):
+        if response.walk.rcode not in (dns.OK, dns.ENAME):
             # As CoreDNS's serve_stale "verify": only NOERROR/NXDOMAIN count as a fresh answer; on
             # SERVFAIL (or REFUSED...) a stale good answer wins, and the cache keeps it.
-            stale = self.cache.get_stale(key)
+            stale = self.cache.stale(key)
             if stale is not None:
                 return stale
         # answer as later hits will (TTLs capped by the cache config), as CoreDNS does, but
-        # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE): the
-        # cache rewrites the response's TTLs in place and leaves its OPT record as it came
-        served = self.cache.store(key, response)
+        # with every EDNS option the upstream sent this time (the cache keeps ECS and EDE)
+        served = self.cache.save(key, response)
         return response if served is None else served
 
     def _stale_or_fail(self, failure: Failure, key: CacheKey) -> Any:
         assert self.cache is not None
         if failure.check(UpstreamsFailed, Refused):
-            stale = self.cache.get_stale(key)
+            stale = self.cache.stale(key)
             if stale is not None:
                 return stale
         return failure
 
-    def _refresh(self, key: CacheKey, query: dns.Message, tcp: bool) -> bool:
+    def _refresh(self, key: CacheKey, fq: ForwardQuery, tcp: bool) -> bool:
         """Ask the upstream again in the background (prefetch, or after serving stale).
 
         False if a refresh of ``key`` is already running.
@@ -112,12 +131,11 @@ class ForwardChain:
         if key in self._refreshing:
             return False
         self._refreshing.add(key)
-        # The forwarder reads the query synchronously, so the server may reuse it afterwards.
-        d = self.forwarder.resolve(query, tcp=tcp)
+        d = self.forwarder.relay(fq, tcp=tcp)
 
-        def stored(response: dns.Message) -> None:
+        def stored(response: Relayed) -> None:
             assert self.cache is not None
-            self.cache.put(key, response)
+            self.cache.keep(key, response)
 
         def failed(f: Failure) -> None:
             _log.debug("cache refresh of {name} failed: {why}", name=key[0], why=f.getErrorMessage())

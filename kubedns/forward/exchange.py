@@ -18,7 +18,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from kubedns.forward.errors import Refused, UpstreamsFailed
-from kubedns.forward.message import Expect, decode_response
+from kubedns.forward.message import Expect
+from kubedns.forward.relay import relayed_from_upstream
 from kubedns.forward.transport import NoDescriptorError, TransportError, describe
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ __all__ = ["Exchange"]
 class Exchange:
     """One request's tries (see the module docstring).
 
-    Ends once, handing ``Forwarder._land`` (answer bytes, decoded Message) or a Failure of
+    Ends once, handing ``Forwarder._land`` the answer (a :class:`~kubedns.forward.relay.Relayed`) or a Failure of
     :class:`UpstreamsFailed`, :class:`Refused` or CancelledError (:meth:`cancel`).
     """
 
@@ -71,7 +72,7 @@ class Exchange:
             self._finish(Failure(defer.CancelledError()))
 
     def _finish(self, result: Any) -> None:
-        """The request's end: (answer bytes, Message) or a Failure, handed to the flight once."""
+        """The request's end: a Relayed or a Failure, handed to the flight once."""
         if not self.called:
             self.called = True
             flight = self.flight
@@ -120,16 +121,16 @@ class Exchange:
     def _answered(self, data: bytes) -> None:
         up = self._done_trying()
         try:
-            msg = decode_response(data)
+            r = relayed_from_upstream(data)
         except ValueError as e:
             self._transport_failed(up, e)
             return
-        rcode = msg.rCode
+        rcode = r.rcode
         stats = up.stats
         stats.responses[rcode] = stats.responses.get(rcode, 0) + 1
         stats.observe(rcode, time.perf_counter() - self.t0, self.fwd._bounds)
         self.fwd._succeeded(up)
-        self._finish((data, msg))
+        self._finish(r)
 
     def _failed(self, f: Failure) -> None:
         up = self._done_trying()

@@ -35,7 +35,8 @@ from twisted.python.failure import Failure
 from kubedns.forward.config import ForwardConfig
 from kubedns.forward.errors import Refused, UpstreamsFailed
 from kubedns.forward.exchange import Exchange
-from kubedns.forward.message import Expect, build_query, client_edns, decode_response, is_truncated
+from kubedns.forward.message import Expect, build_query, decode_response, is_truncated
+from kubedns.forward.relay import ForwardQuery, Relayed, query_from_message
 from kubedns.forward.stats import ForwarderStats, UpstreamStats
 from kubedns.forward.transport import (
     StreamClient,
@@ -212,14 +213,26 @@ class Forwarder:
     def resolve(self, query: dns.Message, *, tcp: bool = False) -> defer.Deferred:
         """Forward ``query``'s question; fire with the upstream's full answer (a new Message).
 
+        :meth:`relay` for a question built as a Message (a CNAME chase, a plugin's upstream).
+        """
+        if not query.queries:
+            return defer.fail(UpstreamsFailed("no question to forward"))
+        try:
+            fq = query_from_message(query)
+        except ValueError as e:
+            return defer.fail(UpstreamsFailed(f"cannot forward {query.queries[0].name.name!r}: {e}"))
+        return self.relay(fq, tcp=tcp).addCallback(Relayed.message)
+
+    def relay(self, fq: ForwardQuery, *, tcp: bool = False) -> defer.Deferred:
+        """Forward ``fq``; fire with the upstream's answer as bytes (:class:`Relayed`, shared by
+        every waiter of a de-duplicated question: never changed, only copied).
+
         ``tcp``: the client asked over TCP, so (as CoreDNS) ask the upstream over TCP too unless
         ``prefer_udp``.  Fails with :class:`Refused` (more than ``max_concurrent`` calls pending,
         de-duplicated ones included, as CoreDNS counts every request) or :class:`UpstreamsFailed`.
         """
-        if self.disabled_reason is not None:
+        if self._looping and self.disabled_reason is not None:
             return defer.fail(UpstreamsFailed(self.disabled_reason))
-        if not query.queries:
-            return defer.fail(UpstreamsFailed("no question to forward"))
         limit = self.config.max_concurrent
         if limit and self._inflight >= limit:
             self.stats.max_concurrent_rejects += 1
@@ -229,25 +242,15 @@ class Forwarder:
                 self.stats.max_concurrent_rejects += 1
                 return defer.fail(Refused(f"no descriptor to spare: {self._tries} forwarded queries in flight"))
             self._fd_tries = 0
-        q = query.queries[0]
-        name = q.name.name
-        rd, cd, do, ad, options = client_edns(query)
-        lname = name.lower()
-        key = (lname, q.type, q.cls, do, cd, rd, ad, options)
-        only = self._pinned.get(lname) if self._pinned else None
+        key = fq.key
+        only = self._pinned.get(key[0]) if self._pinned else None
         flight = self._flights.get(key)
         waiter = self._join(key, flight)
         if flight is not None:
             self.stats.deduplicated += 1
             return waiter
         flight = self._flights[key]
-        try:
-            template = build_query(name, q.type, q.cls, rd=rd, cd=cd, do=do, ad=ad, options=options)
-        except ValueError as e:
-            self._land(Failure(UpstreamsFailed(f"cannot forward {name!r}: {e}")), key, flight)
-            return waiter
-        expect = Expect.for_query(template)
-        flight.inner = ex = Exchange(self, template, expect, tcp, only, key, flight)
+        flight.inner = ex = Exchange(self, fq.template, fq.expect, tcp, only, key, flight)
         ex.start()
         return waiter
 
@@ -298,9 +301,8 @@ class Forwarder:
             for w in waiters:
                 w.errback(result)
             return None
-        data, msg = result
-        for i, w in enumerate(waiters):
-            w.callback(msg if i == 0 else decode_response(data))
+        for w in waiters:
+            w.callback(result)
         return None
 
     # -- the request loop ----------------------------------------------------------------------

@@ -59,6 +59,11 @@ class Reply:
     serial_of: Any = None
     #: send nothing back at all (``acl``'s ``drop``)
     drop: bool = False
+    #: forwarded: the upstream's answer as bytes (:class:`kubedns.forward.relay.Relayed`), whose
+    #: ``answer`` is then a :class:`~kubedns.forward.relay.LazyAnswer` decoded on first use; the
+    #: server sends these bytes (with the client's ID, question and OPT) while ``answer`` is still
+    #: that LazyAnswer, and encodes ``answer`` once a plugin replaced it
+    relay: Any = None
 
 
 Result = Union[Reply, "Deferred[Reply]"]

@@ -21,8 +21,10 @@ from twisted.python.failure import Failure
 from kubedns.dns.query import Request
 from kubedns.dns.records import Answer
 from kubedns.dns.wire import query_edns_options
+from kubedns.forward.cache import relayed_ttl
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.forwarder import Refused
+from kubedns.forward.relay import Relayed, query_from_request, relayed_from_message
 from kubedns.plugins.base import Next, Reply, Result
 
 __all__ = ["ForwardPlugin", "forward_query"]
@@ -37,24 +39,16 @@ class ForwardPlugin:
         self.chain = chain
 
     def serve(self, req: Request, next: Next) -> Result:  # noqa: A002
-        if not self.chain.handles(req.q.qname):
+        chain = self.chain
+        if not chain.handles(req.q.qname):
             return next(req)
-        d: defer.Deferred = self.chain.resolve(forward_query(req), tcp=req.proto == "tcp")
+        d: defer.Deferred = chain.relay(query_from_request(req), tcp=req.proto == "tcp")
         return d.addCallbacks(self._relay, self._failed)
 
-    def _relay(self, upstream: dns.Message) -> Reply:
-        ans = Answer(
-            rcode=upstream.rCode,
-            answers=list(upstream.answers),
-            authority=list(upstream.authority),
-            additional=[rr for rr in upstream.additional if rr.type != dns.OPT],
-            authoritative=bool(upstream.auth),
-        )
-        # the upstream's EDNS options (kubedns.forward.message decoded them into an OPT record)
-        opt: Any = next((rr.payload for rr in upstream.additional if rr.type == dns.OPT), None)
-        options = opt.data if opt is not None else b""
-        return Reply(ans, "", self.name, ra=True, ad=bool(upstream.authenticData),
-                     lifetime=self.lifetime(upstream), edns_options=options)
+    def _relay(self, r: Relayed) -> Reply:
+        """The upstream's answer as bytes, relayed (kubedns.forward.relay): its records are decoded
+        only if a plugin asks for them."""
+        return Reply(r.answer, "", self.name, True, r.ad, False, self.lifetime_of(r), "", r.options, relay=r)
 
     def _failed(self, failure: Failure) -> Reply:
         rcode = dns.EREFUSED if failure.check(Refused) else dns.ESERVER
@@ -62,20 +56,23 @@ class ForwardPlugin:
         return Reply(Answer(rcode=rcode, authoritative=False), "", self.name, ra=True,
                      error=f"forward: {failure.getErrorMessage()}")
 
-    def lifetime(self, upstream: dns.Message) -> float:
+    def lifetime_of(self, r: Relayed) -> float:
         """How long a relayed answer may be served from the fast path: as long as the block's
         cache would keep it (see the module docstring)."""
         cache = self.chain.cache
-        cfg = cache.config if cache is not None else None
-        if cfg is None or cfg.prefetch_amount or cfg.keepttl or upstream.rCode not in (dns.OK, dns.ENAME):
+        if cache is None:
+            return 0.0
+        cfg = cache.config
+        if cfg.prefetch_amount or cfg.keepttl or r.walk.rcode not in (dns.OK, dns.ENAME):
             return 0.0  # keepttl: the fast path ages TTLs, the cache serves them as stored
-        stored = getattr(upstream, "cache_ttl", None)  # just stored (Cache.store): no second scan
-        if stored is not None:
-            return float(stored)
-        from kubedns.forward.cache import response_ttl
-
-        got = response_ttl(upstream, cfg)
+        if r.cache_ttl is not None:  # just stored or a hit: no second scan
+            return float(r.cache_ttl)
+        got = relayed_ttl(r, cfg)
         return float(got[1]) if got is not None else 0.0
+
+    def lifetime(self, upstream: dns.Message) -> float:
+        """:meth:`lifetime_of` of an answer as a Message."""
+        return self.lifetime_of(relayed_from_message(upstream)) if self.chain.cache is not None else 0.0
 
 
 def forward_query(req: Request) -> dns.Message:

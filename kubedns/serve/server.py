@@ -45,6 +45,7 @@ from kubedns.dns.wire import (
     udp_limit,
 )
 from kubedns.explain import EXPLAIN_OPTION_BYTES, annotate
+from kubedns.forward.relay import LazyAnswer, Relayed, client_reply, relayable
 from kubedns.plugins.base import Next, Reply, build_chain
 from kubedns.plugins.kubernetes import KubernetesPlugin
 from kubedns.plugins.loadbalance import rotations
@@ -212,12 +213,27 @@ class Dispatcher:
         ans = reply.answer
         proto = req.proto
         parts: list[bytes] | None = None  # a zone transfer in several TCP messages
-        if proto == "tcp" and req.q.qtype in TRANSFERS and len(ans.answers) > 1:
-            parts = self._transfer_messages(req, ans, ra, reply)
-        out = parts[0] if parts else self._encode(req, ans, ra, reply)
+        relay = reply.relay
+        if relay is not None and (type(ans) is not LazyAnswer or ans.relayed is not relay  # type: ignore[attr-defined]
+                                  or not relayable(req, relay) or req.q.qtype in TRANSFERS):
+            relay = None  # a plugin changed the records, or the bytes carry another question case
+        if relay is not None:  # the upstream's bytes, with the client's ID, question and OPT
+            out = client_reply(req, relay, ra=ra, ad=reply.ad, aa=ans.authoritative, rcode=ans.rcode,
+                               options=reply.edns_options)
+        else:
+            if proto == "tcp" and req.q.qtype in TRANSFERS and len(ans.answers) > 1:
+                parts = self._transfer_messages(req, ans, ra, reply)
+            out = parts[0] if parts else self._encode(req, ans, ra, reply)
         lifetime = reply.lifetime
         keep = (reply.cacheable or lifetime > 0) and proto == "udp" and self.fast.enabled
         if self.observers or keep:
+            if relay is not None:  # counts from the walk, not from decoded records
+                walk = relay.walk
+                n_answers = walk.an
+                soa = not n_answers and walk.negative >= 0
+            else:
+                n_answers = len(ans.answers)
+                soa = not n_answers and any(rr.type == dns.SOA for rr in ans.authority)
             q = req.q
             info = QueryInfo(
                 server=self.server_label,
@@ -238,8 +254,8 @@ class Dispatcher:
                 plugin=reply.plugin,
                 error=reply.error,
                 opcode=q.opcode,
-                answers=len(ans.answers),
-                soa=not ans.answers and any(rr.type == dns.SOA for rr in ans.authority),
+                answers=n_answers,
+                soa=soa,
             )
             for obs in self.observers:
                 try:
@@ -257,7 +273,7 @@ class Dispatcher:
                     cache = block.forward_cache if block is not None else None
                     agings = []
                     for o in orders or [out]:
-                        aging = self._aging(o, lifetime)
+                        aging = self._aging(o, lifetime, relay, req.edns is not None)
                         if aging is None:
                             return out
                         aging.cache = cache
@@ -302,13 +318,17 @@ class Dispatcher:
             edns_options=reply.edns_options,
         )
 
-    def _aging(self, out: bytes, lifetime: float) -> Aging | None:
+    def _aging(self, out: bytes, lifetime: float, relay: Relayed | None = None, opt: bool = False) -> Aging | None:
         if out[2] & 0x02:  # truncated: let the client retry over TCP, do not keep
             return None
-        try:
-            ttls = ttl_fields(out)
-        except (ValueError, struct.error):
-            return None
+        if relay is not None:  # relayed bytes: the TTL offsets are the walk's (same question length)
+            kept = out[7] + out[9] + (out[10] << 8 | out[11]) + (out[6] << 8) + (out[8] << 8) - opt
+            ttls = [(off, int.from_bytes(out[off : off + 4], "big")) for off in relay.walk.ttls[:kept]]
+        else:
+            try:
+                ttls = ttl_fields(out)
+            except (ValueError, struct.error):
+                return None
         if ttls:
             lifetime = min(lifetime, min(t for _, t in ttls))
         if lifetime < 1:
