@@ -290,12 +290,6 @@ class FakeForwarder:
     def handles(self, name: bytes) -> bool:
         return not name.endswith(b"corp")
 
-    def relay(self, fq: Any, *, tcp: bool = False) -> Any:
-        """The forward chain's call: :meth:`resolve` of the query as a Message, answered as bytes."""
-        from kubedns.forward.relay import message_query, relayed_from_message
-
-        return self.resolve(message_query(fq), tcp=tcp).addCallback(relayed_from_message)
-
     def start(self) -> None:
         self.started = True
 

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from kubedns.forward.cache import Cache, CacheKey
 from kubedns.forward.forwarder import Forwarder, Refused, UpstreamsFailed
-from kubedns.forward.relay import ForwardQuery, Relayed, query_from_message
+from kubedns.forward.relay import ForwardQuery, Relayed, message_query, query_from_message, relayed_from_message
 
 __all__ = ["ForwardChain"]
 
@@ -46,6 +46,11 @@ class ForwardChain:
         self.cache = cache
         self._reactor = reactor
         self._refreshing: set[CacheKey] = set()
+        #: the forwarder's relay; one that only speaks Messages (``resolve``) is asked through it
+        self._forward = getattr(forwarder, "relay", None) or self._via_message
+
+    def _via_message(self, fq: ForwardQuery, *, tcp: bool = False) -> defer.Deferred:
+        return self.forwarder.resolve(message_query(fq), tcp=tcp).addCallback(relayed_from_message)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,7 +90,7 @@ class ForwardChain:
         UpstreamsFailed or Refused.  The server puts the client's ID and question on it."""
         cache = self.cache
         if cache is None:
-            return self.forwarder.relay(fq, tcp=tcp)
+            return self._forward(fq, tcp=tcp)
         key = fq.cache_key
         hit = cache.lookup(key)
         if hit is not None:
@@ -98,7 +103,7 @@ class ForwardChain:
             if stale is not None:
                 self._refresh(key, fq, tcp)
                 return defer.succeed(stale)
-        d = self.forwarder.relay(fq, tcp=tcp)
+        d = self._forward(fq, tcp=tcp)
         d.addCallbacks(self._store, self._stale_or_fail, callbackArgs=(key,), errbackArgs=(key,))
         return d
 
@@ -131,7 +136,7 @@ class ForwardChain:
         if key in self._refreshing:
             return False
         self._refreshing.add(key)
-        d = self.forwarder.relay(fq, tcp=tcp)
+        d = self._forward(fq, tcp=tcp)
 
         def stored(response: Relayed) -> None:
             assert self.cache is not None

@@ -89,12 +89,6 @@ class FakeForwarder:
             m.answers = [tdns.RRHeader(name, tdns.A, ttl=300, payload=tdns.Record_A("192.0.2.1", 300))]
         return defer.succeed(m)
 
-    def relay(self, fq: Any, *, tcp: bool = False) -> Any:
-        """The forward chain's call: :meth:`resolve` of the query as a Message, answered as bytes."""
-        from kubedns.forward.relay import message_query, relayed_from_message
-
-        return self.resolve(message_query(fq), tcp=tcp).addCallback(relayed_from_message)
-
     def start(self) -> None:
         pass
 
