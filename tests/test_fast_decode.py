@@ -1,4 +1,4 @@
-"""The msgspec fast path (``objects.FAST_KINDS``, ``listparse.page_records``, watch lines) means
+"""The msgspec fast path (``fastdecode.FAST_KINDS``, ``listparse.page_records``, watch lines) means
 exactly what the reference converters (``objects.KINDS`` on ``json.loads``) mean.
 
 The fast path decodes only the fields DNS reads into strictly typed structs and hands anything
@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 
 from kubedns.k8s import objects
+from kubedns.k8s.fastdecode import FAST_KINDS
 from kubedns.k8s.listparse import page_records
-from kubedns.k8s.objects import FAST_KINDS, KINDS
+from kubedns.k8s.objects import KINDS
 from kubedns.k8s.store import Store
 from kubedns.k8s.watch import ResourceWatcher
 from tests.support import kubeobj

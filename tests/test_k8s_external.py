@@ -26,7 +26,7 @@ from twisted.internet import task
 from kubedns.config import ConfigError, parse
 from kubedns.corefile import CorefileSyntaxError, parse_corefile_config
 from kubedns.dns.records import ClusterZones
-from kubedns.k8s import objects
+from kubedns.k8s import fastdecode, objects
 from kubedns.k8s.store import Store
 from kubedns.plugins.k8s_external import K8sExternalConfig
 from kubedns.serve.protocols import DNSDatagramProtocol
@@ -310,7 +310,7 @@ def test_objects_keep_external_addresses_on_both_decoding_paths() -> None:
     obj = _svc("web", external=["192.0.2.10", "bogus", "2001:db8::10"],
                ingress=[{"ip": "203.0.113.10"}, {"hostname": "LB.Example.NET."}, {"ip": "nope"}, {}])
     _, ref = objects.service_from_raw(obj)
-    kind = objects.FAST_KINDS["services"]
+    kind = fastdecode.FAST_KINDS["services"]
     _, fast = kind.convert(msgspec.json.decode(msgspec.json.encode(obj), type=kind.struct))
     assert ref == fast
     assert ref is not None and ref.external == ("192.0.2.10", "2001:db8::10", "203.0.113.10", "lb.example.net")
@@ -337,7 +337,7 @@ def test_odd_shapes_decode_alike_on_a_list_page(spec_ips: Any, status: Any) -> N
     obj["status"] = status
     body = json.dumps({"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
                        "items": [obj]})
-    got = page_records(body, objects.FAST_KINDS["services"], objects.service_from_raw, {})
+    got = page_records(body, fastdecode.FAST_KINDS["services"], objects.service_from_raw, {})
     assert got == [objects.service_from_raw(obj)]
 
 

@@ -4,7 +4,7 @@ Why msgspec: with realistic objects (a Pod is ~5 KB of JSON, mostly ``managedFie
 container statuses, of which DNS reads ~100 bytes) the stdlib parser built every dict and string of
 every object only for the converter to drop them, at ~150 MB/s: seconds of CPU per 100k Pods.
 :func:`page_records` has msgspec decode a page straight into the decode-only structs of
-:mod:`kubedns.k8s.objects` (``FAST_KINDS``), which declare only those fields: everything else is
+:mod:`kubedns.k8s.fastdecode` (``FAST_KINDS``), which declare only those fields: everything else is
 skipped in C without a Python object being made, and the page never exists as raw dicts at all
 (memory stays bounded by one page of slim records, as with the streaming parser).  The API's
 protobuf encoding was the other candidate (what client-go asks for); it needs generated code for
@@ -45,7 +45,7 @@ from typing import Any
 
 import msgspec
 
-from kubedns.k8s.objects import Defer, FastKind
+from kubedns.k8s.fastdecode import Defer, FastKind
 
 __all__ = ["list_items", "page_records"]
 

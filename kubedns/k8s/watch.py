@@ -6,7 +6,7 @@ resourceVersion with ``deserialize=False``, and can hang forever without a clien
 timeout.  Why raw JSON rather than the client's models: deserializing 100k Pods into models costs
 seconds of CPU and hundreds of MB.  So every call here passes ``_preload_content=False`` and gets
 the urllib3 response back; each list page and each watch line is decoded by :mod:`msgspec`
-straight into structs of only the fields DNS reads (:data:`~kubedns.k8s.objects.FAST_KINDS`) and
+straight into structs of only the fields DNS reads (:data:`~kubedns.k8s.fastdecode.FAST_KINDS`) and
 turned into a slim record at once; an object or line those cannot take goes through :mod:`json`
 and the reference :data:`~kubedns.k8s.objects.KINDS` converter (:mod:`kubedns.k8s.listparse`).
 
@@ -59,8 +59,9 @@ import msgspec
 from twisted.logger import Logger
 
 from kubedns.k8s.apiclient import ClientSource, list_function, load_api_client
+from kubedns.k8s.fastdecode import FAST_KINDS, Defer
 from kubedns.k8s.listparse import page_records
-from kubedns.k8s.objects import FAST_KINDS, KINDS, Defer
+from kubedns.k8s.objects import KINDS
 from kubedns.k8s.outage import ApiOutage, Backoff
 
 if TYPE_CHECKING:
