@@ -66,10 +66,10 @@ CacheKey = tuple[bytes, int, int, bool, bool, bool, bytes]
 
 EDE = 15  # Extended DNS Errors (RFC 8914): describes the answer, so it is kept with it
 _KEPT_OPTIONS = (ECS, EDE)
-#: Memory an entry costs beyond the answer's bytes (kept without the OPT record): the entry, its
+#: Memory an entry costs beyond the answer's bytes (as the upstream sent them): the entry, its
 #: Relayed and walk, its key and the LRU slot (ENTRY_COST), and each record's offsets in the walk
 #: (RECORD_COST).  Measured with tracemalloc on upstream answers kept as bytes (1 and 4 A
-#: records, 10 SRV: 0.92, 0.97 and 1.67 KB an entry, charged within 15%; the decoded records an
+#: records, 10 SRV: 0.93, 0.98 and 1.68 KB an entry, charged within 13%; the decoded records an
 #: entry used to keep cost 1.1, 2.6 and 6.7 KB); tests/test_cache_bytes.py checks a cache full
 #: of large answers stays near its budget.
 ENTRY_COST = 830
@@ -188,8 +188,9 @@ def _wire_name(wire: bytes, qend: int) -> str:
 
 
 def relayed_cost(r: Relayed) -> int:
-    """Bytes an entry for ``r`` is charged: its stored bytes plus object overheads (see above)."""
-    return ENTRY_COST + RECORD_COST * len(r.walk.ends) + r.walk.end
+    """Bytes an entry for ``r`` is charged: its bytes (kept whole, OPT included) plus object
+    overheads (see above)."""
+    return ENTRY_COST + RECORD_COST * len(r.walk.ends) + len(r.wire)
 
 
 def _kept(options: bytes) -> bytes:
@@ -204,14 +205,17 @@ def _kept(options: bytes) -> bytes:
     return b"".join(out)
 
 
-def _stored(r: Relayed) -> Relayed:
-    """What an entry keeps of ``r``: the message without its OPT (the counts fixed), the kept
-    options beside it; the walk is shared (its offsets hold: only the OPT, last, is cut)."""
-    walk = r.walk
-    wire = r.wire
+def _hit(data: Relayed, ttl: int) -> Relayed:
+    """An entry's answer with every TTL set to ``ttl``: its bytes without the OPT (the counts
+    fixed; the walk's offsets hold, only the OPT, last, is cut) and the options it keeps."""
+    walk = data.walk
+    buf = bytearray(data.wire[: walk.end])
     if walk.opt is not None:
-        wire = wire[:10] + (walk.ar).to_bytes(2, "big") + wire[12 : walk.end]
-    return Relayed(wire, walk, _kept(r.options))
+        buf[10:12] = walk.ar.to_bytes(2, "big")
+    raw = ttl.to_bytes(4, "big")
+    for off in walk.ttls:
+        buf[off : off + 4] = raw
+    return Relayed(bytes(buf), walk, data.options)
 
 
 @dataclass(slots=True)
@@ -219,7 +223,9 @@ class _Entry:
     kind: str
     stored: float
     ttl: int
-    data: Relayed  # the answer without its OPT, TTLs as the upstream sent them
+    #: the answer as first served (its TTLs the entry's, the upstream's OPT still last: a hit
+    #: leaves it out, :func:`_hit`) with the options kept for hits
+    data: Relayed
     cost: int = 0  # bytes charged against max_bytes
     hits: int = 0
     last_hit: float = 0.0
@@ -291,7 +297,7 @@ class Cache:
         e.used = self._tick
         self.hits += 1
         remaining = e.ttl - int(max(age, 0.0))
-        return e.data.with_ttl(self._served_ttl(e, remaining)), self._should_prefetch(e, now, remaining)
+        return _hit(e.data, self._served_ttl(e, remaining)), self._should_prefetch(e, now, remaining)
 
     def get(self, key: CacheKey) -> tuple[dns.Message, bool] | None:
         """:meth:`lookup` as a Message."""
@@ -316,7 +322,7 @@ class Cache:
                 self._pop(key)
             return None
         self.stale_served += 1
-        return e.data.with_ttl(0)
+        return _hit(e.data, 0)
 
     def get_stale(self, key: CacheKey) -> dns.Message | None:
         """:meth:`stale` as a Message."""
@@ -352,10 +358,7 @@ class Cache:
         """:meth:`keep`, then ``r`` with the TTLs a hit would carry now (and every EDNS option the
         upstream sent this time), or None if not stored: one call on a miss.  Its ``cache_ttl`` is
         the TTL it is cached for."""
-        e = self._put(key, r)
-        if e is None:
-            return None
-        return r.with_ttl(self._served_ttl(e, e.ttl), e.ttl)
+        return self._put(key, r)
 
     def store(self, key: CacheKey, response: dns.Message) -> dns.Message | None:
         """:meth:`save` for a Message: a new Message with the TTLs a hit would carry now, its
@@ -367,7 +370,9 @@ class Cache:
         m.cache_ttl = r.cache_ttl  # type: ignore[attr-defined]
         return m
 
-    def _put(self, key: CacheKey, r: Relayed) -> _Entry | None:
+    def _put(self, key: CacheKey, r: Relayed) -> Relayed | None:
+        """Store ``r`` if cacheable; ``r`` with the entry's TTL in every record (what the miss
+        answers), or None."""
         decision = relayed_ttl(r, self.config)
         if decision is None:
             return None
@@ -384,7 +389,9 @@ class Cache:
                 if -1.0 <= age < old.ttl or self._stale_usable(old, age):
                     return None  # keep the good answer (fresh, or for serving stale)
         self._tick += 1
-        entry = _Entry(kind, self._reactor.seconds(), ttl, _stored(r), cost, used=self._tick)
+        served = r.with_ttl(ttl, ttl)  # the one copy: served now, and what later hits are made of
+        entry = _Entry(kind, self._reactor.seconds(), ttl, Relayed(served.wire, r.walk, _kept(r.options)), cost,
+                       used=self._tick)
         old = self._pop(key)
         if old is not None:  # a refresh keeps the popularity it earned
             entry.hits, entry.last_hit = old.hits, old.last_hit
@@ -402,7 +409,7 @@ class Cache:
                 self._evict(pos)
             else:
                 self._evict(neg)
-        return entry
+        return served
 
     def _evict(self, order: OrderedDict[CacheKey, _Entry]) -> None:
         _, gone = order.popitem(last=False)
@@ -425,7 +432,7 @@ class Cache:
         age = self._reactor.seconds() - e.stored
         if age >= e.ttl or age < -1.0:
             return None
-        return e.data.with_ttl(self._served_ttl(e, e.ttl - int(max(age, 0.0)))).message()  # as get() would
+        return _hit(e.data, self._served_ttl(e, e.ttl - int(max(age, 0.0)))).message()  # as get() would
 
     def clear(self) -> None:
         self._pos.clear()

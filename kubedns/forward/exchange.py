@@ -6,7 +6,9 @@ share of ``max_concurrent``, count a try that found no descriptor as a local ref
 transport errors, stop at the budget) and hands the outcome to the request's flight.
 
 Callbacks rather than a coroutine, and no Deferred between the request and its flight: a
-coroutine's Deferred plumbing was a fifth of a forwarded cache miss's CPU.
+coroutine's Deferred plumbing was a fifth of a forwarded cache miss's CPU.  A UDP try has no
+Deferred either: the exchange is the pool's sink (``callback``/``errback``), and its ``called``
+(the request ended) tells the pool not to report a late failure.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kubedns.forward.transport import NoDescriptorError, TransportError, describ
 
 if TYPE_CHECKING:
     from kubedns.forward.forwarder import Forwarder, _Flight, _Upstream
+    from kubedns.forward.udppool import _PooledSocket
 
 __all__ = ["Exchange"]
 
@@ -36,7 +39,7 @@ class Exchange:
     """
 
     __slots__ = ("fwd", "template", "expect", "tcp", "order", "i", "deadline", "errors", "local", "up",
-                 "t0", "try_d", "key", "flight", "called")
+                 "t0", "try_d", "try_sock", "try_timeout", "key", "flight", "called")
 
     def __init__(self, fwd: Forwarder, template: bytes, expect: Expect, tcp: bool, only: _Upstream | None,
                  key: tuple, flight: _Flight) -> None:
@@ -51,7 +54,9 @@ class Exchange:
         self.local = 0  # tries not made for a local limit (upstream at its share, no descriptor)
         self.up: _Upstream | None = None
         self.t0 = 0.0
-        self.try_d: defer.Deferred | None = None
+        self.try_d: defer.Deferred | None = None  # a try over TCP/TLS (or after a truncated answer)
+        self.try_sock: _PooledSocket | None = None  # a try over UDP: this is its sink (callback/errback)
+        self.try_timeout = 0.0
         self.key = key
         self.flight = flight
         self.called = False  # the result went to the flight (Forwarder._land)
@@ -68,6 +73,9 @@ class Exchange:
         """Cancel the try in flight; the flight fails with CancelledError (as a Deferred would)."""
         if self.try_d is not None:
             self.try_d.cancel()
+        if self.try_sock is not None:
+            sock, self.try_sock = self.try_sock, None
+            sock.cancel(self)
         if not self.called:
             self._finish(Failure(defer.CancelledError()))
 
@@ -100,9 +108,13 @@ class Exchange:
             fwd._tries += 1
             self.up = up
             self.t0 = time.perf_counter()
-            d = self.try_d = fwd._try(up, self.template, self.expect, self.tcp, min(fwd.config.timeout, remaining),
-                                      self.deadline)
-            d.addCallbacks(self._answered, self._failed)
+            timeout = min(fwd.config.timeout, remaining)
+            if fwd._streamed(up, self.tcp):
+                d = self.try_d = fwd._try(up, self.template, self.expect, self.tcp, timeout, self.deadline)
+                d.addCallbacks(self._answered, self._failed)
+            else:  # UDP: this exchange is the query's sink, no Deferred
+                self.try_timeout = timeout
+                self.try_sock = fwd._pool(up).send(self.template, self.expect, timeout, fwd.max_fd, self)
             return
         if self.local and self.local == len(errors):
             fwd.stats.max_concurrent_rejects += 1
@@ -110,10 +122,29 @@ class Exchange:
         else:
             self._finish(Failure(UpstreamsFailed("no upstream answered", tuple(errors))))
 
+    # the UDP pool's sink (udppool.Sink)
+    def callback(self, data: bytes) -> None:
+        """The UDP answer; a truncated one is asked again over TCP (a Deferred: rare)."""
+        self.try_sock = None
+        if data[2] & 0x02:  # TC
+            up = self.up
+            assert up is not None
+            got = self.fwd._after_truncation(up, data, self.template, self.expect, self.try_timeout, self.deadline)
+            if isinstance(got, defer.Deferred):
+                self.try_d = got
+                got.addCallbacks(self._answered, self._failed)
+                return
+        self._answered(data)
+
+    def errback(self, f: Failure) -> None:
+        self.try_sock = None
+        self._failed(f)
+
     def _done_trying(self) -> _Upstream:
         up = self.up
         assert up is not None
         self.try_d = None
+        self.try_sock = None
         up.inflight -= 1
         self.fwd._tries -= 1
         return up

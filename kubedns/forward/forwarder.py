@@ -352,31 +352,44 @@ class Forwarder:
         truncated UDP answer gets only the time left until then (and at most one per-try
         timeout), not a fresh ``timeout`` of its own, so the try cannot outlast the request.
         """
-        cfg = self.config
-        if up.spec.tls or cfg.force_tcp or (tcp and not cfg.prefer_udp):
+        if self._streamed(up, tcp):
             return self._stream(up).query(template, expect, timeout)
+        d = self._pool(up).query(template, expect, timeout, self.max_fd)
+
+        def maybe_tcp(data: bytes) -> Any:
+            if not is_truncated(data):
+                return data
+            return self._after_truncation(up, data, template, expect, timeout, deadline)
+
+        return d.addCallback(maybe_tcp)
+
+    def _streamed(self, up: _Upstream, tcp: bool) -> bool:
+        """Does a try at ``up`` go over its TCP/TLS stream (else UDP)?"""
+        cfg = self.config
+        return bool(up.spec.tls or cfg.force_tcp or (tcp and not cfg.prefer_udp))
+
+    def _pool(self, up: _Upstream) -> UDPPool:
         pool = up.udp
         if pool is None:
             pool = up.udp = UDPPool(self._reactor, up.spec.host, up.spec.port)
             if not self._running:
                 pool.close()  # a try after stop() (a late probe): its socket closes when it ends
-        d = pool.query(template, expect, timeout, self.max_fd)
+        return pool
 
-        def maybe_tcp(data: bytes) -> Any:
-            if not is_truncated(data):
-                return data
+    def _after_truncation(self, up: _Upstream, data: bytes, template: bytes, expect: Expect, timeout: float,
+                          deadline: float | None) -> Any:
+        """A truncated UDP answer: ask ``up`` over TCP within what is left of the budget (a
+        Deferred), or ``data`` itself when no budget is left."""
 
-            def tcp_failed(f: Failure) -> bytes:
-                # TCP failed too: relay the truncated answer; the client then retries over TCP itself.
-                f.trap(TransportError)
-                return data
+        def tcp_failed(f: Failure) -> bytes:
+            # TCP failed too: relay the truncated answer; the client then retries over TCP itself.
+            f.trap(TransportError)
+            return data
 
-            left = timeout if deadline is None else min(timeout, deadline - self._reactor.seconds())
-            if left <= 0.001:
-                return data  # no budget left for TCP: relay the truncated answer
-            return self._stream(up).query(template, expect, left).addErrback(tcp_failed)
-
-        return d.addCallback(maybe_tcp)
+        left = timeout if deadline is None else min(timeout, deadline - self._reactor.seconds())
+        if left <= 0.001:
+            return data  # no budget left for TCP: relay the truncated answer
+        return self._stream(up).query(template, expect, left).addErrback(tcp_failed)
 
     def _tls_options(self, spec: UpstreamSpec) -> Any:
         from twisted.internet import ssl

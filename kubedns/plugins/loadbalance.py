@@ -60,6 +60,9 @@ class LoadbalancePlugin:
         ans = reply.answer
         if ans.rcode != dns.OK:
             return reply
+        relay = reply.relay  # a forwarded answer as bytes: its walk says whether any order changes
+        if relay is not None and not relay.walk.reorder and ans is relay.answer:
+            return reply
         shuffle = self._shuffle
 
         def mix(group: list[Any], _index: int) -> list[Any]:
