@@ -132,3 +132,36 @@ def test_listing_every_kind_imports_no_generated_api_module(fake: FakeKubeAPI, t
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["counts"] == {"namespaces": 1, "services": 2, "endpointslices": 1, "pods": 1}
     assert out["heavy"] == []
+
+
+def test_listing_skips_the_packages_init_but_kubernetes_still_works(fake: FakeKubeAPI, tmp_path: Path) -> None:
+    """``lean_kubernetes``: a fresh process that loads the client and lists every kind never
+    imports what ``kubernetes/__init__.py`` would (the dynamic client, streams, the watch helper,
+    leader election, the informer), and code that then uses the package as usual still finds
+    every subpackage and ``__version__``."""
+    kc = kubeconfig(tmp_path / "kubeconfig", fake.url)
+    script = (
+        "import json, sys\n"
+        "from kubedns.k8s.apiclient import UNUSED_SUBPACKAGES, list_function, load_api_client\n"
+        f"api, _ = load_api_client({kc!r})\n"
+        "counts = {}\n"
+        "for r in ('namespaces', 'services', 'endpointslices', 'pods'):\n"
+        "    resp = list_function(api, r)(_preload_content=False, _request_timeout=(2, 5), limit=100)\n"
+        "    counts[r] = len(json.loads(resp.read())['items'])\n"
+        "unused = sorted(p for p in UNUSED_SUBPACKAGES if 'kubernetes.' + p in sys.modules)\n"
+        "import importlib.metadata, kubernetes\n"
+        "later = [kubernetes.watch.Watch.__name__, kubernetes.dynamic.DynamicClient.__name__,\n"
+        "         kubernetes.__version__ == importlib.metadata.version('kubernetes')]\n"
+        "try:\n"
+        "    kubernetes.no_such_module\n"
+        "except AttributeError as e:\n"
+        "    later.append(str(e))\n"
+        "print(json.dumps({'counts': counts, 'unused': unused, 'later': later}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=25,
+                         env={"PATH": "/usr/bin:/bin", "NO_PROXY": "127.0.0.1", "HOME": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["counts"] == {"namespaces": 1, "services": 2, "endpointslices": 1, "pods": 1}
+    assert out["unused"] == []
+    assert out["later"] == ["Watch", "DynamicClient", True, "module 'kubernetes' has no attribute 'no_such_module'"]

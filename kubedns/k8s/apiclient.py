@@ -15,7 +15,10 @@ It starts no thread: ``current()`` and ``probe()`` run on the watch threads that
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +34,52 @@ if TYPE_CHECKING:
 __all__ = ["ClientSource", "list_function", "load_api_client"]
 
 _log = Logger(namespace="kubedns.k8s.watch")
+
+#: What ``kubernetes/__init__.py`` imports that kubedns never uses (the dynamic client and its
+#: schema validation, exec streams over websockets, the watch helper, leader election, the
+#: informer): ~0.1 s of CPU at start-up, see :func:`lean_kubernetes`.
+UNUSED_SUBPACKAGES = ("dynamic", "stream", "watch", "leaderelection", "informer")
+
+
+def lean_kubernetes() -> None:
+    """Make ``kubernetes`` importable without running its ``__init__.py``; its modules load on use.
+
+    Why: the package's ``__init__`` imports every subpackage (:data:`UNUSED_SUBPACKAGES`, which
+    pull in jsonschema, websocket, referencing...) although kubedns needs only ``client`` and
+    ``config``: about a quarter of the client's import time, on the CPU of every start-up and
+    the first sync.  The package module is made from its own spec without being executed, and
+    any attribute it lacks (a subpackage, ``__version__``) is loaded when first read, so code
+    that does ``import kubernetes; kubernetes.watch.Watch`` in the same process still works.
+    Nothing is done if the package is already imported (or not installed: the import itself
+    then fails as before).
+    """
+    if "kubernetes" in sys.modules:
+        return
+    spec = importlib.util.find_spec("kubernetes")
+    if spec is None or spec.submodule_search_locations is None:
+        return
+    pkg = importlib.util.module_from_spec(spec)  # a module object; the file is not executed
+
+    def lazy(name: str) -> Any:
+        if name == "__version__":
+            from importlib.metadata import version
+
+            value: Any = version("kubernetes")
+        elif name.startswith("__"):
+            raise AttributeError(name)
+        else:
+            try:
+                value = importlib.import_module(f"kubernetes.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"kubernetes.{name}":
+                    raise
+                raise AttributeError(f"module 'kubernetes' has no attribute {name!r}") from None
+        setattr(pkg, name, value)
+        return value
+
+    pkg.__getattr__ = lazy  # type: ignore[method-assign]  # PEP 562 module __getattr__
+    sys.modules.setdefault("kubernetes", pkg)
+
 
 #: The service account files ``load_incluster_config`` reads.
 _SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -48,6 +97,7 @@ def load_api_client(kubeconfig: str | ApiConfig | None = None) -> tuple[Any, str
     """
     from kubedns import __version__
 
+    lean_kubernetes()
     if isinstance(kubeconfig, ApiConfig):
         if kubeconfig.kubeconfig is not None:
             api_client, source = _load_api_client(kubeconfig.kubeconfig, kubeconfig.context)
