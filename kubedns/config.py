@@ -181,7 +181,7 @@ def _parse_block(node: Node, config_path: str, index: int) -> ServerBlock:
 
     node.mapping(_BLOCK_KEYS)
     zones = node.get("zones", ["."]).zones()
-    listen = node.get("listen", "0.0.0.0:53").address(53)
+    listen = node.get("listen", ":53").address(53)  # every address, as a Corefile's ".:53" without bind
     kube = parse_kubernetes(node.get("kubernetes"), config_path) if node.has("kubernetes") else None
     fwd = parse_forward(node.get("forward")) if node.has("forward") else None
     hosts = None

@@ -76,7 +76,7 @@ def test_check_a_corefile_prints_the_chain_in_execution_order(tmp_path):
     chain = [ln.split(". ", 1)[1].split()[0] for ln in lines if ln.strip()[:2].rstrip(".").isdigit()]
     # written forward, cache, kubernetes, loadbalance; run in CoreDNS's order
     assert chain == ["errors", "loadbalance", "cache", "kubernetes", "forward"]
-    assert "listen 0.0.0.0:1053" in r.stdout and "zones ." in r.stdout
+    assert "listen :1053" in r.stdout and "zones ." in r.stdout
     assert "pods: insecure" in r.stdout and "ttl: 5" in r.stdout  # a default filled in
     assert "127.0.0.7:5300" in r.stdout and "health" in r.stdout.split("process:")[1]
 
@@ -87,7 +87,7 @@ def test_check_json_and_yaml_give_the_same_configuration(tmp_path):
     core.write_text(COREFILE.format(port=1053, up=5300, manifests=manifests, health=18080))
     yml = tmp_path / "kubedns.yaml"
     yml.write_text(json.dumps({"servers": [{
-        "zones": ["."], "listen": "0.0.0.0:1053", "errors": {}, "forward": {"to": ["127.0.0.7:5300"]}, "cache": 30,
+        "zones": ["."], "listen": ":1053", "errors": {}, "forward": {"to": ["127.0.0.7:5300"]}, "cache": 30,
         "kubernetes": {"manifests": manifests, "pods": "insecure", "fallthrough": ["in-addr.arpa", "ip6.arpa"]},
         "loadbalance": None, "health": "127.0.0.1:18080"}]}))
     a, b = run("check", "--json", str(core)), run("check", "--json", str(yml))

@@ -27,7 +27,7 @@ def test_project_default_shape() -> None:
     """conf/corefile.yaml: kubeadm's Corefile forwarding to 8.8.8.8 (see tests/test_conf_files.py)."""
     cfg = load(str(REPO / "conf" / "corefile.yaml"))
     b = cfg.servers[0]
-    assert b.listen == Address("0.0.0.0", 53)
+    assert b.listen == Address("", 53)  # every address, as the Corefile's ".:53"
     assert b.kubernetes.pods == "insecure" and b.kubernetes.ttl == 30
     assert [str(u.host) for u in b.forward.to] == ["8.8.8.8"] and b.forward.max_concurrent == 1000
     assert b.cache.ttl == 30
@@ -53,7 +53,7 @@ def test_bad_durations(bad) -> None:
 
 def test_defaults_match_coredns() -> None:
     b = parse("servers:\n  - kubernetes: {}\n", "x.yaml").servers[0]
-    assert b.zones == ("",) and b.listen == Address("0.0.0.0", 53)
+    assert b.zones == ("",) and b.listen == Address("", 53)  # ".:53": every address
     assert b.kubernetes.ttl == 5 and b.kubernetes.pods == "disabled"
     assert b.kubernetes.zones == ("cluster.local", "in-addr.arpa", "ip6.arpa")
 

@@ -131,7 +131,7 @@ CASES = [
     case(block().replace("zones: ['.']", f"zones: ['{'.'.join(['abcdefgh'] * 30)}']"), "servers[0].zones[0]", ZONE,
          id="zone-name-too-long"),
     case("servers:\n  - kubernetes: {}\n  - zones: ['.']\n    forward: 127.0.0.1\n", "servers[1].zones",
-         "zones not already served on 0.0.0.0:53 by servers[0]", id="zones-duplicate-default"),
+         "zones not already served on :53 by servers[0]", id="zones-duplicate-default"),
     case("servers:\n  - zones: [Example.ORG.]\n    forward: 127.0.0.1\n"
          "  - zones: [example.org]\n    forward: 127.0.0.2\n",
          "servers[1].zones", "by servers[0]", id="zones-duplicate-case-and-dot"),

@@ -109,7 +109,7 @@ def _real_copy(name: str, tmp_path: Path) -> Path:
 def test_kubeadm_default_is_the_expected_config(tmp_path: Path) -> None:
     cfg = load(str(_real_copy("kubeadm", tmp_path)))
     (b,) = cfg.servers
-    assert b.zones == ("",) and str(b.listen) == "0.0.0.0:53"
+    assert b.zones == ("",) and str(b.listen) == ":53"
     assert b.kubernetes.zones == ("cluster.local", "in-addr.arpa", "ip6.arpa")
     assert (b.kubernetes.pods, b.kubernetes.ttl, b.kubernetes.fallthrough) == ("insecure", 30, ("in-addr.arpa", "ip6.arpa"))
     assert [str(u) for u in b.forward.to] == ["127.0.0.53:53"] and b.forward.max_concurrent == 1000

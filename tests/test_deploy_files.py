@@ -670,7 +670,7 @@ def test_configmap_corefile() -> None:
         "prometheus", "forward", "cache", "loop", "reload", "loadbalance",
     }  # fmt: skip
     assert server["zones"] == ["."]
-    assert server["listen"] == "0.0.0.0:53"
+    assert server["listen"] == ":53"
     assert server["health"] == {"listen": ":8080", "lameduck": "5s"}
     assert server["ready"] == ":8181"
     assert server["prometheus"] == ":9153"

@@ -150,7 +150,7 @@ def map_corefile(corefile: Corefile) -> tuple[dict[str, Any], dict[str, Where]]:
         first_key = syntax.keys[0]
         for port, pkeys in by_port.items():
             zones = [z for k in pkeys for z in k.zones]
-            hosts = blk.binds or [("0.0.0.0", first_key)]
+            hosts = blk.binds or [("", first_key)]  # no bind: every address, as YAML's ":53"
             for host, host_tok in hosts:
                 i = len(servers)
                 h = f"[{host}]" if ":" in host else host

@@ -14,6 +14,7 @@ same for the health, ready and prometheus addresses.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import socket
@@ -75,11 +76,16 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+def _bound_socket(host: str, port: int, kind: socket.SocketKind, reuse_port: bool = True,
+                  v6only: bool = False) -> socket.socket:
     s = socket.socket(_family(host), kind)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_STREAM or reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as listenTCP; listenUDP sets none
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if v6only:  # the IPv6 half of every address: IPv4 clients come in on the IPv4 socket
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         s.bind((host, port))
         if kind == socket.SOCK_STREAM:
             s.listen(1024)
@@ -91,8 +97,15 @@ def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socke
 
 
 def interface(host: str) -> str:
-    """The interface to bind for a configured host (``""`` is every IPv4 address)."""
-    return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
+    """The interface to bind for a configured host: ``""`` (every address: ``:53`` in YAML, a
+    Corefile block without ``bind``) stays ``""``, which the DNS listeners bind as ``0.0.0.0``
+    plus ``::`` where the host has IPv6 (CoreDNS's ``.:53`` answers both); ``0.0.0.0`` is every
+    IPv4 address only, as ``bind 0.0.0.0``."""
+    return "127.0.0.1" if host == "localhost" else host
+
+
+#: errors binding ``::`` that mean "this host has no IPv6": "every address" is then IPv4's
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 _HTTP_KEYS = (("health", "/health"), ("ready", "/ready"), ("prometheus", "/metrics"))
@@ -118,13 +131,17 @@ def http_addresses(config: Config, worker: int = 0) -> list[tuple[str, str, Addr
 def http_listen_error(config: Config, err: CannotListenError, worker: int = 0) -> ListenError:
     """The one-line :class:`ListenError` for an HTTP endpoint Twisted could not listen on."""
     for key, _, addr in http_addresses(config, worker):
-        if addr.port == err.port and interface(addr.host) == err.interface:
+        if addr.port == err.port and (interface(addr.host) or "0.0.0.0") == err.interface:
             return ListenError(f"{config.path}: {key}: {addr}: {bind_failure(err, addr.port)}")
     return ListenError(f"{config.path}: {err.interface or '*'}:{err.port}: {bind_failure(err, err.port)}")
 
 
 class _Listener(service.Service):
-    """``where`` names the address in errors: ``"<file>: <key>: <address>"`` (see :class:`ListenError`)."""
+    """``where`` names the address in errors: ``"<file>: <key>: <address>"`` (see :class:`ListenError`).
+
+    Host ``""`` binds two sockets: ``0.0.0.0`` (``_port``) and ``::`` IPv6-only (``_port6``), so
+    a client of either family reaches it and keeps its own address (no ``::ffff:`` mapping).
+    """
 
     def __init__(self, host: str, port: int, target: Any, reactor: Any, reuse_port: bool, where: str = ""):
         self.host = host
@@ -134,6 +151,7 @@ class _Listener(service.Service):
         self.reuse_port = reuse_port
         self.where = where or f"{host}:{port}"
         self._port: Any = None
+        self._port6: Any = None
 
     def privilegedStartService(self) -> None:  # noqa: N802 - bind before dropping privileges
         service.Service.privilegedStartService(self)
@@ -145,21 +163,44 @@ class _Listener(service.Service):
             self._port = self._bind()
 
     def _bind(self) -> Any:
+        target6 = self._second_target()  # before the first port connects self.target
         try:
-            return self._listen()
+            port = self._listen()
         except (CannotListenError, OSError) as e:
             raise ListenError(f"{self.where}: {bind_failure(e, self.port)}") from None
+        if self.host == "":
+            try:
+                sock = _bound_socket("::", self.port, self._kind, self.reuse_port, v6only=True)
+                self._port6 = self._adopt(sock, target6)
+            except OSError as e:
+                if e.errno not in _NO_IPV6:
+                    port.stopListening()
+                    raise ListenError(f"{self.where}: [::]:{self.port}: {bind_failure(e, self.port)}") from None
+        return port
 
     def stopService(self) -> Any:  # noqa: N802
         service.Service.stopService(self)
+        if self._port6 is not None:
+            self._port6.stopListening()
+            self._port6 = None
         if self._port is not None:
             d = self._port.stopListening()
             self._port = None
             return d
         return None
 
+    _kind = socket.SOCK_DGRAM
+
     def _listen(self) -> Any:
         raise NotImplementedError
+
+    def _adopt(self, s: socket.socket, target: Any) -> Any:
+        """Hand the bound socket ``s`` to the reactor (which keeps a duplicate) and close ours."""
+        raise NotImplementedError
+
+    def _second_target(self) -> Any:
+        """What the IPv6 port of every address serves: a factory serves any number of ports."""
+        return self.target
 
 
 _FD_CEILING = 1 << 20
@@ -206,21 +247,31 @@ class UDPListener(_Listener):
     def _listen(self) -> Any:
         if not self.reuse_port:
             return self.reactor.listenUDP(self.port, self.target, interface=self.host, maxPacketSize=MAX_DATAGRAM)
-        s = _bound_socket(self.host, self.port, socket.SOCK_DGRAM)
+        return self._adopt(_bound_socket(self.host or "0.0.0.0", self.port, socket.SOCK_DGRAM), self.target)
+
+    def _adopt(self, s: socket.socket, target: Any) -> Any:
         try:
-            return self.reactor.adoptDatagramPort(s.fileno(), s.family, self.target, maxPacketSize=MAX_DATAGRAM)
+            return self.reactor.adoptDatagramPort(s.fileno(), s.family, target, maxPacketSize=MAX_DATAGRAM)
         finally:
             s.close()  # the reactor holds its own duplicate
+
+    def _second_target(self) -> Any:
+        """A protocol has one transport: the IPv6 port gets a copy (same dispatcher)."""
+        return copy.copy(self.target)
 
 
 class TCPListener(_Listener):
     """A TCP port for a ServerFactory."""
 
+    _kind = socket.SOCK_STREAM
+
     def _listen(self) -> Any:
         if not self.reuse_port:
             return self.reactor.listenTCP(self.port, self.target, interface=self.host, backlog=1024)
-        s = _bound_socket(self.host, self.port, socket.SOCK_STREAM)
+        return self._adopt(_bound_socket(self.host or "0.0.0.0", self.port, socket.SOCK_STREAM), self.target)
+
+    def _adopt(self, s: socket.socket, target: Any) -> Any:
         try:
-            return self.reactor.adoptStreamPort(s.fileno(), s.family, self.target)
+            return self.reactor.adoptStreamPort(s.fileno(), s.family, target)
         finally:
             s.close()
