@@ -598,6 +598,46 @@ def test_same_pod_ip_in_two_namespaces_and_twice_in_one() -> None:
     assert not store.pod_in_namespace("10.1.0.1", "ns2") and store.pod_in_namespace("10.1.0.9", "ns2")
 
 
+def test_pod_batch_equals_pod_upserts() -> None:
+    """``apply_batch`` has its own loop for Pods (the common new single-stack Pod inlined): the
+    indexes, the count of changes and the dependency keys it reports equal those of the same
+    items upserted one at a time, through every case (new, shared IP, dual-stack, moved IP,
+    unchanged, no IP, delete, delete of a key never seen, the same key twice in a batch)."""
+    items = [
+        _pod("a", "ns1", "10.1.0.1"), _pod("b", "ns2", "10.1.0.1"), _pod("c", "ns1", "10.1.0.2"),
+        _pod("d", "ns1", None, ips=["10.1.0.3", "fd00::3"]), _pod("e", "ns1", None),
+        _pod("a", "ns1", "10.1.0.1"), _pod("c", "ns1", "10.1.0.4"), ("ns9/ghost", None), ("ns2/b", None),
+        _pod("f", "ns3", "10.1.0.5"), _pod("f", "ns3", "10.1.0.6"), _pod("g", "ns3", "10.1.0.5", phase="Failed"),
+        _pod("h", "ns4", "10.1.0.1"), ("ns1/d", None), _pod("d", "ns1", "10.1.0.3"),
+    ]
+    for size in (1, 3, len(items)):
+        batched, single = Store(), Store()
+        got_b = got_s = 0
+        for at in range(0, len(items), size):
+            chunk = items[at : at + size]
+            n = batched.apply_batch("pods", iter(chunk))
+            touched: set[tuple[str, ...]] = set()
+            m = 0
+            for key, rec in chunk:
+                if single.upsert("pods", key, rec):
+                    m += 1
+                    touched |= single.last_change or set()
+            assert n == m
+            if n:
+                assert batched.last_change == touched
+            got_b, got_s = got_b + n, got_s + m
+        assert got_b == got_s
+        assert batched._objects["pods"] == single._objects["pods"]
+        assert batched._pod_ips == single._pod_ips
+    # the keys a batch reports: every pod IP it added or removed
+    store = Store()
+    store.apply_batch("pods", [_pod("a", "ns1", "10.1.0.1"), _pod("b", "ns1", None, ips=["10.1.0.2", "fd00::2"])])
+    assert store.last_change == {("pod", "10.1.0.1"), ("pod", "10.1.0.2"), ("pod", "fd00::2")}
+    store.apply_batch("pods", [("ns1/a", None), _pod("c", "ns2", "10.1.0.1"), _pod("b", "ns1", "10.1.0.2")])
+    assert store.last_change == {("pod", "10.1.0.1"), ("pod", "10.1.0.2"), ("pod", "fd00::2")}
+    assert store.pod_in_namespace("10.1.0.1", "ns2") and not store.pod_in_namespace("10.1.0.1", "ns1")
+
+
 def test_slice_moving_between_services() -> None:
     store = Store()
     store.upsert("services", *_svc("old", headless=True))

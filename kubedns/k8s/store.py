@@ -125,6 +125,11 @@ class Store:
         This is how a list page arrives: one thread hop and one cache invalidation per page, not
         per object.  Returns how many changed DNS-visible state.
         """
+        if kind == "pods":
+            n = self._apply_pods(items)
+            if n:
+                self._changed()
+            return n
         put = self._put
         n = 0
         for key, rec in items:
@@ -212,6 +217,26 @@ class Store:
         for ip in (new,) if type(new) is str else new:
             _multi_add(self._pod_ips, ip, ns)
         return True
+
+    def _apply_pods(self, items: Iterable[tuple[str, Pod | None]]) -> int:
+        """:meth:`_put_pod` for a batch, the usual case (a new single-stack Pod, an IP nobody else
+        holds) inlined: a list of 100k Pods spends a tenth of its sync CPU here otherwise.  Any
+        other case goes through :meth:`_put_pod`, so both mean the same by construction."""
+        objs = self._objects["pods"]
+        pod_ips = self._pod_ips
+        get, ip_get, put_pod = objs.get, pod_ips.get, self._put_pod
+        n = 0
+        for key, rec in items:
+            old = get(key)
+            if old is None and rec is not None and len(ips := rec.ips) == 1 and ip_get(ip := ips[0]) is None:
+                if self._touched is not None:
+                    self._touch_pod(ip)
+                objs[key] = ip
+                pod_ips[ip] = rec.namespace
+                n += 1
+            elif put_pod(objs, key, old, rec):
+                n += 1
+        return n
 
     def _touch_pod(self, held: Any) -> None:
         t = self._touched
