@@ -145,7 +145,8 @@ def _slow(disp: Dispatcher, packet: bytes) -> bytes:
     saved = disp.fast.enabled
     disp.fast.enabled = False
     try:
-        return disp.handle(packet, "udp", ("127.0.0.1", 1)).result  # a fired Deferred
+        out = disp.handle(packet, "udp", ("127.0.0.1", 1))
+        return getattr(out, "result", out)  # bytes, or a fired Deferred
     finally:
         disp.fast.enabled = saved
 

@@ -379,7 +379,8 @@ def test_forwarded_answers_renamed_back_fast_bytes_equal_slow_bytes_as_ttls_coun
         proto.datagramReceived(_wire("www.Corp.example", "A", 2), ("127.0.0.1", 5000))
         fast = tr.socket.sent[-1][0]
         saved, disp.fast.enabled = disp.fast.enabled, False
-        slow = disp.handle(_wire("www.Corp.example", "A", 3), "udp", ("127.0.0.1", 1)).result
+        slow = disp.handle(_wire("www.Corp.example", "A", 3), "udp", ("127.0.0.1", 1))
+        slow = getattr(slow, "result", slow)  # bytes, or a fired Deferred
         disp.fast.enabled = saved
         assert fast[2:] == slow[2:], elapsed
     assert dns.message.from_wire(fast).answer[0].ttl == 8 and up.asked == [b"www.example.net"]

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from kubedns.forward.cache import Cache, CacheKey
 from kubedns.forward.forwarder import Forwarder, Refused, UpstreamsFailed
 from kubedns.forward.relay import ForwardQuery, Relayed, message_query, query_from_message, relayed_from_message
+from kubedns.forward.udppool import Sink
 
 __all__ = ["ForwardChain"]
 
@@ -32,6 +33,27 @@ def _message(r: Relayed) -> dns.Message:
     return m
 
 _log = Logger()
+
+
+class _Storing:
+    """The forwarder's sink on a cache miss: store the answer (or serve stale), then hand it on."""
+
+    __slots__ = ("chain", "key", "sink")
+
+    def __init__(self, chain: ForwardChain, key: CacheKey, sink: Sink) -> None:
+        self.chain = chain
+        self.key = key
+        self.sink = sink
+
+    def callback(self, r: Relayed) -> None:
+        self.sink.callback(self.chain._store(r, self.key))
+
+    def errback(self, f: Failure) -> None:
+        got = self.chain._stale_or_fail(f, self.key)
+        if isinstance(got, Failure):
+            self.sink.errback(got)
+        else:
+            self.sink.callback(got)
 
 
 class ForwardChain:
@@ -88,24 +110,39 @@ class ForwardChain:
     def relay(self, fq: ForwardQuery, *, tcp: bool = False) -> defer.Deferred:
         """Fire with the answer as bytes (:class:`Relayed`; aged TTLs on a hit); fail with
         UpstreamsFailed or Refused.  The server puts the client's ID and question on it."""
+        d: defer.Deferred = defer.Deferred()
+        self.relay_into(fq, tcp, d)
+        return d
+
+    def relay_into(self, fq: ForwardQuery, tcp: bool, sink: Sink) -> None:
+        """:meth:`relay` with the outcome handed to ``sink`` (``callback(Relayed)`` or
+        ``errback(Failure)``, once; at once on a cache hit) instead of a Deferred of its own."""
         cache = self.cache
         if cache is None:
-            return self._forward(fq, tcp=tcp)
+            self._forward_into(fq, tcp, sink)
+            return
         key = fq.cache_key
         hit = cache.lookup(key)
         if hit is not None:
             r, prefetch = hit
             if prefetch and self._refresh(key, fq, tcp):
                 cache.prefetches += 1
-            return defer.succeed(r)
+            sink.callback(r)
+            return
         if cache.config.serve_stale and cache.config.serve_stale_mode == "immediate":
             stale = cache.stale(key)
             if stale is not None:
                 self._refresh(key, fq, tcp)
-                return defer.succeed(stale)
-        d = self._forward(fq, tcp=tcp)
-        d.addCallbacks(self._store, self._stale_or_fail, callbackArgs=(key,), errbackArgs=(key,))
-        return d
+                sink.callback(stale)
+                return
+        self._forward_into(fq, tcp, _Storing(self, key, sink))
+
+    def _forward_into(self, fq: ForwardQuery, tcp: bool, sink: Sink) -> None:
+        into = getattr(self.forwarder, "relay_into", None)
+        if into is not None:
+            into(fq, tcp, sink)
+        else:  # a forwarder with a Deferred API only
+            self._forward(fq, tcp=tcp).addCallbacks(sink.callback, sink.errback)
 
     def _store(self, response: Relayed, key: CacheKey) -> Relayed:
         assert self.cache is not None

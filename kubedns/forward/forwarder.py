@@ -43,7 +43,7 @@ from kubedns.forward.transport import (
     TransportError,
     fd_reserve,
 )
-from kubedns.forward.udppool import UDPPool
+from kubedns.forward.udppool import Sink, UDPPool
 from kubedns.forward.upstream import UpstreamSpec
 from kubedns.ops.counters import TIME_BUCKETS
 
@@ -77,7 +77,7 @@ class _Flight:
     __slots__ = ("waiters", "inner")
 
     def __init__(self) -> None:
-        self.waiters: list[defer.Deferred] = []
+        self.waiters: list[Any] = []  # Deferreds and sinks (callback/errback)
         self.inner: Exchange | None = None
 
 
@@ -231,21 +231,28 @@ class Forwarder:
         ``prefer_udp``.  Fails with :class:`Refused` (more than ``max_concurrent`` calls pending,
         de-duplicated ones included, as CoreDNS counts every request) or :class:`UpstreamsFailed`.
         """
+        return self.relay_into(fq, tcp, None)
+
+    def relay_into(self, fq: ForwardQuery, tcp: bool, sink: Sink | None) -> Any:
+        """:meth:`relay` with the outcome handed to ``sink`` (``callback(Relayed)`` or
+        ``errback(Failure)``, once, maybe before this returns) instead of a new Deferred: the
+        forward plugin's one Deferred per query is enough.  With ``sink`` None, a Deferred
+        (cancellable) is made and returned."""
         if self._looping and self.disabled_reason is not None:
-            return defer.fail(UpstreamsFailed(self.disabled_reason))
+            return self._reject(sink, UpstreamsFailed(self.disabled_reason))
         limit = self.config.max_concurrent
         if limit and self._inflight >= limit:
             self.stats.max_concurrent_rejects += 1
-            return defer.fail(Refused(f"more than {limit} concurrent forwarded queries"))
+            return self._reject(sink, Refused(f"more than {limit} concurrent forwarded queries"))
         if self._fd_tries and self._tries >= self._fd_tries:
             if self._reactor.seconds() - self._fd_full_at < 1.0:
                 self.stats.max_concurrent_rejects += 1
-                return defer.fail(Refused(f"no descriptor to spare: {self._tries} forwarded queries in flight"))
+                return self._reject(sink, Refused(f"no descriptor to spare: {self._tries} forwarded queries in flight"))
             self._fd_tries = 0
         key = fq.key
         only = self._pinned.get(key[0]) if self._pinned else None
         flight = self._flights.get(key)
-        waiter = self._join(key, flight)
+        waiter = self._join(key, flight, sink)
         if flight is not None:
             self.stats.deduplicated += 1
             return waiter
@@ -253,6 +260,13 @@ class Forwarder:
         flight.inner = ex = Exchange(self, fq.template, fq.expect, tcp, only, key, flight)
         ex.start()
         return waiter
+
+    @staticmethod
+    def _reject(sink: Sink | None, err: Exception) -> Any:
+        if sink is None:
+            return defer.fail(err)
+        sink.errback(Failure(err))
+        return sink
 
     def send_to(self, index: int, name: bytes, qtype: int, timeout: float | None = None) -> defer.Deferred:
         """One try at upstream ``index`` only, bypassing health, de-duplication, isolation and ``disable``.
@@ -273,9 +287,13 @@ class Forwarder:
         return self.upstreams[index].down
 
     # -- de-duplication ------------------------------------------------------------------------
-    def _join(self, key: tuple, flight: _Flight | None) -> defer.Deferred:
+    def _join(self, key: tuple, flight: _Flight | None, sink: Sink | None = None) -> Any:
         if flight is None:
             flight = self._flights[key] = _Flight()
+        if sink is not None:  # not cancellable: the forwarder's stop() ends it with the exchange
+            flight.waiters.append(sink)
+            self._inflight += 1
+            return sink
         f = flight
 
         def cancel(d: defer.Deferred) -> None:
@@ -295,14 +313,17 @@ class Forwarder:
             del self._flights[key]
         waiters, flight.waiters = flight.waiters, []
         self._inflight -= len(waiters)
-        if isinstance(result, Failure):
-            if result.check(defer.CancelledError):
-                result = Failure(UpstreamsFailed("forwarding cancelled (stopping)"))
-            for w in waiters:
-                w.errback(result)
-            return None
+        failed = isinstance(result, Failure)
+        if failed and result.check(defer.CancelledError):
+            result = Failure(UpstreamsFailed("forwarding cancelled (stopping)"))
         for w in waiters:
-            w.callback(result)
+            try:  # a sink's bug must not keep the other waiters of the flight unanswered
+                if failed:
+                    w.errback(result)
+                else:
+                    w.callback(result)
+            except Exception:
+                _log.failure("forward: answering a waiter failed")
         return None
 
     # -- the request loop ----------------------------------------------------------------------

@@ -235,7 +235,7 @@ class LazyAnswer(Answer):
             s = self._sections = (m.answers, m.authority, [rr for rr in m.additional if rr.type != dns.OPT])
         return s
 
-    @property  # type: ignore[override]
+    @property
     def answers(self) -> list:
         return self._decode()[0]
 
@@ -243,7 +243,7 @@ class LazyAnswer(Answer):
     def answers(self, value: list) -> None:
         self._set(0, value)
 
-    @property  # type: ignore[override]
+    @property
     def authority(self) -> list:
         return self._decode()[1]
 
@@ -251,7 +251,7 @@ class LazyAnswer(Answer):
     def authority(self, value: list) -> None:
         self._set(1, value)
 
-    @property  # type: ignore[override]
+    @property
     def additional(self) -> list:
         return self._decode()[2]
 

@@ -36,17 +36,21 @@ from zope.interface import implementer
 from kubedns.forward.message import Expect
 from kubedns.forward.transport import ConnectionFailedError, NoDescriptorError, UpstreamTimeoutError
 
-__all__ = ["MAX_AGE", "MAX_IDLE", "MAX_USES", "Sink", "UDPPool"]
+__all__ = ["MAX_AGE", "MAX_IDLE", "MAX_USES", "QuerySink", "Sink", "UDPPool"]
 
 
 class Sink(Protocol):
-    """Where a query's outcome goes: a Deferred, or anything with its three members."""
-
-    called: Any
+    """Where an outcome goes: a Deferred, or anything with these two methods."""
 
     def callback(self, result: Any) -> Any: ...
 
-    def errback(self, fail: Any = None) -> Any: ...
+    def errback(self, fail: Any) -> Any: ...
+
+
+class QuerySink(Sink, Protocol):
+    """A query's sink: ``called`` once it no longer wants a (late) failure."""
+
+    called: Any
 
 MAX_USES = 100  # answers one socket (one source port) carries before it is closed
 MAX_AGE = 30.0  # seconds a socket may live, however few queries it carried
@@ -68,7 +72,7 @@ class _PooledSocket:
         self.uses = 0
         self.qid = -1
         self.expect: Expect | None = None
-        self.d: Sink | None = None  # the query in flight (a Deferred or a Sink), None while idle
+        self.d: QuerySink | None = None  # the query in flight (a Deferred or a Sink), None while idle
         self.ignored = 0  # datagrams that did not match (wrong ID / question / source, or idle)
 
     # IReadDescriptor
@@ -112,7 +116,7 @@ class _PooledSocket:
         self.fail_with(ConnectionFailedError(f"{self.pool.label}: {why}"))
 
     # the query in flight
-    def send(self, data: bytes, qid: int, expect: Expect, d: Sink, timeout: float) -> None:
+    def send(self, data: bytes, qid: int, expect: Expect, d: QuerySink, timeout: float) -> None:
         assert self.sock is not None
         self.qid = qid
         self.expect = expect
@@ -125,7 +129,7 @@ class _PooledSocket:
         self.d = None
         self.expect = None
 
-    def cancel(self, d: Sink) -> None:
+    def cancel(self, d: QuerySink) -> None:
         """The canceller of query ``d``: close the socket if ``d`` is still its query."""
         if self.d is d:
             self.close()
@@ -162,7 +166,7 @@ class UDPPool:
         #: (deadline, n, socket, query) per query sent, earliest first, and one DelayedCall for the
         #: earliest: a timer per query (callLater and cancel) cost more than the rest of the send.
         #: Entries of answered queries stay until their deadline and are skipped then.
-        self._deadlines: list[tuple[float, int, _PooledSocket, Sink]] = []
+        self._deadlines: list[tuple[float, int, _PooledSocket, QuerySink]] = []
         self._n = 0
         self._timer: Any = None
         self._timer_at = 0.0
@@ -190,7 +194,7 @@ class UDPPool:
                 d.errback(Failure(self.error(e)))
         return d
 
-    def send(self, template: bytes, expect: Expect, timeout: float, max_fd: int, sink: Sink) -> _PooledSocket | None:
+    def send(self, template: bytes, expect: Expect, timeout: float, max_fd: int, sink: QuerySink) -> _PooledSocket | None:
         """:meth:`query` without a Deferred: ``sink.callback(answer)`` or ``sink.errback(Failure)``
         (the same failures), called once unless ``sink.called``.  Returns the socket, whose
         ``cancel(sink)`` closes it while the query is in flight; None when the query failed at
@@ -219,7 +223,7 @@ class UDPPool:
             ids.extend(int.from_bytes(raw[i : i + 2], "big") for i in range(0, 2 * _IDS, 2))
         return ids.pop()
 
-    def time_out(self, s: _PooledSocket, d: Sink, timeout: float) -> None:
+    def time_out(self, s: _PooledSocket, d: QuerySink, timeout: float) -> None:
         """Fail ``s``'s query ``d`` after ``timeout`` seconds unless it ended before."""
         at = self.reactor.seconds() + timeout
         self._n += 1

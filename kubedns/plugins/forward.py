@@ -30,6 +30,37 @@ from kubedns.plugins.base import Next, Reply, Result
 __all__ = ["ForwardPlugin", "forward_query"]
 
 
+class _Answer:
+    """The forward chain's sink for one query: the Reply now, or the query's one Deferred fired
+    with it (no Deferred per layer: the forwarder, the cache and this plugin hand it on by plain
+    calls).  A bug making the Reply fails the Deferred: the server answers SERVFAIL and logs it."""
+
+    __slots__ = ("plugin", "d", "reply")
+
+    def __init__(self, plugin: ForwardPlugin) -> None:
+        self.plugin = plugin
+        self.d: defer.Deferred | None = None
+        self.reply: Reply | None = None
+
+    def callback(self, r: Relayed) -> None:
+        self._give(self.plugin._relay, r)
+
+    def errback(self, f: Failure) -> None:
+        self._give(self.plugin._failed, f)
+
+    def _give(self, fn: Any, arg: Any) -> None:
+        d = self.d
+        if d is None:
+            self.reply = fn(arg)
+            return
+        try:
+            reply = fn(arg)
+        except Exception:
+            d.errback(Failure())
+            return
+        d.callback(reply)
+
+
 class ForwardPlugin:
     """See the module docstring."""
 
@@ -42,8 +73,13 @@ class ForwardPlugin:
         chain = self.chain
         if not chain.handles(req.q.qname):
             return next(req)
-        d: defer.Deferred = chain.relay(query_from_request(req), tcp=req.proto == "tcp")
-        return d.addCallbacks(self._relay, self._failed)
+        sink = _Answer(self)
+        chain.relay_into(query_from_request(req), req.proto == "tcp", sink)
+        reply = sink.reply
+        if reply is not None:  # answered at once (a cache hit, a refusal)
+            return reply
+        d = sink.d = defer.Deferred()
+        return d
 
     def _relay(self, r: Relayed) -> Reply:
         """The upstream's answer as bytes, relayed (kubedns.forward.relay): its records are decoded

@@ -46,6 +46,7 @@ from kubedns.dns.wire import (
 )
 from kubedns.explain import EXPLAIN_OPTION_BYTES, annotate
 from kubedns.forward.relay import LazyAnswer, Relayed, client_reply, relayable
+from kubedns.plugins.acl import dropped_info
 from kubedns.plugins.base import Next, Reply, build_chain
 from kubedns.plugins.kubernetes import KubernetesPlugin
 from kubedns.plugins.loadbalance import rotations
@@ -201,7 +202,12 @@ class Dispatcher:
         counting down, for that many seconds; ``reply.rotate`` one whose A/AAAA/MX order must
         change per answer (the fast path then serves several orders in turn).
         """
-        if reply.drop:  # acl's drop: no answer at all
+        if reply.drop:  # acl's drop: no answer, but counted and logged (CoreDNS's prometheus and log run before acl)
+            for obs in self.observers:
+                try:
+                    obs(dropped_info(req, reply, self.server_label, time.perf_counter()))
+                except Exception:
+                    log.failure("query observer failed")
             return None
         # kubedns explain: who answered; looked for only in an OPT record with options (rdata)
         if req.edns is not None and len(req.packet) > req.q.end + 11 and EXPLAIN_OPTION_BYTES in req.packet:
@@ -214,7 +220,7 @@ class Dispatcher:
         proto = req.proto
         parts: list[bytes] | None = None  # a zone transfer in several TCP messages
         relay = reply.relay
-        if relay is not None and (type(ans) is not LazyAnswer or ans.relayed is not relay  # type: ignore[attr-defined]
+        if relay is not None and (type(ans) is not LazyAnswer or ans.relayed is not relay
                                   or not relayable(req, relay) or req.q.qtype in TRANSFERS):
             relay = None  # a plugin changed the records, or the bytes carry another question case
         if relay is not None:  # the upstream's bytes, with the client's ID, question and OPT
