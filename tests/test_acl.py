@@ -249,3 +249,43 @@ def test_server_applies_policies_by_source_address(kubedns_process, tmp_path, sy
     assert metric(text, "coredns_acl_filtered_requests_total", zone="cluster.local.") == 1
     assert metric(text, "coredns_acl_dropped_requests_total", zone="cluster.local.") == 2  # UDP and TCP
     assert metric(text, "coredns_acl_allowed_requests_total", view="") >= 8
+
+
+@pytest.mark.timeout(90)
+def test_dropped_queries_are_counted_as_coredns_counts_them(kubedns_process, tmp_path):
+    """CoreDNS's prometheus and log run before acl: a dropped query is in coredns_dns_requests_total
+    and coredns_dns_responses_total (NOERROR, no plugin, a 0-byte response) besides
+    coredns_acl_dropped_requests_total, and in the query log.  Real UDP queries, /metrics over HTTP."""
+    from tests.conftest import wait_for
+
+    manifests = write_manifests(tmp_path / "cluster.yaml", NGINX_OBJS)
+    port, metrics = free_port(), free_port()
+    config = _yaml_acl(port, manifests, metrics)
+    config["servers"][0]["log"] = None
+    p = kubedns_process(config)
+    name = "nginx.default.svc.cluster.local"
+    try:
+        wait_for(lambda: _ask(port, "127.0.0.2", name).answer, 20)
+    except AssertionError:
+        raise AssertionError(p.log()) from None
+    server = f"dns://127.0.0.1:{port}"
+
+    def scrape() -> dict[str, float]:
+        text = http_get(metrics, "/metrics")[1]
+        return {
+            "dropped": metric(text, "coredns_acl_dropped_requests_total", server=server, zone="cluster.local."),
+            "requests": metric(text, "coredns_dns_requests_total", server=server, zone=".", proto="udp", type="A"),
+            "noerror": metric(text, "coredns_dns_responses_total", server=server, zone=".", rcode="NOERROR", plugin=""),
+            "sizes": metric(text, "coredns_dns_response_size_bytes_count", server=server, zone=".", proto="udp"),
+            "bytes": metric(text, "coredns_dns_response_size_bytes_sum", server=server, zone=".", proto="udp"),
+        }
+
+    before = scrape()  # the allowed queries so far are in zone cluster.local. (the kubernetes plugin's)
+    assert before["dropped"] == 0
+    for _ in range(3):
+        with pytest.raises(dns.exception.Timeout):
+            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5, source="127.0.0.4")
+    after = wait_for(lambda: (s := scrape())["dropped"] == 3 and s, 10)
+    assert {k: after[k] - before[k] for k in after} == {"dropped": 3, "requests": 3, "noerror": 3, "sizes": 3, "bytes": 0}
+    log = wait_for(lambda: (t := p.log()).count("127.0.0.4:") >= 3 and t, 10)
+    assert all(f"{name}." in ln for ln in log.splitlines() if "127.0.0.4:" in ln)
