@@ -441,12 +441,15 @@ class AnswerWalk(NamedTuple):
 _LB_STAGE = {dns.CNAME: 0, dns.A: 2, dns.AAAA: 2, dns.MX: 3}
 
 
-def walk_answer(buf: bytes) -> AnswerWalk | None:
-    """One walk over an answer's bytes (names checked as :func:`scan_name` does, nothing decoded).
+def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
+    """One walk over an answer's bytes (owner names checked as :func:`scan_name` does; record
+    data is not looked at, but for an SOA's MINIMUM).
 
-    None when the message is not of the plain shape a relay keeps as is: not exactly one
-    question, an OPT record that is not the last record (or more than one, or outside the
-    additional section), a record or name running past the end, or trailing bytes.
+    ``qend``: where the question ends when the caller already checked it (the forwarder's answer
+    checks compare it with the question sent), else 0 and it is scanned here.  None when the
+    message is not of the plain shape a relay keeps as is: not exactly one question, an OPT
+    record that is not the last record (or more than one, or outside the additional section),
+    a record or name running past the end, or trailing bytes.
     """
     n = len(buf)
     if n < 12:
@@ -454,10 +457,14 @@ def walk_answer(buf: bytes) -> AnswerWalk | None:
     _, flags, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
     if qd != 1:
         return None
-    pos = scan_name(buf, 12)
-    if pos is None or pos + 4 > n:
+    if not qend:
+        pos = scan_name(buf, 12)
+        if pos is None or pos + 4 > n:
+            return None
+        qend = pos + 4
+    elif qend > n:
         return None
-    qend = pos = pos + 4
+    pos = qend
     ends: list[int] = []
     ttls: list[int] = []
     low = -1
@@ -476,8 +483,13 @@ def walk_answer(buf: bytes) -> AnswerWalk | None:
         if i == bounds[0] or i == bounds[1]:
             stage = 0
             groups = [0, 0, 0, 0]
-        after = scan_name(buf, pos)
-        if after is None or after + 10 > n:
+        if buf[pos] == 0xC0 and pos + 1 < n and buf[pos + 1] == 12:
+            after = pos + 2  # the question's name (checked): the usual owner
+        else:
+            after = scan_name(buf, pos)
+            if after is None:
+                return None
+        if after + 10 > n:
             return None
         rtype, _, ttl, rdlen = unpack(buf, after)
         rdend = after + 10 + rdlen

@@ -152,7 +152,7 @@ class Exchange:
     def _answered(self, data: bytes) -> None:
         up = self._done_trying()
         try:
-            r = relayed_from_upstream(data)
+            r = relayed_from_upstream(data, 16 + len(self.expect.qname_wire))  # its question was checked
         except ValueError as e:
             self._transport_failed(up, e)
             return

@@ -182,9 +182,10 @@ class Relayed:
         return m
 
 
-def relayed_from_upstream(data: bytes) -> Relayed:
-    """An upstream's answer; ValueError when it does not decode (the try then failed)."""
-    walk = walk_answer(data)
+def relayed_from_upstream(data: bytes, qend: int = 0) -> Relayed:
+    """An upstream's answer; ValueError when it does not decode (the try then failed).  ``qend``:
+    where its question ends, when already checked (see :func:`walk_answer`)."""
+    walk = walk_answer(data, qend)
     if walk is None:
         return relayed_from_message(decode_response(data))  # ValueError if undecodable
     opt = walk.opt
