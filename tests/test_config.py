@@ -199,3 +199,21 @@ def test_kubernetes_labels_need_the_api(tmp_path: Path) -> None:
     (tmp_path / "m.yaml").write_text("kind: List\nitems: []\n")
     with pytest.raises(ConfigError, match=r"kubernetes\.labels: expected labels only with the API"):
         _k8s(tmp_path, "manifests: m.yaml\nlabels: app=web")
+
+
+def test_every_name_imported_from_kubedns_config_is_there() -> None:
+    """The records and readers moved to configfile.py and configk8s.py are still kubedns.config's
+    (the names other modules, tests and bench import from it), the very same objects."""
+    import kubedns.config as config
+    import kubedns.configfile as configfile
+    import kubedns.configk8s as configk8s
+
+    used = {"ApiConfig", "Config", "ConfigError", "KubernetesConfig", "LoadbalanceConfig", "ReloadConfig",
+            "ServerBlock", "TlsConfig", "file_digest", "load", "parse", "parse_data"}
+    assert used <= set(config.__all__)
+    assert all(hasattr(config, n) for n in config.__all__)
+    for mod in (configfile, configk8s):
+        for n in set(mod.__all__) & set(config.__all__):
+            assert getattr(config, n) is getattr(mod, n), n
+    assert config.KubernetesConfig.__module__ == "kubedns.configk8s"
+    assert config.file_digest.__module__ == "kubedns.configfile"
