@@ -10,6 +10,10 @@ Failing loudly means one line, not Twisted's traceback: a listener that cannot b
 :class:`ListenError` naming the config file, the key, the address and why (busy, not an address
 of this host, a privileged port without CAP_NET_BIND_SERVICE); :func:`http_listen_error` says the
 same for the health, ready and prometheus addresses.
+
+Every address (host ``""``: YAML's ``:53``, a Corefile block without ``bind``) is two sockets,
+``0.0.0.0`` and an IPv6-only ``::`` where the host has IPv6, as CoreDNS's ``.:53`` answers both
+families; one dual-stack socket would show IPv4 clients as ``::ffff:a.b.c.d`` to logs and plugins.
 """
 
 from __future__ import annotations
