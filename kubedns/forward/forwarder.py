@@ -333,6 +333,8 @@ class Forwarder:
         ups = self.upstreams
         policy = self.config.policy
         if len(ups) == 1:
+            if not self._looping and not ups[0].down:
+                return ups  # the usual single upstream, healthy: the list itself (never changed)
             order = ups
         elif policy == "random":
             order = random.sample(ups, len(ups))
