@@ -154,6 +154,26 @@ def test_interned_namespaces_and_shared_ports_as_the_reference() -> None:
     assert recs[0].ports is KINDS["services"](svcs[0])[1].ports
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_records_of_both_paths_are_frozen_and_never_tracked_by_the_gc(kind: str) -> None:
+    """Records are frozen msgspec structs with ``gc=False`` (see ``objects._Record``): the cyclic
+    collector never tracks them (nor their endpoints and ports), whichever path built them, and
+    they cannot be changed in place (the store's ``old == new`` relies on it)."""
+    import gc
+
+    objs = k8s_objects(random.Random(kind), 30)[kind]
+    got, _, _ = fast(kind, page(kind, objs))
+    want, _ = reference(kind, objs)
+    records = [rec for _, rec in got + want if rec is not None]
+    assert records
+    inner = [x for rec in records for x in (*getattr(rec, "endpoints", ()), *getattr(rec, "ports", ()))]
+    assert kind == "namespaces" or kind == "pods" or inner
+    assert not any(gc.is_tracked(x) for x in records + inner)
+    first = records[0]
+    with pytest.raises(AttributeError):
+        first.name = "changed"  # type: ignore[misc]
+
+
 def test_a_malformed_object_among_good_ones_is_skipped_and_counted() -> None:
     good = [kubeobj.pod(f"p{i}", "default", f"10.244.0.{i + 1}") for i in range(5)]
     raws: list[Any] = [*good[:2], {"metadata": {"name": 5}}, *good[2:], "junk", {"metadata": {}}]

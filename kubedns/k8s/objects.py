@@ -25,8 +25,9 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 __all__ = [
     "Endpoint",
@@ -45,15 +46,26 @@ __all__ = [
 _intern = sys.intern
 
 
-@dataclass(frozen=True, slots=True)
-class Port:
+class _Record(msgspec.Struct, frozen=True, gc=False):
+    """Base of the records: frozen msgspec structs that the cyclic garbage collector never tracks.
+
+    Why not frozen dataclasses (what they were): a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``, ~1 µs per record, and every instance is tracked by the cyclic
+    GC; a frozen :class:`msgspec.Struct` is built in C (~0.1 µs) and, with ``gc=False``, carries
+    no GC header and is never traversed.  A record holds only strings, ints, bools and tuples of
+    other records: no cycle can run through one.  Same meaning otherwise: fields by position or
+    name, equality and hash by value, immutable.  At 100k Pods and 50k endpoints this is ~0.15 s
+    of the first sync's CPU and a smaller collection when the sync ends.
+    """
+
+
+class Port(_Record, frozen=True, gc=False):
     name: str  # "" for an unnamed port
     port: int
     protocol: str  # lower-case: "tcp", "udp", "sctp"
 
 
-@dataclass(frozen=True, slots=True)
-class Service:
+class Service(_Record, frozen=True, gc=False):
     namespace: str
     name: str
     cluster_ips: tuple[str, ...]  # empty for headless and ExternalName services
@@ -66,8 +78,7 @@ class Service:
     external: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(_Record, frozen=True, gc=False):
     addresses: tuple[str, ...]
     hostname: str  # "" when unset
     ready: bool
@@ -76,8 +87,7 @@ class Endpoint:
     pod_name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointSlice:
+class EndpointSlice(_Record, frozen=True, gc=False):
     namespace: str
     name: str
     service: str  # the kubernetes.io/service-name label; "" if missing
@@ -85,15 +95,13 @@ class EndpointSlice:
     ports: tuple[Port, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Pod:
+class Pod(_Record, frozen=True, gc=False):
     namespace: str
     name: str
     ips: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Namespace:
+class Namespace(_Record, frozen=True, gc=False):
     name: str
 
 
