@@ -32,7 +32,8 @@ of two managers, a full container spec with probes, env, volumes, tolerations, c
 container statuses): ~4.9 KB of JSON each instead of ~0.6 KB.  ``--baseline TREE`` first measures
 the kubedns in another source tree (say the last release, unpacked with ``git archive``) on the same
 cluster in the same run, then this one, and prints the figures side by side with their ratios:
-the machine may be shared and noisy, ratios from one run are what compares.
+the machine may be shared and noisy, ratios from one run are what compares; ``--rounds N`` measures
+both N times, alternately, and reports the median of each figure (and each round's CPU).
 
 The fake must not be the bottleneck, so this file gives it what a real apiserver's watch cache
 has: objects serialized once (a per-object JSON cache, refreshed when an object changes) and
@@ -51,6 +52,7 @@ import random
 import re
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -754,6 +756,21 @@ def measure(tree: Path, api: ScaleFakeAPI, cl: dict[str, Any], args: argparse.Na
     return results
 
 
+def median_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``measure`` result from several rounds: the median of every figure (per kind for the
+    parsing CPU, per thread group for the CPU split), the rest (tree, events) from the last round."""
+    out = dict(runs[-1])
+    for key, value in runs[-1].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            pick = statistics.median_low if isinstance(value, int) else statistics.median  # counts stay whole
+            out[key] = pick(r[key] for r in runs if key in r)
+        elif key == "cpu_threads":
+            out[key] = tuple(statistics.median(r[key][i] for r in runs) for i in range(len(value)))
+        elif key == "parse":
+            out[key] = {k: dict(v, cpu=statistics.median(r[key][k]["cpu"] for r in runs)) for k, v in value.items()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10000)
@@ -770,9 +787,12 @@ def main() -> None:
     ap.add_argument("--autopath", action="store_true",
                     help="measure this tree with `pods: verified` alone first (the baseline), then with "
                          "`autopath @kubernetes` too; target: RSS with autopath <= 1.05 x without")
-    ap.add_argument("--rate", type=float, default=500.0, help="Service changes per second in the event phase")
+    ap.add_argument("--rate", type=float, default=500.0,
+                    help="Service changes per second in the event phase; 0: no event phase (sync, RSS and relist only)")
     ap.add_argument("--event-seconds", type=float, default=20.0)
     ap.add_argument("--create-share", type=float, default=0.1, help="share of creates among the changes")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure (the baseline and) this tree this many times, alternately, and report medians")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds after sync before steady-state RSS")
     ap.add_argument("--cpu", default="0", help="CPU list for kubedns (taskset -c)")
     ap.add_argument("--keep-log", action="store_true", help="print kubedns's log at the end")
@@ -802,17 +822,27 @@ def main() -> None:
           f"{cl['endpointslices']} EndpointSlices, {cl['pods']} pods (~{pod_json} B of JSON each); "
           f"built in {time.monotonic() - t:.1f}s")
 
+    bases: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     try:
-        if args.autopath:
-            base = measure(REPO, api, cl, args, events=False)
-        else:
-            base = measure(args.baseline.resolve(), api, cl, args, events=False) if args.baseline else None
-        results = measure(REPO, api, cl, args, events=True, autopath=args.autopath)
+        for r in range(args.rounds):  # baseline and this tree alternately: both see the same noise
+            if args.autopath:
+                bases.append(measure(REPO, api, cl, args, events=False))
+            elif args.baseline:
+                bases.append(measure(args.baseline.resolve(), api, cl, args, events=False))
+            runs.append(measure(REPO, api, cl, args, autopath=args.autopath,
+                                events=r == args.rounds - 1 and args.rate > 0 and args.event_seconds > 0))
     finally:
         api.stop()
+    base = median_results(bases) if bases else None
+    results = median_results(runs)
+    if args.rounds > 1:
+        print(f"rounds:        {args.rounds}, figures below are medians; CPU start → synced per round: "
+              + (f"baseline {[round(b['cpu_to_sync'], 2) for b in bases]}, " if bases else "")
+              + f"this tree {[round(x['cpu_to_sync'], 2) for x in runs]}")
 
     limit_mb = (cl["pods"] + cl["services"]) / 1000 + 54
-    ev = results["events"]
+    ev = results.get("events")
     ratio = results["rss_relist_peak"] / results["rss_steady"]
     parse_total = sum(v["cpu"] for v in results["parse"].values())
     rows = [
@@ -823,8 +853,9 @@ def main() -> None:
          results["rss_steady"] <= limit_mb),
         ("RSS peak during 410 relist", f"{results['rss_relist_peak']:.1f} MB  (x{ratio:.3f})",
          "<= 1.25 x steady", ratio <= 1.25),
-        ("event → answer p99", f"{ev['p99']:.1f} ms", "<= 100 ms", ev["p99"] <= 100.0 and ev["misses"] == 0),
     ]
+    if ev is not None:
+        rows.append(("event → answer p99", f"{ev['p99']:.1f} ms", "<= 100 ms", ev["p99"] <= 100.0 and ev["misses"] == 0))
     if args.autopath and base is not None:
         ap_ratio = results["rss_steady"] / base["rss_steady"]
         rows.append(("RSS autopath / pods verified alone",
@@ -853,12 +884,13 @@ def main() -> None:
               f"{r['relist_kinds']} relisted in {r['relist_time']:.2f} s; peak RSS "
               f"{r['rss_relist_peak']:.1f} MB over {r['relist_samples']} samples (10 ms) = "
               f"{rr:.3f} x steady; after: {r['rss_after_relist']:.1f} MB")
-    print(f"events:        {ev['events']} changes at {args.rate:g}/s over {args.event_seconds:g} s "
-          f"({ev['updates']} updates, {ev['creates']} creates; writer at most {ev['behind'] * 1000:.1f} ms behind); "
-          f"{ev['samples']} measured, {ev['misses']} not seen within 2 s")
-    print(f"               event → answer p50 {ev['p50']:.1f} ms, p90 {ev['p90']:.1f} ms, p99 {ev['p99']:.1f} ms, "
-          f"max {ev['max']:.1f} ms; RSS peak during events {results['rss_events_peak']:.1f} MB, "
-          f"at the end {results['rss_end']:.1f} MB")
+    if ev is not None:
+        print(f"events:        {ev['events']} changes at {args.rate:g}/s over {args.event_seconds:g} s "
+              f"({ev['updates']} updates, {ev['creates']} creates; writer at most {ev['behind'] * 1000:.1f} ms behind); "
+              f"{ev['samples']} measured, {ev['misses']} not seen within 2 s")
+        print(f"               event → answer p50 {ev['p50']:.1f} ms, p90 {ev['p90']:.1f} ms, p99 {ev['p99']:.1f} ms, "
+              f"max {ev['max']:.1f} ms; RSS peak during events {results['rss_events_peak']:.1f} MB, "
+              f"at the end {results['rss_end']:.1f} MB")
     if base is not None:
         bp = sum(v["cpu"] for v in base["parse"].values())
         print()
