@@ -1,6 +1,7 @@
 """Cluster-name QPS while the cluster changes: static and churn phases alternated on one server.
 
     python bench/run.py --churn 2,20,100 [--services 1000] [--seconds 8] [--rounds 2] [--baseline TREE]
+    python bench/run.py --churn 2,20,100 --together [--qps 40000] [--rounds 6] [--seconds 4]
 
 A real cluster is never still: this measures what a steady stream of Service changes to names
 nobody queries costs the answers everybody asks for.  The cluster lives in

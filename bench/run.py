@@ -2,7 +2,7 @@
 
     python bench/run.py [--services 1000] [--seconds 8] [--nx 0.1]
     python bench/run.py --forward [--names 400000]   (forwarded cache misses: bench/forward_miss.py)
-    python bench/run.py --churn 2,20,100 [--baseline TREE]   (QPS under Service changes: bench/churn.py)
+    python bench/run.py --churn 2,20,100 [--baseline TREE] [--together]   (QPS under Service changes: bench/churn.py)
     python bench/run.py --baseline TREE [--rounds 9] [--seconds 3] [--qps N] [--together]   (this tree vs TREE vs dnsmasq)
 
 Each server is pinned to CPU 0 with taskset, dnsperf to CPU 1, all on 127.0.0.1.  For each
