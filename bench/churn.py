@@ -98,6 +98,12 @@ def _churn_service(j: int, port: int) -> dict:
                            ports=[{"name": "http", "port": port, "protocol": "TCP"}])
 
 
+def nth_change(n: int) -> tuple[int, int]:
+    """Change number ``n`` (from 0): which churn Service, and the port it gets (81 on odd passes
+    over the 50 Services, 80 on even ones, so every change is a real one)."""
+    return n % N_CHURN, 81 if (n // N_CHURN) % 2 == 0 else 80
+
+
 class Churner(threading.Thread):
     """Flips the port of one churn Service after another, ``rate`` times a second."""
 
@@ -114,8 +120,7 @@ class Churner(threading.Thread):
         self.made = 0
 
     def change(self) -> tuple[int, int]:
-        j = self.n % N_CHURN
-        port = 81 if (self.n // N_CHURN) % 2 == 0 else 80
+        j, port = nth_change(self.n)
         self.api.update("services", self._objects[j, port])
         self.n += 1
         self.made += 1
@@ -206,8 +211,7 @@ def start_kubedns(tree: Path, api: fakeapi.FakeKubeAPI, d: Path) -> tuple[subpro
 
 def _reached(port: int, n: int) -> bool:
     """Whether the ``n``-th change (the last one made) reached the answers (waits up to 5 s)."""
-    j = (n - 1) % N_CHURN
-    want = 81 if ((n - 1) // N_CHURN) % 2 == 0 else 80
+    j, want = nth_change(n - 1)
     deadline = time.monotonic() + 5
     while _srv_port(port, j) != want and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -341,6 +345,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"--churn {args.churn!r}: expected changes per second, e.g. 2,20,100")
     if not rates or any(r <= 0 for r in rates):
         sys.exit(f"--churn {args.churn!r}: rates must be positive")
+    if args.rounds < 1 or args.seconds <= 0 or args.qps <= 0:
+        sys.exit("--rounds must be at least 1, --seconds and --qps positive")
     if args.baseline is not None and not any((args.baseline / "kubedns" / p).is_file()
                                              for p in ("serve/fastcache.py", "fastcache.py")):
         sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/serve/fastcache.py)")

@@ -265,8 +265,6 @@ def _round_together(runs: list[Runs], queries: Path, args: argparse.Namespace) -
 def interleaved(args: argparse.Namespace) -> None:
     """This tree vs ``--baseline`` TREE (vs dnsmasq): servers kept alive, dnsperf taking turns."""
     tree = args.baseline.resolve()
-    if not (tree / "kubedns").is_dir():
-        sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/ folder)")
     procs: list[subprocess.Popen] = []
     runs: list[Runs] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -351,12 +349,14 @@ def main() -> None:
                     help="--baseline: load every server at the same time, each at --qps (default 40000): "
                          "the steadiest CPU-per-query comparison on a shared machine")
     args = ap.parse_args()
+    if args.baseline is not None and not (args.baseline / "kubedns").is_dir():
+        sys.exit(f"--baseline {args.baseline}: not a kubedns source tree (no kubedns/ folder)")
+    if args.rounds < 1 or args.seconds <= 0 or args.qps < 0:
+        sys.exit("--rounds must be at least 1, --seconds positive and --qps not negative")
     for tool in ("dnsperf", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install dnsperf util-linux")
     if args.baseline is not None:
-        if args.rounds < 1 or args.seconds <= 0:
-            sys.exit("--rounds must be at least 1 and --seconds positive")
         if args.together and args.qps <= 0:
             args.qps = 40000
         interleaved(args)
