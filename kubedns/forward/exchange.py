@@ -85,7 +85,11 @@ class Exchange:
             self.called = True
             flight = self.flight
             flight.inner = None  # no cycle left for the garbage collector to find
-            self.fwd._land(result, self.key, flight)
+            key = self.key
+            # the UDP pool's deadline heap holds the exchange (its sink) until the try's timeout:
+            # keep nothing big alive that long
+            self.flight = self.key = self.template = self.order = self.errors = None  # type: ignore[assignment]
+            self.fwd._land(result, key, flight)
 
     def _next(self) -> None:
         fwd = self.fwd
@@ -151,6 +155,8 @@ class Exchange:
 
     def _answered(self, data: bytes) -> None:
         up = self._done_trying()
+        if self.called:  # a try ending after the request did (cannot happen: kept safe)
+            return
         try:
             r = relayed_from_upstream(data, 16 + len(self.expect.qname_wire))  # its question was checked
         except ValueError as e:
@@ -166,6 +172,8 @@ class Exchange:
     def _failed(self, f: Failure) -> None:
         up = self._done_trying()
         fwd = self.fwd
+        if self.called:  # a try ending after the request did (cannot happen: kept safe)
+            return
         if f.check(NoDescriptorError):
             up.stats.requests -= 1  # nothing was sent
             fwd._fd_tries = fwd._tries
