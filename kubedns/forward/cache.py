@@ -2,9 +2,12 @@
 
 Why not ``twisted.names.cache.CacheResolver``: it is unbounded, schedules one DelayedCall per
 entry and never caches negative answers.  This cache is a plain dict with LRU order: an entry
-stores the upstream's sections once plus the time it was stored, and every hit builds a new
-message whose TTLs are the entry's TTL minus its age (``reactor.seconds()``), so nothing is ever
-scheduled per entry and expiry is checked lazily on lookup.
+stores the upstream's answer as bytes (:class:`~kubedns.forward.relay.Relayed`: the walk over them
+gives its TTL offsets, rcode and negative TTL, nothing is decoded) plus the time it was stored,
+and every hit copies the bytes with every TTL set to the entry's TTL minus its age
+(``reactor.seconds()``), so nothing is ever scheduled per entry and expiry is checked lazily on
+lookup.  The Message methods (``get``, ``put``, ``store``...) encode and decode around the same
+entries, for callers that want records.
 
 Eviction is LRU (``OrderedDict.move_to_end`` / ``popitem``) rather than CoreDNS's random eviction
 per shard: both are O(1) here, and LRU keeps the names that are actually being asked for, which
@@ -21,7 +24,7 @@ recently used entry of either kind.  Without per-kind capacities only ``size`` a
 
 Two shared bounds, both enforced on every insert: ``size`` entries and ``max_bytes`` bytes.  An entry
 is charged what it costs in memory: the answer's size on the wire plus a fixed cost per entry
-and per record for the decoded Python objects (measured with tracemalloc; see the constants),
+and per record for its objects (measured with tracemalloc; see the constants),
 so a cache of large answers (long TXT, big SRV sets) is bounded by what it holds, not by its
 entry count.  An answer larger than the whole budget is not cached.
 

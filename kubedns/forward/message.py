@@ -1,9 +1,9 @@
 """Bytes-level helpers for forwarding: build the upstream query, check and decode the answer.
 
-The forwarder does not re-encode the client's :class:`twisted.names.dns.Message`: it builds a
-fresh query (our own random ID, the client's question, RD, CD and AD bits, and an OPT record with
-our UDP size, the client's DO bit and the client's EDNS options) once as a *template* with ID 0,
-then patches the ID per try.  Answers are checked on the raw bytes (ID, QR, question) before
+The forwarder does not re-encode the client's message: a fresh query (our own random ID, the
+client's question, RD, CD and AD bits, and an OPT record with our UDP size, the client's DO bit
+and the client's EDNS options) is built once as a *template* with ID 0 (from the client's packet
+by :mod:`kubedns.forward.relay`, or by :func:`build_query`), then the ID is patched per try.  Answers are checked on the raw bytes (ID, QR, question) before
 anything is decoded, so spoofed or stale datagrams cost a few byte comparisons and are ignored.
 
 EDNS options are relayed both ways as CoreDNS's *forward* does (it sends the client's message

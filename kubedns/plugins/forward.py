@@ -1,7 +1,8 @@
 """The ``forward`` plugin: names the block forwards go to its :class:`~kubedns.forward.chain.
 ForwardChain` (the block's cache in front of the forwarder); the rest go on down the chain.
 
-The upstream's answer is relayed with its rcode, sections, AD bit and EDNS options; a failure
+The upstream's answer is relayed as its bytes (``Reply.relay``, :mod:`kubedns.forward.relay`) with
+its rcode, sections, AD bit and EDNS options, its records decoded only if a plugin asks; a failure
 is SERVFAIL with the reason (which upstream, and why) for the ``errors`` log, or REFUSED when
 the forwarder is at its in-flight bound.  A relayed answer may be served from the fast path for
 as long as the block's cache would keep it (``Reply.lifetime``): not at all without a cache,
@@ -20,14 +21,13 @@ from twisted.python.failure import Failure
 
 from kubedns.dns.query import Request
 from kubedns.dns.records import Answer
-from kubedns.dns.wire import query_edns_options
 from kubedns.forward.cache import relayed_ttl
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.forwarder import Refused
 from kubedns.forward.relay import Relayed, query_from_request, relayed_from_message
 from kubedns.plugins.base import Next, Reply, Result
 
-__all__ = ["ForwardPlugin", "forward_query"]
+__all__ = ["ForwardPlugin"]
 
 
 class _Answer:
@@ -109,19 +109,3 @@ class ForwardPlugin:
     def lifetime(self, upstream: dns.Message) -> float:
         """:meth:`lifetime_of` of an answer as a Message."""
         return self.lifetime_of(relayed_from_message(upstream)) if self.chain.cache is not None else 0.0
-
-
-def forward_query(req: Request) -> dns.Message:
-    """What the forward chain needs of a query (question, RD, CD, AD, DO, EDNS options), built from
-    what was already parsed: the client's own records (a TSIG, a NOTIFY's SOA...) are never
-    forwarded.  The OPT's options travel as raw rdata, as twisted.names decodes an OPT."""
-    q = req.q
-    flags = q.flags
-    msg = dns.Message(id=q.id, recDes=bool(flags & 0x0100), checkingDisabled=bool(flags & 0x0010),
-                      authenticData=bool(flags & 0x0020))
-    msg.queries = [dns.Query(q.qname, q.qtype, q.qclass)]
-    if req.edns is not None:
-        payload: Any = dns.UnknownRecord(query_edns_options(req.packet, q))
-        msg.additional = [dns.RRHeader(b"", dns.OPT, cls=req.edns.udp_size, ttl=0x8000 if req.edns.do else 0,
-                                       payload=payload)]
-    return msg
