@@ -486,9 +486,10 @@ def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
         if buf[pos] == 0xC0 and pos + 1 < n and buf[pos + 1] == 12:
             after = pos + 2  # the question's name (checked): the usual owner
         else:
-            after = scan_name(buf, pos)
-            if after is None:
+            scanned = scan_name(buf, pos)
+            if scanned is None:
                 return None
+            after = scanned
         if after + 10 > n:
             return None
         rtype, _, ttl, rdlen = unpack(buf, after)
