@@ -15,6 +15,7 @@ What they prove beside the end-to-end byte-equality test (tests/test_relay_bytes
 
 from __future__ import annotations
 
+import gc
 import struct
 from typing import Any
 
@@ -204,8 +205,8 @@ def test_an_odd_answer_is_reencoded_into_the_plain_shape_with_its_options_and_ex
 def test_records_are_decoded_only_when_asked_and_a_change_is_never_relayed(monkeypatch) -> None:
     _plain(monkeypatch)
     r = relayed_from_upstream(upstream_answer("www.example.org", "A", "cname-chain"))
-    ans = r.answer
-    assert isinstance(ans, LazyAnswer) and ans is r.answer and not ans.decoded
+    ans = LazyAnswer(r)
+    assert not ans.decoded
     assert ans.rcode == 0 and ans.authoritative is False
     assert [rr.type for rr in ans.answers] == [tdns.CNAME, tdns.CNAME, tdns.A, tdns.A] and ans.decoded
     assert ans.relayed is r  # looking is not changing
@@ -262,3 +263,24 @@ class DeferredCountTests(ForwardTestCase):
         a, b = dns.message.from_wire(data), dns.message.from_wire(hit)
         self.assertEqual([str(x) for x in a.answer], [str(x) for x in b.answer])
         self.assertEqual(a.answer[0].ttl, 30)
+
+    async def test_no_reference_cycle_per_miss(self) -> None:
+        """Misses through the whole path leave no cyclic garbage (the collector finds none)."""
+        up = self.upstream()
+        for i in range(20):
+            up.add(f"n{i}.example.com", "A", "192.0.2.2")
+        f = self.forwarder(config(up.address))
+        chain = ForwardChain(f, Cache(CacheConfig(ttl=30)), reactor=reactor)
+        block = Block(ServerBlock(zones=("",), listen=Address("127.0.0.1", 53)), chain=chain)
+        disp = Dispatcher("dns://127.0.0.1:53", [block], reactor=reactor, fast_path=False)
+        await disp.handle(dns.message.make_query("example.com", "A").to_wire(), "udp", ("127.0.0.1", 5))
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):
+                got = disp.handle(dns.message.make_query(f"n{i}.example.com", "A").to_wire(), "udp", ("127.0.0.1", 5))
+                assert isinstance(got, defer.Deferred)
+                dns.message.from_wire(await got)
+            self.assertEqual(gc.collect(), 0)
+        finally:
+            gc.enable()

@@ -130,14 +130,13 @@ class Relayed:
     (None when it did not).
     """
 
-    __slots__ = ("wire", "walk", "options", "cache_ttl", "_answer")
+    __slots__ = ("wire", "walk", "options", "cache_ttl")
 
     def __init__(self, wire: bytes, walk: AnswerWalk, options: bytes, cache_ttl: int | None = None) -> None:
         self.wire = wire
         self.walk = walk
         self.options = options
         self.cache_ttl = cache_ttl
-        self._answer: LazyAnswer | None = None
 
     @property
     def rcode(self) -> int:
@@ -154,14 +153,6 @@ class Relayed:
     @property
     def truncated(self) -> bool:
         return bool(self.wire[2] & 0x02)
-
-    @property
-    def answer(self) -> LazyAnswer:
-        """The records as an :class:`Answer` decoded on first use (one per Relayed)."""
-        a = self._answer
-        if a is None:
-            a = self._answer = LazyAnswer(self)
-        return a
 
     def with_ttl(self, ttl: int, cache_ttl: int | None = None) -> Relayed:
         """A copy with every record's TTL set to ``ttl``."""
@@ -219,7 +210,10 @@ def relayed_from_message(m: dns.Message) -> Relayed:
 
 class LazyAnswer(Answer):
     """The :class:`Answer` of a relayed reply: rcode and AA at once, the records decoded from the
-    bytes on first use (a plugin that looks at them; the server relays the bytes otherwise)."""
+    bytes on first use (a plugin that looks at them; the server relays the bytes otherwise).
+
+    It points at its Relayed, never the other way round: no reference cycle per query for the
+    garbage collector to find."""
 
     __slots__ = ("relayed", "_sections")
 

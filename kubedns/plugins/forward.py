@@ -24,7 +24,7 @@ from kubedns.dns.records import Answer
 from kubedns.forward.cache import relayed_ttl
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.forwarder import Refused
-from kubedns.forward.relay import Relayed, query_from_request, relayed_from_message
+from kubedns.forward.relay import LazyAnswer, Relayed, query_from_request, relayed_from_message
 from kubedns.plugins.base import Next, Reply, Result
 
 __all__ = ["ForwardPlugin"]
@@ -84,7 +84,7 @@ class ForwardPlugin:
     def _relay(self, r: Relayed) -> Reply:
         """The upstream's answer as bytes, relayed (kubedns.forward.relay): its records are decoded
         only if a plugin asks for them."""
-        return Reply(r.answer, "", self.name, True, r.ad, False, self.lifetime_of(r), "", r.options, relay=r)
+        return Reply(LazyAnswer(r), "", self.name, True, r.ad, False, self.lifetime_of(r), "", r.options, relay=r)
 
     def _failed(self, failure: Failure) -> Reply:
         rcode = dns.EREFUSED if failure.check(Refused) else dns.ESERVER

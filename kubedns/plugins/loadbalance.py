@@ -61,7 +61,7 @@ class LoadbalancePlugin:
         if ans.rcode != dns.OK:
             return reply
         relay = reply.relay  # a forwarded answer as bytes: its walk says whether any order changes
-        if relay is not None and not relay.walk.reorder and ans is relay.answer:
+        if relay is not None and not relay.walk.reorder and getattr(ans, "relayed", None) is relay:
             return reply
         shuffle = self._shuffle
 
