@@ -193,10 +193,9 @@ class Expect(NamedTuple):
         A response without a question section is accepted only with a non-zero RCODE (some
         servers send FORMERR/NOTIMP/REFUSED that way); a NOERROR answer must echo the question.
         """
-        if len(data) < 12 or int.from_bytes(data[:2], "big") != qid or not data[2] & 0x80:
+        if len(data) < 12 or data[0] != qid >> 8 or data[1] != qid & 0xFF or not data[2] & 0x80:
             return False
-        qdcount = int.from_bytes(data[4:6], "big")
-        if qdcount == 0:
+        if not data[4] and not data[5]:  # no question
             return data[3] & 0x0F != 0
         n = len(self.qname_wire)
         end = 12 + n

@@ -66,6 +66,10 @@ log = Logger()
 FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = dns.EFORMAT, dns.ESERVER, dns.ENAME, dns.ENOTIMP, dns.EREFUSED
 
 
+def _second(pair: tuple[int, int]) -> int:
+    return pair[1]
+
+
 class Block:
     """One configured server block at run time: its zones, the running parts it answers from,
     and its plugin chain (:meth:`serve`), built once here from its config."""
@@ -329,14 +333,19 @@ class Dispatcher:
             return None
         if relay is not None:  # relayed bytes: the TTL offsets are the walk's (same question length)
             kept = out[7] + out[9] + (out[10] << 8 | out[11]) + (out[6] << 8) + (out[8] << 8) - opt
-            ttls = [(off, int.from_bytes(out[off : off + 4], "big")) for off in relay.walk.ttls[:kept]]
+            offs = relay.walk.ttls
+            ttls = [(off, int.from_bytes(out[off : off + 4], "big")) for off in (offs if kept >= len(offs) else offs[:kept])]
+            if ttls:
+                low = min(ttls, key=_second)[1]
+                if low < lifetime:
+                    lifetime = low
         else:
             try:
                 ttls = ttl_fields(out)
             except (ValueError, struct.error):
                 return None
-        if ttls:
-            lifetime = min(lifetime, min(t for _, t in ttls))
+            if ttls:
+                lifetime = min(lifetime, min(t for _, t in ttls))
         if lifetime < 1:
             return None
         now = self.reactor.seconds()
