@@ -429,8 +429,9 @@ class AnswerWalk(NamedTuple):
     ns: int
     ar: int  # additional records, the OPT not counted
     end: int  # offset just past the last non-OPT record (the OPT, if any, is what follows)
-    ends: list[int]  # offset just past each record
-    ttls: list[int]  # offset of each record's TTL field
+    ends: tuple[int, ...]  # offset just past each record
+    ttls: tuple[int, ...]  # offset of each record's TTL field (tuples: a kept walk holds nothing the
+    # garbage collector must track)
     low: int  # the smallest TTL of any record, -1 without records
     negative: int  # min(TTL, MINIMUM) of the authority section's first SOA (RFC 2308), -1 without
     opt: bytes | None  # the OPT record's rdata (its options), None without an OPT
@@ -525,5 +526,5 @@ def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
         return None
     end = ends[-1] if ends else qend
     rcode = (flags & 0xF) | (((opt_ttl >> 24) & 0xFF) << 4 if opt is not None else 0)
-    return AnswerWalk(rcode, qend, an, ns, ar - (1 if opt is not None else 0), end, ends, ttls, low, negative,
-                      opt, reorder)
+    return AnswerWalk(rcode, qend, an, ns, ar - (1 if opt is not None else 0), end, tuple(ends), tuple(ttls), low,
+                      negative, opt, reorder)
