@@ -1,4 +1,4 @@
-"""Forwarded answers relayed as bytes (kubedns/forward/relay.py, wire.walk_answer): unit tests.
+"""Forwarded answers relayed as bytes (kubedns/forward/relay.py, kubedns/dns/walk.py): unit tests.
 
 What they prove beside the end-to-end byte-equality test (tests/test_relay_bytes.py):
 
@@ -31,7 +31,8 @@ from twisted.names import dns as tdns
 
 from kubedns.config import Address, ServerBlock
 from kubedns.dns.query import Request
-from kubedns.dns.wire import encode_response, parse_question, read_edns_raw, udp_limit, walk_answer
+from kubedns.dns.walk import walk_answer
+from kubedns.dns.wire import encode_response, parse_question, read_edns_raw, udp_limit
 from kubedns.forward.cache import Cache
 from kubedns.forward.chain import ForwardChain
 from kubedns.forward.config import CacheConfig

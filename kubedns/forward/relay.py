@@ -1,5 +1,5 @@
 """A forwarded answer as bytes, end to end: the upstream query built from the client's packet, the
-upstream's answer kept as it came (one walk over it, :func:`kubedns.dns.wire.walk_answer`), and the
+upstream's answer kept as it came (one walk over it, :func:`kubedns.dns.walk.walk_answer`), and the
 client's reply made from those bytes with the client's ID, question and OPT.
 
 Why: a forwarded cache miss used to build a query Message, decode the upstream's answer into
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 from twisted.names import dns
 
 from kubedns.dns.records import Answer
-from kubedns.dns.wire import AnswerWalk, Edns, encode_response, query_edns_options, walk_answer
+from kubedns.dns.walk import AnswerWalk, walk_answer
+from kubedns.dns.wire import Edns, encode_response, query_edns_options
 from kubedns.forward.decode import decode_message
 from kubedns.forward.message import (
     ECS,
