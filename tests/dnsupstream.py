@@ -36,7 +36,8 @@ EDNS: every :class:`Received` records the query's AD bit and its EDNS options as
 ``(code, wire data)`` pairs.  ``up.shape = fn`` lets a test shape each answer: ``fn(query,
 response)`` gets both dnspython messages before the response is encoded, and may add EDNS
 options (``response.use_edns(0, options=[...])``), set flags (AD) or an extended rcode, or
-answer per client subnet.
+answer per client subnet.  ``up.rewrite = fn`` goes further: ``fn(query, wire)`` returns the
+bytes to send instead of the encoded answer (answers no encoder would write: malformed names).
 
 DNS-over-TLS: ``DNSUpstream(tls=make_tls_files(tmpdir, dns_names=["dns.test"]))`` serves TLS on
 the TCP port (UDP stays plain).  :func:`make_tls_files` writes a throw-away CA and a leaf
@@ -146,6 +147,7 @@ class DNSUpstream:
         self.negative_soa = True
         self.close_tcp_after_answer = False  # act like a server that closes connections at once
         self.shape: Any = None  # fn(query, response) -> None, see the module docstring
+        self.rewrite: Any = None  # fn(query, wire) -> wire: the encoded answer replaced (malformed answers)
         self.queries: list[Received] = []
         self.tcp_connections = 0
         self._records: dict[tuple[str, str], tuple[int, list[str]]] = {}
@@ -485,6 +487,8 @@ class DNSUpstream:
                     wire = self._truncated(q)
         else:
             wire = r.to_wire(max_size=65535)
+        if self.rewrite is not None:
+            wire = self.rewrite(q, wire)
         if mode == "spoof":
             other = dns.message.make_query("spoofed.invalid.", qq.rdtype)
             other.id = q.id

@@ -4,6 +4,17 @@ and what the cache, the fast path and the metrics need from it (:func:`walk_answ
 Why a module of its own: it is the relay's gatekeeper (kubedns/forward/relay.py), not part of
 reading queries or encoding answers (kubedns/dns/wire.py), and it kept wire.py over the house
 size.
+
+Why the names inside record data are checked too: an answer the walk accepts is relayed (and
+cached) as the upstream's bytes, without decoding.  Before the relay such an answer was decoded,
+and one with a broken name in a CNAME target, an MX exchange, an SRV target, an SOA's names...
+failed to decode and the client got SERVFAIL (as CoreDNS's forward does when it cannot unpack
+an answer).  So for the record types whose data holds names (and only those: one dict lookup per
+record otherwise) each name is scanned as owner names are (:func:`~kubedns.dns.wire.scan_name`:
+pointers strictly backwards, labels of at most 63 octets, at most 255 octets in all), must end
+inside the record's data, and the fixed fields around the names must fill its length exactly.
+An answer that fails goes the old way: decoded, with the decoding code's outcome (SERVFAIL when
+it does not decode).
 """
 
 from __future__ import annotations
@@ -46,16 +57,52 @@ class AnswerWalk(NamedTuple):
 
 _LB_STAGE = {dns.CNAME: 0, dns.A: 2, dns.AAAA: 2, dns.MX: 3}
 
+_NAPTR = 35
+#: Record types whose data holds domain names: (octets before the first name, names, octets after
+#: the last name).  NAPTR's three character-strings before its name are walked in
+#: :func:`_rdata_ok`.  RFC 1035's types, and the later ones whose names decoders read
+#: (RFC 1183 RP/AFSDB/RT, RFC 2163 PX, RFC 2230 KX, RFC 2782 SRV, RFC 3403 NAPTR, RFC 6672 DNAME).
+_NAME_DATA: dict[int, tuple[int, int, int]] = {
+    dns.NS: (0, 1, 0), dns.MD: (0, 1, 0), dns.MF: (0, 1, 0), dns.CNAME: (0, 1, 0), dns.MB: (0, 1, 0),
+    dns.MG: (0, 1, 0), dns.MR: (0, 1, 0), dns.PTR: (0, 1, 0), dns.DNAME: (0, 1, 0),
+    dns.SOA: (0, 2, 20), dns.MINFO: (0, 2, 0), dns.RP: (0, 2, 0),
+    dns.MX: (2, 1, 0), dns.AFSDB: (2, 1, 0), 21: (2, 1, 0), 36: (2, 1, 0),  # RT, KX
+    26: (2, 2, 0),  # PX
+    dns.SRV: (6, 1, 0), _NAPTR: (4, 1, 0),
+}
+
+
+def _rdata_ok(buf: bytes, rtype: int, start: int, rdend: int, shape: tuple[int, int, int]) -> bool:
+    """The names in one record's data (``buf[start:rdend]``) are well formed and, with the fixed
+    fields, fill it exactly."""
+    prefix, names, suffix = shape
+    pos = start + prefix
+    if rtype == _NAPTR:  # flags, services, regexp: three character-strings
+        for _ in range(3):
+            if pos >= rdend:
+                return False
+            pos += 1 + buf[pos]
+    for _ in range(names):
+        if pos >= rdend:
+            return False
+        end = scan_name(buf, pos)
+        if end is None or end > rdend:
+            return False
+        pos = end
+    return pos + suffix == rdend
+
 
 def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
-    """One walk over an answer's bytes (owner names checked as :func:`scan_name` does; record
-    data is not looked at, but for an SOA's MINIMUM).
+    """One walk over an answer's bytes (owner names checked as :func:`scan_name` does, and the
+    names in the data of the types of ``_NAME_DATA``; other record data is not looked at, but
+    for an SOA's MINIMUM).
 
     ``qend``: where the question ends when the caller already checked it (the forwarder's answer
     checks compare it with the question sent), else 0 and it is scanned here.  None when the
     message is not of the plain shape a relay keeps as is: not exactly one question, an OPT
     record that is not the last record (or more than one, or outside the additional section),
-    a record or name running past the end, or trailing bytes.
+    a record or name running past the end, a malformed name in a record's data (or one that
+    does not end inside it, or fixed fields that do not fill it exactly), or trailing bytes.
     """
     n = len(buf)
     if n < 12:
@@ -82,6 +129,7 @@ def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
     total = an + ns + ar
     bounds = (an, an + ns)
     stages = _LB_STAGE
+    named = _NAME_DATA
     i = 0
     stage = 0
     groups = [0, 0, 0, 0]
@@ -110,6 +158,9 @@ def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
             opt_ttl = ttl
             pos = rdend
             break
+        shape = named.get(rtype)
+        if shape is not None and not _rdata_ok(buf, rtype, after + 10, rdend, shape):
+            return None
         ttls.append(after + 4)
         ends.append(rdend)
         if low < 0 or ttl < low:
