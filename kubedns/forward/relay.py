@@ -19,8 +19,9 @@ client's exactly (a cache hit asked in another case: names pointing into the que
 in the new case), the server decodes and encodes as before.
 
 An answer not of the plain shape (:func:`walk_answer` says None: an OPT not last, trailing bytes,
-no question...) is decoded once as before and encoded again into that shape (its ext rcode and
-options kept), then relayed like any other.
+no question, a malformed name inside a record's data...) is decoded once as before and encoded
+again into that shape (its ext rcode and options kept), then relayed like any other; one that does
+not decode fails the try, as before (the client gets SERVFAIL).
 """
 
 from __future__ import annotations
