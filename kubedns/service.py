@@ -449,11 +449,11 @@ class KubeDNS(service.MultiService):
         self._install_reload()
         for lst in self._listeners.values():
             for s in lst.services:
-                port = getattr(s, "_port", None)
-                if port is not None:
-                    h = port.getHost()
-                    log.info("kubedns worker {w} listening on {proto} {host}:{port}",
-                             w=self.worker, proto=h.type, host=h.host, port=h.port)
+                for port in (getattr(s, "_port", None), getattr(s, "_port6", None)):  # every socket bound
+                    if port is not None:
+                        h = port.getHost()
+                        log.info("kubedns worker {w} listening on {proto} {host}:{port}", w=self.worker,
+                                 proto=h.type, host=f"[{h.host}]" if ":" in h.host else h.host, port=h.port)
 
     def stopService(self) -> defer.Deferred | None:  # noqa: N802
         """Lameduck first: /ready says 503 while DNS keeps answering, then stop everything."""

@@ -23,7 +23,9 @@ Semantics (CoreDNS's *health* and *ready* plugins, with one deliberate differenc
   ``kubernetes`` cannot declare the pod ready while cluster names would still get SERVFAIL.
 
 Blocks naming the same address share one listener (health, ready and metrics may all sit on one
-``host:port``, one twisted.web ``Site`` serving each configured path).  HTTP access is not
+``host:port``, one twisted.web ``Site`` serving each configured path).  An address without a
+host (``health :8080``, the defaults) listens on both families, ``0.0.0.0`` and ``::``, as the
+DNS listeners and CoreDNS do; ``0.0.0.0`` written out stays IPv4 only.  HTTP access is not
 logged: kubelet probes and Prometheus scrapes would drown the query log.
 
 Connections are bounded in time and number (twisted.web keeps an idle connection 12 hours, and
@@ -40,13 +42,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.application import internet, service
+from twisted.application import service
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, pages, resource, server
 
 from kubedns.configbase import Address
+from kubedns.serve.listen import ListenError, TCPListener, http_addresses, interface
 from kubedns.serve.protocols import StreamTransport, close_connection
 
 if TYPE_CHECKING:
@@ -65,8 +68,6 @@ class HTTPBindError(Exception):
     """A reload names an HTTP address (health, ready, prometheus) that cannot be listened on."""
 
 
-def _interface(host: str) -> str:
-    return "0.0.0.0" if host in ("", "0.0.0.0") else ("127.0.0.1" if host == "localhost" else host)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -242,9 +243,9 @@ class Ops(service.MultiService):
         self.readiness = Readiness(kubedns)
         self.metrics: Metrics | None = None  # once any block has prometheus
         self._roots: dict[Address, resource.Resource] = {}
-        self._ports: dict[Address, service.Service] = {}
+        self._ports: dict[Address, TCPListener] = {}
         #: listeners bound by prepare() for a reload not committed yet
-        self._pending: dict[Address, tuple[resource.Resource, service.Service]] = {}
+        self._pending: dict[Address, tuple[resource.Resource, TCPListener]] = {}
         self.refresh()
 
     # -- API for the wiring --------------------------------------------------------------------
@@ -313,16 +314,18 @@ class Ops(service.MultiService):
         reload fails later.  Before the service runs nothing is bound (``startService`` does).
         """
         self.abort()
-        pending: dict[Address, tuple[resource.Resource, service.Service]] = {}
+        pending: dict[Address, tuple[resource.Resource, TCPListener]] = {}
         try:
             for addr, paths in self._wanted(config).items():
                 if addr in self._ports:
                     continue
                 root = _Root()
-                port = internet.TCPServer(addr.port, _QuietSite(root, self.reactor), interface=_interface(addr.host))
+                port = self._listener(config, addr, root)
                 pending[addr] = (root, port)
                 try:
                     port.setServiceParent(self)  # listens now if we are running
+                except ListenError:
+                    raise  # one line naming the config key, as a DNS address's
                 except Exception as e:
                     raise HTTPBindError(f"cannot listen for {_paths(paths)} on {addr}: {e}") from e
         except Exception:
@@ -331,6 +334,19 @@ class Ops(service.MultiService):
                     opened.disownServiceParent()
             raise
         self._pending = pending
+
+    def _listener(self, config: Config, addr: Address, root: resource.Resource) -> TCPListener:
+        """The listening service for ``addr``: a host-less address (``:8080``) is every address
+        of both families, ``0.0.0.0`` and ``::`` (IPv6 only, where the host has IPv6), as CoreDNS's
+        Go listener is and as the DNS listeners are (:mod:`kubedns.serve.listen`).  A bind failure
+        raises :class:`~kubedns.serve.listen.ListenError` naming the config file and key."""
+        where = str(addr)
+        for key, _, a in http_addresses(config, self.kubedns.worker):
+            if a == addr:
+                where = f"{config.path}: {key}: {addr}"
+                break
+        return TCPListener(interface(addr.host), addr.port, _QuietSite(root, self.reactor), self.reactor,
+                           False, where)
 
     def abort(self) -> None:
         """Close the listeners a :meth:`prepare` opened for a reload that did not commit."""
@@ -350,7 +366,7 @@ class Ops(service.MultiService):
             elif root is None:
                 # not prepared (first build, before anything listens): bound by startService
                 root = _Root()
-                port = internet.TCPServer(addr.port, _QuietSite(root, self.reactor), interface=_interface(addr.host))
+                port = self._listener(config, addr, root)
                 try:
                     port.setServiceParent(self)  # listens now if we are running
                 except Exception as e:
@@ -376,11 +392,12 @@ class Ops(service.MultiService):
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
         for addr, svc in self._ports.items():
-            port = getattr(svc, "_port", None)
-            if port is not None:
-                h = port.getHost()
-                paths = ", ".join("/" + p.decode() for p in sorted(self._roots[addr].children))
-                log.info("kubedns {paths} on http://{host}:{port}", paths=paths, host=h.host, port=h.port)
+            paths = ", ".join("/" + p.decode() for p in sorted(self._roots[addr].children))
+            for port in (getattr(svc, "_port", None), getattr(svc, "_port6", None)):
+                if port is not None:
+                    h = port.getHost()
+                    host = f"[{h.host}]" if ":" in h.host else h.host
+                    log.info("kubedns {paths} on http://{host}:{port}", paths=paths, host=host, port=h.port)
 
 
 def _paths(paths: set[bytes]) -> str:

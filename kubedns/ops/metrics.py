@@ -12,7 +12,8 @@ counters, into ``CounterMetricFamily`` / ``GaugeMetricFamily`` / ``HistogramMetr
 Fast-path hits have no measured duration (timing them would cost more than answering them); they
 are counted in the lowest bucket of ``coredns_dns_request_duration_seconds`` (0.25 ms, they take a
 few microseconds) and add nothing to its ``_sum``.  Their sizes are exact (they are part of the
-fast-path key), their ``proto`` is ``udp`` and their ``family`` is that of the listening socket.
+fast-path key), their ``proto`` is ``udp`` and their ``family`` is that of the socket they came in on (an
+every-address listener's IPv6 socket counts its hits apart: ``FastCache.retired6``).
 
 The standard ``process_*`` metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
 ``process_open_fds``...) come from prometheus_client's ``ProcessCollector`` and ``python_info`` from
@@ -48,6 +49,7 @@ from kubedns.ops.counters import (
     PROGRAMMING_BUCKETS,
     SIZE_BUCKETS,
     TIME_BUCKETS,
+    FoldedHits,
     QueryStats,
     install_panic_counter,
     observe_programming,
@@ -119,6 +121,12 @@ def _fast_counts(disp: Dispatcher) -> list[tuple[tuple[Any, ...], int]]:
     """``(fast_key, hits)`` of a dispatcher's fast path: live entries and retired ones."""
     fast = disp.fast
     return list(fast.live()) + list(fast.retired.items())
+
+
+def _fast_counts6(disp: Dispatcher) -> list[tuple[tuple[Any, ...], int]]:
+    """The same for hits on the IPv6 socket of an every-address listener (family 2)."""
+    fast = disp.fast
+    return list(fast.live(ipv6=True)) + list(fast.retired6.items())
 
 
 # -- the collector -------------------------------------------------------------------------------
@@ -233,15 +241,18 @@ class KubeDNSCollector(Collector):
             for i, c in enumerate(rs_buckets):
                 h[0][i] += c
             h[1] += rs_sum
-        fast: list[tuple[tuple[Any, ...], int]] = list(m.stats.fast_folded.items())
+        # (fast_key, hits, family): None for the family of the server's own socket
+        fast: list[tuple[tuple[Any, ...], int, str | None]] = [(k, n, None) for k, n in m.stats.fast_folded.items()]
+        fast.extend((k, n, "2") for k, n in m.fast_folded6.items())
         for disp in m.kubedns.dispatchers.values():
-            fast.extend(_fast_counts(disp))
-        for (server, zone, qtype, rcode, rq, rs, do_bit), n in fast:
+            fast.extend((k, n, None) for k, n in _fast_counts(disp))
+            fast.extend((k, n, "2") for k, n in _fast_counts6(disp))
+        for (server, zone, qtype, rcode, rq, rs, do_bit), n, family in fast:
             if not n:
                 continue
             z = servers.zone_label(server, zone)
             t = type_label(qtype)
-            requests.add((server, z, "", "udp", _family_of_server(server), t), n)
+            requests.add((server, z, "", "udp", family or _family_of_server(server), t), n)
             responses.add((server, z, "", rcode_name(rcode), servers.plugin(server, zone)), n)
             if do_bit:
                 do.add((server, "", z), n)
@@ -497,6 +508,8 @@ class Metrics:
     def __init__(self, kubedns: KubeDNS):
         self.kubedns = kubedns
         self.stats = QueryStats()
+        #: IPv6-socket fast-path hits of dispatchers a reload dropped (``stats.fast_folded``'s twin)
+        self.fast_folded6 = FoldedHits()
         #: (metric name, label values) → value of counters from chains that are gone
         self.carried: dict[tuple[str, tuple[str, ...]], float] = {}
         self._dispatchers: dict[int, Dispatcher] = {}
@@ -523,6 +536,8 @@ class Metrics:
         for k, disp in list(self._dispatchers.items()):
             if k not in live:
                 self.stats.fold_fast(_fast_counts(disp))
+                for k6, n6 in _fast_counts6(disp):
+                    self.fast_folded6.add(k6, n6)
                 del self._dispatchers[k]
         self._dispatchers.update(live)
         chains = {id(c): (c, s, z) for c, s, z in self._current_chains()}

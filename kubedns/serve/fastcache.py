@@ -71,10 +71,14 @@ class FastCache:
     has a key of its own or never gets stored.  Only answers computed synchronously from the
     store are stored, tagged with their dependency keys (:mod:`kubedns.dns.depends`; an index from key
     to entries makes a change cost the names it touched): an entry never outlives the data it was
-    built from.  An entry is ``[body, hits, QueryInfo, extra, tags]``: ``extra`` None for the
+    built from.  An entry is ``[body, hits, QueryInfo, extra, tags, hits6]``: ``extra`` None for the
     plainest hit, else an :class:`Aging`, :class:`Rotation` or :class:`SerialPatch`; ``tags`` None
-    for a forwarded answer no cluster change can alter.  Hit counts stay in the entries and are
-    folded into :attr:`retired` when entries are dropped, so metrics lose nothing.
+    for a forwarded answer no cluster change can alter.  ``hits`` counts the hits of the
+    listener's own socket (whose family the server label tells), ``hits6`` those of the IPv6
+    socket of an every-address listener (:class:`~kubedns.serve.protocols.DNSDatagramProtocol6`),
+    so each port counts at a fixed slot and the hit path does no more work.  Hit counts stay in
+    the entries and are folded into :attr:`retired` / :attr:`retired6` when entries are dropped,
+    so metrics lose nothing.
     """
 
     #: Bounds on what clients can make us keep: entries, and bytes.  Case variants and EDNS sizes
@@ -113,6 +117,8 @@ class FastCache:
         self.computed_deps: dict[tuple[Any, bytes, int], tuple[Any, ...]] = {}
         #: hits of dropped entries, by the QueryInfo fields metrics label on (bounded)
         self.retired = FoldedHits()
+        #: the same for hits that came in on the IPv6 socket of an every-address listener
+        self.retired6 = FoldedHits()
 
     def keep_computed(self, key: tuple[Any, bytes, int], res: Any, deps: tuple[Any, ...] | None = None) -> None:
         """Keep a computed cluster answer, the oldest ones leaving first past either bound;
@@ -222,7 +228,7 @@ class FastCache:
             self._drop(key)
         while self.entries and (len(self.entries) >= self.max_entries or self.bytes + cost > self.max_bytes):
             self._evict_oldest()
-        self.entries[key] = [answer[2:], 0, info, extra, tags]
+        self.entries[key] = [answer[2:], 0, info, extra, tags, 0]
         self.bytes += cost
         if tags:
             index = self.tags
@@ -286,6 +292,8 @@ class FastCache:
     def _retire(self, entry: list[Any]) -> None:
         if entry[1]:
             self.retired.add(fast_key(entry[2]), entry[1])
+        if entry[5]:
+            self.retired6.add(fast_key(entry[2]), entry[5])
 
     def clear(self) -> None:
         """Drop every entry and computed answer (in place: protocols hold a reference to the dict)."""
@@ -311,12 +319,15 @@ class FastCache:
         self.tags.clear()
         self.bytes = 0
 
-    def live(self) -> list[tuple[tuple[Any, ...], int]]:
-        """``(fast_key(info), hits)`` of current entries, for rendering metrics on scrape."""
-        return [(fast_key(e[2]), e[1]) for e in self.entries.values() if e[1]]
+    def live(self, ipv6: bool = False) -> list[tuple[tuple[Any, ...], int]]:
+        """``(fast_key(info), hits)`` of current entries, for rendering metrics on scrape; with
+        ``ipv6`` the hits of an every-address listener's IPv6 socket."""
+        i = 5 if ipv6 else 1
+        return [(fast_key(e[2]), e[i]) for e in self.entries.values() if e[i]]
 
     def hits(self) -> int:
-        return sum(n for _, n in self.live()) + sum(self.retired.values())
+        return (sum(n for _, n in self.live()) + sum(n for _, n in self.live(ipv6=True))
+                + sum(self.retired.values()) + sum(self.retired6.values()))
 
 
 _MISSING = object()

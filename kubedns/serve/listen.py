@@ -260,8 +260,10 @@ class UDPListener(_Listener):
             s.close()  # the reactor holds its own duplicate
 
     def _second_target(self) -> Any:
-        """A protocol has one transport: the IPv6 port gets a copy (same dispatcher)."""
-        return copy.copy(self.target)
+        """A protocol has one transport: the IPv6 port gets a copy (same dispatcher), its
+        ``for_ipv6()`` where it has one (which counts its fast-path hits as IPv6's)."""
+        for_ipv6 = getattr(self.target, "for_ipv6", None)
+        return for_ipv6() if for_ipv6 is not None else copy.copy(self.target)
 
 
 class TCPListener(_Listener):
