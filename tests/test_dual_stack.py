@@ -10,6 +10,7 @@ IPv4.  The IPv6 parts skip where the host's loopback has no IPv6.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -164,3 +165,57 @@ def test_fast_path_hits_count_in_the_family_they_came_in_on(kubedns_process, tmp
     assert got == {"1": 7, "2": 5}, text
     # every query counted once, whichever path answered it
     assert metric(text, "coredns_dns_requests_total", proto="udp", type="A") - sum(base.values()) == 12
+
+
+@needs_ipv6
+@pytest.mark.timeout(90)
+def test_ipv6_fast_path_hits_keep_their_family_across_reloads(kubedns_process, tmp_path):
+    """A reload that keeps the address (the fast path is emptied) and one that moves it (the
+    dispatcher is dropped): the IPv6 hits counted before are still family 2, not lost or 1."""
+    port, mport = _port(), _port((socket.SOCK_STREAM,))
+    cfg = _config(tmp_path, port, prometheus=f"127.0.0.1:{mport}")
+    p = kubedns_process(cfg)
+    try:
+        wait_for(lambda: _ask("127.0.0.1", port).answer, 20)
+    except AssertionError:
+        raise AssertionError(p.log()) from None
+
+    def counts() -> dict[str, float]:
+        text = _get("127.0.0.1", mport, "/metrics")[1]
+        return {f: metric(text, "coredns_dns_requests_total", family=f, type="A") for f in ("1", "2")}
+
+    base = counts()
+    for host, n in (("127.0.0.1", 3), ("::1", 4)):
+        for _ in range(n):
+            assert _ask(host, port).answer, host
+    want = {"1": base["1"] + 3, "2": base["2"] + 4}
+    assert counts() == want
+    for new_port in (port, _port()):  # same address (ttl changed), then a new one
+        cfg["servers"][0]["listen"] = f":{new_port}"
+        cfg["servers"][0]["kubernetes"]["ttl"] = 7 if new_port == port else 9
+        p.write_config(cfg)
+        p.signal(signal.SIGHUP)
+        try:
+            wait_for(lambda np=new_port: _ask("127.0.0.1", np).answer[0].ttl in (7, 9), 20)
+        except AssertionError:
+            raise AssertionError(p.log()) from None
+        got = counts()  # family 1 also has the queries that waited for the reload
+        assert got["2"] == want["2"] and got["1"] > want["1"], (got, want)
+
+
+def test_fast_cache_keeps_ipv6_hits_apart_when_entries_are_dropped():
+    """Pure logic: an entry's IPv6 slot folds into ``retired6``, its own into ``retired``."""
+    from kubedns.serve.fastcache import FastCache
+    from tests.support.ops import query_info
+
+    fast = FastCache()
+    q = dns.message.make_query(NAME, "A")
+    packet = q.to_wire()
+    answer = dns.message.make_response(q).to_wire()
+    fast.remember(packet, answer, query_info(server="dns://:53"), deps=("x",))
+    entry = fast.entries[packet[2:]]
+    entry[1] += 2
+    entry[5] += 3
+    assert fast.live() == [(fast.live()[0][0], 2)] and fast.live(ipv6=True)[0][1] == 3
+    fast.clear()
+    assert fast.retired.values() == [2] and fast.retired6.values() == [3] and fast.hits() == 5
