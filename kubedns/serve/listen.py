@@ -14,6 +14,8 @@ same for the health, ready and prometheus addresses.
 Every address (host ``""``: YAML's ``:53``, a Corefile block without ``bind``) is two sockets,
 ``0.0.0.0`` and an IPv6-only ``::`` where the host has IPv6, as CoreDNS's ``.:53`` answers both
 families; one dual-stack socket would show IPv4 clients as ``::ffff:a.b.c.d`` to logs and plugins.
+The HTTP endpoints (:mod:`kubedns.ops.health`) listen through :class:`TCPListener` too, so a
+host-less ``health :8080`` is both families as well, as CoreDNS's Go listener is.
 """
 
 from __future__ import annotations
