@@ -58,19 +58,18 @@ class AnswerWalk(NamedTuple):
 _LB_STAGE = {dns.CNAME: 0, dns.A: 2, dns.AAAA: 2, dns.MX: 3}
 
 _NAPTR = 35
-#: Record types whose data holds domain names: (octets before the first name, names, octets after
-#: the last name).  NAPTR's three character-strings before its name are walked in
-#: :func:`_rdata_ok`.  RFC 1035's types, and the later ones whose names decoders read
-#: (RFC 1183 RP/AFSDB/RT, RFC 2163 PX, RFC 2230 KX, RFC 2782 SRV, RFC 3403 NAPTR, RFC 6672 DNAME).
-_NAME_DATA: dict[int, tuple[int, int, int]] = {
-    dns.NS: (0, 1, 0), dns.MD: (0, 1, 0), dns.MF: (0, 1, 0), dns.CNAME: (0, 1, 0), dns.MB: (0, 1, 0),
-    dns.MG: (0, 1, 0), dns.MR: (0, 1, 0), dns.PTR: (0, 1, 0), dns.DNAME: (0, 1, 0),
-    dns.SOA: (0, 2, 20), dns.MINFO: (0, 2, 0), dns.RP: (0, 2, 0),
-    dns.MX: (2, 1, 0), dns.AFSDB: (2, 1, 0), 21: (2, 1, 0), 36: (2, 1, 0),  # RT, KX
-    26: (2, 2, 0),  # PX
-    dns.SRV: (6, 1, 0), _NAPTR: (4, 1, 0),
+#: Record types whose data holds domain names.  An int: one name after that many octets, filling
+#: the data to its end (the common case, checked inline).  A tuple: (octets before the first name,
+#: names, octets after the last name), checked by :func:`_rdata_ok`, which also walks NAPTR's three
+#: character-strings before its name.  RFC 1035's types, and the later ones whose names decoders
+#: read (RFC 1183 RP/AFSDB/RT, RFC 2163 PX, RFC 2230 KX, RFC 2782 SRV, RFC 3403 NAPTR, RFC 6672 DNAME).
+_NAME_DATA: dict[int, int | tuple[int, int, int]] = {
+    dns.NS: 0, dns.MD: 0, dns.MF: 0, dns.CNAME: 0, dns.MB: 0, dns.MG: 0, dns.MR: 0, dns.PTR: 0, dns.DNAME: 0,
+    dns.MX: 2, dns.AFSDB: 2, 21: 2, 36: 2,  # RT, KX
+    dns.SRV: 6,
+    dns.SOA: (0, 2, 20), dns.MINFO: (0, 2, 0), dns.RP: (0, 2, 0), 26: (2, 2, 0),  # PX
+    _NAPTR: (4, 1, 0),
 }
-
 
 def _rdata_ok(buf: bytes, rtype: int, start: int, rdend: int, shape: tuple[int, int, int]) -> bool:
     """The names in one record's data (``buf[start:rdend]``) are well formed and, with the fixed
@@ -159,8 +158,12 @@ def walk_answer(buf: bytes, qend: int = 0) -> AnswerWalk | None:
             pos = rdend
             break
         shape = named.get(rtype)
-        if shape is not None and not _rdata_ok(buf, rtype, after + 10, rdend, shape):
-            return None
+        if shape is not None:
+            if isinstance(shape, int):  # one name filling the data after ``shape`` octets
+                if scan_name(buf, after + 10 + shape) != rdend:  # (a start past the data ends past it)
+                    return None
+            elif not _rdata_ok(buf, rtype, after + 10, rdend, shape):
+                return None
         ttls.append(after + 4)
         ends.append(rdend)
         if low < 0 or ttl < low:
