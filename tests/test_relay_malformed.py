@@ -148,7 +148,8 @@ def _rewrite(q: dns.message.Message, wire: bytes) -> bytes:
 @pytest.fixture
 def server(kubedns_process):
     up = DNSUpstream(host="127.0.0.1").start()
-    data = {dns.rdatatype.CNAME: "a.bad.test.", dns.rdatatype.MX: "10 a.bad.test.", dns.rdatatype.SRV: "0 5 53 a.bad.test."}
+    data = {dns.rdatatype.CNAME: "a.bad.test.", dns.rdatatype.MX: "10 a.bad.test.",
+            dns.rdatatype.SRV: "0 5 53 a.bad.test."}
     for zone in ("bad.test", "plain.bad.test"):
         for case, (rtype, _) in CASES.items():
             up.add(f"{case}.{zone}", dns.rdatatype.to_text(rtype), data[rtype])

@@ -6,15 +6,15 @@ reading queries or encoding answers (kubedns/dns/wire.py), and it kept wire.py o
 size.
 
 Why the names inside record data are checked too: an answer the walk accepts is relayed (and
-cached) as the upstream's bytes, without decoding.  Before the relay such an answer was decoded,
-and one with a broken name in a CNAME target, an MX exchange, an SRV target, an SOA's names...
-failed to decode and the client got SERVFAIL (as CoreDNS's forward does when it cannot unpack
-an answer).  So for the record types whose data holds names (and only those: one dict lookup per
-record otherwise) each name is scanned as owner names are (:func:`~kubedns.dns.wire.scan_name`:
-pointers strictly backwards, labels of at most 63 octets, at most 255 octets in all), must end
-inside the record's data, and the fixed fields around the names must fill its length exactly.
-An answer that fails goes the old way: decoded, with the decoding code's outcome (SERVFAIL when
-it does not decode).
+cached) as the upstream's bytes, without decoding.  Before the relay every answer was decoded:
+one with a broken name in a CNAME target, an MX exchange, an SRV target, an SOA's names... got
+SERVFAIL when the decoder refused it (as CoreDNS's forward does when it cannot unpack an answer),
+or what the decoder read of it, encoded again; never the broken bytes.  So for the record types
+whose data holds names (and only those: one dict lookup per record otherwise) each name is
+scanned as owner names are (:func:`~kubedns.dns.wire.scan_name`: pointers strictly backwards,
+labels of at most 63 octets, at most 255 octets in all), must end inside the record's data, and
+the fixed fields around the names must fill its length exactly.  An answer that fails goes the
+old way: decoded, with the decoding code's outcome (SERVFAIL when it does not decode).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ _NAME_DATA: dict[int, int | tuple[int, int, int]] = {
     dns.SOA: (0, 2, 20), dns.MINFO: (0, 2, 0), dns.RP: (0, 2, 0), 26: (2, 2, 0),  # PX
     _NAPTR: (4, 1, 0),
 }
+
 
 def _rdata_ok(buf: bytes, rtype: int, start: int, rdend: int, shape: tuple[int, int, int]) -> bool:
     """The names in one record's data (``buf[start:rdend]``) are well formed and, with the fixed
