@@ -14,7 +14,7 @@ Counted as CoreDNS counts them: ``coredns_acl_{allowed,blocked,filtered,dropped}
 *prometheus* and *log* run before *acl* and see every query whatever it becomes, a dropped query
 is in ``coredns_dns_requests_total`` and ``coredns_dns_responses_total`` too (rcode NOERROR, no
 plugin, a 0-byte response: what CoreDNS's recorder holds when nothing was written) and in the
-query log: the server hands observers :func:`dropped_info` for it.
+query log: the server reports a drop to its observers (``Dispatcher._finish``).
 
 A query no policy matches is allowed.  A policy without ``type`` matches every type (``*``),
 without ``net`` every address (``*``); a single address is a /32 (/128).  Several ``acl``
@@ -43,11 +43,11 @@ from typing import Any
 from twisted.names import dns
 
 from kubedns.configbase import Node
-from kubedns.dns.query import QueryInfo, Request
+from kubedns.dns.query import Request
 from kubedns.dns.records import Answer
 from kubedns.plugins.base import Next, Reply, Result, then
 
-__all__ = ["ACTIONS", "AclPlugin", "AclPolicy", "dropped_info", "ede_option", "parse_acl", "type_code"]
+__all__ = ["ACTIONS", "AclPlugin", "AclPolicy", "ede_option", "parse_acl", "type_code"]
 
 ACTIONS = ("allow", "block", "filter", "drop")
 EDE_BLOCKED, EDE_FILTERED = 15, 17
@@ -233,31 +233,3 @@ def _uncacheable(reply: Reply) -> Reply:
     if not reply.cacheable and reply.lifetime <= 0:
         return reply
     return dataclasses.replace(reply, cacheable=False, lifetime=0.0)
-
-
-def dropped_info(req: Request, reply: Reply, server: str, now: float) -> QueryInfo:
-    """What observers (metrics, query log) learn of a query ``drop`` left unanswered: CoreDNS's
-    *prometheus* reports it with the rcode its recorder starts with (NOERROR), 0 bytes written
-    and no plugin, as nothing wrote; ``now`` is ``time.perf_counter()``."""
-    q = req.q
-    block = req.block
-    edns = req.edns
-    return QueryInfo(
-        server=server,
-        zone=reply.zone or (block.zones[0] if block is not None else ""),
-        proto=req.proto,
-        peer=req.peer,
-        qname=q.qname,
-        qtype=q.qtype,
-        qclass=q.qclass,
-        qid=q.id,
-        request_size=len(req.packet),
-        response_size=0,
-        rcode=dns.OK,
-        flags=0,
-        duration=now - req.start,
-        do=bool(edns is not None and edns.do),
-        bufsize=65535 if req.proto == "tcp" else (edns.udp_size if edns is not None else 512),
-        plugin="",
-        opcode=q.opcode,
-    )

@@ -46,7 +46,6 @@ from kubedns.dns.wire import (
 )
 from kubedns.explain import EXPLAIN_OPTION_BYTES, annotate
 from kubedns.forward.relay import LazyAnswer, Relayed, client_reply, relayable
-from kubedns.plugins.acl import dropped_info
 from kubedns.plugins.base import Next, Reply, build_chain
 from kubedns.plugins.kubernetes import KubernetesPlugin
 from kubedns.plugins.loadbalance import rotations
@@ -207,11 +206,10 @@ class Dispatcher:
         change per answer (the fast path then serves several orders in turn).
         """
         if reply.drop:  # acl's drop: no answer, but counted and logged (CoreDNS's prometheus and log run before acl)
-            for obs in self.observers:
-                try:
-                    obs(dropped_info(req, reply, self.server_label, time.perf_counter()))
-                except Exception:
-                    log.failure("query observer failed")
+            if self.observers:
+                # as CoreDNS's prometheus reports it: the rcode its recorder starts with (NOERROR),
+                # 0 bytes written and no plugin, as nothing wrote
+                self._notify(self._info(req, reply, size=0, rcode=dns.OK, flags=0, plugin=""))
             return None
         # kubedns explain: who answered; looked for only in an OPT record with options (rdata)
         if req.edns is not None and len(req.packet) > req.q.end + 11 and EXPLAIN_OPTION_BYTES in req.packet:
@@ -244,34 +242,10 @@ class Dispatcher:
             else:
                 n_answers = len(ans.answers)
                 soa = not n_answers and any(rr.type == dns.SOA for rr in ans.authority)
-            q = req.q
-            info = QueryInfo(
-                server=self.server_label,
-                zone=reply.zone or (block.zones[0] if block is not None else ""),
-                proto=proto,
-                peer=req.peer,
-                qname=q.qname,
-                qtype=q.qtype,
-                qclass=q.qclass,
-                qid=q.id,
-                request_size=len(req.packet),
-                response_size=len(out) if parts is None else sum(map(len, parts)),
-                rcode=ans.rcode,
-                flags=struct.unpack_from("!H", out, 2)[0],
-                duration=time.perf_counter() - req.start,
-                do=bool(req.edns is not None and req.edns.do),
-                bufsize=65535 if proto == "tcp" else (req.edns.udp_size if req.edns is not None else 512),
-                plugin=reply.plugin,
-                error=reply.error,
-                opcode=q.opcode,
-                answers=n_answers,
-                soa=soa,
-            )
-            for obs in self.observers:
-                try:
-                    obs(info)
-                except Exception:
-                    log.failure("query observer failed")
+            info = self._info(req, reply, size=len(out) if parts is None else sum(map(len, parts)), rcode=ans.rcode,
+                              flags=struct.unpack_from("!H", out, 2)[0], plugin=reply.plugin, error=reply.error,
+                              answers=n_answers, soa=soa)
+            self._notify(info)
             if keep:
                 orders: list[bytes] | None = None
                 if reply.rotate:
@@ -292,6 +266,43 @@ class Dispatcher:
                                    limit=self._forward_limit(block), orders=orders, agings=agings,
                                    deps=reply.deps, serial_of=reply.serial_of)
         return out if parts is None else parts
+
+    def _info(self, req: Request, reply: Reply, *, size: int, rcode: int, flags: int, plugin: str, error: str = "",
+              answers: int = 0, soa: bool = False) -> QueryInfo:
+        """What observers (metrics, logs) and the fast path's hit counts learn of one query."""
+        q = req.q
+        edns = req.edns
+        block = req.block
+        proto = req.proto
+        return QueryInfo(
+            server=self.server_label,
+            zone=reply.zone or (block.zones[0] if block is not None else ""),
+            proto=proto,
+            peer=req.peer,
+            qname=q.qname,
+            qtype=q.qtype,
+            qclass=q.qclass,
+            qid=q.id,
+            request_size=len(req.packet),
+            response_size=size,
+            rcode=rcode,
+            flags=flags,
+            duration=time.perf_counter() - req.start,
+            do=bool(edns is not None and edns.do),
+            bufsize=65535 if proto == "tcp" else (edns.udp_size if edns is not None else 512),
+            plugin=plugin,
+            error=error,
+            opcode=q.opcode,
+            answers=answers,
+            soa=soa,
+        )
+
+    def _notify(self, info: QueryInfo) -> None:
+        for obs in self.observers:
+            try:
+                obs(info)
+            except Exception:
+                log.failure("query observer failed")
 
     @classmethod
     def _transfer_messages(cls, req: Request, ans: Answer, ra: bool, reply: Reply) -> list[bytes] | None:
