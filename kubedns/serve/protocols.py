@@ -109,6 +109,10 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
                 except OSError:
                     pass
                 return
+        self._answer(data, addr)
+
+    def _answer(self, data: bytes, addr: Any) -> None:
+        """Not a fast-path hit: the dispatcher answers (now, or later through a Deferred)."""
         result = self.dispatcher.handle(data, "udp", addr)
         if result is None:
             return
@@ -137,7 +141,8 @@ class DNSDatagramProtocol6(DNSDatagramProtocol):
     (``dns://:53``) reads as IPv4.
 
     The hit path is :meth:`DNSDatagramProtocol.datagramReceived`'s, repeated with another
-    constant index: a per-instance index would cost an attribute load on every hit.
+    constant index: a per-instance index would cost an attribute load on every hit.  A miss goes
+    to the same :meth:`DNSDatagramProtocol._answer`.
     """
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
@@ -152,14 +157,7 @@ class DNSDatagramProtocol6(DNSDatagramProtocol):
                 except OSError:
                     pass
                 return
-        result = self.dispatcher.handle(data, "udp", addr)
-        if result is None:
-            return
-        if isinstance(result, bytes):
-            self._send(result, addr)
-        elif not isinstance(result, list):
-            result.addCallback(self._send, addr)
-            result.addErrback(lambda f: log.failure("sending UDP answer failed", f))
+        self._answer(data, addr)
 
 
 @implementer(IPushProducer)
