@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.names import dns
 
 from kubedns.dns.records import _ip_from_dashes, _ip_from_reverse
-from kubedns.dns.wire import scan_name
+from kubedns.dns.wire import name_end, record_heads
 
 if TYPE_CHECKING:
     from kubedns.dns.records import Answer, ClusterZones
@@ -41,9 +41,6 @@ __all__ = ["ANY", "SerialPatch", "cluster_deps", "serial_current", "soa_serial_o
 
 #: The key of answers whose dependencies are unknown: dropped whenever any store changes.
 ANY: tuple[str] = ("*",)
-
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")
 
 
 def cluster_deps(clusters: ClusterZones, zone: str, lname: str) -> tuple[tuple[Any, ...], ...]:
@@ -88,31 +85,15 @@ def serial_current(ans: Answer, serial: int) -> bool:
 def soa_serial_offsets(buf: bytes) -> list[int]:
     """Offsets of the serial field of every SOA record in an encoded message (ValueError if
     the message cannot be walked)."""
-    _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
-    pos = 12
-    for _ in range(qd):
-        pos = _end(buf, pos) + 4
     out = []
-    for _ in range(an + ns + ar):
-        pos = _end(buf, pos)
-        rtype, _, _, rdlen = _RR_FIXED.unpack_from(buf, pos)
-        pos += 10
+    for pos, rtype, _, rdlen in record_heads(buf):
         if rtype == dns.SOA:
-            at = _end(buf, _end(buf, pos))  # after mname and rname
-            if at + 4 > pos + rdlen:
+            rdata = pos + 10
+            at = name_end(buf, name_end(buf, rdata))  # after mname and rname
+            if at + 4 > rdata + rdlen:
                 raise ValueError("short SOA")
             out.append(at)
-        pos += rdlen
-    if pos != len(buf):
-        raise ValueError("trailing bytes")
     return out
-
-
-def _end(buf: bytes, pos: int) -> int:
-    end = scan_name(buf, pos)
-    if end is None:
-        raise ValueError(f"malformed name at offset {pos}")
-    return end
 
 
 @dataclass(slots=True)

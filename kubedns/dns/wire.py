@@ -35,6 +35,8 @@ __all__ = [
     "query_edns_options",
     "question_compression",
     "read_edns_raw",
+    "name_end",
+    "record_heads",
     "ttl_fields",
 ]
 
@@ -365,11 +367,31 @@ def encode_response(
     return header + body + opt
 
 
-def _name_end(buf: bytes, pos: int) -> int:
+def name_end(buf: bytes, pos: int) -> int:
+    """Where the name at ``pos`` ends (:func:`scan_name`), or ValueError."""
     end = scan_name(buf, pos)
     if end is None:
         raise ValueError(f"malformed name at offset {pos}")
     return end
+
+
+def record_heads(buf: bytes) -> list[tuple[int, int, int, int]]:
+    """``(offset of the type field, type, TTL, rdlength)`` of every record of an encoded message
+    we built (ValueError if it cannot be walked to its exact end): what the fast path's TTL and
+    SOA serial bookkeeping read, without decoding the message again."""
+    _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
+    pos = 12
+    for _ in range(qd):
+        pos = name_end(buf, pos) + 4
+    out = []
+    for _ in range(an + ns + ar):
+        pos = name_end(buf, pos)
+        rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(buf, pos)
+        out.append((pos, rtype, ttl, rdlen))
+        pos += 10 + rdlen
+    if pos != len(buf):
+        raise ValueError("trailing bytes")
+    return out
 
 
 def ttl_fields(buf: bytes) -> list[tuple[int, int]]:
@@ -377,20 +399,7 @@ def ttl_fields(buf: bytes) -> list[tuple[int, int]]:
 
     Used to count TTLs down in pre-encoded answers without decoding them again.
     """
-    _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
-    pos = 12
-    for _ in range(qd):
-        pos = _name_end(buf, pos) + 4
-    out = []
-    for _ in range(an + ns + ar):
-        pos = _name_end(buf, pos)
-        rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(buf, pos)
-        if rtype != dns.OPT:
-            out.append((pos + 4, ttl))
-        pos += 10 + rdlen
-    if pos != len(buf):
-        raise ValueError("trailing bytes")
-    return out
+    return [(pos + 4, ttl) for pos, rtype, ttl, _ in record_heads(buf) if rtype != dns.OPT]
 
 
 def error_response(data: bytes, rcode: int) -> bytes | None:
