@@ -30,6 +30,20 @@ from kubedns.serve.workers import TWISTD
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_to_exit(path: Path, prefix: list[str] | None = None, timeout: float = 60) -> tuple[int, str]:
+    """Run ``twistd kubedns --config path`` until it exits (it must: a bad config, a busy port...):
+    its exit status and stdout + stderr."""
+    r = subprocess.run([*(prefix or []), *TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return r.returncode, r.stdout + r.stderr
+
+
+def cannot_listen_lines(out: str) -> list[str]:
+    """The "cannot listen" lines of a server's output, which must hold no traceback."""
+    assert "Traceback" not in out, out
+    return [ln for ln in out.splitlines() if "cannot listen" in ln]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` right now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

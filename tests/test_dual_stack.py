@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import urllib.request
 from typing import Any
 
@@ -21,8 +20,7 @@ import dns.query
 import pytest
 import yaml
 
-from kubedns.serve.workers import TWISTD
-from tests.conftest import REPO, free_port, wait_for
+from tests.conftest import cannot_listen_lines, free_port, run_to_exit, wait_for
 from tests.support.cluster import NGINX_OBJS, write_manifests
 from tests.support.ops import metric
 
@@ -133,13 +131,11 @@ def test_busy_ipv6_half_of_hostless_health_is_one_line_and_exit_1(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, port, health={"listen": f":{hport}", "lameduck": 0})))
     try:
-        r = subprocess.run([*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(path)],
-                           cwd=REPO, capture_output=True, text=True, timeout=45)
+        rc, out = run_to_exit(path, timeout=45)
     finally:
         busy.close()
-    out = r.stdout + r.stderr
-    assert r.returncode == 1 and "Traceback" not in out, out
-    assert [ln for ln in out.splitlines() if "cannot listen" in ln] == [
+    assert rc == 1, out
+    assert cannot_listen_lines(out) == [
         f"kubedns: cannot listen: {path}: servers[0].health: :{hport}: [::]:{hport}: address already in use"], out
 
 

@@ -10,7 +10,6 @@ running-server test queries a real ``twistd kubedns`` on 127.0.0.1, 127.0.0.3 an
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import dns.message
 import dns.query
@@ -21,8 +20,7 @@ import yaml
 from kubedns.config import parse
 from kubedns.configbase import Address
 from kubedns.corefile import parse_corefile_config
-from kubedns.serve.workers import TWISTD
-from tests.conftest import REPO, free_port, wait_for
+from tests.conftest import cannot_listen_lines, free_port, run_to_exit, wait_for
 from tests.support.cluster import NGINX_OBJS, write_manifests
 
 COREFILE = """\
@@ -157,11 +155,9 @@ def test_busy_ipv6_half_of_every_address_is_one_line_and_exit_1(tmp_path, worker
     config = yaml.safe_load(_yaml(f":{port}", write_manifests(tmp_path / "cluster.yaml", NGINX_OBJS)))
     path.write_text(yaml.safe_dump(config | {"workers": workers}))
     try:
-        r = subprocess.run([*TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(path)],
-                           cwd=REPO, capture_output=True, text=True, timeout=45)
+        rc, out = run_to_exit(path, timeout=45)
     finally:
         busy.close()
-    out = r.stdout + r.stderr
-    assert r.returncode == 1 and "Traceback" not in out, out
-    assert [ln for ln in out.splitlines() if "cannot listen" in ln] == [
+    assert rc == 1, out
+    assert cannot_listen_lines(out) == [
         f"kubedns: cannot listen: {path}: servers[0].listen: :{port}: [::]:{port}: address already in use"], out

@@ -20,7 +20,7 @@ import yaml
 
 from kubedns import __version__
 from kubedns.serve.workers import TWISTD
-from tests.conftest import REPO, free_port, http_get, query, wait_for
+from tests.conftest import REPO, cannot_listen_lines, free_port, http_get, query, run_to_exit, wait_for
 from tests.support.cluster import NGINX_OBJS, manifests_config, write_manifests
 
 pytestmark = pytest.mark.timeout(90)
@@ -30,14 +30,7 @@ def _run(config: dict[str, Any], tmp_path: Path, prefix: list[str] | None = None
     """Start twistd with ``config`` and wait for it to exit (it must: the address cannot be bound)."""
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    r = subprocess.run([*(prefix or []), *TWISTD, "-n", "--pidfile=", "kubedns", "--config", str(path)],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    return r.returncode, r.stdout + r.stderr, path
-
-
-def _cannot_listen(out: str) -> list[str]:
-    assert "Traceback" not in out, out
-    return [ln for ln in out.splitlines() if "cannot listen" in ln]
+    return (*run_to_exit(path, prefix), path)
 
 
 def _busy(kind: socket.SocketKind) -> socket.socket:
@@ -81,7 +74,7 @@ def test_busy_dns_port_at_start_is_one_line_and_exit_1(tmp_path: Path, workers: 
     finally:
         busy.close()
     assert rc == 1, out
-    assert _cannot_listen(out) == [
+    assert cannot_listen_lines(out) == [
         f"kubedns: cannot listen: {path}: servers[0].listen: 127.0.0.1:{port}: address already in use"], out
 
 
@@ -90,7 +83,7 @@ def test_address_not_on_this_host_at_start(tmp_path: Path) -> None:
     cfg["servers"][0]["listen"] = "192.0.2.1:1053"  # TEST-NET-1: on no interface here; nothing is sent
     rc, out, path = _run(cfg, tmp_path)
     assert rc == 1, out
-    assert _cannot_listen(out) == [
+    assert cannot_listen_lines(out) == [
         f"kubedns: cannot listen: {path}: servers[0].listen: 192.0.2.1:1053: "
         "not an address of this host (cannot assign requested address)"], out
 
@@ -105,7 +98,7 @@ def test_busy_http_port_at_start_names_its_key(tmp_path: Path, key: str) -> None
     finally:
         busy.close()
     assert rc == 1, out
-    assert _cannot_listen(out) == [
+    assert cannot_listen_lines(out) == [
         f"kubedns: cannot listen: {path}: servers[0].{key}: 127.0.0.1:{hport}: address already in use"], out
 
 
@@ -131,7 +124,7 @@ def test_port_53_without_cap_net_bind_service_says_which_capability(tmp_path: Pa
               "setpriv", "--inh-caps=-all", "--bounding-set=-net_bind_service", "--"]
     rc, out, path = _run(cfg, tmp_path, prefix)
     assert rc == 1, out
-    lines = _cannot_listen(out)
+    lines = cannot_listen_lines(out)
     assert len(lines) == 1, out
     assert lines[0].startswith(f"kubedns: cannot listen: {path}: servers[0].listen: 127.0.0.1:53: permission denied")
     assert "lacks the capability CAP_NET_BIND_SERVICE" in lines[0]
